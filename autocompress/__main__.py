@@ -1,0 +1,3 @@
+from autocompress.cli import main
+
+raise SystemExit(main())

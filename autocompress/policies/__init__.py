@@ -1,0 +1,1 @@
+"""Policies: apply a CompressionPlan to an nn.Module. See `_base.Policy` for the contract."""

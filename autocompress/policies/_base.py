@@ -1,0 +1,115 @@
+"""The policy contract and the calibration statistics that data-aware policies share.
+
+A policy is one compression technique. `apply(model, plan, calibration)` changes `model` in place for the
+plan entries the policy `handles`, and for no others. `apply_plan` runs the registered policies in
+`ORDER`, each on the model as the previous ones left it. Data-aware methods (GPTQ, Wanda, whitened SVD,
+activation-aware structured pruning) read input statistics through `Calibration.input_grams`, gathered
+on the model as it stands at that stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from autocompress.errors import UserError
+from autocompress.modules import weight_matrix
+from autocompress.plan import CompressionPlan, LayerPlan
+from autocompress.registry import Registry
+
+
+class Policy:
+    """One technique. Subclasses set `name`, implement `handles` and `apply`.
+
+    Contract: `apply` touches only the modules named by the entries it handles; an entry it handles
+    ends up exactly as planned (bits on the grid, the planned share of zeros, the planned rank, the planned
+    number of units removed); the model still runs; no layer grows. `needs_calibration(entry)` says whether
+    an entry needs calibration batches; `apply` raises `UserError` if they are missing.
+    """
+
+    name: ClassVar[str]
+
+    def handles(self, entry: LayerPlan) -> bool:
+        raise NotImplementedError
+
+    def needs_calibration(self, entry: LayerPlan) -> bool:
+        return False
+
+    def entries(self, plan: CompressionPlan) -> dict[str, LayerPlan]:
+        return {k: v for k, v in plan.layers.items() if self.handles(v)}
+
+    def apply(self, model: nn.Module, plan: CompressionPlan, calibration: "Calibration | None") -> None:
+        raise NotImplementedError
+
+    def require(self, calibration: "Calibration | None", layer: str, what: str) -> "Calibration":
+        if calibration is None or not calibration.batches:
+            raise UserError(f"plan layer {layer!r}: {what} needs calibration data; pass calibration batches "
+                            "(the config's data.calibration) or choose a data-free method")
+        return calibration
+
+
+POLICIES: Registry[type[Policy]] = Registry("policy")
+
+# structured removal first (shapes shrink), then zeros, then factorization, then the integer grid last
+ORDER = ("structured", "sparsify", "lowrank", "quantize")
+
+
+@dataclass
+class Calibration:
+    """Tokenized batches fed as `model(**batch)`; padded positions are masked out of every statistic."""
+
+    batches: list[Mapping[str, torch.Tensor]]
+
+    @torch.no_grad()
+    def input_grams(self, model: nn.Module, modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+        """For each named Linear-like module, the Gram matrix X^T X (float32, [in, in]) of its inputs over
+        all unmasked tokens, divided by the token count. diag() of it is the mean squared activation per
+        input feature (Wanda's norm squared); the whole matrix is GPTQ's Hessian (up to a factor of 2)."""
+        grams: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        state: dict[str, torch.Tensor | None] = {"mask": None}
+
+        def hook(name: str):
+            def fn(_mod: nn.Module, args: tuple) -> None:
+                x = args[0].detach()
+                mask = state["mask"]
+                if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
+                    x = x[mask]
+                x = x.reshape(-1, x.shape[-1]).float()
+                g = x.T @ x
+                grams[name] = grams[name] + g if name in grams else g
+                counts[name] = counts.get(name, 0) + x.shape[0]
+            return fn
+
+        handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
+        try:
+            for batch in self.batches:
+                mask = batch.get("attention_mask")
+                state["mask"] = mask.bool() if mask is not None else None
+                model(**batch)
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [n for n in modules if n not in grams]
+        if missing:
+            raise RuntimeError(f"calibration never reached {missing[0]!r}: is it used in the forward pass?")
+        return {n: grams[n] / max(counts[n], 1) for n in modules}
+
+
+def input_norms(grams: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-input-feature RMS activation ||x_j|| / sqrt(tokens), from the Gram matrices."""
+    return {n: g.diagonal().clamp_min(0).sqrt() for n, g in grams.items()}
+
+
+def modules_for(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
+    return {n: model.get_submodule(n) for n in names}
+
+
+def check_weight(name: str, module: nn.Module) -> torch.Tensor:
+    w = weight_matrix(module)
+    if not torch.isfinite(w).all():
+        raise ValueError(f"layer {name!r} has non-finite weights")
+    return w

@@ -1,0 +1,1 @@
+"""The search: Optuna studies, trial backends (local, Ray), MLflow tracking, export (the search issue)."""

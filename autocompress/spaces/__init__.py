@@ -1,0 +1,1 @@
+"""Search spaces: turn an Optuna trial into a CompressionPlan without touching weights (the search issue)."""

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from autocompress.errors import UserError
+from autocompress.models import load_model
+
+
+@pytest.mark.parametrize("spec, task, n_linear, prefix", [
+    ("random:bert", "embedding", 13, "encoder.layer"),
+    ("random:llama", "causal-lm", 15, "model.layers"),
+    ("random:gpt2", "causal-lm", 9, "transformer.h"),
+])
+def test_random_models_inventory(spec, task, n_linear, prefix):
+    lm = load_model(spec)
+    info = lm.info
+    assert lm.task == task and info.block_prefix == prefix and len(info.layers) == n_linear
+    assert {s.kind for s in info.structures.values()} == {"heads", "neurons"}
+    assert info.total_params == sum(p.numel() for p in {id(p): p for p in lm.model.parameters()}.values())
+    for s in info.structures.values():
+        for name in (*s.producers, s.consumer):
+            assert name in info.layers
+
+
+def test_real_minilm_inventory(minilm):
+    info = minilm.info
+    assert minilm.task == "embedding" and info.model_type == "bert"
+    assert info.total_params == 22_713_216  # all-MiniLM-L6-v2: 22.7M parameters
+    assert len(info.targets_by_default()) == 36  # 6 blocks x (q, k, v, o, up, down)
+    heads = info.structures["encoder.layer.0.attention.self"]
+    assert (heads.units, heads.unit_size) == (12, 32)
+    assert info.structures["encoder.layer.5.intermediate"].units == 1536
+    batch = minilm.tokenizer(["a sentence to embed"], return_tensors="pt")
+    with torch.no_grad():
+        assert minilm.model(**batch).last_hidden_state.shape[-1] == 384
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("/no/such/model", "does not exist"),
+    ("random:t5", "unknown random model"),
+])
+def test_bad_specs(spec, message):
+    with pytest.raises(UserError, match=message):
+        load_model(spec)
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(UserError, match="no config.json"):
+        load_model(str(tmp_path))
+
+
+def test_bad_task():
+    with pytest.raises(UserError, match="task 'vision'"):
+        load_model("random:bert", task="vision")

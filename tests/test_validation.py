@@ -1,0 +1,49 @@
+import pytest
+
+from autocompress.errors import UserError
+from autocompress.models import load_model
+from autocompress.plan import CompressionPlan, LayerPlan
+from autocompress.validation import validate_plan
+
+
+@pytest.fixture(scope="module")
+def info():
+    return load_model("random:bert").info
+
+
+def check(info, layers):
+    validate_plan(CompressionPlan(layers), info)
+
+
+def test_valid_plan_passes(info):
+    check(info, {"encoder.layer.0.attention.self.query": LayerPlan(bits=4, rank=8),
+                 "encoder.layer.0.intermediate": LayerPlan(sparsity=0.5, pattern="structured")})
+
+
+def test_unknown_layer_suggests_a_name(info):
+    with pytest.raises(UserError, match="did you mean 'encoder.layer.0.attention.self.query'"):
+        check(info, {"encoder.layer.0.attention.self.qeury": LayerPlan(bits=4)})
+
+
+def test_rank_too_large(info):
+    with pytest.raises(UserError, match=r"rank 65 is larger than the layer allows \(min\(in, out\) = 64\)"):
+        check(info, {"encoder.layer.0.attention.self.query": LayerPlan(rank=65)})
+
+
+def test_structured_on_linear_and_settings_on_structure(info):
+    with pytest.raises(UserError, match="put it on the structure 'encoder.layer.0.intermediate'"):
+        check(info, {"encoder.layer.0.intermediate.dense": LayerPlan(sparsity=0.5, pattern="structured")})
+    with pytest.raises(UserError, match="is a structure"):
+        check(info, {"encoder.layer.0.intermediate": LayerPlan(bits=4)})
+
+
+def test_gqa_heads_refused():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from autocompress.models import inspect_model
+
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=100)
+    info = inspect_model(LlamaForCausalLM(cfg), "causal-lm")
+    with pytest.raises(UserError, match="grouped-query"):
+        check(info, {"model.layers.0.self_attn": LayerPlan(sparsity=0.5, pattern="structured")})
