@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from autocompress.errors import UserError
-from autocompress.modules import in_out_features, is_conv1d, is_linear_like
+from autocompress.modules import LowRankLinear, in_out_features, is_linear_like
 
 TASKS = ("embedding", "causal-lm", "sequence-classification")
 MINILM_ALIASES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -103,6 +103,13 @@ def _find_blocks(model: nn.Module) -> tuple[str | None, int]:
     return best, n_blocks
 
 
+def _features(module: nn.Module) -> tuple[int, int]:
+    """(in, out) of a Linear-like or factorized layer."""
+    if isinstance(module, LowRankLinear):
+        return module.in_features, module.out_features
+    return in_out_features(module)
+
+
 def _structures(model: nn.Module, block_of) -> dict[str, StructureInfo]:
     out: dict[str, StructureInfo] = {}
     for name, mod in model.named_modules():
@@ -112,34 +119,34 @@ def _structures(model: nn.Module, block_of) -> dict[str, StructureInfo]:
         if all(k in kids for k in ("query", "key", "value")) and hasattr(mod, "attention_head_size"):
             parent = name.rpartition(".")[0]
             consumer = f"{parent}.output.dense"
-            heads = mod.query.out_features // mod.attention_head_size
+            heads = _features(mod.query)[1] // mod.attention_head_size
             out[name] = StructureInfo(name, "heads", heads, mod.attention_head_size,
                                       (f"{p}query", f"{p}key", f"{p}value"), consumer, block_of(name))
         # Llama-style attention: q/k/v/o projections
         elif all(k in kids for k in ("q_proj", "k_proj", "v_proj", "o_proj")) and hasattr(mod, "head_dim"):
-            heads = mod.q_proj.out_features // mod.head_dim
-            kv_heads = mod.k_proj.out_features // mod.head_dim
+            heads = _features(mod.q_proj)[1] // mod.head_dim
+            kv_heads = _features(mod.k_proj)[1] // mod.head_dim
             out[name] = StructureInfo(name, "heads", heads, mod.head_dim,
                                       (f"{p}q_proj", f"{p}k_proj", f"{p}v_proj"), f"{p}o_proj", block_of(name),
                                       kv_groups=heads // kv_heads)
         # GPT-2 attention: fused c_attn (q|k|v) and c_proj
-        elif "c_attn" in kids and "c_proj" in kids and hasattr(mod, "head_dim") and is_conv1d(mod.c_attn):
-            heads = mod.c_proj.weight.shape[0] // mod.head_dim
+        elif "c_attn" in kids and "c_proj" in kids and hasattr(mod, "head_dim"):
+            heads = _features(mod.c_proj)[0] // mod.head_dim
             out[name] = StructureInfo(name, "heads", heads, mod.head_dim, (f"{p}c_attn",), f"{p}c_proj",
                                       block_of(name), fused_qkv=True)
         # Llama-style gated MLP
         elif all(k in kids for k in ("gate_proj", "up_proj", "down_proj")):
-            out[name] = StructureInfo(name, "neurons", mod.up_proj.out_features, 1,
+            out[name] = StructureInfo(name, "neurons", _features(mod.up_proj)[1], 1,
                                       (f"{p}gate_proj", f"{p}up_proj"), f"{p}down_proj", block_of(name))
         # GPT-2 MLP
-        elif "c_fc" in kids and "c_proj" in kids and is_linear_like(mod.c_fc):
-            units = in_out_features(mod.c_fc)[1]
+        elif "c_fc" in kids and "c_proj" in kids:
+            units = _features(mod.c_fc)[1]
             out[name] = StructureInfo(name, "neurons", units, 1, (f"{p}c_fc",), f"{p}c_proj", block_of(name))
         # BERT-style FFN: <block>.intermediate.dense -> <block>.output.dense
         elif "intermediate" in kids and "output" in kids and hasattr(kids["intermediate"], "dense") \
                 and hasattr(kids["output"], "dense") and "LayerNorm" in dict(kids["output"].named_children()):
-            inter = kids["intermediate"].dense
-            out[f"{p}intermediate"] = StructureInfo(f"{p}intermediate", "neurons", inter.out_features, 1,
+            units = _features(kids["intermediate"].dense)[1]
+            out[f"{p}intermediate"] = StructureInfo(f"{p}intermediate", "neurons", units, 1,
                                                     (f"{p}intermediate.dense",), f"{p}output.dense", block_of(name))
     return out
 

@@ -255,11 +255,18 @@ class CompressionPlan:
             ))
         return out
 
+    def _visible(self) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+        """Column names and rows with the columns that are "-" on every row left out."""
+        rows = self.rows()
+        keep = [i for i, _ in enumerate(self._COLUMNS) if i == 0 or any(r[i] != "-" for r in rows)]
+        return tuple(self._COLUMNS[i] for i in keep), [tuple(r[i] for i in keep) for r in rows]
+
     def __str__(self) -> str:
         if self.is_empty:
             return "CompressionPlan (empty: the model is left as it is)"
-        rows = [self._COLUMNS, *self.rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(self._COLUMNS))]
+        columns, body = self._visible()
+        rows = [columns, *body]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
@@ -267,9 +274,10 @@ class CompressionPlan:
     def __rich__(self) -> Any:
         from rich.table import Table
 
+        columns, body = self._visible()
         table = Table(title=f"CompressionPlan v{self.version}: {len(self)} layers")
-        for col in self._COLUMNS:
-            table.add_column(col, justify="left" if col in ("layer", "pattern") else "right")
-        for row in self.rows():
+        for col in columns:
+            table.add_column(col, justify="left" if col in ("layer", "pattern") else "right", no_wrap=True)
+        for row in body:
             table.add_row(*row)
         return table

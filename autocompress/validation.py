@@ -12,7 +12,7 @@ def validate_plan(plan: CompressionPlan, info: ModelInfo) -> None:
     """Raise `UserError` (one line, naming the layer and the fix) if `plan` cannot be applied to the model.
 
     Checks: every key is a layer or a structure of the model; structure keys carry only structured pruning
-    and Linear keys never do; a rank fits its layer; head pruning is not asked of grouped-query attention.
+    and Linear keys never do; a rank fits its layer and does not grow it; head pruning is not asked of grouped-query attention.
     """
     for name, entry in plan.layers.items():
         if name in info.structures:
@@ -39,3 +39,8 @@ def validate_plan(plan: CompressionPlan, info: ModelInfo) -> None:
             if rank > full:
                 raise UserError(f"plan layer {name!r}: rank {rank} is larger than the layer allows "
                                 f"(min(in, out) = {full}); use a rank <= {full} or a fraction")
+            break_even = li.in_features * li.out_features // (li.in_features + li.out_features)
+            if rank > break_even:
+                raise UserError(f"plan layer {name!r}: rank {rank} would grow the layer (two factors hold more "
+                                f"than the {li.out_features}x{li.in_features} weight above rank {break_even}); "
+                                f"use a rank <= {break_even}")

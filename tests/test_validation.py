@@ -47,3 +47,10 @@ def test_gqa_heads_refused():
     info = inspect_model(LlamaForCausalLM(cfg), "causal-lm")
     with pytest.raises(UserError, match="grouped-query"):
         check(info, {"model.layers.0.self_attn": LayerPlan(sparsity=0.5, pattern="structured")})
+
+
+def test_rank_that_grows_the_layer_refused(info):
+    # 64x64: two factors of rank r hold 128*r weights, more than 4096 above r = 32
+    check(info, {"encoder.layer.0.attention.self.query": LayerPlan(rank=32)})
+    with pytest.raises(UserError, match="rank 33 would grow the layer"):
+        check(info, {"encoder.layer.0.attention.self.query": LayerPlan(rank=33)})

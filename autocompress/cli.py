@@ -1,0 +1,191 @@
+"""The `autocompress` command line.
+
+  autocompress inspect MODEL [--task T] [--json]
+  autocompress apply MODEL PLAN.json [--eval fidelity,size] [--texts builtin|FILE] [--labels FILE] [--json]
+
+Bad input (a missing model, a plan that does not fit the model, values out of range) prints one line,
+`error: ...`, naming the problem and the fix, and exits with code 2. Progress goes to stderr; results to
+stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from autocompress.errors import UserError
+from autocompress.terminal import console as _console
+
+EVALS = ("fidelity", "perplexity", "accuracy", "size")
+DEFAULT_EVAL = {"embedding": "fidelity", "causal-lm": "perplexity", "sequence-classification": "accuracy"}
+
+
+@contextmanager
+def _step(message: str) -> Iterator[None]:
+    """A spinner on stderr while a slow step runs (silent when stderr is not a terminal)."""
+    console = _console(stderr=True)
+    if console.is_terminal:
+        with console.status(message):
+            yield
+    else:
+        yield
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from autocompress.models import load_model
+
+    with _step(f"loading {args.model}"):
+        info = load_model(args.model, task=args.task, trust_remote_code=args.trust_remote_code).info
+    if args.json:
+        print(json.dumps({
+            "model_type": info.model_type, "task": info.task, "total_params": info.total_params,
+            "layers": {n: {"class": li.module_class, "in": li.in_features, "out": li.out_features,
+                           "params": li.params, "block": li.block, "role": li.role} for n, li in info.layers.items()},
+            "structures": {n: {"kind": s.kind, "units": s.units, "unit_size": s.unit_size,
+                               "producers": list(s.producers), "consumer": s.consumer}
+                           for n, s in info.structures.items()},
+            "groups": {n: list(v) for n, v in info.groups.items()},
+        }, indent=2))
+        return 0
+    console = _console()
+    table = Table(title=f"{info.model_type} ({info.task}): {info.total_params:,} parameters, "
+                        f"{len(info.layers)} Linear layers")
+    for col in ("layer", "class", "in", "out", "params", "block"):
+        table.add_column(col, justify="left" if col in ("layer", "class") else "right")
+    for n, li in info.layers.items():
+        table.add_row(n, li.module_class, str(li.in_features), str(li.out_features), f"{li.params:,}",
+                      "-" if li.block is None else str(li.block))
+    console.print(table)
+    st = Table(title="structures (prunable with pattern: structured)")
+    for col in ("structure", "kind", "units", "unit size", "producers -> consumer"):
+        st.add_column(col)
+    for n, s in info.structures.items():
+        prods = ", ".join(p.rsplit(".", 1)[-1] for p in s.producers)
+        st.add_row(n, s.kind, str(s.units), str(s.unit_size), f"{prods} -> {s.consumer.rsplit('.', 1)[-1]}")
+    console.print(st)
+    if info.groups:
+        console.print(f"groups (one setting for all members): {len(info.groups)}, e.g. "
+                      f"{next(iter(info.groups))} = {', '.join(next(iter(info.groups.values())))}")
+    return 0
+
+
+def _wanted_evals(args: argparse.Namespace, task: str) -> list[str]:
+    wanted = [e.strip() for e in (args.eval or DEFAULT_EVAL[task] + ",size").split(",") if e.strip()]
+    for e in wanted:
+        if e not in EVALS:
+            raise UserError(f"--eval {e!r} is unknown; use a comma list of {', '.join(EVALS)}")
+    if "accuracy" in wanted and not args.labels:
+        raise UserError("--eval accuracy needs a labeled file: --labels FILE.jsonl|csv (text, label)")
+    return wanted
+
+
+def _evaluate(args: argparse.Namespace, loaded: Any, reference: Any, model: Any, plan: Any) -> dict[str, float]:
+    from autocompress.data import load_labeled, load_texts
+    from autocompress.evaluators.size import plan_size
+
+    wanted = _wanted_evals(args, loaded.task)
+    metrics: dict[str, float] = {}
+    if "size" in wanted:
+        size = plan_size(plan, loaded.info)
+        metrics.update(size_mb=size.size_mb, size_ratio=size.ratio)
+    needs_text = [e for e in wanted if e != "size"]
+    if needs_text and loaded.tokenizer is None:
+        raise UserError(f"model {args.model!r} has no tokenizer; only --eval size works for it")
+    if "fidelity" in wanted:
+        from autocompress.evaluators.fidelity import FidelityEvaluator
+
+        texts = load_texts(args.texts, n=args.n_eval, seed=args.seed)
+        metrics.update(FidelityEvaluator(reference, loaded.tokenizer, texts).evaluate(model))
+    if "perplexity" in wanted:
+        from autocompress.evaluators.perplexity import PerplexityEvaluator
+
+        texts = load_texts(args.texts, n=args.n_eval, seed=args.seed)
+        metrics.update(PerplexityEvaluator(loaded.tokenizer, texts, reference_model=reference).evaluate(model))
+    if "accuracy" in wanted:
+        from autocompress.evaluators.accuracy import AccuracyEvaluator
+
+        texts, labels = load_labeled(args.labels)
+        label2id = getattr(loaded.model.config, "label2id", None)
+        metrics.update(AccuracyEvaluator(loaded.tokenizer, texts, labels, label2id=label2id).evaluate(model))
+    return metrics
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from autocompress.data import load_texts, make_batches
+    from autocompress.models import load_model
+    from autocompress.plan import CompressionPlan
+    from autocompress.policies import apply_plan
+    from autocompress.validation import validate_plan
+
+    plan = CompressionPlan.load(args.plan)
+    _wanted_evals(args, args.task if args.task != "auto" else "embedding")  # fail fast on a bad --eval
+    with _step(f"loading {args.model}"):
+        loaded = load_model(args.model, task=args.task, trust_remote_code=args.trust_remote_code)
+    validate_plan(plan, loaded.info)
+    calibration = None
+    if loaded.tokenizer is not None:
+        calib_texts = load_texts(args.calibration, n=args.n_calibration, seed=args.seed + 1)
+        calibration = make_batches(loaded.tokenizer, calib_texts, batch_size=16, max_length=128)
+    reference = copy.deepcopy(loaded.model)
+    with _step(f"applying the plan to {len(plan)} layers"):
+        model = apply_plan(loaded.model, plan, calibration, info=loaded.info)
+    with _step("evaluating"):
+        metrics = _evaluate(args, loaded, reference, model, plan)
+    if args.json:
+        print(json.dumps({"model": args.model, "plan": args.plan, "metrics": metrics}, indent=2))
+        return 0
+    console = _console()
+    console.print(plan)
+    for k, v in metrics.items():
+        console.print(f"{k:>16}: {v:.6g}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autocompress", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", help="model directory, all-MiniLM-L6-v2, or random:bert|llama|gpt2")
+        p.add_argument("--task", default="auto", help="auto, embedding, causal-lm or sequence-classification")
+        p.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (off by default)")
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    p = sub.add_parser("inspect", help="print the layer inventory: names, shapes, params, structures, groups")
+    model_args(p)
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("apply", help="apply a plan (JSON) to a model and print the metrics")
+    model_args(p)
+    p.add_argument("plan", help="a CompressionPlan JSON file")
+    p.add_argument("--eval", help=f"comma list of {', '.join(EVALS)} (default: by task, plus size)")
+    p.add_argument("--texts", default="builtin", help="evaluation texts: builtin or a .txt/.jsonl file")
+    p.add_argument("--labels", help="labeled .jsonl/.csv (text,label) for --eval accuracy")
+    p.add_argument("--calibration", default="builtin", help="calibration texts: builtin or a .txt/.jsonl file")
+    p.add_argument("--n-eval", type=int, default=256, help="evaluation texts to use (default 256)")
+    p.add_argument("--n-calibration", type=int, default=64, help="calibration texts (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_apply)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The size of a compressed model, from its plan and `ModelInfo` alone (no weights; microseconds).
+
+The packed format counted here (an exporter writes exactly this):
+  - Every parameter outside the Linear layers of `ModelInfo.layers` (embeddings, norms, ...) keeps its
+    original `dtype_bytes` per value. Original size = `total_params * dtype_bytes`. A Linear whose weight is
+    tied to another parameter (GPT-2's lm_head) is counted once, as the layer.
+  - Structured pruning first changes shapes. A structure entry (pattern structured, sparsity s) removes
+    n = round(s * units) units (at most units - 1). Each producer loses n * unit_size output rows (3x that for
+    a fused q|k|v producer) and as many bias entries; the consumer loses n * unit_size input columns.
+  - Low-rank (rank resolved with `resolve_rank` on the post-structured shape (out, in)): two factor matrices
+    [r, in] (no bias) and [out, r] (+ out bias values), each stored like a weight below, never sparse.
+  - A weight matrix [rows, cols] with bits b holds ceil(values * b / 8) bytes of packed integers, plus one
+    fp16 scale (2 bytes) per group, plus, when asymmetric, one uint8 zero point per group. Groups per row:
+    ceil(cols / group_size), or 1 when group_size is None (per output channel). Without bits each value
+    takes `dtype_bytes` and there are no scales.
+  - Unstructured sparsity s: each row keeps cols - round(s * cols) values, stored as the kept values plus a
+    bitmask of ceil(rows * cols / 8) bytes. N:M: in each row the first (cols // M) * M columns keep N of
+    every M, the tail cols % M stays dense; the N:M part adds ceil(log2(M)) index bits per kept value
+    (rounded up to whole bytes per matrix). A sparse layout is used only when it is smaller than the dense
+    one; otherwise the matrix is stored dense (`SizeReport.formats` says which).
+  - Biases keep `dtype_bytes` per value. act_bits changes nothing stored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from autocompress.evaluators._base import EVALUATORS, Evaluator
+from autocompress.models import ModelInfo
+from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
+from autocompress.validation import validate_plan
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    """Bytes of the packed model. `per_layer` covers every Linear layer of the model (post-compression);
+    `other_bytes` is every other parameter; `total_bytes == sum(per_layer.values()) + other_bytes`.
+    `formats` gives each Linear's storage layout: "dense", "bitmask", "N:M" (e.g. "2:4") or "lowrank"."""
+
+    total_bytes: int
+    original_bytes: int
+    ratio: float
+    size_mb: float
+    per_layer: dict[str, int] = field(default_factory=dict)
+    other_bytes: int = 0
+    formats: dict[str, str] = field(default_factory=dict)
+
+
+def _value_bytes(count: int, entry: LayerPlan | None, dtype_bytes: int) -> int:
+    if entry is None or entry.bits is None:
+        return count * dtype_bytes
+    return math.ceil(count * entry.bits / 8)
+
+
+def _scale_bytes(rows: int, cols: int, entry: LayerPlan | None) -> int:
+    if entry is None or entry.bits is None:
+        return 0
+    per_row = 1 if entry.group_size is None else math.ceil(cols / entry.group_size)
+    return rows * per_row * (2 if entry.symmetric else 3)
+
+
+def matrix_bytes(rows: int, cols: int, entry: LayerPlan | None, dtype_bytes: int,
+                 sparse: bool = True) -> tuple[int, str]:
+    """(bytes, layout) of one [rows, cols] weight matrix under `entry` (see the module docstring)."""
+    scales = _scale_bytes(rows, cols, entry)
+    dense = _value_bytes(rows * cols, entry, dtype_bytes) + scales
+    if entry is None or not sparse or not entry.prunes:
+        return dense, "dense"
+    nm = entry.n_m
+    if nm is not None:
+        n, m = nm
+        nm_kept = rows * (cols // m) * n
+        kept = nm_kept + rows * (cols % m)
+        index_bytes = math.ceil(nm_kept * (m - 1).bit_length() / 8)
+        packed, layout = _value_bytes(kept, entry, dtype_bytes) + index_bytes + scales, f"{n}:{m}"
+    else:
+        kept = rows * cols - round(entry.sparsity * cols) * rows
+        packed = _value_bytes(kept, entry, dtype_bytes) + math.ceil(rows * cols / 8) + scales
+        layout = "bitmask"
+    return (packed, layout) if packed < dense else (dense, "dense")
+
+
+def pruned_shapes(plan: CompressionPlan, info: ModelInfo) -> dict[str, tuple[int, int]]:
+    """(out_features, in_features) of every Linear layer after the plan's structured pruning."""
+    shapes = {name: [li.out_features, li.in_features] for name, li in info.layers.items()}
+    for name, entry in plan.layers.items():
+        s = info.structures.get(name)
+        if s is None or entry.pattern != "structured":
+            continue
+        removed = min(round(entry.sparsity * s.units), s.units - 1) * s.unit_size
+        for producer in s.producers:
+            shapes[producer][0] -= removed * (3 if s.fused_qkv else 1)
+        shapes[s.consumer][1] -= removed
+    return {name: (out, inp) for name, (out, inp) in shapes.items()}
+
+
+def plan_size(plan: CompressionPlan, info: ModelInfo) -> SizeReport:
+    """The `SizeReport` of `info`'s model compressed by `plan`. Raises `UserError` for a plan that does
+    not fit the model (`validate_plan`)."""
+    validate_plan(plan, info)
+    db = info.dtype_bytes
+    original = info.total_params * db
+    other = original - sum(li.params for li in info.layers.values()) * db
+    per_layer: dict[str, int] = {}
+    formats: dict[str, str] = {}
+    for name, (out, inp) in pruned_shapes(plan, info).items():
+        entry = plan.layers.get(name)
+        bias = out * db if info.layers[name].bias else 0
+        if entry is not None and entry.rank is not None:
+            r = resolve_rank(entry.rank, out, inp)
+            down, _ = matrix_bytes(r, inp, entry, db, sparse=False)
+            up, _ = matrix_bytes(out, r, entry, db, sparse=False)
+            per_layer[name], formats[name] = down + up + bias, "lowrank"
+        else:
+            weight, formats[name] = matrix_bytes(out, inp, entry, db)
+            per_layer[name] = weight + bias
+    total = sum(per_layer.values()) + other
+    return SizeReport(total_bytes=total, original_bytes=original, ratio=total / original if original else 1.0,
+                      size_mb=total / 1e6, per_layer=per_layer, other_bytes=other, formats=formats)
+
+
+@EVALUATORS.register("size")
+class SizeEvaluator(Evaluator):
+    """Size metrics of a plan for one model inventory. Needs no model: use `evaluate_plan(plan)`."""
+
+    name = "size"
+    metrics: ClassVar[dict[str, str]] = {"size_mb": "lower", "size_ratio": "lower"}
+    needs_model = False
+
+    def __init__(self, info: ModelInfo) -> None:
+        self.info = info
+
+    def evaluate_plan(self, plan: CompressionPlan) -> dict[str, float]:
+        """{"size_mb": packed megabytes (1e6 bytes), "size_ratio": compressed / original bytes}."""
+        report = plan_size(plan, self.info)
+        return {"size_mb": report.size_mb, "size_ratio": report.ratio}
+
+    def evaluate(self, model: Any) -> dict[str, float]:
+        raise TypeError("the size evaluator measures a plan, not a model: call evaluate_plan(plan)")

@@ -1,0 +1,39 @@
+"""`apply_plan`: compose every policy on one model in the fixed order `ORDER`."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from autocompress.models import ModelInfo, inspect_model
+from autocompress.plan import CompressionPlan
+from autocompress.policies._base import ORDER, POLICIES, Calibration
+from autocompress.validation import validate_plan
+
+
+def apply_plan(model: nn.Module, plan: CompressionPlan,
+               calibration: Calibration | Sequence[Mapping[str, torch.Tensor]] | None = None,
+               info: ModelInfo | None = None) -> nn.Module:
+    """Apply `plan` to `model` in place and return it.
+
+    The plan is validated against the model first (`UserError` on a bad plan, before any weight changes).
+    Policies run in `ORDER` = structured -> sparsify -> lowrank -> quantize, so on one layer the weights are
+    pruned first, then factorized, and the integer grid is applied last (to the factors where the layer is
+    factorized). Data-aware methods gather their input statistics on the model as the earlier stages left
+    it. `calibration` is a `Calibration` or a list of tokenized batches; it is only required by plans that
+    use gptq, wanda or whitened SVD. An empty plan leaves the model unchanged.
+    """
+    validate_plan(plan, info or inspect_model(model))
+    if calibration is not None and not isinstance(calibration, Calibration):
+        calibration = Calibration(list(calibration))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for name in ORDER:
+            policy = POLICIES.get(name)()
+            if policy.entries(plan):
+                policy.apply(model, plan, calibration)
+    model.train(was_training)
+    return model

@@ -1,0 +1,229 @@
+"""Quantization: weights fake-quantized onto a per-group integer grid (RTN or GPTQ), optional int8 activations.
+
+The grid, shared by every quantizer here and by any exporter that packs the integers (see `quant_params`):
+  one (scale, zero) per row and per group of `group_size` consecutive input channels (the last group may
+  be shorter; group_size None = one group per row, i.e. per output channel); integer q in [qmin, qmax];
+  value = (q - zero) * scale.
+  symmetric:  q in [-(2^(b-1)-1), 2^(b-1)-1] (the mirror-symmetric range: -2^(b-1) is never used, so
+              2^b - 1 levels), zero = 0, scale = absmax / (2^(b-1)-1).
+  asymmetric: q in [0, 2^b-1], scale = (max - min) / (2^b-1) with min clamped <= 0 and max >= 0,
+              zero = round(-min / scale), an integer in [0, 2^b-1], so 0.0 is exactly on the grid.
+A weight that is exactly 0 maps to q = zero and back to exactly 0: pruned weights stay pruned.
+A group that is all zeros gets scale 1 (never 0, never NaN).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autocompress.modules import weight_modules
+from autocompress.plan import CompressionPlan, LayerPlan
+from autocompress.policies._base import POLICIES, Calibration, Policy, check_weight
+from autocompress.registry import Registry
+
+# name -> fn(w [out, in], entry, gram [in, in] | None) -> fake-quantized w; `fn.needs_gram` marks data-aware ones
+QUANTIZERS: Registry = Registry("quant_method")
+ACT_ATTR = "_autocompress_act_bits"
+
+
+def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    """(qmin, qmax) of the integer grid: symmetric [-(2^(b-1)-1), 2^(b-1)-1], asymmetric [0, 2^b-1]."""
+    if symmetric:
+        m = 2 ** (bits - 1) - 1
+        return -m, m
+    return 0, 2 ** bits - 1
+
+
+def _group_len(in_features: int, group_size: int | None) -> int:
+    return in_features if group_size is None else max(1, min(group_size, in_features))
+
+
+def _expand(t: torch.Tensor, group_size: int | None, in_features: int) -> torch.Tensor:
+    """[out, n_groups] per-group values -> [out, in] per-weight values."""
+    return t.repeat_interleave(_group_len(in_features, group_size), dim=1)[:, :in_features]
+
+
+def quant_params(w: torch.Tensor, bits: int, group_size: int | None,
+                 symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid of `w` [out, in]: (scale, zero), both float32 [out, ceil(in / group_size)] (one column if
+    group_size is None). scale > 0 always; zero holds integers (all 0 when symmetric). See the module doc."""
+    out_f, in_f = w.shape
+    gs = _group_len(in_f, group_size)
+    n_groups = -(-in_f // gs)
+    x = F.pad(w.detach().float(), (0, n_groups * gs - in_f)).reshape(out_f, n_groups, gs)  # zero padding is
+    qmin, qmax = qrange(bits, symmetric)                                                  # neutral below
+    if symmetric:
+        scale = x.abs().amax(-1) / qmax
+        zero = torch.zeros_like(scale)
+    else:
+        lo, hi = x.amin(-1).clamp(max=0), x.amax(-1).clamp(min=0)
+        scale = (hi - lo) / qmax
+        zero = torch.round(-lo / torch.where(scale > 0, scale, 1.0)).clamp(0, qmax)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale, zero
+
+
+def _fake(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    return (torch.clamp(torch.round(x / scale) + zero, qmin, qmax) - zero) * scale
+
+
+def quantize_int(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, group_size: int | None,
+                 symmetric: bool) -> torch.Tensor:
+    """The integers q (int32 [out, in], in `qrange`) of `w` on the grid (scale, zero) from `quant_params`
+    (or from `quantize_gptq(..., return_params=True)`)."""
+    qmin, qmax = qrange(bits, symmetric)
+    s, z = _expand(scale, group_size, w.shape[1]), _expand(zero, group_size, w.shape[1])
+    return torch.clamp(torch.round(w.float() / s) + z, qmin, qmax).to(torch.int32)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """float32 (q - zero) * scale, the inverse of `quantize_int` on the grid."""
+    return (q.float() - _expand(zero, group_size, q.shape[1])) * _expand(scale, group_size, q.shape[1])
+
+
+def quantize_rtn(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool) -> torch.Tensor:
+    """Round-to-nearest fake quantization of `w` [out, in]: each weight to the nearest point of the grid of
+    `quant_params` (values beyond it clamp to its ends), returned dequantized in w's dtype. Every group holds
+    at most 2^bits distinct values; zeros stay exactly zero. Does not modify `w`."""
+    scale, zero = quant_params(w, bits, group_size, symmetric)
+    qmin, qmax = qrange(bits, symmetric)
+    in_f = w.shape[1]
+    return _fake(w.float(), _expand(scale, group_size, in_f), _expand(zero, group_size, in_f), qmin, qmax).to(w.dtype)
+
+
+def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, raising the damping until it factors."""
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    mean_diag = h.diagonal().mean().clamp_min(1e-12)
+    for attempt in range(6):
+        d = damp if attempt == 0 else max(damp, 1e-4) * 10 ** attempt
+        lower, info = torch.linalg.cholesky_ex(h + d * mean_diag * eye)
+        if info == 0:
+            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+            if info == 0:
+                return upper
+    raise ValueError("GPTQ: the calibration Hessian is not positive definite even with heavy damping")
+
+
+def quantize_gptq(w: torch.Tensor, gram: torch.Tensor, bits: int, group_size: int | None, symmetric: bool,
+                  damp: float = 0.01, block_size: int = 128, return_params: bool = False):
+    """GPTQ (Frantar et al., 2022): quantize `w` [out, in] column by column, spreading each column's error over
+    the columns not yet quantized through the inverse Hessian H = `gram` [in, in] (X^T X / tokens), so that
+    ||X W^T - X Q^T|| is small rather than ||W - Q||. Lazy batches of `block_size` columns; H is damped by
+    damp * mean(diag H). Group scales are computed when the first column of a group is reached, on the
+    error-updated weights (per-channel scales, group_size None, once up front). Dead inputs (diag H == 0)
+    are quantized like RTN without spreading error. Weights exactly 0 in `w` (pruned) quantize to exactly 0
+    and their error is spread like any other. The result is on the grid of the module doc (in w's dtype; at
+    most 2^bits values per group); with `return_params` it is `(q, scale, zero)` with scale/zero as
+    `quant_params` lays them out, so `quantize_int` recovers the integers. Does not modify `w`."""
+    out_f, in_f = w.shape
+    W = w.detach().float().clone()
+    pruned = W == 0
+    H = gram.detach().to(device=W.device, dtype=torch.float32).clone()
+    dead = H.diagonal() == 0
+    H[dead, dead] = 1.0
+    Hinv = _inverse_cholesky(H, damp)
+    qmin, qmax = qrange(bits, symmetric)
+    gs = _group_len(in_f, group_size)
+    per_group = gs < in_f
+    if per_group:  # blocks hold whole groups, so a group's scale sees every update made before it
+        block_size = max(gs, block_size // gs * gs)
+        scales, zeros = W.new_ones(out_f, -(-in_f // gs)), W.new_zeros(out_f, -(-in_f // gs))
+    else:
+        scales, zeros = quant_params(W, bits, None, symmetric)
+    Q = torch.empty_like(W)
+    for b0 in range(0, in_f, block_size):
+        b1 = min(b0 + block_size, in_f)
+        W1, Hb = W[:, b0:b1].clone(), Hinv[b0:b1, b0:b1]
+        err = torch.zeros_like(W1)
+        for j in range(b1 - b0):
+            col = b0 + j
+            g = col // gs
+            if per_group and col % gs == 0:
+                grp = W1[:, j:j + gs].masked_fill(pruned[:, col:col + gs], 0.0)
+                s, z = quant_params(grp, bits, None, symmetric)
+                scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
+            x = W1[:, j]
+            q = _fake(x, scales[:, g], zeros[:, g], qmin, qmax).masked_fill(pruned[:, col], 0.0)
+            e = (x - q) / Hb[j, j]
+            W1[:, j + 1:] -= e[:, None] * Hb[j, j + 1:][None, :]
+            Q[:, col], err[:, j] = q, e
+        W[:, b1:] -= err @ Hinv[b0:b1, b1:]
+    Q = Q.to(w.dtype)
+    return (Q, scales, zeros) if return_params else Q
+
+
+@QUANTIZERS.register("rtn")
+def _rtn(w: torch.Tensor, entry: LayerPlan, gram: torch.Tensor | None) -> torch.Tensor:
+    return quantize_rtn(w, entry.bits, entry.group_size, entry.symmetric)
+
+
+@QUANTIZERS.register("gptq")
+def _gptq(w: torch.Tensor, entry: LayerPlan, gram: torch.Tensor | None) -> torch.Tensor:
+    return quantize_gptq(w, gram, entry.bits, entry.group_size, entry.symmetric)
+
+
+_rtn.needs_gram, _gptq.needs_gram = False, True
+
+
+def fake_quant_act_int8(x: torch.Tensor) -> torch.Tensor:
+    """Dynamic symmetric int8 fake quantization per token (last dim): scale = absmax / 127, q in [-127, 127]."""
+    scale = x.detach().float().abs().amax(-1, keepdim=True) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (torch.clamp(torch.round(x.float() / scale), -127, 127) * scale).to(x.dtype)
+
+
+def act_quant_hook(module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook: int8-quantizes a Linear's input (module-level, so it pickles and deep-copies)."""
+    if args and torch.is_tensor(args[0]) and args[0].is_floating_point():
+        return (fake_quant_act_int8(args[0]), *args[1:])
+    return None
+
+
+def add_act_quant(module: nn.Module, bits: int = 8) -> None:
+    """Quantize `module`'s input to int8 on every forward; a second call on the same module does nothing."""
+    if getattr(module, ACT_ATTR, None) == bits:
+        return
+    module.register_forward_pre_hook(act_quant_hook)
+    setattr(module, ACT_ATTR, bits)
+
+
+def _named_weight_modules(model: nn.Module, name: str) -> dict[str, nn.Module]:
+    """`weight_modules` of the plan entry `name`, keyed by their full module names."""
+    root = model.get_submodule(name)
+    wanted = {id(m) for m in weight_modules(root)}
+    return {(f"{name}.{sub}" if sub else name): m for sub, m in root.named_modules() if id(m) in wanted}
+
+
+@POLICIES.register("quantize")
+class QuantizePolicy(Policy):
+    """Fake-quantizes the weights of every entry with `bits` (the entry's quant_method, on the entry's grid;
+    both factors of a LowRankLinear) and adds int8 input quantization where `act_bits` is 8. GPTQ Hessians
+    are gathered in one calibration pass over the model as it stands before this policy changes it."""
+
+    name = "quantize"
+
+    def handles(self, entry: LayerPlan) -> bool:
+        return entry.quantizes
+
+    def needs_calibration(self, entry: LayerPlan) -> bool:
+        return entry.bits is not None and getattr(QUANTIZERS.get(entry.quant_method), "needs_gram", False)
+
+    def apply(self, model: nn.Module, plan: CompressionPlan, calibration: Calibration | None) -> None:
+        entries = self.entries(plan)
+        targets = {n: (m, e) for name, e in entries.items() for n, m in _named_weight_modules(model, name).items()}
+        data_aware = {n: m for n, (m, e) in targets.items() if self.needs_calibration(e)}
+        grams: dict[str, torch.Tensor] = {}
+        if data_aware:
+            first = next(name for name, e in entries.items() if self.needs_calibration(e))
+            calib = self.require(calibration, first, entries[first].quant_method)
+            grams = calib.input_grams(model, data_aware)
+        with torch.no_grad():
+            for n, (m, e) in targets.items():
+                if e.bits is not None:
+                    w = check_weight(n, m)
+                    w.copy_(QUANTIZERS.get(e.quant_method)(w, e, grams.get(n)))
+                if e.act_bits is not None:
+                    add_act_quant(m, e.act_bits)

@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from autocompress.cli import main
+from autocompress.plan import CompressionPlan, LayerPlan
+
+Q = "encoder.layer.0.attention.self.query"
+
+
+def write_plan(tmp_path, layers):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"autocompress_plan": 1, "layers": layers}))
+    return str(path)
+
+
+def test_inspect_prints_inventory(capsys):
+    assert main(["inspect", "random:bert"]) == 0
+    out = capsys.readouterr().out
+    assert Q in out and "encoder.layer.1.intermediate" in out and "heads" in out
+
+
+def test_inspect_json(capsys):
+    assert main(["inspect", "random:llama", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["task"] == "causal-lm" and "model.layers.0.mlp" in data["structures"]
+    assert data["layers"]["model.layers.0.self_attn.q_proj"]["in"] == 64
+
+
+def test_apply_prints_metrics(tmp_path, capsys):
+    plan = write_plan(tmp_path, {Q: {"bits": 4, "group_size": 16},
+                                 "encoder.layer.0.intermediate": {"sparsity": 0.5, "pattern": "structured"}})
+    assert main(["apply", "random:bert", plan, "--eval", "fidelity,size", "--n-eval", "16", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    assert 0.0 < metrics["fidelity"] < 1.0 and metrics["size_ratio"] < 1.0
+
+
+def test_apply_perplexity_for_causal_lm(tmp_path, capsys):
+    plan = write_plan(tmp_path, {"model.layers.0.mlp.up_proj": {"bits": 3}})
+    assert main(["apply", "random:llama", plan, "--n-eval", "8", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    assert metrics["perplexity"] > 1.0 and "size_mb" in metrics
+
+
+@pytest.mark.parametrize("layers, message", [
+    ({"encoder.layer.0.attention.self.qeury": {"bits": 4}}, "did you mean"),
+    ({Q: {"bits": 12}}, "bits=12 is out of range"),
+    ({Q: {"sparsity": 0.99}}, "sparsity=0.99 is out of range"),
+    ({Q: {"rank": 100}}, "rank 100 is larger than the layer allows"),
+    ({Q: {"bitz": 4}}, "unknown field 'bitz'"),
+])
+def test_bad_plans_exit_2(tmp_path, capsys, layers, message):
+    assert main(["apply", "random:bert", write_plan(tmp_path, layers), "--eval", "size"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_model_exits_2_without_traceback(tmp_path):
+    plan = tmp_path / "p.json"
+    CompressionPlan({Q: LayerPlan(bits=4)}).save(str(plan))
+    proc = subprocess.run([sys.executable, "-m", "autocompress", "apply", str(tmp_path / "nope"), str(plan)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
