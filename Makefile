@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/autocompress search examples/quickstart.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -2,6 +2,8 @@
 
   autocompress inspect MODEL [--task T] [--json]
   autocompress apply MODEL PLAN.json [--eval fidelity,size] [--texts builtin|FILE] [--labels FILE] [--json]
+  autocompress search CONFIG.yaml [--trials N] [--backend local|ray] [--workers N] [--run-dir DIR] [--json]
+  autocompress ui [RUN_DIR] [--tracking-uri URI] [--host 127.0.0.1] [--port 5000]
 
 Bad input (a missing model, a plan that does not fit the model, values out of range) prints one line,
 `error: ...`, naming the problem and the fix, and exits with code 2. Progress goes to stderr; results to
@@ -147,6 +149,79 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from autocompress.config import SearchConfig
+    from autocompress.search.driver import run_search
+
+    overrides: dict = {}
+    if args.trials is not None:
+        overrides["budget"] = {"n_trials": args.trials}
+    backend = {k: v for k, v in (("name", args.backend), ("workers", args.workers)) if v is not None}
+    if backend:
+        overrides["backend"] = backend
+    if args.run_dir:
+        overrides["run_dir"] = args.run_dir
+    config = SearchConfig.from_yaml(args.config, overrides)
+    out = _console()
+    result = run_search(config, show_progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    from rich.table import Table
+
+    names = list(result.pareto[0].values) if result.pareto else []
+    table = Table(title=f"Pareto front of {result.study_name} ({len(result.pareto)} feasible trials; "
+                        f"plans in {result.run_dir}/plans)")
+    for col in ("trial", *names, "plan (layers per setting)"):
+        table.add_column(col, justify="right" if col in names or col == "trial" else "left")
+    first = names[0] if names else None
+    for p in sorted(result.pareto, key=lambda p: p.values[first] if first else p.number):
+        table.add_row(str(p.number), *(f"{p.values[n]:.5g}" for n in names), p.plan_summary)
+    out.print(table)
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(result.counts.items()))
+    out.print(f"trials: {counts}; {result.elapsed_s:.0f} s")
+    if result.picked is not None:
+        values = ", ".join(f"{k} {v:.5g}" for k, v in result.picked.values.items())
+        out.print(f"picked ({result.pick_rule}): trial {result.picked.number}: {values}; plan {result.picked.plan_path}")
+    else:
+        out.print(f"no feasible Pareto trial satisfies the pick rule ({result.pick_rule})")
+    out.print(f"run directory: {result.run_dir}   study storage: {result.storage}")
+    if result.ui_hint:
+        out.print(f"MLflow: {result.ui_hint}")
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    """Start the MLflow UI on the study's tracking store (127.0.0.1 unless --host says otherwise)."""
+    import os
+    import shutil
+    import subprocess
+
+    uri = args.tracking_uri
+    if uri is None and args.run_dir:
+        from autocompress.config import read_yaml
+
+        cfg_path = os.path.join(args.run_dir, "config.yaml")
+        if not os.path.isfile(cfg_path):
+            raise UserError(f"{args.run_dir!r} is not a run directory (no config.yaml); give the run_dir of a search")
+        uri = (read_yaml(cfg_path).get("tracking") or {}).get("uri", "sqlite:///mlflow.db")
+    uri = uri or "sqlite:///mlflow.db"
+    if uri == "none":
+        raise UserError("this search ran with tracking.uri: none; there is nothing for the MLflow UI to show")
+    if uri.startswith("http"):
+        print(f"MLflow is served at {uri}")
+        return 0
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        raise UserError(f"no MLflow store at {uri}; run a search first or pass --tracking-uri")
+    exe = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
+    print(f"MLflow UI: http://{args.host}:{args.port}  (store {uri}; Ctrl-C stops it)", flush=True)
+    cmd = [exe, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    try:
+        return subprocess.call(cmd, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autocompress", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-calibration", type=int, default=64, help="calibration texts (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_apply)
+
+    p = sub.add_parser("search", help="run (or resume) the search a YAML config describes")
+    p.add_argument("config", help="a search config (see examples/README.md)")
+    p.add_argument("--trials", type=int, help="override budget.n_trials (total, counting earlier runs)")
+    p.add_argument("--backend", choices=("local", "ray"), help="override backend.name")
+    p.add_argument("--workers", type=int, help="override backend.workers")
+    p.add_argument("--run-dir", help="override run_dir (the study's SQLite storage moves with it)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary last")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("ui", help="open the MLflow UI on a search's tracking store (127.0.0.1)")
+    p.add_argument("run_dir", nargs="?", help="a search's run directory (its config names the store)")
+    p.add_argument("--tracking-uri", help="the MLflow store (default: the run's, else sqlite:///mlflow.db)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=_cmd_ui)
     return parser
 
 

@@ -233,6 +233,30 @@ class CompressionPlan:
         """`{"<layer>.<field>": value}` for the non-default fields: MLflow params, Optuna-style names."""
         return {f"{name}.{k}": v for name, lp in self.layers.items() for k, v in lp.to_dict().items()}
 
+    def summary(self) -> str:
+        """One line: how many layers get each setting, e.g. "bits 3x6 4x12 8x6; structured 25%x3"."""
+        if self.is_empty:
+            return "empty"
+        parts: dict[str, dict[str, int]] = {}
+
+        def count(kind: str, value: str) -> None:
+            parts.setdefault(kind, {})
+            parts[kind][value] = parts[kind].get(value, 0) + 1
+
+        for p in self.layers.values():
+            if p.bits is not None:
+                count("bits", str(p.bits))
+            if p.act_bits is not None:
+                count("act", f"int{p.act_bits}")
+            if p.prunes:
+                kind = "structured" if p.pattern == "structured" else "sparsity"
+                count(kind, p.pattern if p.n_m else f"{p.sparsity:.0%}")
+            if p.factorizes:
+                count("rank", str(p.rank))
+        order = ("bits", "act", "sparsity", "structured", "rank")
+        return "; ".join(f"{kind} " + " ".join(f"{v}x{n}" for v, n in sorted(parts[kind].items()))
+                         for kind in order if kind in parts)
+
     # ---- display -------------------------------------------------------------------------------------
     _COLUMNS = ("layer", "bits", "group", "sym", "quant", "act", "sparsity", "pattern", "prune", "rank")
 

@@ -96,3 +96,8 @@ def test_resolve_rank():
     assert resolve_rank(0.25, 384, 1536) == 96
     assert resolve_rank(0.001, 10, 10) == 1
     assert resolve_rank(17, 384, 384) == 17
+
+
+def test_summary_counts_settings():
+    assert sample_plan().summary() == "bits 3x1 4x1 6x1 8x1; act int8x1; sparsity 2:4x1 30%x1; structured 12%x1; rank 0.25x1 17x1"
+    assert CompressionPlan({}).summary() == "empty"

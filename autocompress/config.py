@@ -1,0 +1,314 @@
+"""The search config: one YAML file, validated strictly before any work.
+
+`SearchConfig.from_yaml(path)` reads with `yaml.safe_load` and validates every key with pydantic
+(`extra="forbid"`): an unknown key, a wrong type or a value out of range raises `UserError` naming the
+key's path, the valid keys (with a "did you mean") or the valid range. Every key is documented in
+examples/README.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autocompress.errors import UserError
+
+# metrics a trial can report, and whether the plan alone decides them (no model work needed)
+METRICS = {
+    "fidelity": "max", "fidelity_min": "max", "topk_agreement": "max",
+    "perplexity": "min", "perplexity_ratio": "min", "nll": "min", "accuracy": "max",
+    "size_mb": "min", "size_ratio": "min",
+}
+PLAN_METRICS = frozenset({"size_mb", "size_ratio"})
+TASK_METRICS = {
+    "embedding": {"fidelity", "fidelity_min", "topk_agreement"},
+    "causal-lm": {"perplexity", "perplexity_ratio", "nll"},
+    "sequence-classification": {"accuracy"},
+}
+_CONSTRAINT = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+_OBJECTIVE = re.compile(r"^\s*(maximize|minimize)\s+([a-z_]+)\s*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Strict):
+    name: str
+    task: Literal["auto", "embedding", "causal-lm", "sequence-classification"] = "auto"
+    trust_remote_code: bool = False
+
+
+class TextSet(_Strict):
+    source: str = "builtin"
+    n: int = Field(128, ge=2, le=1_000_000)
+    seed: int = 0
+
+
+class DataSection(_Strict):
+    calibration: TextSet = TextSet(n=64, seed=1)
+    evaluation: TextSet = TextSet(n=128, seed=0)
+    labels: str | None = None
+    batch_size: int = Field(32, ge=1, le=4096)
+    max_length: int = Field(128, ge=8, le=32768)
+
+
+class _Selectable(_Strict):
+    targets: list[str] | None = None
+    ignore: list[str] = []
+
+
+class QuantizeSpace(_Selectable):
+    bits: list[Literal[2, 3, 4, 5, 6, 7, 8] | None] = Field([4, 8, None], min_length=1)
+    group_size: list[int | None] = Field([128], min_length=1)
+    symmetric: list[bool] = Field([True], min_length=1)
+    method: list[Literal["rtn", "gptq"]] = Field(["rtn"], min_length=1)
+    act_bits: list[Literal[8] | None] = Field([None], min_length=1)
+
+
+class PruneSpace(_Selectable):
+    sparsity: list[float] = Field([0.0, 0.25, 0.5], min_length=1)
+    pattern: list[str] = Field(["unstructured"], min_length=1)
+    method: list[Literal["magnitude", "wanda"]] = Field(["wanda"], min_length=1)
+
+    @field_validator("sparsity")
+    @classmethod
+    def _range(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= s <= 0.95 for s in v):
+            raise ValueError("each sparsity must be within 0..0.95")
+        return v
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if p != "unstructured" and not re.match(r"^\d+:\d+$", p)]
+        if bad:
+            raise ValueError(f"pattern {bad[0]!r} is unknown; use unstructured or N:M such as 2:4")
+        return v
+
+
+class StructuredSpace(_Selectable):
+    sparsity: list[float] = Field([0.0, 0.125, 0.25], min_length=1)
+    method: list[Literal["magnitude", "wanda"]] = Field(["wanda"], min_length=1)
+
+    _range = field_validator("sparsity")(PruneSpace._range.__func__)
+
+
+class LowRankSpace(_Selectable):
+    rank: list[int | float | None] = Field([None, 0.5, 0.25], min_length=1)
+    method: list[Literal["svd", "whitened"]] = Field(["whitened"], min_length=1)
+
+
+class SpaceSection(_Strict):
+    share: Literal["layer", "group"] = "group"
+    quantize: QuantizeSpace | None = None
+    prune: PruneSpace | None = None
+    structured: StructuredSpace | None = None
+    lowrank: LowRankSpace | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "SpaceSection":
+        if not any((self.quantize, self.prune, self.structured, self.lowrank)):
+            raise ValueError("the search space is empty; add at least one of quantize, prune, structured, lowrank")
+        return self
+
+
+class BudgetSection(_Strict):
+    n_trials: int | None = Field(20, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> "BudgetSection":
+        if self.n_trials is None and self.timeout_s is None:
+            raise ValueError("set n_trials, timeout_s or both; a search needs a limit")
+        return self
+
+
+class SamplerSection(_Strict):
+    name: Literal["nsga2", "tpe", "random", "gp"] = "nsga2"
+    seed: int | None = 0
+    population_size: int | None = Field(None, ge=2)
+    enqueue_uniform: bool = True
+
+
+class BackendSection(_Strict):
+    name: Literal["local", "ray"] = "local"
+    workers: int = Field(1, ge=1, le=4096)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    address: str | None = None
+
+
+class TrackingSection(_Strict):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "autocompress"
+
+
+class SearchConfig(_Strict):
+    model: ModelSection
+    data: DataSection = DataSection()
+    space: SpaceSection
+    objectives: list[str] = Field(["maximize fidelity", "minimize size_mb"], min_length=1)
+    constraints: list[str] = []
+    budget: BudgetSection = BudgetSection()
+    sampler: SamplerSection = SamplerSection()
+    backend: BackendSection = BackendSection()
+    storage: str | None = None
+    tracking: TrackingSection = TrackingSection()
+    study_name: str | None = None
+    run_dir: str | None = None
+    pick: str | None = None
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[str]) -> list[str]:
+        seen = set()
+        for text in v:
+            direction, metric = parse_objective(text)
+            if metric in seen:
+                raise ValueError(f"metric {metric!r} appears twice")
+            seen.add(metric)
+        return v
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, v: list[str]) -> list[str]:
+        for text in v:
+            parse_constraint(text)
+        return v
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> "SearchConfig":
+        """Read and validate a YAML config; relative paths in it resolve against the file's directory.
+
+        `overrides` (e.g. {"budget": {"n_trials": 5}, "run_dir": "x"}) are merged into the YAML before
+        validation and before the defaults that depend on other keys (run_dir, storage) are filled."""
+        data = read_yaml(path)
+        if overrides and isinstance(data, dict):
+            data = _merge(data, overrides)
+        cfg = cls.from_dict(data, where=str(path))
+        return cfg.resolved(Path(path).resolve().parent, default_name=Path(path).stem)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "config") -> "SearchConfig":
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: the YAML must be a mapping of keys (model, space, ...), "
+                            f"not a {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise UserError(f"{where}: {_explain(exc)}") from None
+
+    def resolved(self, base: Path, default_name: str = "search") -> "SearchConfig":
+        """Fill the defaults that depend on where the config lives: study name, run dir, storage."""
+        def local(p: str | None) -> str | None:
+            if p is None or p == "builtin" or os.path.isabs(p):
+                return p
+            candidate = base / p
+            return str(candidate) if candidate.exists() else p
+
+        name = self.study_name or default_name
+        run_dir = self.run_dir or os.path.join("runs", name)
+        data = self.data.model_copy(update={
+            "calibration": self.data.calibration.model_copy(update={"source": local(self.data.calibration.source)}),
+            "evaluation": self.data.evaluation.model_copy(update={"source": local(self.data.evaluation.source)}),
+            "labels": local(self.data.labels)})
+        tracking = self.tracking
+        if tracking.uri.startswith("sqlite:///") and not tracking.uri.startswith("sqlite:////"):
+            # relative to the working directory, made absolute so `autocompress ui RUN_DIR` works from anywhere
+            tracking = tracking.model_copy(update={"uri": f"sqlite:///{os.path.abspath(tracking.uri[10:])}"})
+        return self.model_copy(update={
+            "study_name": name, "run_dir": run_dir, "data": data, "tracking": tracking,
+            "model": self.model.model_copy(update={"name": local(self.model.name)}),
+            "storage": self.storage or f"sqlite:///{os.path.abspath(os.path.join(run_dir, 'optuna.db'))}"})
+
+    def check_task(self, task: str) -> None:
+        """Raise `UserError` if an objective or constraint names a metric this task cannot produce."""
+        available = TASK_METRICS[task] | PLAN_METRICS
+        used = [parse_objective(o)[1] for o in self.objectives] + [parse_constraint(c)[0] for c in self.constraints]
+        for metric in used:
+            if metric not in available:
+                raise UserError(f"metric {metric!r} is not produced for a model of task {task!r}; "
+                                f"use one of {', '.join(sorted(available))}")
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_objective(text: str) -> tuple[str, str]:
+    """'maximize fidelity' -> ('maximize', 'fidelity')."""
+    m = _OBJECTIVE.match(text)
+    if not m:
+        raise ValueError(f"objective {text!r} must read 'maximize METRIC' or 'minimize METRIC'")
+    _check_metric(m.group(2))
+    return m.group(1), m.group(2)
+
+
+def parse_constraint(text: str) -> tuple[str, str, float]:
+    """'fidelity >= 0.98' -> ('fidelity', '>=', 0.98)."""
+    m = _CONSTRAINT.match(text)
+    if not m:
+        raise ValueError(f"constraint {text!r} must read 'METRIC OP NUMBER' with OP one of <=, >=, <, >")
+    _check_metric(m.group(1))
+    try:
+        return m.group(1), m.group(2), float(m.group(3))
+    except ValueError:
+        raise ValueError(f"constraint {text!r}: {m.group(3)!r} is not a number") from None
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        close = difflib.get_close_matches(metric, list(METRICS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown metric {metric!r}{hint} (known: {', '.join(METRICS)})")
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise UserError(f"config {str(path)!r} does not exist") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config {str(path)!r} is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(f"config {str(path)!r} is not valid YAML (safe_load refuses it: {first})") from None
+
+
+def _explain(exc: ValidationError) -> str:
+    """The first pydantic error as one line: the key's path, what is wrong, and the fix."""
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains a "missing"
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = SearchConfig
+        for part in err["loc"][:-1]:
+            if isinstance(part, int):
+                continue
+            ann = parent.model_fields[part].annotation
+            parent = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
+                           and issubclass(a, BaseModel)), parent)
+        valid = list(parent.model_fields)
+        key = str(err["loc"][-1])
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown key {loc!r}{hint}; valid keys here: {', '.join(valid)}"
+    if err["type"] == "missing":
+        return f"missing required key {loc!r}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg} (got {err.get('input')!r})" if loc else msg

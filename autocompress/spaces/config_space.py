@@ -1,0 +1,251 @@
+"""`ConfigSpace`: the search space that a config's `space:` section describes, per decision unit.
+
+Decision units. Each technique picks its layers with its own `targets`/`ignore` (`select_layers`; default:
+the Linear layers inside the blocks). With `share: group`, layers of one `ModelInfo.groups` group (q/k/v,
+gate/up) that are all selected form ONE unit named by the group (`encoder.layer.0.attention.self.qkv`) and
+share its settings; every other layer is a unit of its own. With `share: layer` every layer is its own unit.
+Structured pruning decides per structure (heads or FFN neurons); grouped-query attention heads are left out
+(they cannot be pruned).
+
+Optuna params are named `"<unit>.<field>"` with the `LayerPlan` field names: bits, group_size, symmetric,
+quant_method, act_bits, sparsity, pattern, prune_method, rank, rank_method; all are categorical over the
+config's choices (None kept as None). A field with a single choice is a constant and is never suggested, so
+the sampler sees only real decisions. Conditional (define-by-run), in this order per trial:
+  lowrank    rank (choices filtered per unit, see below); rank_method only when the rank is not None.
+  quantize   bits; group_size, symmetric, quant_method only when bits is not None; act_bits always.
+  prune      skipped for a unit's layers that got a rank (a sparse matrix's factors are dense); then
+             pattern, then for "unstructured" the sparsity among the config's choices; an N:M pattern
+             implies sparsity 1 - N/M. When 0.0 is a sparsity choice but "unstructured" is not a pattern,
+             the pattern choices gain a leading "dense" (leave the unit alone) and the other sparsity
+             values are unused. prune_method only when the sparsity is > 0.
+  structured per structure: sparsity; prune_method only when > 0. Composes with every other technique.
+Rank filtering: a rank choice stays in a unit's choices only if, for every layer of the unit, the resolved
+rank does not exceed the break-even in*out // (in+out), also at each shape that structured pruning in this
+space can shrink the layer to; so a rank never grows a layer. The filter depends only on shapes and config,
+so each param's choices are the same in every trial. If only None remains, nothing is suggested.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from typing import Any, Callable, Sequence
+
+import optuna
+
+from autocompress.config import SpaceSection
+from autocompress.errors import UserError
+from autocompress.models import ModelInfo
+from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
+from autocompress.selection import select_layers
+from autocompress.spaces._base import SearchSpace
+
+TECHNIQUES = ("lowrank", "quantize", "prune", "structured")  # the order decisions are drawn in
+Pick = Callable[[str, str, Sequence[Any]], Any]  # (unit, field, choices) -> value
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class ConfigSpace(SearchSpace):
+    """The per-unit space of a `SpaceSection` over a model inventory (see the module docstring)."""
+
+    def __init__(self, space: SpaceSection, info: ModelInfo) -> None:
+        self.space, self.info = space, info
+        self._check_choices()
+        self.technique_units: dict[str, dict[str, tuple[str, ...]]] = {}
+        for tech in ("lowrank", "quantize", "prune"):
+            sec = getattr(space, tech)
+            if sec is not None:
+                names = select_layers(info, sec.targets, sec.ignore, where=f"space.{tech}")
+                self.technique_units[tech] = self._group(names)
+        if space.structured is not None:
+            st = space.structured
+            names = [n for n in select_layers(info, st.targets, st.ignore, structures=True, where="space.structured")
+                     if info.structures[n].kv_groups == 1]
+            if not names:
+                raise UserError("space.structured: the selected structures are all grouped-query attention heads, "
+                                "which cannot be pruned; target the FFN neurons instead")
+            self.technique_units["structured"] = {n: (n,) for n in names}
+        self._ranks = {u: self._fitting_ranks(m) for u, m in self.technique_units.get("lowrank", {}).items()}
+        patterns = list(space.prune.pattern) if space.prune else []
+        if space.prune and 0.0 in space.prune.sparsity and "unstructured" not in patterns:
+            patterns.insert(0, "dense")
+        self._patterns = patterns
+
+    # ---- the contract --------------------------------------------------------------------------------
+    @property
+    def units(self) -> dict[str, tuple[str, ...]]:
+        """Every decision unit of every technique: unit name -> its layers (or structure)."""
+        return {u: m for units in self.technique_units.values() for u, m in units.items()}
+
+    def sample(self, trial: optuna.trial.BaseTrial) -> CompressionPlan:
+        def pick(unit: str, field: str, choices: Sequence[Any]) -> Any:
+            if len(choices) == 1:
+                return choices[0]
+            return trial.suggest_categorical(f"{unit}.{field}", list(choices))
+
+        return self._build(pick, TECHNIQUES)
+
+    def uniform_plans(self) -> dict[str, CompressionPlan]:
+        """One plan per non-trivial choice of each technique's main field, on all its units; the other
+        fields at their first choice. A unit whose filtered ranks lack the rank is left unfactorized."""
+        plans = {}
+        for label, (tech, want) in self._uniform_wanted().items():
+            def pick(unit: str, field: str, choices: Sequence[Any], want=want) -> Any:
+                if field in want:
+                    return want[field] if want[field] in choices else None
+                return choices[0]
+
+            plan = self._build(pick, (tech,))
+            if not plan.is_empty:
+                plans[label] = plan
+        return plans
+
+    def uniform_params(self) -> dict[str, dict[str, Any]]:
+        """The Optuna params of each uniform baseline in the *joint* space (what `study.enqueue_trial` needs):
+        the baseline's technique set to its one choice on every unit, every other technique switched off
+        where "off" (null bits or rank, sparsity 0, dense) is among its choices, other fields at their first
+        choice. Recorded by replaying `_build`, so `sample` on these params gives exactly these plans."""
+        off_values = (None, 0.0, "dense")
+        out: dict[str, dict[str, Any]] = {}
+        for name, (tech, want) in self._uniform_wanted().items():
+            own = self.technique_units.get(tech, {})
+            params: dict[str, Any] = {}
+
+            def pick(unit: str, field: str, choices: Sequence[Any], own=own, want=want, params=params) -> Any:
+                if unit in own and field in want:
+                    value = want[field] if want[field] in choices else choices[0]
+                elif unit not in own and field in ("bits", "sparsity", "pattern", "rank"):
+                    value = next((c for c in choices if c in off_values and type(c) is not bool), choices[0])
+                else:
+                    value = choices[0]
+                if len(choices) > 1:
+                    params[f"{unit}.{field}"] = value
+                return value
+
+            self._build(pick, TECHNIQUES)
+            out[name] = params
+        return out
+
+    def _uniform_wanted(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Label -> (technique, the one choice of its main field) for each uniform baseline."""
+        sp, wanted = self.space, []
+        if sp.quantize:
+            wanted += [("quantize", {"bits": b}) for b in sp.quantize.bits if b is not None]
+        if sp.prune:
+            for p in sp.prune.pattern:
+                if p == "unstructured":
+                    wanted += [("prune", {"sparsity": s, "pattern": p}) for s in sp.prune.sparsity if s > 0]
+                else:  # N:M: the pattern implies the sparsity
+                    wanted.append(("prune", {"sparsity": LayerPlan(pattern=p).sparsity, "pattern": p}))
+        if sp.structured:
+            wanted += [("structured", {"sparsity": s}) for s in sp.structured.sparsity if s > 0]
+        if sp.lowrank:
+            wanted += [("lowrank", {"rank": r}) for r in sp.lowrank.rank if r is not None]
+        return {f"{tech} " + " ".join(f"{k}={_fmt(v)}" for k, v in want.items()): (tech, want)
+                for tech, want in wanted}
+
+    # ---- building ------------------------------------------------------------------------------------
+    def _build(self, pick: Pick, techniques: Sequence[str]) -> CompressionPlan:
+        out: dict[str, dict[str, Any]] = defaultdict(dict)
+        for tech in TECHNIQUES:
+            if tech in techniques and tech in self.technique_units:
+                getattr(self, f"_{tech}")(pick, self.technique_units[tech], out)
+        return CompressionPlan({name: LayerPlan(**fields) for name, fields in out.items()})
+
+    def _lowrank(self, pick: Pick, units: dict, out: dict) -> None:
+        for unit, members in units.items():
+            rank = pick(unit, "rank", self._ranks[unit])
+            if rank is not None:
+                method = pick(unit, "rank_method", self.space.lowrank.method)
+                for name in members:
+                    out[name].update(rank=rank, rank_method=method)
+
+    def _quantize(self, pick: Pick, units: dict, out: dict) -> None:
+        q = self.space.quantize
+        for unit, members in units.items():
+            fields: dict[str, Any] = {}
+            bits = pick(unit, "bits", q.bits)
+            if bits is not None:
+                fields = dict(bits=bits, group_size=pick(unit, "group_size", q.group_size),
+                              symmetric=pick(unit, "symmetric", q.symmetric),
+                              quant_method=pick(unit, "quant_method", q.method))
+            fields["act_bits"] = pick(unit, "act_bits", q.act_bits)
+            for name in members:
+                out[name].update(fields)
+
+    def _prune(self, pick: Pick, units: dict, out: dict) -> None:
+        p = self.space.prune
+        for unit, members in units.items():
+            free = [n for n in members if out[n].get("rank") is None]
+            if not free:
+                continue  # every layer of the unit is factorized: pruning is not on offer
+            pattern = pick(unit, "pattern", self._patterns)
+            if pattern == "dense":
+                continue
+            if pattern == "unstructured":
+                sparsity = pick(unit, "sparsity", p.sparsity)
+            else:  # N:M: LayerPlan derives 1 - N/M
+                sparsity = LayerPlan(pattern=pattern).sparsity
+            if sparsity > 0:
+                method = pick(unit, "prune_method", p.method)
+                for name in free:
+                    out[name].update(sparsity=sparsity, pattern=pattern, prune_method=method)
+
+    def _structured(self, pick: Pick, units: dict, out: dict) -> None:
+        st = self.space.structured
+        for unit in units:
+            sparsity = pick(unit, "sparsity", st.sparsity)
+            if sparsity > 0:
+                out[unit] = dict(sparsity=sparsity, pattern="structured",
+                                 prune_method=pick(unit, "prune_method", st.method))
+
+    # ---- units and choices ---------------------------------------------------------------------------
+    def _group(self, names: list[str]) -> dict[str, tuple[str, ...]]:
+        chosen, owner = set(names), {}
+        if self.space.share == "group":
+            for group, members in self.info.groups.items():
+                if set(members) <= chosen and not set(members) & set(owner):
+                    owner.update({m: group for m in members})
+        units: dict[str, tuple[str, ...]] = {}
+        for name in names:
+            unit = owner.get(name, name)
+            units.setdefault(unit, self.info.groups[unit] if unit in owner.values() else (name,))
+        return units
+
+    def _shapes(self, name: str) -> set[tuple[int, int]]:
+        """(out, in) of a layer as it is and after each structured pruning this space can choose."""
+        li = self.info.layers[name]
+        shapes = {(li.out_features, li.in_features)}
+        structured = self.technique_units.get("structured", {})
+        for s in (self.info.structures[u] for u in structured):
+            if name not in (*s.producers, s.consumer):
+                continue
+            grown = set()
+            for (n_out, n_in), sp in itertools.product(shapes, self.space.structured.sparsity):
+                cut = min(round(sp * s.units), s.units - 1) * s.unit_size
+                grown.add((n_out - cut * (3 if s.fused_qkv else 1), n_in) if name in s.producers
+                          else (n_out, n_in - cut))
+            shapes |= grown
+        return shapes
+
+    def _fitting_ranks(self, members: tuple[str, ...]) -> list[int | float | None]:
+        shapes = set().union(*(self._shapes(n) for n in members))
+        ranks = [r for r in self.space.lowrank.rank
+                 if r is None or all(resolve_rank(r, o, i) <= o * i // (o + i) for o, i in shapes)]
+        return ranks or [None]
+
+    def _check_choices(self) -> None:
+        """Choices the config schema lets through but a `LayerPlan` refuses (rank 1.5, pattern 4:2, ...)."""
+        sp = self.space
+        checks = [("lowrank.rank", dict(rank=r)) for r in (sp.lowrank.rank if sp.lowrank else ())]
+        checks += [("quantize.group_size", dict(bits=4, group_size=g))
+                   for g in (sp.quantize.group_size if sp.quantize else ())]
+        checks += [("prune.pattern", dict(pattern=p)) for p in (sp.prune.pattern if sp.prune else ())]
+        for where, fields in checks:
+            try:
+                LayerPlan(**fields)
+            except UserError as exc:
+                raise UserError(f"space.{where}: {exc}") from None

@@ -1,0 +1,202 @@
+"""The search end to end on a tiny model: both backends, resume, constraints, failures, MLflow (SQLite and a
+real server), the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from autocompress.cli import main
+from autocompress.config import SearchConfig
+from autocompress.search.driver import run_search
+
+SPACE = {"quantize": {"bits": [2, 4, 8, None], "group_size": [16, 64], "method": ["rtn", "gptq"]},
+         "structured": {"sparsity": [0.0, 0.5]}}
+
+
+def make_config(tmp_path: Path, **extra) -> SearchConfig:
+    data = {"model": {"name": "random:bert"}, "data": {"calibration": {"n": 8}, "evaluation": {"n": 16}},
+            "space": SPACE, "budget": {"n_trials": 6}, "sampler": {"population_size": 4, "seed": 0},
+            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}, "run_dir": str(tmp_path / "run"),
+            "study_name": "tiny"}
+    data.update(extra)
+    return SearchConfig.from_dict(data).resolved(tmp_path)
+
+
+def children(uri: str, study: str = "tiny") -> tuple[object, list]:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("autocompress")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("autocompress.study_name") == study]
+    assert len(parents) == 1
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return parents[0], kids
+
+
+def stored_trials(config: SearchConfig) -> list:
+    return optuna.load_study(study_name=config.study_name, storage=config.storage).get_trials()
+
+
+def test_local_search_end_to_end(tmp_path):
+    config = make_config(tmp_path)
+    result = run_search(config, show_progress=False)
+    trials = stored_trials(config)
+    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+    baselines = [t.user_attrs.get("baseline") for t in trials[:4]]  # a fresh study starts from them
+    assert baselines == ["quantize bits=2", "quantize bits=4", "quantize bits=8", "structured sparsity=0.5"]
+    assert result.counts == {"COMPLETE": 6} and result.pareto and result.picked is not None
+    for p in result.pareto:
+        assert Path(p.plan_path).is_file() and set(p.values) == {"fidelity", "size_mb"}
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["study_name"] == "tiny" and summary["counts"] == {"COMPLETE": 6}
+    parent, kids = children(config.tracking.uri)
+    assert parent.info.status == "FINISHED" and len(kids) == 6
+    kid = kids[0]
+    assert "fidelity" in kid.data.metrics and kid.data.tags["autocompress.state"] == "COMPLETE"
+    assert any(k.endswith(".bits") for k in kid.data.params)  # the plan, flattened
+
+
+def test_resume_continues_without_rerunning(tmp_path):
+    first = make_config(tmp_path, budget={"n_trials": 4})
+    run_search(first, show_progress=False)
+    before = {t.number: (t.values, t.datetime_complete) for t in stored_trials(first)}
+    second = make_config(tmp_path, budget={"n_trials": 7})
+    result = run_search(second, show_progress=False)
+    trials = stored_trials(second)
+    assert [t.number for t in trials] == list(range(7)) and result.counts == {"COMPLETE": 7}
+    for t in trials[:4]:
+        assert (t.values, t.datetime_complete) == before[t.number]  # finished trials never run again
+    _, kids = children(second.tracking.uri)
+    assert sorted(int(k.data.tags["autocompress.trial_number"]) for k in kids) == list(range(7))
+    # a third run with the budget already spent does no trial work at all
+    assert run_search(second, show_progress=False).counts == {"COMPLETE": 7}
+
+
+def test_constraints_keep_infeasible_plans_off_the_pareto_front(tmp_path):
+    config = make_config(tmp_path, budget={"n_trials": 12}, sampler={"name": "random", "seed": 3},
+                         constraints=["fidelity >= 0.9999", "size_mb <= 8.0"])
+    result = run_search(config, show_progress=False)
+    trials = stored_trials(config)
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    infeasible = [t for t in trials if t.state.name == "COMPLETE" and any(v > 0 for v in t.constraints.values())]
+    assert pruned, "some plans should break the size budget before any model work"
+    assert all("breaks size_mb <= 8" in t.user_attrs["reason"] for t in pruned)
+    assert all("fidelity" not in t.user_attrs["metrics"] for t in pruned)  # no model work was done
+    assert infeasible, "some evaluated plans should miss the fidelity constraint"
+    front = {p.number for p in result.pareto}
+    assert front and not front & {t.number for t in infeasible + pruned}
+    for p in result.pareto:
+        assert p.metrics["fidelity"] >= 0.9999 and p.metrics["size_mb"] <= 8.0
+
+
+def test_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+    import autocompress.policies as policies
+
+    real = policies.apply_plan
+    calls = {"n": 0}
+
+    def flaky(model, plan, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("injected failure")
+        return real(model, plan, *args, **kwargs)
+
+    monkeypatch.setattr(policies, "apply_plan", flaky)
+    config = make_config(tmp_path, budget={"n_trials": 5})
+    result = run_search(config, show_progress=False)
+    failed = [t for t in stored_trials(config) if t.state.name == "FAIL"]
+    assert len(failed) == 1 and "injected failure" in failed[0].user_attrs["error"]
+    assert result.counts.get("FAIL") == 1 and sum(result.counts.values()) == 5
+    _, kids = children(config.tracking.uri)
+    bad = [k for k in kids if k.data.tags["autocompress.state"] == "FAIL"]
+    assert len(bad) == 1 and bad[0].info.status == "FAILED" and "injected" in bad[0].data.tags["autocompress.error"]
+
+
+def test_ray_backend_uses_two_workers(tmp_path):
+    config = make_config(tmp_path, budget={"n_trials": 6}, backend={"name": "ray", "workers": 2})
+    result = run_search(config, show_progress=False)
+    trials = stored_trials(config)
+    assert result.counts == {"COMPLETE": 6}
+    workers = {t.user_attrs["worker"] for t in trials if t.user_attrs["worker"] != "cache"}
+    assert len(workers) == 2, f"trials should spread over both actors, saw {workers}"
+    _, kids = children(config.tracking.uri)
+    assert len(kids) == 6
+
+
+def test_search_logs_to_a_real_mlflow_server(tmp_path, mlflow_server):
+    config = make_config(tmp_path, budget={"n_trials": 3}, tracking={"uri": mlflow_server})
+    result = run_search(config, show_progress=False)
+    parent, kids = children(mlflow_server)
+    assert parent.info.status == "FINISHED" and len(kids) == 3
+    assert result.ui_hint.startswith(mlflow_server)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    assert "pareto.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def test_cli_search_json_and_bad_config(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({"model": {"name": "random:bert"}, "space": SPACE,
+                                "data": {"calibration": {"n": 8}, "evaluation": {"n": 16}},
+                                "tracking": {"uri": "none"}}))
+    assert main(["search", str(path), "--trials", "3", "--run-dir", str(tmp_path / "r"), "--quiet", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["counts"] == {"COMPLETE": 3} and out["storage"].endswith("r/optuna.db") and out["pareto"]
+    path.write_text("model: {name: 'random:bert'}\nspace: {quantize: {bitz: [4]}}\n")
+    assert main(["search", str(path)]) == 2
+    assert "did you mean 'bits'" in capsys.readouterr().err
+
+
+def test_metric_the_task_cannot_produce_is_refused_before_trials(tmp_path):
+    from autocompress.errors import UserError
+
+    config = make_config(tmp_path, objectives=["minimize perplexity"])
+    with pytest.raises(UserError, match="perplexity"):
+        run_search(config, show_progress=False)
+    assert not [t for t in stored_trials(config) if t.state.is_finished()]
+
+
+def test_ui_serves_the_study_on_localhost(tmp_path):
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.search.conftest import free_port
+
+    config = make_config(tmp_path, budget={"n_trials": 2})
+    run_search(config, show_progress=False)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "autocompress", "ui", str(tmp_path / "run"), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                body = urllib.request.urlopen(
+                    urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
+                                           data=b'{"max_results": 5}', headers={"Content-Type": "application/json"}),
+                    timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the MLflow UI did not answer within 60 s")
+        assert b"autocompress" in body
+    finally:
+        import os
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def test_ui_refuses_a_run_without_tracking(tmp_path, capsys):
+    config = make_config(tmp_path, budget={"n_trials": 1}, tracking={"uri": "none"})
+    run_search(config, show_progress=False)
+    assert main(["ui", str(tmp_path / "run")]) == 2
+    assert "tracking.uri: none" in capsys.readouterr().err
+    assert main(["ui", str(tmp_path)]) == 2  # not a run directory

@@ -1,0 +1,230 @@
+"""ConfigSpace: trials become valid plans, params replay exactly, conditional and filtered choices."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autocompress.config import SpaceSection
+from autocompress.errors import UserError
+from autocompress.models import load_model
+from autocompress.plan import LayerPlan, resolve_rank
+from autocompress.spaces import ConfigSpace, SearchSpace
+from autocompress.validation import validate_plan
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+FIELDS = set(LayerPlan.__dataclass_fields__)
+FULL = {"quantize": {"bits": [4, 8, None], "group_size": [32, None], "symmetric": [True, False],
+                     "method": ["rtn", "gptq"], "act_bits": [None, 8]},
+        "prune": {"sparsity": [0.0, 0.25, 0.5], "pattern": ["unstructured", "2:4"],
+                  "method": ["magnitude", "wanda"]},
+        "structured": {"sparsity": [0.0, 0.25, 0.5]},
+        "lowrank": {"rank": [None, 0.25, 0.5, 0.75, 8, 40, 1000], "method": ["svd", "whitened"]}}
+
+
+@pytest.fixture(scope="module")
+def infos():
+    return {arch: load_model(f"random:{arch}").info for arch in ("bert", "llama", "gpt2")}
+
+
+def space(share="group", **sections):
+    return SpaceSection.model_validate({"share": share, **(sections or FULL)})
+
+
+def trials(cs, n=200, seed=0):
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=seed))
+    for _ in range(n):
+        trial = study.ask()
+        plan = cs.sample(trial)
+        study.tell(trial, [0.0, 0.0])
+        yield trial, plan
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])
+@pytest.mark.parametrize("share", ["group", "layer"])
+def test_random_trials_give_valid_plans_that_replay(infos, arch, share):
+    info = infos[arch]
+    cs = ConfigSpace(space(share), info)
+    assert isinstance(cs, SearchSpace)
+    units = cs.units
+    seen_structured = seen_rank = False
+    for trial, plan in trials(cs):
+        validate_plan(plan, info)
+        assert cs.plan_from_params(trial.params) == plan
+        for name in trial.params:
+            unit, field = name.rsplit(".", 1)
+            assert field in FIELDS and unit in units
+        for name, lp in plan.layers.items():
+            assert not (lp.factorizes and lp.sparsity > 0 and lp.pattern != "structured"), name
+            seen_structured |= lp.pattern == "structured"
+            seen_rank |= lp.factorizes
+        if share == "group":
+            for group, members in info.groups.items():
+                entries = [plan.layers.get(m, LayerPlan()) for m in members]
+                assert len({e for e in entries}) == 1, group  # q/k/v (gate/up) share every setting
+                assert f"{group}.bits" in trial.params
+    assert seen_structured and seen_rank
+
+
+def test_share_layer_gives_each_layer_its_own_unit(infos):
+    info = infos["bert"]
+    cs = ConfigSpace(space("layer", quantize={}), info)
+    assert all(members == (unit,) for unit, members in cs.units.items())
+    assert set(cs.units) == set(info.targets_by_default())
+    grouped = ConfigSpace(space("group", quantize={}), info)
+    assert grouped.units["encoder.layer.0.attention.self.qkv"] == info.groups["encoder.layer.0.attention.self.qkv"]
+
+
+def test_conditional_params(infos):
+    cs = ConfigSpace(space(), infos["llama"])
+    for trial, _ in trials(cs, n=100):
+        p = trial.params
+        for name, value in p.items():
+            unit, field = name.rsplit(".", 1)
+            if field == "bits":
+                assert (f"{unit}.group_size" in p) == (value is not None)
+                assert (f"{unit}.quant_method" in p) == (value is not None)
+            if field == "rank":
+                assert (f"{unit}.rank_method" in p) == (value is not None)
+                assert (value is None) or f"{unit}.pattern" not in p  # factorized units are not pruned
+            if field == "sparsity" and value == 0.0:
+                assert f"{unit}.prune_method" not in p
+            if field == "pattern":
+                assert (f"{unit}.sparsity" in p) == (value == "unstructured")
+
+
+def test_single_choices_are_constants_not_params(infos):
+    cs = ConfigSpace(space(quantize={"bits": [4], "group_size": [64]}), infos["bert"])
+    trial, plan = next(trials(cs, n=1))
+    assert trial.params == {}
+    assert {lp.bits for lp in plan.layers.values()} == {4}
+    assert {lp.group_size for lp in plan.layers.values()} == {64}
+
+
+def test_rank_filter_never_grows_a_layer(infos):
+    info = infos["bert"]
+    cs = ConfigSpace(space(lowrank={"rank": [None, 0.75, 16, 1000]}), info)
+    for trial, plan in trials(cs, n=100):
+        for name, lp in plan.layers.items():
+            li = info.layers[name]
+            rank = resolve_rank(lp.rank, li.out_features, li.in_features)
+            assert rank <= li.in_features * li.out_features // (li.in_features + li.out_features)
+            assert lp.rank not in (1000,)
+    # 64x64 attention layers: 0.75 -> 48 > 32 is dropped; 64x256 FFN layers keep it (48 <= 51)
+    assert cs._ranks["encoder.layer.0.attention.self.qkv"] == [None, 16]
+    assert cs._ranks["encoder.layer.0.intermediate.dense"] == [None, 0.75, 16]
+    # with structured pruning able to halve the FFN, 0.75 could grow the shrunk layer: dropped too
+    both = ConfigSpace(space(lowrank={"rank": [None, 0.75, 16]}, structured={"sparsity": [0.0, 0.5]}), info)
+    assert both._ranks["encoder.layer.0.intermediate.dense"] == [None, 16]
+
+
+def test_rank_filter_leaving_none_suggests_nothing(infos):
+    cs = ConfigSpace(space(lowrank={"rank": [None, 1000]}, quantize={}), infos["bert"])
+    trial, plan = next(trials(cs, n=1))
+    assert not any(name.endswith(".rank") for name in trial.params)
+    assert not any(lp.factorizes for lp in plan.layers.values())
+
+
+def test_nm_pattern_without_unstructured_can_stay_dense(infos):
+    cs = ConfigSpace(space(prune={"sparsity": [0.0, 0.5], "pattern": ["2:4"]}), infos["gpt2"])
+    kinds = set()
+    for trial, plan in trials(cs, n=50):
+        assert set(trial.params.values()) <= {"dense", "2:4"}
+        kinds |= {lp.pattern for lp in plan.layers.values()}
+        assert all(lp.sparsity == 0.5 for lp in plan.layers.values())
+        kinds |= {"dense"} if len(plan) < len(cs.units) else set()
+    assert kinds == {"2:4", "dense"}
+    always = ConfigSpace(space(prune={"sparsity": [0.5], "pattern": ["2:4"]}), infos["gpt2"])
+    trial, plan = next(trials(always, n=1))
+    assert trial.params == {} and len(plan) == len(always.units)
+
+
+def test_targets_and_ignore(infos):
+    info = infos["bert"]
+    sp = space(quantize={"bits": [4, 8], "targets": ["re:attention"], "ignore": ["re:output"]},
+               structured={"sparsity": [0.0, 0.5], "targets": ["re:intermediate"]})
+    cs = ConfigSpace(sp, info)
+    for _, plan in trials(cs, n=30):
+        for name, lp in plan.layers.items():
+            if lp.pattern == "structured":
+                assert name.endswith("intermediate") and name in info.structures
+            else:
+                assert "attention.self" in name and lp.bits in (4, 8)
+    assert set(cs.technique_units["structured"]) == {"encoder.layer.0.intermediate", "encoder.layer.1.intermediate"}
+    with pytest.raises(UserError, match="found no layers"):
+        ConfigSpace(space(quantize={"targets": ["re:nothing_here"]}), info)
+
+
+def test_bad_choices_are_user_errors(infos):
+    with pytest.raises(UserError, match="space.lowrank.rank"):
+        ConfigSpace(space(lowrank={"rank": [None, 1.5]}), infos["bert"])
+    with pytest.raises(UserError, match="space.prune.pattern"):
+        ConfigSpace(space(prune={"pattern": ["4:2"]}), infos["bert"])
+
+
+def test_plan_from_params_rejects_params_that_do_not_fit(infos):
+    cs = ConfigSpace(space(quantize={"bits": [4, 8]}), infos["bert"])
+    with pytest.raises(UserError, match="not found"):
+        cs.plan_from_params({})
+    params = {f"{u}.bits": 4 for u in cs.units}
+    assert {lp.bits for lp in cs.plan_from_params(params).layers.values()} == {4}
+    with pytest.raises(UserError, match="not in"):
+        cs.plan_from_params({**params, "encoder.layer.0.output.dense.bits": 3})
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])
+def test_uniform_plans(infos, arch):
+    info = infos[arch]
+    plans = ConfigSpace(space(), info).uniform_plans()
+    assert {"quantize bits=4", "quantize bits=8", "prune sparsity=0.5 pattern=unstructured",
+            "prune sparsity=0.5 pattern=2:4", "structured sparsity=0.25", "lowrank rank=0.5"} <= set(plans)
+    for name, plan in plans.items():
+        assert not plan.is_empty, name
+        validate_plan(plan, info)
+    assert {lp.bits for lp in plans["quantize bits=4"].layers.values()} == {4}
+    assert len(plans["quantize bits=4"]) == len(info.targets_by_default())
+    assert {lp.pattern for lp in plans["prune sparsity=0.5 pattern=2:4"].layers.values()} == {"2:4"}
+    assert "lowrank rank=1000" not in plans  # fits no layer
+
+
+def test_sample_needs_only_the_inventory(infos):
+    """The space holds the inventory, not a model: a pickled ModelInfo is all a worker needs."""
+    import pickle
+
+    import torch
+
+    info = pickle.loads(pickle.dumps(infos["bert"]))
+    cs = ConfigSpace(space(), info)
+    assert not any(isinstance(v, (torch.nn.Module, torch.Tensor)) for v in vars(cs).values())
+    trial, plan = next(trials(cs, n=1))
+    assert cs.plan_from_params(trial.params) == plan
+    pickle.dumps(cs)
+
+
+def test_grouped_query_heads_are_left_out_of_structured(infos):
+    import dataclasses
+
+    info = infos["llama"]
+    gqa = dataclasses.replace(info, structures={
+        n: dataclasses.replace(s, kv_groups=2) if s.kind == "heads" else s for n, s in info.structures.items()})
+    cs = ConfigSpace(space(structured={"sparsity": [0.0, 0.5]}), gqa)
+    assert set(cs.technique_units["structured"]) == {"model.layers.0.mlp", "model.layers.1.mlp"}
+    for _, plan in trials(cs, n=20):
+        validate_plan(plan, gqa)
+    with pytest.raises(UserError, match="grouped-query"):
+        ConfigSpace(space(structured={"targets": ["re:self_attn"]}), gqa)
+
+
+def test_uniform_params_reproduce_the_uniform_baselines():
+    from autocompress.config import SpaceSection
+
+    info = load_model("random:bert").info
+    space = ConfigSpace(SpaceSection.model_validate({
+        "quantize": {"bits": [3, 8, None], "group_size": [16, 64]},
+        "structured": {"sparsity": [0.0, 0.5]}}), info)
+    params = space.uniform_params()
+    plans = space.uniform_plans()
+    assert set(params) == set(plans) == {"quantize bits=3", "quantize bits=8", "structured sparsity=0.5"}
+    for label, p in params.items():
+        assert space.plan_from_params(p) == plans[label]  # other techniques switched off

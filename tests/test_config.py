@@ -1,0 +1,89 @@
+import os
+
+import pytest
+
+from autocompress.config import SearchConfig
+from autocompress.errors import UserError
+
+BASE = {"model": {"name": "random:bert"}, "space": {"quantize": {"bits": [4, 8]}}}
+
+
+def cfg(**extra):
+    return SearchConfig.from_dict({**BASE, **extra})
+
+
+def write(tmp_path, text, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_gets_defaults(tmp_path):
+    c = SearchConfig.from_yaml(write(tmp_path, "model: {name: 'random:bert'}\nspace: {prune: {}}\n"))
+    assert c.study_name == "c" and c.run_dir == "runs/c"
+    assert c.storage.startswith("sqlite:///") and c.storage.endswith("runs/c/optuna.db")
+    assert c.tracking.uri == f"sqlite:///{os.path.abspath('mlflow.db')}"  # the working directory's
+    assert c.sampler.name == "nsga2" and c.backend.name == "local"
+    assert c.objectives == ["maximize fidelity", "minimize size_mb"]
+
+
+def test_overrides_merge_before_defaults(tmp_path):
+    path = write(tmp_path, "model: {name: 'random:bert'}\nspace: {prune: {}}\nbudget: {n_trials: 50}\n")
+    c = SearchConfig.from_yaml(path, {"budget": {"n_trials": 3}, "run_dir": str(tmp_path / "r")})
+    assert c.budget.n_trials == 3 and c.storage == f"sqlite:///{tmp_path / 'r' / 'optuna.db'}"
+
+
+def test_relative_paths_resolve_against_the_config(tmp_path):
+    (tmp_path / "texts.txt").write_text("one sentence here\nanother one there\n")
+    path = write(tmp_path, "model: {name: 'random:bert'}\nspace: {prune: {}}\n"
+                           "data: {evaluation: {source: texts.txt}}\n")
+    assert SearchConfig.from_yaml(path).data.evaluation.source == str(tmp_path / "texts.txt")
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"sapce": {}}, "unknown key 'sapce' (did you mean 'space'?)"),
+    ({"space": {"quantize": {"bitz": [4]}}}, "unknown key 'space.quantize.bitz' (did you mean 'bits'?)"),
+    ({"space": {}}, "the search space is empty"),
+    ({"space": {"quantize": {"bits": [9]}}}, "space.quantize.bits"),
+    ({"space": {"prune": {"sparsity": [0.99]}}}, "each sparsity must be within 0..0.95"),
+    ({"space": {"prune": {"pattern": ["4to8"]}}}, "pattern '4to8' is unknown"),
+    ({"objectives": ["maximize fidelty"]}, "did you mean 'fidelity'"),
+    ({"objectives": ["fidelity"]}, "must read 'maximize METRIC'"),
+    ({"constraints": ["size_mb =< 3"]}, "must read 'METRIC OP NUMBER'"),
+    ({"constraints": ["latency >= 3"]}, "unknown metric 'latency'"),
+    ({"budget": {"n_trials": 0}}, "budget.n_trials"),
+    ({"budget": {"n_trials": None}}, "a search needs a limit"),
+    ({"sampler": {"name": "cmaes"}}, "sampler.name"),
+    ({"backend": {"workers": "two"}}, "backend.workers"),
+    ({"model": {}}, "missing required key 'model.name'"),
+])
+def test_bad_configs_name_the_key(extra, message):
+    with pytest.raises(UserError, match=None) as info:
+        cfg(**extra)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- a\n- b\n", "must be a mapping"),
+    ("model: !!python/object/apply:os.system ['true']\n", "safe_load refuses it"),
+    ("model: {name: [unclosed\n", "not valid YAML"),
+])
+def test_bad_yaml(tmp_path, text, message):
+    with pytest.raises(UserError, match=message):
+        SearchConfig.from_yaml(write(tmp_path, text))
+
+
+def test_missing_and_binary_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        SearchConfig.from_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "b.yaml"
+    bad.write_bytes(b"\xff\xfe\x00model")
+    with pytest.raises(UserError, match="not UTF-8"):
+        SearchConfig.from_yaml(bad)
+
+
+def test_metrics_checked_against_the_task():
+    c = cfg(objectives=["minimize perplexity"])
+    c.check_task("causal-lm")
+    with pytest.raises(UserError, match="'perplexity' is not produced for a model of task 'embedding'"):
+        c.check_task("embedding")
