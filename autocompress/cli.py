@@ -3,6 +3,7 @@
   autocompress inspect MODEL [--task T] [--json]
   autocompress apply MODEL PLAN.json [--eval fidelity,size] [--texts builtin|FILE] [--labels FILE] [--json]
   autocompress search CONFIG.yaml [--trials N] [--backend local|ray] [--workers N] [--run-dir DIR] [--json]
+  autocompress auto MODEL [--max-drop 0.01] [--trials N] [--run-dir DIR]
   autocompress ui [RUN_DIR] [--tracking-uri URI] [--host 127.0.0.1] [--port 5000]
 
 Bad input (a missing model, a plan that does not fit the model, values out of range) prints one line,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -151,7 +153,6 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from autocompress.config import SearchConfig
-    from autocompress.search.driver import run_search
 
     overrides: dict = {}
     if args.trials is not None:
@@ -162,6 +163,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
     config = SearchConfig.from_yaml(args.config, overrides)
+    return _run_and_report(config, args)
+
+
+def _run_and_report(config: Any, args: argparse.Namespace) -> int:
+    from autocompress.search.driver import run_search
+
     out = _console()
     result = run_search(config, show_progress=not args.quiet)
     if args.json:
@@ -170,8 +177,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     names = list(result.pareto[0].values) if result.pareto else []
-    table = Table(title=f"Pareto front of {result.study_name} ({len(result.pareto)} feasible trials; "
-                        f"plans in {result.run_dir}/plans)")
+    table = Table(title=f"Pareto front of {result.study_name}: {len(result.pareto)} feasible trials")
     for col in ("trial", *names, "plan (layers per setting)"):
         table.add_column(col, justify="right" if col in names or col == "trial" else "left")
     first = names[0] if names else None
@@ -185,10 +191,27 @@ def _cmd_search(args: argparse.Namespace) -> int:
         out.print(f"picked ({result.pick_rule}): trial {result.picked.number}: {values}; plan {result.picked.plan_path}")
     else:
         out.print(f"no feasible Pareto trial satisfies the pick rule ({result.pick_rule})")
-    out.print(f"run directory: {result.run_dir}   study storage: {result.storage}")
-    if result.ui_hint:
+    out.print(f"run directory: {result.run_dir} (plans/, pareto.md, summary.json)   study: {result.storage}")
+    if result.tracking_uri.startswith("http"):
         out.print(f"MLflow: {result.ui_hint}")
+    elif result.tracking_uri != "none":
+        out.print(f"MLflow: autocompress ui {result.run_dir}")
     return 0
+
+
+def _cmd_auto(args: argparse.Namespace) -> int:
+    from autocompress.config import SearchConfig
+    from autocompress.models import load_model
+    from autocompress.search.auto import auto_config, write_auto_config
+
+    with _step(f"inspecting {args.model}"):
+        task = load_model(args.model, task=args.task).task
+    name = os.path.basename(os.path.normpath(args.model)).replace(":", "-") or "model"
+    run_dir = os.path.abspath(args.run_dir or os.path.join("runs", f"auto-{name}"))
+    data = auto_config(args.model, task, args.max_drop, args.trials, run_dir, args.backend, args.workers)
+    path = write_auto_config(data, run_dir)
+    _console(stderr=True).print(f"wrote {path}: edit it and run `autocompress search {path}` to change the search")
+    return _run_and_report(SearchConfig.from_yaml(path), args)
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
@@ -257,6 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a machine-readable summary last")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("auto", help="hands-off: write a complete config for MODEL into the run dir and run it")
+    p.add_argument("model", help="model directory, all-MiniLM-L6-v2, or random:bert|llama|gpt2")
+    p.add_argument("--task", default="auto", help="auto, embedding or causal-lm")
+    p.add_argument("--max-drop", type=float, default=0.01,
+                   help="quality you can give up (default 0.01: fidelity >= 0.99, or perplexity within 1%%)")
+    p.add_argument("--trials", type=int, default=48, help="trials to run (default 48)")
+    p.add_argument("--backend", choices=("local", "ray"), default="ray")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--run-dir", help="where the config and results go (default runs/auto-<model>)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary last")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_auto)
 
     p = sub.add_parser("ui", help="open the MLflow UI on a search's tracking store (127.0.0.1)")
     p.add_argument("run_dir", nargs="?", help="a search's run directory (its config names the store)")

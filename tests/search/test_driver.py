@@ -200,3 +200,22 @@ def test_ui_refuses_a_run_without_tracking(tmp_path, capsys):
     assert main(["ui", str(tmp_path / "run")]) == 2
     assert "tracking.uri: none" in capsys.readouterr().err
     assert main(["ui", str(tmp_path)]) == 2  # not a run directory
+
+
+def test_nan_metric_fails_the_trial(tmp_path, monkeypatch):
+    from autocompress.evaluators.fidelity import FidelityEvaluator
+
+    real = FidelityEvaluator.evaluate
+    calls = {"n": 0}
+
+    def sometimes_nan(self, model):
+        calls["n"] += 1
+        metrics = real(self, model)
+        return {**metrics, "fidelity": float("nan")} if calls["n"] == 1 else metrics
+
+    monkeypatch.setattr(FidelityEvaluator, "evaluate", sometimes_nan)
+    config = make_config(tmp_path, budget={"n_trials": 3})
+    result = run_search(config, show_progress=False)
+    failed = [t for t in stored_trials(config) if t.state.name == "FAIL"]
+    assert len(failed) == 1 and "non-finite metric fidelity" in failed[0].user_attrs["error"]
+    assert result.counts == {"COMPLETE": 2, "FAIL": 1}

@@ -1,0 +1,66 @@
+"""Hands-off: write a complete search config for a model, so `autocompress auto MODEL` needs nothing else.
+
+The generated config is an ordinary YAML file in the run directory: the user can edit it and re-run
+`autocompress search` on it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import yaml
+
+from autocompress.errors import UserError
+
+# objective on quality per task, the constraint it gets from --max-drop, and the pick rule's condition
+_QUALITY = {
+    "embedding": ("maximize fidelity", lambda drop: f"fidelity >= {1 - drop:g}"),
+    "causal-lm": ("minimize perplexity_ratio", lambda drop: f"perplexity_ratio <= {1 + drop:g}"),
+}
+
+
+def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: str,
+                backend: str = "ray", workers: int = 2) -> dict[str, Any]:
+    """A complete config for `model`: a joint space over every block Linear (grouped by role per block:
+    q/k/v share a setting) of weight bits with GPTQ, plus whole heads / FFN neurons removed; quality against
+    packed size; `max_drop` as the quality constraint and in the pick rule.
+
+    `max_drop` is the quality a user can give up: 0.01 means fidelity >= 0.99 for an encoder, perplexity at
+    most 1% above the original for a causal LM."""
+    if task not in _QUALITY:
+        raise UserError(f"auto supports embedding and causal-lm models; this one is {task!r} "
+                        "(write a config by hand: see examples/README.md)")
+    if not 0 < max_drop < 1:
+        raise UserError(f"--max-drop {max_drop!r} must be in (0, 1), e.g. 0.01 for a 1% drop")
+    objective, constraint = _QUALITY[task]
+    condition = constraint(max_drop)
+    return {
+        "model": {"name": model, "task": task},
+        "data": {"calibration": {"source": "builtin", "n": 64, "seed": 1},
+                 "evaluation": {"source": "builtin", "n": 128, "seed": 0}},
+        "space": {
+            "share": "group",
+            "quantize": {"bits": [3, 4, 8, None], "group_size": [32, 128], "method": ["gptq"]},
+            "structured": {"sparsity": [0.0, 0.125, 0.25], "method": ["wanda"]},
+        },
+        "objectives": [objective, "minimize size_mb"],
+        "constraints": [condition],
+        "budget": {"n_trials": n_trials},
+        "sampler": {"name": "nsga2", "seed": 0, "population_size": max(8, min(32, n_trials // 4))},
+        "backend": {"name": backend, "workers": workers},
+        "run_dir": run_dir,
+        "study_name": os.path.basename(os.path.normpath(run_dir)),
+        "pick": f"minimize size_mb where {condition}",
+    }
+
+
+def write_auto_config(config: dict[str, Any], run_dir: str) -> str:
+    """Write the config as `<run_dir>/auto.yaml` (commented) and return its path."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "auto.yaml")
+    header = ("# Written by `autocompress auto`. Edit it and run `autocompress search` on this file to\n"
+              "# continue or change the search (every key: examples/README.md).\n")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(header + yaml.safe_dump(config, sort_keys=False))
+    return path

@@ -1,0 +1,42 @@
+import pytest
+import yaml
+
+from autocompress.cli import main
+from autocompress.config import SearchConfig
+from autocompress.errors import UserError
+from autocompress.search.auto import auto_config, write_auto_config
+
+
+@pytest.mark.parametrize("task, objective, constraint", [
+    ("embedding", "maximize fidelity", "fidelity >= 0.98"),
+    ("causal-lm", "minimize perplexity_ratio", "perplexity_ratio <= 1.02"),
+])
+def test_auto_config_is_a_valid_complete_config(tmp_path, task, objective, constraint):
+    data = auto_config("random:bert", task, 0.02, 40, str(tmp_path / "run"))
+    path = write_auto_config(data, str(tmp_path / "run"))
+    config = SearchConfig.from_yaml(path)
+    assert config.objectives == [objective, "minimize size_mb"] and config.constraints == [constraint]
+    assert config.pick == f"minimize size_mb where {constraint}" and config.budget.n_trials == 40
+    assert config.space.quantize and config.space.structured and config.space.share == "group"
+    assert open(path).read().startswith("# Written by `autocompress auto`")
+
+
+def test_auto_refuses_what_it_cannot_do():
+    with pytest.raises(UserError, match="max-drop"):
+        auto_config("m", "embedding", 1.5, 10, "r")
+    with pytest.raises(UserError, match="sequence-classification"):
+        auto_config("m", "sequence-classification", 0.01, 10, "r")
+
+
+def test_auto_runs_and_the_written_config_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["auto", "random:bert", "--trials", "3", "--backend", "local", "--quiet", "--json"]) == 0
+    out = capsys.readouterr()
+    assert "runs/auto-random-bert/auto.yaml" in out.err
+    path = tmp_path / "runs" / "auto-random-bert" / "auto.yaml"
+    assert yaml.safe_load(path.read_text())["model"]["name"] == "random:bert"
+    assert main(["search", str(path), "--trials", "4", "--quiet", "--json"]) == 0
+    import json
+
+    summary = json.loads(capsys.readouterr().out)
+    assert sum(summary["counts"].values()) == 4  # the same study, continued
