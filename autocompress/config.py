@@ -22,9 +22,9 @@ from autocompress.errors import UserError
 METRICS = {
     "fidelity": "max", "fidelity_min": "max", "topk_agreement": "max",
     "perplexity": "min", "perplexity_ratio": "min", "nll": "min", "accuracy": "max",
-    "size_mb": "min", "size_ratio": "min",
+    "size_mb": "min", "size_ratio": "min", "latency_ms": "min",
 }
-PLAN_METRICS = frozenset({"size_mb", "size_ratio"})
+PLAN_METRICS = frozenset({"size_mb", "size_ratio"})  # plus latency_ms when the latency model is not `measured`
 TASK_METRICS = {
     "embedding": {"fidelity", "fidelity_min", "topk_agreement"},
     "causal-lm": {"perplexity", "perplexity_ratio", "nll"},
@@ -149,6 +149,39 @@ class TrackingSection(_Strict):
     experiment: str = "autocompress"
 
 
+class TargetSection(_Strict):
+    """The device the plans are for; gives the `latency_ms` metric."""
+
+    profile: str
+    latency_model: Literal["roofline", "table", "measured"] | None = None
+    batch: int = Field(1, ge=1)
+    seq_len: int = Field(128, ge=1)
+    mode: Literal["prefill", "decode"] = "prefill"
+    device: Literal["cpu", "cuda"] = "cpu"
+
+    @model_validator(mode="after")
+    def _profile_exists(self) -> "TargetSection":
+        from autocompress.hardware import load_profile
+
+        try:
+            profile = load_profile(self.profile)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        if self.latency_model == "table" and not profile.table:
+            raise ValueError(f"profile {self.profile!r} has no measured table; use latency_model: roofline, or "
+                             "calibrate one with `autocompress latency calibrate`")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """The latency model: as given, else `table` for a calibrated profile with a table, else `roofline`."""
+        if self.latency_model:
+            return self.latency_model
+        from autocompress.hardware import load_profile
+
+        return "table" if load_profile(self.profile).table else "roofline"
+
+
 class SearchConfig(_Strict):
     model: ModelSection
     data: DataSection = DataSection()
@@ -158,6 +191,7 @@ class SearchConfig(_Strict):
     budget: BudgetSection = BudgetSection()
     sampler: SamplerSection = SamplerSection()
     backend: BackendSection = BackendSection()
+    target: TargetSection | None = None
     storage: str | None = None
     tracking: TrackingSection = TrackingSection()
     study_name: str | None = None
@@ -222,16 +256,22 @@ class SearchConfig(_Strict):
         if tracking.uri.startswith("sqlite:///") and not tracking.uri.startswith("sqlite:////"):
             # relative to the working directory, made absolute so `autocompress ui RUN_DIR` works from anywhere
             tracking = tracking.model_copy(update={"uri": f"sqlite:///{os.path.abspath(tracking.uri[10:])}"})
+        target = self.target
+        if target is not None and target.profile.endswith((".yaml", ".yml")):
+            target = target.model_copy(update={"profile": local(target.profile)})
         return self.model_copy(update={
-            "study_name": name, "run_dir": run_dir, "data": data, "tracking": tracking,
+            "study_name": name, "run_dir": run_dir, "data": data, "tracking": tracking, "target": target,
             "model": self.model.model_copy(update={"name": local(self.model.name)}),
             "storage": self.storage or f"sqlite:///{os.path.abspath(os.path.join(run_dir, 'optuna.db'))}"})
 
     def check_task(self, task: str) -> None:
         """Raise `UserError` if an objective or constraint names a metric this task cannot produce."""
-        available = TASK_METRICS[task] | PLAN_METRICS
+        available = TASK_METRICS[task] | PLAN_METRICS | ({"latency_ms"} if self.target else set())
         used = [parse_objective(o)[1] for o in self.objectives] + [parse_constraint(c)[0] for c in self.constraints]
         for metric in used:
+            if metric == "latency_ms" and not self.target:
+                raise UserError("metric 'latency_ms' needs a target: add `target: {profile: NAME}` "
+                                "(shipped profiles: `autocompress latency profiles`)")
             if metric not in available:
                 raise UserError(f"metric {metric!r} is not produced for a model of task {task!r}; "
                                 f"use one of {', '.join(sorted(available))}")

@@ -182,8 +182,20 @@ def inspect_model(model: nn.Module, task: str = "embedding") -> ModelInfo:
     return ModelInfo(
         model_type=getattr(config, "model_type", type(model).__name__),
         task=task, layers=layers, structures=structures, groups=groups, total_params=total,
-        dtype_bytes=first.element_size(), block_prefix=prefix,
+        dtype_bytes=first.element_size(), block_prefix=prefix, extra=_architecture(config, prefix, model),
     )
+
+
+def _architecture(config: Any, prefix: str | None, model: nn.Module) -> dict[str, Any]:
+    """The numbers a latency model needs beyond the Linear layers: width, blocks, heads, vocabulary."""
+    def get(*names: str) -> Any:
+        return next((getattr(config, n) for n in names if getattr(config, n, None) is not None), None)
+
+    blocks = len(model.get_submodule(prefix)) if prefix else 0
+    return {"hidden_size": get("hidden_size", "n_embd"), "num_blocks": blocks,
+            "num_heads": get("num_attention_heads", "n_head"), "vocab_size": get("vocab_size"),
+            "causal": bool(get("is_decoder")) or "CausalLM" in type(model).__name__
+            or "LMHead" in type(model).__name__}
 
 
 # ---- loading -------------------------------------------------------------------------------------------

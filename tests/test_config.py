@@ -87,3 +87,11 @@ def test_metrics_checked_against_the_task():
     c.check_task("causal-lm")
     with pytest.raises(UserError, match="'perplexity' is not produced for a model of task 'embedding'"):
         c.check_task("embedding")
+
+
+def test_target_profile_must_exist_and_latency_needs_a_target():
+    with pytest.raises(UserError, match="device profile 'nope' does not exist; shipped profiles"):
+        cfg(target={"profile": "nope"})
+    c = cfg(objectives=["maximize fidelity", "minimize latency_ms"])
+    with pytest.raises(UserError, match="needs a target"):
+        c.check_task("embedding")

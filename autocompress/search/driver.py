@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autocompress.config import PLAN_METRICS, SearchConfig, parse_constraint, parse_objective
+from autocompress.config import SearchConfig, parse_constraint, parse_objective
 from autocompress.search.pareto import PickRule, default_rule, markdown_table, metrics_of, pareto_rows
 from autocompress.search.trial import TrialOutcome, worker_name
 
@@ -59,7 +59,8 @@ class _Search:
         self.run_dir = run_dir
         self.objectives = [parse_objective(o) for o in config.objectives]
         self.constraints = [parse_constraint(c) for c in config.constraints]
-        self.running: dict[int, tuple[Any, Any, float]] = {}  # number -> (trial, plan, start time)
+        self.running: dict[int, tuple[Any, Any, float, dict]] = {}  # number -> (trial, plan, start, plan metrics)
+        self.latency = _plan_latency_model(config)
         self.known: dict[str, dict[str, float]] = {}
         self.tracking_warned = False
         for t in study.get_trials(deepcopy=False):
@@ -80,40 +81,46 @@ class _Search:
                 out[f"{metric} {op} {bound:g}"] = (bound - value) if op in (">=", ">") else (value - bound)
         return out
 
+    def plan_metrics(self, plan: Any) -> dict[str, float]:
+        """What the plan alone decides: packed size, and latency when the latency model is analytic."""
+        from autocompress.evaluators.size import plan_size
+
+        size = plan_size(plan, self.info)
+        out = {"size_mb": size.size_mb, "size_ratio": size.ratio}
+        if self.latency is not None:
+            model, workload = self.latency
+            out["latency_ms"] = model.predict(plan, self.info, workload).total_ms
+        return out
+
     def start_trial(self, backend: Any) -> None:
         import optuna
-        from autocompress.evaluators.size import plan_size
 
         trial = self.study.ask()
         plan = self.space.sample(trial)
-        size = plan_size(plan, self.info)
-        plan_metrics = {"size_mb": size.size_mb, "size_ratio": size.ratio}
+        plan_metrics = self.plan_metrics(plan)
         plan.save(str(self.plan_path(trial.number)))
         trial.set_user_attr("plan_layers", len(plan))
         trial.set_user_attr("plan_summary", plan.summary())
         trial.set_user_attr("plan_path", str(self.plan_path(trial.number)))
-        broken = [c for c, v in self.constraint_values(plan_metrics).items()
-                  if v > 0 and c.split()[0] in PLAN_METRICS]
+        broken = [c for c, v in self.constraint_values(plan_metrics).items() if v > 0]
+        now = time.perf_counter()
         if broken:
-            self.finish(trial, plan, time.perf_counter(), TrialOutcome(metrics=plan_metrics, worker=worker_name()),
+            self.finish(trial, plan, now, plan_metrics, TrialOutcome(worker=worker_name()),
                         state=optuna.trial.TrialState.PRUNED, reason=f"breaks {broken[0]} (decided by the plan)")
         elif _key(trial.params) in self.known:
             outcome = TrialOutcome(metrics=dict(self.known[_key(trial.params)]), worker="cache")
-            self.finish(trial, plan, time.perf_counter(), outcome, reason="same plan as an earlier trial")
+            self.finish(trial, plan, now, plan_metrics, outcome, reason="same plan as an earlier trial")
         else:
             backend.submit(trial.number, plan.to_json(indent=None))
-            self.running[trial.number] = (trial, plan, time.perf_counter())
-            trial.set_user_attr("size_metrics", plan_metrics)
+            self.running[trial.number] = (trial, plan, now, plan_metrics)
 
-    def finish(self, trial: Any, plan: Any, started: float, outcome: TrialOutcome, state: Any = None,
-               reason: str | None = None) -> str:
+    def finish(self, trial: Any, plan: Any, started: float, plan_metrics: dict[str, float], outcome: TrialOutcome,
+               state: Any = None, reason: str | None = None) -> str:
         """Record a trial's end in Optuna and MLflow. Returns the final state name."""
         import optuna
-        from autocompress.evaluators.size import plan_size
 
         TS = optuna.trial.TrialState
-        size = plan_size(plan, self.info)
-        metrics = {"size_mb": size.size_mb, "size_ratio": size.ratio, **outcome.metrics}
+        metrics = {**plan_metrics, **outcome.metrics}
         error = outcome.error
         values = None
         if state is None:
@@ -153,6 +160,18 @@ class _Search:
                 pick = max if direction == "maximize" else min
                 best[metric] = pick(best.get(metric, v), v)
         return best
+
+
+def _plan_latency_model(config: SearchConfig) -> tuple[Any, Any] | None:
+    """(latency model, workload) for a target priced from the plan alone; None without a target or when
+    the latency is measured on the workers."""
+    t = config.target
+    if t is None or t.model_name == "measured":
+        return None
+    from autocompress.evaluators.latency import LATENCY_MODELS, Workload
+    from autocompress.hardware import load_profile
+
+    return LATENCY_MODELS.get(t.model_name)(load_profile(t.profile)), Workload(t.batch, t.seq_len, t.mode)
 
 
 def _key(params: dict[str, Any]) -> str:
@@ -221,8 +240,8 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
                 if not search.running:
                     break
                 for number, outcome in backend.collect():
-                    trial, plan, started = search.running.pop(number)
-                    search.finish(trial, plan, started, outcome)
+                    trial, plan, started, plan_metrics = search.running.pop(number)
+                    search.finish(trial, plan, started, plan_metrics, outcome)
                     refresh(bar)
         status = "FINISHED"
         return _summarize(config, study, search, tracker, run_dir, time.perf_counter() - t_start)

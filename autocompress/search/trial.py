@@ -56,6 +56,15 @@ class TrialRunner:
         calib = load_texts(d.calibration.source, n=d.calibration.n, seed=d.calibration.seed)
         self.calibration = make_batches(tok, calib, batch_size=min(d.batch_size, 16), max_length=d.max_length)
         self.evaluator = self._evaluator()
+        self.latency = None
+        t = config.target
+        if t is not None and t.model_name == "measured":
+            from autocompress.evaluators.latency import LATENCY_MODELS, Workload
+            from autocompress.hardware import load_profile
+
+            measured = LATENCY_MODELS.get("measured")
+            self.latency = (measured(load_profile(t.profile), self.loaded.model, device=t.device),
+                            Workload(t.batch, t.seq_len, t.mode))
 
     def _evaluator(self) -> Any:
         from autocompress.data import load_labeled, load_texts
@@ -93,6 +102,9 @@ class TrialRunner:
             t1 = time.perf_counter()
             metrics = self.evaluator.evaluate(model)
             outcome.apply_s, outcome.eval_s = t1 - t0, time.perf_counter() - t1
+            if self.latency is not None:  # timed on this worker's device with the real kernels
+                latency_model, workload = self.latency
+                metrics["latency_ms"] = latency_model.predict(plan, self.info, workload).total_ms
             bad = [k for k, v in metrics.items() if not math.isfinite(v)]
             if bad:
                 outcome.error = f"non-finite metric {bad[0]} = {metrics[bad[0]]}"

@@ -219,3 +219,46 @@ def test_nan_metric_fails_the_trial(tmp_path, monkeypatch):
     failed = [t for t in stored_trials(config) if t.state.name == "FAIL"]
     assert len(failed) == 1 and "non-finite metric fidelity" in failed[0].user_attrs["error"]
     assert result.counts == {"COMPLETE": 2, "FAIL": 1}
+
+
+PROFILE = """
+name: test-cpu
+kind: cpu
+description: a made-up CPU for tests
+sources: [test]
+dtype: fp32
+peak_tflops: {fp32: 0.05, int8: 0.2}
+bandwidth_gbs: 10
+cache_mb: 8
+overhead_us: 5
+kernels:
+  w8a8: {fast: true, compute: int8}
+"""
+
+
+def test_latency_target_is_an_objective_decided_before_model_work(tmp_path):
+    (tmp_path / "cpu.yaml").write_text(PROFILE)
+    space = {"quantize": {"bits": [4, 8, None], "act_bits": [8, None]}, "structured": {"sparsity": [0.0, 0.5]}}
+    dense = make_config(tmp_path, budget={"n_trials": 1}, space=space, sampler={"enqueue_uniform": False},
+                        target={"profile": str(tmp_path / "cpu.yaml"), "latency_model": "roofline"})
+    from autocompress.evaluators.latency import LATENCY_MODELS, Workload
+    from autocompress.hardware import load_profile
+    from autocompress.models import load_model
+    from autocompress.plan import CompressionPlan
+
+    info = load_model("random:bert").info
+    dense_ms = LATENCY_MODELS.get("roofline")(load_profile(str(tmp_path / "cpu.yaml"))).predict(
+        CompressionPlan({}), info, Workload()).total_ms
+    config = make_config(tmp_path, budget={"n_trials": 12}, space=space, sampler={"name": "random", "seed": 1},
+                         target={"profile": str(tmp_path / "cpu.yaml"), "latency_model": "roofline"},
+                         objectives=["maximize fidelity", "minimize latency_ms"],
+                         constraints=[f"latency_ms <= {dense_ms * 0.8:.6f}"])
+    assert dense.target.model_name == "roofline"
+    result = run_search(config, show_progress=False)
+    trials = stored_trials(config)
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert pruned and done
+    assert all("latency_ms" in t.user_attrs["metrics"] and "fidelity" not in t.user_attrs["metrics"] for t in pruned)
+    assert all(t.user_attrs["metrics"]["latency_ms"] <= dense_ms * 0.8 for t in done)
+    assert all(set(p.values) == {"fidelity", "latency_ms"} for p in result.pareto)

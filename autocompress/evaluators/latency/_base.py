@@ -1,0 +1,162 @@
+"""The latency contract: a plan + a model inventory + a workload -> operators -> predicted milliseconds.
+
+`plan_ops` turns a plan into the operators one forward pass runs: every Linear as a GEMM (m tokens x k in
+x n out) in the kernel format its plan gives it, shrunk by structured pruning and split in two by low rank;
+plus per block the attention core (scores and context, over the heads kept) and the element-wise work
+(norms, activation, residuals), and the embeddings. Latency models price these operators:
+`roofline` from the device profile's peaks, `table` from measured operators, `measured` by timing the real
+model. `time_ms` is the one timing harness (warm-up, then the median of repeats).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal
+
+from autocompress.hardware.profile import DeviceProfile, format_of
+from autocompress.models import ModelInfo
+from autocompress.plan import CompressionPlan, resolve_rank
+from autocompress.registry import Registry
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one timed call processes. prefill: `batch` sequences of `seq_len` tokens; decode: one new token
+    per sequence, attending over `seq_len` tokens of context."""
+
+    batch: int = 1
+    seq_len: int = 128
+    mode: Literal["prefill", "decode"] = "prefill"
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * (self.seq_len if self.mode == "prefill" else 1)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operator. GEMMs: [m, k] x [k, n] in `fmt`. attention: `flops` over `elements` of scores.
+    elementwise: `elements` values read and written by `kernels` launches."""
+
+    layer: str
+    kind: Literal["gemm", "attention", "elementwise"]
+    m: int = 0
+    k: int = 0
+    n: int = 0
+    fmt: str = "dense"
+    flops: float = 0.0
+    elements: float = 0.0
+    kernels: int = 1
+
+    @property
+    def gemm_flops(self) -> float:
+        return 2.0 * self.m * self.k * self.n
+
+
+@dataclass
+class OpLatency:
+    op: Op
+    ms: float
+    bottleneck: str  # compute | memory | overhead | measured
+
+
+@dataclass
+class LatencyReport:
+    total_ms: float
+    ops: list[OpLatency] = field(default_factory=list)
+    model: str = ""
+
+    def per_layer(self) -> list[tuple[str, float, str]]:
+        """(layer, ms, bottleneck of its largest operator), in model order."""
+        acc: dict[str, list[OpLatency]] = {}
+        for o in self.ops:
+            acc.setdefault(o.op.layer, []).append(o)
+        return [(layer, sum(o.ms for o in parts), max(parts, key=lambda o: o.ms).bottleneck)
+                for layer, parts in acc.items()]
+
+
+class LatencyModel:
+    """Prices a plan on a device. Subclasses set `name` and implement `predict`; `needs_model` is True for
+    models that time a real network (they are built with the base model and run where it lives)."""
+
+    name: ClassVar[str]
+    needs_model: ClassVar[bool] = False
+
+    def __init__(self, profile: DeviceProfile | None) -> None:
+        self.profile = profile
+
+    def predict(self, plan: CompressionPlan, info: ModelInfo, workload: Workload) -> LatencyReport:
+        raise NotImplementedError
+
+
+LATENCY_MODELS: Registry[type[LatencyModel]] = Registry("latency model")
+
+
+def _shapes(plan: CompressionPlan, info: ModelInfo) -> tuple[dict[str, list[int]], dict[int, tuple[int, int]],
+                                                            dict[int, int]]:
+    """Layer (in, out) after structured pruning; per block (heads kept, head_dim) and FFN width."""
+    dims = {n: [li.in_features, li.out_features] for n, li in info.layers.items()}
+    heads: dict[int, tuple[int, int]] = {}
+    ffn: dict[int, int] = {}
+    for name, s in info.structures.items():
+        entry = plan.layers.get(name)
+        removed = min(round(entry.sparsity * s.units), s.units - 1) if entry is not None else 0
+        for p in s.producers:
+            dims[p][1] -= removed * s.unit_size * (3 if s.fused_qkv else 1)
+        dims[s.consumer][0] -= removed * s.unit_size
+        if s.block is not None:
+            if s.kind == "heads":
+                heads[s.block] = (s.units - removed, s.unit_size)
+            else:
+                ffn[s.block] = s.units - removed
+    return dims, heads, ffn
+
+
+def plan_ops(plan: CompressionPlan, info: ModelInfo, workload: Workload) -> list[Op]:
+    """The operators of one forward pass of the compressed model (see the module docstring)."""
+    dims, heads, ffn = _shapes(plan, info)
+    extra = info.extra
+    hidden = extra.get("hidden_size") or 0
+    t, b = workload.tokens, workload.batch
+    q_len = workload.seq_len if workload.mode == "prefill" else 1
+    ops = [Op("embeddings", "elementwise", elements=3.0 * t * hidden, kernels=4)]
+    for name, li in info.layers.items():
+        k, n = dims[name]
+        m = b if name.endswith("pooler.dense") else t
+        if info.task == "causal-lm" and li.block is None and workload.mode == "prefill":
+            m = b  # the LM head: generation needs the last position's logits only
+        entry = plan.layers.get(name)
+        fmt = "dense" if entry is None else format_of(entry.bits, entry.act_bits,
+                                                      entry.pattern if entry.prunes else None)
+        if entry is not None and entry.rank is not None:
+            r = resolve_rank(entry.rank, n, k)
+            ops += [Op(name, "gemm", m, k, r, fmt), Op(name, "gemm", m, r, n, fmt)]
+        else:
+            ops.append(Op(name, "gemm", m, k, n, fmt))
+    for block in range(extra.get("num_blocks") or 0):
+        h, d = heads.get(block, (extra.get("num_heads") or 1, hidden // max(extra.get("num_heads") or 1, 1)))
+        scores = float(b * h * q_len * workload.seq_len)
+        prefix = f"{info.block_prefix}.{block}"
+        ops.append(Op(f"{prefix}.attention", "attention", flops=4.0 * scores * d, elements=3.0 * scores, kernels=3))
+        width = ffn.get(block, 4 * hidden)
+        ops.append(Op(f"{prefix}.elementwise", "elementwise", elements=t * (8.0 * hidden + 2.0 * width), kernels=6))
+    return ops
+
+
+def time_ms(fn: Callable[[], Any], warmup: int = 3, repeats: int = 15, min_total_s: float = 0.2) -> float:
+    """Median wall time of `fn()` in milliseconds, after `warmup` calls; repeats until both `repeats` calls
+    and `min_total_s` seconds have passed (at most 10x `repeats`), so fast operators get enough samples."""
+    import torch
+
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        samples: list[float] = []
+        start = time.perf_counter()
+        while len(samples) < repeats or (time.perf_counter() - start < min_total_s and len(samples) < 10 * repeats):
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)

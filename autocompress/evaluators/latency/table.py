@@ -1,0 +1,124 @@
+"""The `table` latency model: GEMMs priced from operators measured on the device itself.
+
+`autocompress latency calibrate` times every GEMM shape of a model at a workload, in every kernel format the
+device runs (plus the shapes a search produces: low-rank factors and structurally pruned layers), and stores
+them in the profile's `table`. This model prices a GEMM as follows:
+
+  1. exact hit: the (format, m, k, n) was measured -> its median time;
+  2. otherwise interpolate among the entries of the same format: piecewise-linear in log(ms) over log(FLOPs)
+     (log-log). The points used are the entries with the same token count m when there are at least two
+     (a decode GEMM, m = batch, is memory bound and must not be priced off prefill shapes), else all entries of
+     the format. Entries with equal FLOPs are pooled (mean of log ms), and the curve is made non-decreasing
+     (isotonic, pool-adjacent-violators) so more work never predicts less time despite timing noise.
+     Below the smallest measured FLOPs the time stays flat (launch overhead dominates); above the largest it
+     grows in proportion to FLOPs (the compute limit). Measured points themselves are always exact (rule 1).
+  3. a format with no entries on this profile runs as the profile's kernel table says it falls back: priced
+     as `dense` entries, plus, for `fallback: dequant`, a pass over the packed and dequantized weights at
+     the profile's bandwidth.
+
+Non-GEMM operators (attention core, element-wise work) go to the roofline, which scales them by the
+profile's calibrated `rest_scale`. The bottleneck reported for a GEMM is the roofline's verdict on it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import defaultdict
+
+from autocompress.errors import UserError
+from autocompress.evaluators.latency._base import (LATENCY_MODELS, LatencyModel, LatencyReport, Op, OpLatency,
+                                                   Workload, plan_ops)
+from autocompress.evaluators.latency.roofline import DTYPE_BYTES, _weight_bytes_per_value, op_time
+from autocompress.hardware.profile import DeviceProfile, TableEntry
+from autocompress.models import ModelInfo
+from autocompress.plan import CompressionPlan
+
+
+def _isotonic(ys: list[float], weights: list[float]) -> list[float]:
+    """Non-decreasing least-squares fit of `ys` (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for y, w in zip(ys, weights):
+        blocks.append([y, w, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            y2, w2, c2 = blocks.pop()
+            y1, w1, c1 = blocks[-1]
+            blocks[-1] = [(y1 * w1 + y2 * w2) / (w1 + w2), w1 + w2, c1 + c2]
+    out: list[float] = []
+    for mean, _, count in blocks:
+        out += [mean] * count
+    return out
+
+
+class _Curve:
+    """log(ms) as a non-decreasing piecewise-linear function of log(FLOPs), from a set of entries."""
+
+    def __init__(self, entries: list[TableEntry]) -> None:
+        pooled: dict[float, list[float]] = defaultdict(list)
+        for e in entries:
+            pooled[math.log(max(2.0 * e.m * e.k * e.n, 1.0))].append(math.log(max(e.ms, 1e-9)))
+        self.xs = sorted(pooled)
+        ys = [sum(pooled[x]) / len(pooled[x]) for x in self.xs]
+        self.ys = _isotonic(ys, [float(len(pooled[x])) for x in self.xs])
+
+    def __call__(self, flops: float) -> float:
+        x = math.log(max(flops, 1.0))
+        xs, ys = self.xs, self.ys
+        if x <= xs[0]:
+            return math.exp(ys[0])
+        if x >= xs[-1]:
+            return math.exp(ys[-1] + (x - xs[-1]))  # time proportional to FLOPs beyond the largest entry
+        i = bisect.bisect_right(xs, x)
+        t = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+        return math.exp(ys[i - 1] + t * (ys[i] - ys[i - 1]))
+
+
+@LATENCY_MODELS.register("table")
+class TableLatency(LatencyModel):
+    """GEMMs from the profile's measured table (exact, else log-log interpolation); the rest by roofline."""
+
+    name = "table"
+
+    def __init__(self, profile: DeviceProfile | None) -> None:
+        super().__init__(profile)
+        if profile is None or not profile.table:
+            where = f"device profile {profile.name!r}" if profile is not None else "the latency model"
+            raise UserError(f"{where} has no measured table for latency model 'table'; calibrate one with "
+                            "`autocompress latency calibrate` (or use latency model 'roofline')")
+        self._exact = {(e.format, e.m, e.k, e.n): e.ms for e in profile.table}
+        self._by_format: dict[str, list[TableEntry]] = defaultdict(list)
+        for e in profile.table:
+            self._by_format[e.format].append(e)
+        self._curves: dict[tuple[str, int | None], _Curve] = {}
+
+    def _curve(self, fmt: str, m: int) -> _Curve:
+        entries = self._by_format[fmt]
+        same_m = [e for e in entries if e.m == m]
+        key = (fmt, m) if len(same_m) >= 2 else (fmt, None)
+        if key not in self._curves:
+            self._curves[key] = _Curve(same_m if key[1] is not None else entries)
+        return self._curves[key]
+
+    def gemm_ms(self, op: Op) -> float:
+        """Milliseconds of one GEMM operator (see the module docstring for the rules)."""
+        fmt, extra_ms = op.fmt, 0.0
+        if fmt not in self._by_format:
+            kernel = self.profile.kernel(fmt)
+            if kernel.fallback == "dequant" and fmt != "dense":
+                a = DTYPE_BYTES[self.profile.dtype]
+                bw = self.profile.bandwidth_gbs * 1e9 * self.profile.efficiency.memory
+                extra_ms = float(op.k * op.n) * (_weight_bytes_per_value(fmt, self.profile) + a) / bw * 1e3
+            fmt = "dense"
+        hit = self._exact.get((fmt, op.m, op.k, op.n))
+        if hit is not None:
+            return hit + extra_ms
+        if fmt not in self._by_format:  # a table without dense entries: nothing to interpolate from
+            return op_time(op, self.profile)[0] + extra_ms
+        return self._curve(fmt, op.m)(op.gemm_flops) + extra_ms
+
+    def predict(self, plan: CompressionPlan, info: ModelInfo, workload: Workload) -> LatencyReport:
+        ops = []
+        for op in plan_ops(plan, info, workload):
+            roof_ms, bottleneck = op_time(op, self.profile)
+            ops.append(OpLatency(op, self.gemm_ms(op) if op.kind == "gemm" else roof_ms, bottleneck))
+        return LatencyReport(sum(o.ms for o in ops), ops, model=self.name)
