@@ -3,7 +3,7 @@
   autocompress inspect MODEL [--task T] [--json]
   autocompress apply MODEL PLAN.json [--eval fidelity,size] [--texts builtin|FILE] [--labels FILE] [--json]
   autocompress search CONFIG.yaml [--trials N] [--backend local|ray] [--workers N] [--run-dir DIR] [--json]
-  autocompress auto MODEL [--max-drop 0.01] [--trials N] [--run-dir DIR]
+  autocompress auto MODEL [--target DEVICE] [--max-drop 0.01] [--trials N] [--run-dir DIR]
   autocompress ui [RUN_DIR] [--tracking-uri URI] [--host 127.0.0.1] [--port 5000]
   autocompress latency calibrate --model MODEL --out PROFILE.yaml [--device cpu|cuda] [--batch 1] [--seq-len 128]
   autocompress latency profiles
@@ -211,7 +211,12 @@ def _cmd_auto(args: argparse.Namespace) -> int:
         task = load_model(args.model, task=args.task).task
     name = os.path.basename(os.path.normpath(args.model)).replace(":", "-") or "model"
     run_dir = os.path.abspath(args.run_dir or os.path.join("runs", f"auto-{name}"))
-    data = auto_config(args.model, task, args.max_drop, args.trials, run_dir, args.backend, args.workers)
+    if args.target:
+        from autocompress.hardware import load_profile
+
+        load_profile(args.target)  # an unknown device fails here, listing the known ones
+    data = auto_config(args.model, task, args.max_drop, args.trials, run_dir, args.backend, args.workers,
+                       target=args.target)
     path = write_auto_config(data, run_dir)
     _console(stderr=True).print(f"wrote {path}: edit it and run `autocompress search {path}` to change the search")
     return _run_and_report(SearchConfig.from_yaml(path), args)
@@ -409,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("auto", help="hands-off: write a complete config for MODEL into the run dir and run it")
     p.add_argument("model", help="model directory, all-MiniLM-L6-v2, or random:bert|llama|gpt2")
     p.add_argument("--task", default="auto", help="auto, embedding or causal-lm")
+    p.add_argument("--target", help="device profile to optimize predicted latency for (e.g. h100-sxm, cpu-local; "
+                                    "`autocompress latency profiles` lists them); without it, packed size")
     p.add_argument("--max-drop", type=float, default=0.01,
                    help="quality you can give up (default 0.01: fidelity >= 0.99, or perplexity within 1%%)")
     p.add_argument("--trials", type=int, default=48, help="trials to run (default 48)")

@@ -14,7 +14,8 @@ spec-sheet roofline of this CPU (cores x clock x FLOPs per cycle from /proc/cpui
 no launch overhead), then built with the real kernels and timed (warm-up, median of repeats), in `--rounds` interleaved rounds
 over all plans, keeping each plan's fastest median (the protocol calibration uses too).
 Reported per predictor: share within +-10% and +-25% of measured, median absolute error, Spearman rank
-correlation.
+correlation. "+ dense anchor" rows scale a calibrated predictor by one factor: the dense model's time measured
+in the same rounds over its predicted time (the dense model is not one of the test plans).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from autocompress.evaluators.latency.kernels import build_real_model
 from autocompress.evaluators.latency.measured import measure_model
 from autocompress.hardware import DeviceProfile, load_profile
 from autocompress.models import load_model
+from autocompress.plan import CompressionPlan
 from autocompress.spaces import ConfigSpace
 
 RESULTS = Path(__file__).parent / "results"
@@ -119,24 +121,31 @@ def main() -> int:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     plans = [space.sample(study.ask()) for _ in range(args.n_plans)]
     models = [build_real_model(loaded.model, plan, args.device) for plan in plans]
+    dense_model = build_real_model(loaded.model, CompressionPlan({}), args.device)
+    dense_ms = float("inf")
     # interleaved rounds, fastest median per plan: a drift of the machine's speed during the run (seen here:
     # 30% within a minute on this VM) hits every plan alike instead of the plans measured during it
     measured = [float("inf")] * len(plans)
     for round_ in range(args.rounds):
+        dense_ms = min(dense_ms, measure_model(dense_model, workload, args.device))
         for i, model in enumerate(models):
             measured[i] = min(measured[i], measure_model(model, workload, args.device))
         print(f"round {round_ + 1}/{args.rounds} measured", flush=True)
+    # the dense model, timed in the same rounds, anchors the absolute scale (it is not one of the test plans)
+    anchors = {name: dense_ms / model.predict(CompressionPlan({}), info, workload).total_ms
+               for name, model in predictors.items() if "calibrated" in name}
     rows = []
     for i, plan in enumerate(plans):
         row = {"plan": plan.summary(), "measured_ms": measured[i]}
         row.update({name: model.predict(plan, info, workload).total_ms for name, model in predictors.items()})
+        row.update({f"{name} + dense anchor": row[name] * anchors[name] for name in anchors})
         rows.append(row)
         print(f"plan {i:2d}: measured {row['measured_ms']:7.2f} ms  " + "  ".join(
             f"{n.split()[0]}{'*' if 'spec' in n else ''} {row[n]:7.2f}" for n in predictors) + f"  [{row['plan']}]",
             flush=True)
     measured = [r["measured_ms"] for r in rows]
-    summary = {name: agreement([r[name] for r in rows], measured) for name in predictors}
-    env = dict(model=args.model, profile="calibrated in this run" if args.calibrate else args.profile,
+    summary = {name: agreement([r[name] for r in rows], measured) for name in rows[0] if name not in ("plan", "measured_ms")}
+    env = dict(dense_ms=dense_ms, anchors=anchors, model=args.model, profile="calibrated in this run" if args.calibrate else args.profile,
                device=args.device, batch=args.batch, seq_len=args.seq_len,
                n_plans=args.n_plans, rounds=args.rounds, torch=torch.__version__, threads=torch.get_num_threads(),
                machine=platform.processor() or platform.machine(), spec=spec_profile_of_this_cpu().description)

@@ -21,10 +21,11 @@ _QUALITY = {
 
 
 def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: str,
-                backend: str = "ray", workers: int = 2) -> dict[str, Any]:
+                backend: str = "ray", workers: int = 2, target: str | None = None) -> dict[str, Any]:
     """A complete config for `model`: a joint space over every block Linear (grouped by role per block:
-    q/k/v share a setting) of weight bits with GPTQ, plus whole heads / FFN neurons removed; quality against
-    packed size; `max_drop` as the quality constraint and in the pick rule.
+    q/k/v share a setting) of weight bits with GPTQ, int8 activations (W8A8), plus whole heads / FFN neurons
+    removed; quality against predicted latency on the `target` device profile (against packed size without a
+    target); `max_drop` as the quality constraint and in the pick rule.
 
     `max_drop` is the quality a user can give up: 0.01 means fidelity >= 0.99 for an encoder, perplexity at
     most 1% above the original for a causal LM."""
@@ -35,24 +36,29 @@ def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: 
         raise UserError(f"--max-drop {max_drop!r} must be in (0, 1), e.g. 0.01 for a 1% drop")
     objective, constraint = _QUALITY[task]
     condition = constraint(max_drop)
-    return {
+    cost = "latency_ms" if target else "size_mb"
+    config: dict[str, Any] = {
         "model": {"name": model, "task": task},
         "data": {"calibration": {"source": "builtin", "n": 64, "seed": 1},
                  "evaluation": {"source": "builtin", "n": 128, "seed": 0}},
         "space": {
             "share": "group",
-            "quantize": {"bits": [3, 4, 8, None], "group_size": [32, 128], "method": ["gptq"]},
+            "quantize": {"bits": [3, 4, 8, None], "group_size": [32, 128], "method": ["gptq"],
+                         "act_bits": [8, None] if target else [None]},
             "structured": {"sparsity": [0.0, 0.125, 0.25], "method": ["wanda"]},
         },
-        "objectives": [objective, "minimize size_mb"],
+        "objectives": [objective, f"minimize {cost}"],
         "constraints": [condition],
         "budget": {"n_trials": n_trials},
         "sampler": {"name": "nsga2", "seed": 0, "population_size": max(8, min(32, n_trials // 4))},
         "backend": {"name": backend, "workers": workers},
         "run_dir": run_dir,
         "study_name": os.path.basename(os.path.normpath(run_dir)),
-        "pick": f"minimize size_mb where {condition}",
+        "pick": f"minimize {cost} where {condition}",
     }
+    if target:
+        config["target"] = {"profile": target}
+    return config
 
 
 def write_auto_config(config: dict[str, Any], run_dir: str) -> str:

@@ -40,3 +40,16 @@ def test_auto_runs_and_the_written_config_resumes(tmp_path, monkeypatch, capsys)
 
     summary = json.loads(capsys.readouterr().out)
     assert sum(summary["counts"].values()) == 4  # the same study, continued
+
+
+def test_auto_with_a_target_optimizes_latency(tmp_path):
+    data = auto_config("random:bert", "embedding", 0.01, 20, str(tmp_path / "run"), target="h100-sxm")
+    config = SearchConfig.from_yaml(write_auto_config(data, str(tmp_path / "run")))
+    assert config.objectives == ["maximize fidelity", "minimize latency_ms"]
+    assert config.target.profile == "h100-sxm" and config.target.model_name == "roofline"
+    assert config.space.quantize.act_bits == [8, None] and config.pick.startswith("minimize latency_ms")
+
+
+def test_auto_unknown_target_exits_2(capsys):
+    assert main(["auto", "random:bert", "--target", "nope", "--quiet"]) == 2
+    assert "shipped profiles" in capsys.readouterr().err
