@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import UserError
-from autocompress.modules import weight_matrix
+from autocompress.modules import is_linear_like, weight_matrix
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.registry import Registry
 
@@ -106,6 +106,18 @@ def input_norms(grams: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def modules_for(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
     return {n: model.get_submodule(n) for n in names}
+
+
+def linear_layer(model: nn.Module, name: str, technique: str) -> nn.Module:
+    """The Linear-like module a plan entry names; `UserError` naming the entry if it is missing or not one."""
+    try:
+        mod = model.get_submodule(name)
+    except AttributeError:
+        raise UserError(f"plan layer {name!r} is not a module of this model") from None
+    if not is_linear_like(mod):
+        raise UserError(f"plan layer {name!r} is a {type(mod).__name__}, not a Linear-like layer; "
+                        f"{technique} applies to Linear layers only")
+    return mod
 
 
 def check_weight(name: str, module: nn.Module) -> torch.Tensor:

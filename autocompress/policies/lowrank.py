@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from autocompress.errors import UserError
-from autocompress.modules import LowRankLinear, is_linear_like, set_module, weight_matrix
+from autocompress.modules import LowRankLinear, set_module, weight_matrix
 from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
-from autocompress.policies._base import POLICIES, Calibration, Policy, check_weight
+from autocompress.policies._base import POLICIES, Calibration, Policy, check_weight, linear_layer
 
 DEFAULT_DAMP = 1e-2  # relative to the mean of diag(G), as GPTQ's percdamp: keeps S^{-1} tame when G is singular
 
@@ -85,17 +85,6 @@ def factorize_whitened(w: torch.Tensor, gram: torch.Tensor, rank: int,
     return down.to(w.dtype), up.to(w.dtype)
 
 
-def _layer(model: nn.Module, name: str) -> nn.Module:
-    try:
-        mod = model.get_submodule(name)
-    except AttributeError:
-        raise UserError(f"plan layer {name!r} is not a module of this model") from None
-    if not is_linear_like(mod):
-        raise UserError(f"plan layer {name!r} is a {type(mod).__name__}, not a Linear-like layer; "
-                        "rank applies to Linear layers only")
-    return mod
-
-
 def low_rank_module(module: nn.Module, down: torch.Tensor, up: torch.Tensor) -> LowRankLinear:
     """The `LowRankLinear` for `module` with the given factors and `module`'s bias, dtype and device."""
     w = weight_matrix(module)
@@ -127,7 +116,7 @@ class LowRankPolicy(Policy):
 
     def apply(self, model: nn.Module, plan: CompressionPlan, calibration: Calibration | None) -> None:
         entries = self.entries(plan)
-        modules = {name: _layer(model, name) for name in entries}
+        modules = {name: linear_layer(model, name, "rank") for name in entries}
         ranks: dict[str, int] = {}
         for name, entry in entries.items():
             w = check_weight(name, modules[name])

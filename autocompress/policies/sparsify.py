@@ -24,10 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autocompress.errors import UserError
-from autocompress.modules import is_linear_like
 from autocompress.plan import CompressionPlan, LayerPlan
-from autocompress.policies._base import POLICIES, Calibration, Policy, check_weight, input_norms
+from autocompress.policies._base import POLICIES, Calibration, Policy, check_weight, input_norms, linear_layer
 
 
 def prune_mask(score: torch.Tensor, sparsity: float, n_m: tuple[int, int] | None = None) -> torch.Tensor:
@@ -72,17 +70,6 @@ def wanda_score(w: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
     return w.detach().float().abs() * rms.to(device=w.device, dtype=torch.float32)[None, :]
 
 
-def _layer(model: nn.Module, name: str) -> nn.Module:
-    try:
-        mod = model.get_submodule(name)
-    except AttributeError:
-        raise UserError(f"plan layer {name!r} is not a module of this model") from None
-    if not is_linear_like(mod):
-        raise UserError(f"plan layer {name!r} is a {type(mod).__name__}, not a Linear-like layer; "
-                        "sparsity (unstructured or N:M) applies to Linear layers only")
-    return mod
-
-
 @POLICIES.register("sparsify")
 class SparsifyPolicy(Policy):
     """Zero weights of the planned Linear-like layers (unstructured or N:M; magnitude or Wanda)."""
@@ -97,7 +84,7 @@ class SparsifyPolicy(Policy):
 
     def apply(self, model: nn.Module, plan: CompressionPlan, calibration: Calibration | None) -> None:
         entries = self.entries(plan)
-        modules = {name: _layer(model, name) for name in entries}
+        modules = {name: linear_layer(model, name, "sparsity (unstructured or N:M)") for name in entries}
         wanda = [name for name, e in entries.items() if self.needs_calibration(e)]
         norms: dict[str, torch.Tensor] = {}
         if wanda:
