@@ -102,6 +102,12 @@ class RayBackend:
             except ConnectionError as exc:
                 raise UserError(f"backend.address {b.address!r}: no Ray cluster there ({exc}); start one with "
                                 "`ray start --head` or leave address empty for a local cluster") from None
+            except Exception as exc:
+                if type(exc).__name__ != "AuthenticationError":
+                    raise
+                raise UserError(f"backend.address {b.address!r}: the cluster wants its auth token; set "
+                                "RAY_AUTH_MODE=token and make the token available (~/.ray/auth_token on this "
+                                "machine, or RAY_AUTH_TOKEN)") from None
             self._started_ray = True
         cls = self._actor_class()
         self.actors = [cls.remote(self.config) for _ in range(b.workers)]
