@@ -12,8 +12,9 @@ Model specs understood by `load_model`:
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from torch import nn
 
@@ -243,6 +244,59 @@ def _load_tokenizer(path: str | None) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
+def _check_task(task: str) -> None:
+    if task != "auto" and task not in TASKS:
+        raise UserError(f"task {task!r} is unknown; use auto or one of {', '.join(TASKS)}")
+
+
+def _random_kind(spec: str) -> str:
+    kind = spec.split(":", 1)[1]
+    if kind not in _RANDOM:
+        raise UserError(f"model {spec!r}: unknown random model; use one of " + ", ".join(f"random:{k}" for k in _RANDOM))
+    return kind
+
+
+def _model_path(spec: str) -> str:
+    """The directory (or hub name) `spec` stands for; `UserError` if it names nothing loadable."""
+    path = minilm_path() or spec if spec in MINILM_ALIASES else spec
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise UserError(f"model {spec!r}: directory has no config.json; it is not a Hugging Face model")
+    elif os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise UserError(f"model {spec!r} does not exist or is not a model directory; "
+                        "give a Hugging Face model directory, all-MiniLM-L6-v2, or random:bert|llama|gpt2")
+    return path
+
+
+@contextmanager
+def _loading(spec: str) -> Iterator[None]:
+    """Turn transformers' loading failures into one-line `UserError`s naming the model."""
+    try:
+        yield
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"model {spec!r} could not be loaded: {first}") from None
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise UserError(f"model {spec!r} needs its own code; set trust_remote_code: true only if you "
+                            "trust its source") from None
+        raise
+
+
+def model_task(spec: str, task: str = "auto", trust_remote_code: bool = False) -> str:
+    """The task `load_model(spec, task)` would load the model for, read from its config alone (no weights)."""
+    _check_task(task)
+    if task != "auto":
+        return task
+    if spec.startswith("random:"):
+        return _RANDOM_TASK[_random_kind(spec)]
+    import transformers
+
+    path = _model_path(spec)
+    with _loading(spec):
+        return _task_from_config(transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+
+
 def load_model(spec: str, task: str = "auto", trust_remote_code: bool = False, seed: int = 0) -> LoadedModel:
     """Load `spec` (see the module docstring) in eval mode. Raises `UserError` for a bad spec or task."""
     import torch
@@ -250,13 +304,9 @@ def load_model(spec: str, task: str = "auto", trust_remote_code: bool = False, s
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    if task != "auto" and task not in TASKS:
-        raise UserError(f"task {task!r} is unknown; use auto or one of {', '.join(TASKS)}")
+    _check_task(task)
     if spec.startswith("random:"):
-        kind = spec.split(":", 1)[1]
-        if kind not in _RANDOM:
-            raise UserError(f"model {spec!r}: unknown random model; use one of "
-                            + ", ".join(f"random:{k}" for k in _RANDOM))
+        kind = _random_kind(spec)
         task = _RANDOM_TASK[kind] if task == "auto" else task
         cfg = dict(_RANDOM[kind])
         config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
@@ -265,28 +315,12 @@ def load_model(spec: str, task: str = "auto", trust_remote_code: bool = False, s
         tokenizer = _load_tokenizer(minilm_path())
         source = spec
     else:
-        path = spec
-        if spec in MINILM_ALIASES:
-            path = minilm_path() or spec
-        if os.path.isdir(path):
-            if not os.path.isfile(os.path.join(path, "config.json")):
-                raise UserError(f"model {spec!r}: directory has no config.json; it is not a Hugging Face model")
-        elif os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1:
-            raise UserError(f"model {spec!r} does not exist or is not a model directory; "
-                            "give a Hugging Face model directory, all-MiniLM-L6-v2, or random:bert|llama|gpt2")
-        try:
+        path = _model_path(spec)
+        with _loading(spec):
             config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
             task = _task_from_config(config) if task == "auto" else task
             model = _auto_class(task).from_pretrained(path, config=config, trust_remote_code=trust_remote_code)
             tokenizer = _load_tokenizer(path)
-        except OSError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"model {spec!r} could not be loaded: {first}") from None
-        except ValueError as exc:
-            if "trust_remote_code" in str(exc):
-                raise UserError(f"model {spec!r} needs its own code; set trust_remote_code: true only if you "
-                                "trust its source") from None
-            raise
         source = path
     model.eval()
     return LoadedModel(model, tokenizer, task, source, inspect_model(model, task))

@@ -51,3 +51,14 @@ def test_directory_without_config(tmp_path):
 def test_bad_task():
     with pytest.raises(UserError, match="task 'vision'"):
         load_model("random:bert", task="vision")
+
+
+def test_model_task_reads_the_config_only():
+    from autocompress.models import model_task
+
+    assert model_task("all-MiniLM-L6-v2") == "embedding"
+    assert model_task("random:gpt2") == "causal-lm" and model_task("random:bert", "causal-lm") == "causal-lm"
+    with pytest.raises(UserError, match="does not exist"):
+        model_task("/no/such/model")
+    with pytest.raises(UserError, match="unknown random model"):
+        model_task("random:t5")
