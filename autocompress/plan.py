@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from autocompress.distill.config import DistillConfig
 from autocompress.errors import UserError
 
 PLAN_VERSION = 1
@@ -159,11 +160,14 @@ class CompressionPlan:
     """Per-layer settings keyed by module name. Immutable; entries that change nothing are dropped.
 
     `to_json`/`from_json` round-trip exactly (floats as repr). `version` guards against reading a plan
-    written by a newer autocompress.
+    written by a newer autocompress. `distill` (optional, plan-level): knowledge distillation run after the
+    layers are compressed (`autocompress.distill.apply_and_distill`); a config with 0 steps is dropped like a
+    no-op layer, and the JSON key "distill" is written only when set (plans without it read and write as before).
     """
 
     layers: Mapping[str, LayerPlan]
     version: int = PLAN_VERSION
+    distill: DistillConfig | None = None
 
     def __post_init__(self) -> None:
         for name, lp in self.layers.items():
@@ -171,14 +175,19 @@ class CompressionPlan:
                 raise TypeError(f"plan layer {name!r}: expected LayerPlan, got {type(lp).__name__}")
         kept = {k: self.layers[k] for k in sorted(self.layers) if not self.layers[k].is_noop}
         object.__setattr__(self, "layers", MappingProxyType(kept))
+        if self.distill is not None and not isinstance(self.distill, DistillConfig):
+            raise TypeError(f"plan distill: expected DistillConfig or None, got {type(self.distill).__name__}")
+        if self.distill is not None and not self.distill.enabled:
+            object.__setattr__(self, "distill", None)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CompressionPlan):
             return NotImplemented
-        return self.version == other.version and dict(self.layers) == dict(other.layers)
+        return (self.version == other.version and dict(self.layers) == dict(other.layers)
+                and self.distill == other.distill)
 
     def __hash__(self) -> int:
-        return hash((self.version, tuple(self.layers.items())))
+        return hash((self.version, tuple(self.layers.items()), self.distill))
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -188,7 +197,11 @@ class CompressionPlan:
         return not self.layers
 
     def to_dict(self) -> dict[str, Any]:
-        return {"autocompress_plan": self.version, "layers": {k: v.to_dict() for k, v in self.layers.items()}}
+        out: dict[str, Any] = {"autocompress_plan": self.version,
+                               "layers": {k: v.to_dict() for k, v in self.layers.items()}}
+        if self.distill is not None:
+            out["distill"] = self.distill.to_dict()
+        return out
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -206,7 +219,10 @@ class CompressionPlan:
             if not isinstance(entry, dict):
                 raise UserError(f"{where}: layer {name!r} must map to an object of settings")
             layers[name] = LayerPlan.from_dict(entry, where=f"{where}: layer {name!r}")
-        return cls(layers, version=PLAN_VERSION)
+        distill = data.get("distill")
+        if distill is not None:
+            distill = DistillConfig.from_dict(distill, where=f"{where}: distill")
+        return cls(layers, version=PLAN_VERSION, distill=distill)
 
     @classmethod
     def from_json(cls, text: str, where: str = "plan") -> "CompressionPlan":
@@ -230,11 +246,19 @@ class CompressionPlan:
             fh.write(self.to_json() + "\n")
 
     def flatten(self) -> dict[str, Any]:
-        """`{"<layer>.<field>": value}` for the non-default fields: MLflow params, Optuna-style names."""
-        return {f"{name}.{k}": v for name, lp in self.layers.items() for k, v in lp.to_dict().items()}
+        """`{"<layer>.<field>": value}` for the non-default fields: MLflow params, Optuna-style names; with
+        distillation also `{"distill.<field>": value}` for all its fields (`layers` as a string)."""
+        flat: dict[str, Any] = {f"{name}.{k}": v for name, lp in self.layers.items() for k, v in lp.to_dict().items()}
+        if self.distill is not None:
+            flat.update({f"distill.{k}": (v if not isinstance(v, list) else ",".join(map(str, v)))
+                         for k, v in self.distill.to_dict().items()})
+        return flat
 
     def summary(self) -> str:
-        """One line: how many layers get each setting, e.g. "bits 3x6 4x12 8x6; structured 25%x3"."""
+        """One line: how many layers get each setting, e.g. "bits 3x6 4x12 8x6; structured 25%x3", then the
+        distillation if any (e.g. "; distill 200 steps lr 0.0001")."""
+        if self.distill is not None:
+            return f"{CompressionPlan(self.layers).summary()}; {self.distill.summary()}"
         if self.is_empty:
             return "empty"
         parts: dict[str, dict[str, int]] = {}
@@ -287,19 +311,23 @@ class CompressionPlan:
 
     def __str__(self) -> str:
         if self.is_empty:
-            return "CompressionPlan (empty: the model is left as it is)"
+            tail = f"; then {self.distill.summary()}" if self.distill is not None else ""
+            return f"CompressionPlan (empty: the model is left as it is{tail})"
         columns, body = self._visible()
         rows = [columns, *body]
         widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
+        if self.distill is not None:
+            lines.append(f"then {self.distill.summary()}")
         return "\n".join(lines)
 
     def __rich__(self) -> Any:
         from rich.table import Table
 
         columns, body = self._visible()
-        table = Table(title=f"CompressionPlan v{self.version}: {len(self)} layers")
+        table = Table(title=f"CompressionPlan v{self.version}: {len(self)} layers",
+                      caption=f"then {self.distill.summary()}" if self.distill is not None else None)
         for col in columns:
             table.add_column(col, justify="left" if col in ("layer", "pattern") else "right", no_wrap=True)
         for row in body:

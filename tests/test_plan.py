@@ -101,3 +101,19 @@ def test_resolve_rank():
 def test_summary_counts_settings():
     assert sample_plan().summary() == "bits 3x1 4x1 6x1 8x1; act int8x1; sparsity 2:4x1 30%x1; structured 12%x1; rank 0.25x1 17x1"
     assert CompressionPlan({}).summary() == "empty"
+
+
+def test_optional_distill_field():
+    from autocompress.distill import DistillConfig
+
+    old = '{"autocompress_plan": 1, "layers": {"x": {"bits": 4}}}'
+    plan = CompressionPlan.from_json(old)
+    assert plan.distill is None and json.loads(plan.to_json()) == json.loads(old)  # written as before
+    kd = CompressionPlan(plan.layers, distill=DistillConfig(steps=50, lr=5e-5))
+    data = json.loads(kd.to_json())
+    assert data["autocompress_plan"] == PLAN_VERSION == 1 and data["distill"]["steps"] == 50
+    assert CompressionPlan.from_json(kd.to_json()) == kd and kd != plan
+    assert kd.summary().endswith("; distill 50 steps lr 5e-05")
+    assert CompressionPlan(plan.layers, distill=DistillConfig(steps=0)) == plan
+    with pytest.raises(UserError, match="distill: unknown field"):
+        CompressionPlan.from_json('{"layers": {}, "distill": {"stepz": 3}}')

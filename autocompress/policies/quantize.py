@@ -8,11 +8,20 @@ The grid, shared by every quantizer here and by any exporter that packs the inte
               2^b - 1 levels), zero = 0, scale = absmax / (2^(b-1)-1).
   asymmetric: q in [0, 2^b-1], scale = (max - min) / (2^b-1) with min clamped <= 0 and max >= 0,
               zero = round(-min / scale), an integer in [0, 2^b-1], so 0.0 is exactly on the grid.
+  Every scale is rounded to float16 (then held as float32), clamped to float16's positive range
+  [2^-24, 65504], before the zero point is computed from it: the packed export stores fp16 scales, so the
+  grid searched and evaluated here is exactly the grid exported.
 A weight that is exactly 0 maps to q = zero and back to exactly 0: pruned weights stay pruned.
 A group that is all zeros gets scale 1 (never 0, never NaN).
+
+The policy records the grid of every weight it quantizes as a plain attribute (not a buffer: the state_dict
+is unchanged) `module._autocompress_grid = QuantGrid(...)`, in the [out, in] layout of `weight_matrix`, so
+an exporter recovers the integers exactly with `quantize_int`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +32,24 @@ from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.policies._base import POLICIES, Calibration, Policy, check_weight
 from autocompress.registry import Registry
 
-# name -> fn(w [out, in], entry, gram [in, in] | None) -> fake-quantized w; `fn.needs_gram` marks data-aware ones
+# name -> fn(w [out, in], entry, gram [in, in] | None) -> (fake-quantized w, QuantGrid); `fn.needs_gram` marks
+# data-aware ones
 QUANTIZERS: Registry = Registry("quant_method")
 ACT_ATTR = "_autocompress_act_bits"
+GRID_ATTR = "_autocompress_grid"
+FP16_MIN, FP16_MAX = 2.0 ** -24, 65504.0  # float16's smallest positive (subnormal) and largest finite values
+
+
+@dataclass(frozen=True, eq=False)
+class QuantGrid:
+    """The grid one weight [out, in] was quantized onto: scale and zero are float32 [out, groups] (zero holds
+    integers, all 0 when symmetric; scale holds float16-exact values). See the module docstring."""
+
+    bits: int
+    group_size: int | None
+    symmetric: bool
+    scale: torch.Tensor
+    zero: torch.Tensor
 
 
 def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -48,21 +72,25 @@ def _expand(t: torch.Tensor, group_size: int | None, in_features: int) -> torch.
 def quant_params(w: torch.Tensor, bits: int, group_size: int | None,
                  symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The grid of `w` [out, in]: (scale, zero), both float32 [out, ceil(in / group_size)] (one column if
-    group_size is None). scale > 0 always; zero holds integers (all 0 when symmetric). See the module doc."""
+    group_size is None). scale > 0 always and float16-exact; zero holds integers (all 0 when symmetric), computed
+    from the rounded scale. See the module doc."""
     out_f, in_f = w.shape
     gs = _group_len(in_f, group_size)
     n_groups = -(-in_f // gs)
     x = F.pad(w.detach().float(), (0, n_groups * gs - in_f)).reshape(out_f, n_groups, gs)  # zero padding is
     qmin, qmax = qrange(bits, symmetric)                                                  # neutral below
     if symmetric:
-        scale = x.abs().amax(-1) / qmax
-        zero = torch.zeros_like(scale)
-    else:
-        lo, hi = x.amin(-1).clamp(max=0), x.amax(-1).clamp(min=0)
-        scale = (hi - lo) / qmax
-        zero = torch.round(-lo / torch.where(scale > 0, scale, 1.0)).clamp(0, qmax)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return scale, zero
+        scale = _fp16(x.abs().amax(-1) / qmax)
+        return scale, torch.zeros_like(scale)
+    lo, hi = x.amin(-1).clamp(max=0), x.amax(-1).clamp(min=0)
+    scale = _fp16((hi - lo) / qmax)
+    return scale, torch.round(-lo / scale).clamp(0, qmax)
+
+
+def _fp16(scale: torch.Tensor) -> torch.Tensor:
+    """Scales of all-zero groups -> 1, then rounded to float16 within [FP16_MIN, FP16_MAX], as float32."""
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).clamp(FP16_MIN, FP16_MAX)
+    return scale.to(torch.float16).float()  # both bounds are float16-exact, so this is never 0 or inf
 
 
 def _fake(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
@@ -83,14 +111,17 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_s
     return (q.float() - _expand(zero, group_size, q.shape[1])) * _expand(scale, group_size, q.shape[1])
 
 
-def quantize_rtn(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool) -> torch.Tensor:
+def quantize_rtn(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool,
+                 return_params: bool = False):
     """Round-to-nearest fake quantization of `w` [out, in]: each weight to the nearest point of the grid of
     `quant_params` (values beyond it clamp to its ends), returned dequantized in w's dtype. Every group holds
-    at most 2^bits distinct values; zeros stay exactly zero. Does not modify `w`."""
+    at most 2^bits distinct values; zeros stay exactly zero. Does not modify `w`. With `return_params` it is
+    `(q, scale, zero)`, as `quantize_gptq` returns them."""
     scale, zero = quant_params(w, bits, group_size, symmetric)
     qmin, qmax = qrange(bits, symmetric)
     in_f = w.shape[1]
-    return _fake(w.float(), _expand(scale, group_size, in_f), _expand(zero, group_size, in_f), qmin, qmax).to(w.dtype)
+    q = _fake(w.float(), _expand(scale, group_size, in_f), _expand(zero, group_size, in_f), qmin, qmax).to(w.dtype)
+    return (q, scale, zero) if return_params else q
 
 
 def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
@@ -156,13 +187,15 @@ def quantize_gptq(w: torch.Tensor, gram: torch.Tensor, bits: int, group_size: in
 
 
 @QUANTIZERS.register("rtn")
-def _rtn(w: torch.Tensor, entry: LayerPlan, gram: torch.Tensor | None) -> torch.Tensor:
-    return quantize_rtn(w, entry.bits, entry.group_size, entry.symmetric)
+def _rtn(w: torch.Tensor, entry: LayerPlan, gram: torch.Tensor | None) -> tuple[torch.Tensor, QuantGrid]:
+    q, scale, zero = quantize_rtn(w, entry.bits, entry.group_size, entry.symmetric, return_params=True)
+    return q, QuantGrid(entry.bits, entry.group_size, entry.symmetric, scale, zero)
 
 
 @QUANTIZERS.register("gptq")
-def _gptq(w: torch.Tensor, entry: LayerPlan, gram: torch.Tensor | None) -> torch.Tensor:
-    return quantize_gptq(w, gram, entry.bits, entry.group_size, entry.symmetric)
+def _gptq(w: torch.Tensor, entry: LayerPlan, gram: torch.Tensor | None) -> tuple[torch.Tensor, QuantGrid]:
+    q, scale, zero = quantize_gptq(w, gram, entry.bits, entry.group_size, entry.symmetric, return_params=True)
+    return q, QuantGrid(entry.bits, entry.group_size, entry.symmetric, scale, zero)
 
 
 _rtn.needs_gram, _gptq.needs_gram = False, True
@@ -200,8 +233,9 @@ def _named_weight_modules(model: nn.Module, name: str) -> dict[str, nn.Module]:
 @POLICIES.register("quantize")
 class QuantizePolicy(Policy):
     """Fake-quantizes the weights of every entry with `bits` (the entry's quant_method, on the entry's grid;
-    both factors of a LowRankLinear) and adds int8 input quantization where `act_bits` is 8. GPTQ Hessians
-    are gathered in one calibration pass over the model as it stands before this policy changes it."""
+    both factors of a LowRankLinear), records each one's `QuantGrid` as `module._autocompress_grid` (GRID_ATTR),
+    and adds int8 input quantization where `act_bits` is 8. GPTQ Hessians are gathered in one calibration pass
+    over the model as it stands before this policy changes it."""
 
     name = "quantize"
 
@@ -224,6 +258,8 @@ class QuantizePolicy(Policy):
             for n, (m, e) in targets.items():
                 if e.bits is not None:
                     w = check_weight(n, m)
-                    w.copy_(QUANTIZERS.get(e.quant_method)(w, e, grams.get(n)))
+                    q, grid = QUANTIZERS.get(e.quant_method)(w, e, grams.get(n))
+                    w.copy_(q)
+                    setattr(m, GRID_ATTR, grid)
                 if e.act_bits is not None:
                     add_act_quant(m, e.act_bits)

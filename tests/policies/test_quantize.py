@@ -239,3 +239,43 @@ def test_minilm_gptq_4bit_keeps_embeddings():
         QuantizePolicy().apply(model, plan, calib)
         results[method] = (embed(model) * ref).sum(-1).min().item()
     assert results["rtn"] > 0.9 and results["gptq"] > 0.9, results
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_scales_are_float16_exact_and_never_zero(symmetric):
+    w = torch.randn(8, 64) * torch.logspace(-9, 3, 8)[:, None]  # rows from tiny to large
+    w[0] = 0.0
+    for group_size in (16, None):
+        scale, zero = quant_params(w, 4, group_size, symmetric)
+        assert torch.equal(scale.to(torch.float16).float(), scale)  # exactly what the export stores
+        assert scale.min() >= 2.0 ** -24 and torch.isfinite(scale.to(torch.float16)).all()
+        assert torch.all(scale[0] == 1.0)  # an all-zero row keeps scale 1
+        if not symmetric:  # the zero point is computed from the rounded scale: 0.0 stays on the grid
+            assert torch.all(dequantize(zero.repeat_interleave(64 if group_size is None else 16, 1).int(),
+                                        scale, zero, group_size) == 0)
+        q = quantize_rtn(w, 4, group_size, symmetric)
+        assert torch.equal(dequantize(quantize_int(q, scale, zero, 4, group_size, symmetric), scale, zero,
+                                      group_size), q)
+
+
+def test_policy_records_the_grid_outside_the_state_dict():
+    from autocompress.policies.quantize import GRID_ATTR, QuantGrid
+
+    lm = load_model("random:gpt2")
+    model = lm.model
+    keys = set(model.state_dict())
+    name = "transformer.h.0.mlp.c_fc"
+    plan = CompressionPlan({name: LayerPlan(bits=3, group_size=16, symmetric=False, quant_method="gptq"),
+                            "transformer.h.1.mlp.c_fc": LayerPlan(act_bits=8)})
+    QuantizePolicy().apply(model, plan, _calibration())
+    assert set(model.state_dict()) == keys
+    grid = getattr(model.get_submodule(name), GRID_ATTR)
+    assert isinstance(grid, QuantGrid) and (grid.bits, grid.group_size, grid.symmetric) == (3, 16, False)
+    w = weight_matrix(model.get_submodule(name))  # Conv1D: the grid is in the [out, in] layout
+    assert grid.scale.shape == grid.zero.shape == (w.shape[0], w.shape[1] // 16)
+    ints = quantize_int(w, grid.scale, grid.zero, 3, 16, False)
+    assert torch.equal(dequantize(ints, grid.scale, grid.zero, 16), w)
+    assert not hasattr(model.get_submodule("transformer.h.1.mlp.c_fc"), GRID_ATTR)  # act_bits only
+    for method in QUANT_METHODS:
+        q, g = QUANTIZERS.get(method)(w, LayerPlan(bits=4, quant_method=method), torch.eye(w.shape[1]))
+        assert isinstance(g, QuantGrid) and q.shape == w.shape
