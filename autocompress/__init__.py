@@ -31,6 +31,10 @@ _LAZY = {
     "AccuracyEvaluator": "autocompress.evaluators.accuracy",
     "load_texts": "autocompress.data",
     "make_batches": "autocompress.data",
+    "run_search": "autocompress.search.driver",
+    "save_compressed": "autocompress.export",
+    "load_compressed": "autocompress.export",
+    "DistillConfig": "autocompress.plan",
 }
 
 __all__ = ["PLAN_VERSION", "CompressionPlan", "LayerPlan", "UserError", "__version__", *_LAZY]

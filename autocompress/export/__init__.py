@@ -1,0 +1,26 @@
+"""The packed export format: save a compressed model as real packed tensors, reload it, run real kernels.
+
+  save_compressed(model, plan, info, out_dir, tokenizer=None, base_config=None, card=None) -> ExportReport
+  load_compressed(path, kernels=False, device="cpu") -> CompressedModel
+  export(run_dir_or_result, out_dir, trial=None, pick=None, force=False) -> ExportResult   (from_run)
+
+The layout is the one `autocompress.evaluators.size` counts, so the bytes written are the bytes predicted.
+Modules: packing (bit streams), matrix (one weight <-> packed tensors), packed (model <-> tensors + metadata),
+save, load, kernels (real CPU kernels for int8 / int4 weights).
+"""
+
+from __future__ import annotations
+
+from autocompress.export.load import CompressedModel, load_compressed, read_export
+from autocompress.export.save import FORMAT_VERSION, ExportReport, save_compressed
+
+__all__ = ["FORMAT_VERSION", "CompressedModel", "ExportReport", "ExportResult", "export", "load_compressed",
+           "read_export", "save_compressed"]
+
+
+def __getattr__(name: str):
+    """`export` and `ExportResult` import the search's run-directory code: loaded on first use."""
+    if name in ("export", "ExportResult"):
+        from autocompress.export import from_run
+        return getattr(from_run, name)
+    raise AttributeError(f"module 'autocompress.export' has no attribute {name!r}")

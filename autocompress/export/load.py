@@ -1,0 +1,184 @@
+"""`load_compressed`: rebuild a working model from a packed export directory (see `save.py`).
+
+Steps: check the directory (export.json, config.json, plan.json, model.safetensors) and the format version;
+build the architecture from config.json with the task's Auto class `from_config` (never trust_remote_code);
+apply the plan's shape changes to that skeleton (structured entries keep the first n units, as the stored
+tensors are ordered; low-rank layers become `LowRankLinear` of the stored rank); unpack every tensor
+(`safetensors.torch.load_file`, no pickle) and `load_state_dict(strict=True)`; re-tie tied weights; re-add
+the int8 activation hooks of act_bits=8 layers; with `kernels=True`, swap in the real CPU kernels of
+`kernels.py`; eval mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from autocompress.errors import UserError
+from autocompress.export import kernels as K
+from autocompress.export.matrix import unpack_int
+from autocompress.export.packed import SUFFIXES, PackedModel, unpack_state_dict, weight_parts
+from autocompress.export.save import FORMAT_NAME, FORMAT_VERSION
+from autocompress.models import _auto_class, inspect_model
+from autocompress.modules import in_out_features, set_module
+from autocompress.plan import CompressionPlan
+from autocompress.policies.quantize import add_act_quant
+from autocompress.policies.lowrank import low_rank_module
+from autocompress.policies.structured import prune_units
+
+REQUIRED = ("export.json", "config.json", "plan.json", "model.safetensors")
+DTYPES = ("float32", "float16", "bfloat16", "float64")  # model dtypes an export may name
+
+
+@dataclass
+class CompressedModel:
+    """A loaded export: the model (eval mode), its tokenizer (None if none was saved), its plan, the
+    contents of export.json, and `kernels`: weight module name -> kernel ("w8a8", "int8", "int4") for
+    every layer that runs packed (empty with kernels=False)."""
+
+    model: nn.Module
+    tokenizer: Any
+    plan: CompressionPlan
+    info: dict[str, Any]
+    kernels: dict[str, str] = field(default_factory=dict)
+
+
+def read_export(path: str) -> dict[str, Any]:
+    """export.json of the export directory `path`; `UserError` if `path` is not a complete export or was
+    written by a newer format version."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise UserError(f"export {path!r} is not a directory; give the directory save_compressed wrote")
+    for name in REQUIRED:
+        if not os.path.isfile(os.path.join(path, name)):
+            raise UserError(f"export {path!r} has no {name}: it is not a (complete) autocompress export; "
+                            "export the model again")
+    try:
+        with open(os.path.join(path, "export.json"), encoding="utf-8") as fh:
+            info = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"export {path!r}: export.json cannot be read ({exc}); export the model again") from None
+    version = info.get("format_version") if isinstance(info, dict) else None
+    if not isinstance(info, dict) or info.get("format") != FORMAT_NAME or type(version) is not int:
+        raise UserError(f"export {path!r}: export.json is not an {FORMAT_NAME} description")
+    if version > FORMAT_VERSION:
+        raise UserError(f"export {path!r}: format version {version} is newer than this autocompress reads "
+                        f"(<= {FORMAT_VERSION}); upgrade autocompress")
+    return info
+
+
+def read_packed(path: str) -> PackedModel:
+    """The tensors and metadata of model.safetensors in `path`; `UserError` if it is corrupt or truncated."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    file = os.path.join(path, "model.safetensors")
+    try:
+        with safe_open(file, framework="pt") as fh:
+            header = fh.metadata() or {}
+        tensors = load_file(file)
+        layers, tied = json.loads(header["layers"]), json.loads(header["tied"])
+        dtype = header["dtype"]
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}")
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise UserError(f"export {path!r}: model.safetensors is corrupt or truncated ({str(exc)[:120]}); "
+                        "export the model again") from None
+    return PackedModel(tensors, layers, tied, dtype)
+
+
+def _skeleton(path: str, info: dict[str, Any], plan: CompressionPlan, packed: PackedModel) -> nn.Module:
+    """The architecture of config.json with the plan's shape changes, randomly initialized."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
+    model = _auto_class(info["task"]).from_config(config, trust_remote_code=False)
+    if type(model).__name__ != info["model_class"]:
+        raise UserError(f"export {path!r}: config.json builds a {type(model).__name__}, export.json says "
+                        f"{info['model_class']}; the export is inconsistent")
+    model.to(getattr(torch, packed.dtype))
+    structures = inspect_model(model, info["task"]).structures
+    for name, entry in plan.layers.items():
+        if entry.pattern == "structured" and name in structures:
+            s = structures[name]
+            n_remove = min(round(entry.sparsity * s.units), s.units - 1)
+            if n_remove > 0:
+                prune_units(model, s, torch.arange(s.units - n_remove))
+    for name, record in packed.layers.items():
+        if "rank" in record:
+            module = model.get_submodule(name)
+            n_in, n_out = in_out_features(module)
+            r = record["rank"]
+            set_module(model, name, low_rank_module(module, torch.zeros(r, n_in), torch.zeros(n_out, r)))
+    return model
+
+
+def _retie(model: nn.Module, tied: dict[str, str]) -> None:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for alias, key in tied.items():
+        if params.get(alias) is not params.get(key) and key in params:
+            owner, _, attr = alias.rpartition(".")
+            setattr(model.get_submodule(owner) if owner else model, attr, params[key])
+
+
+def _apply_kernels(model: nn.Module, packed: PackedModel) -> dict[str, str]:
+    """Swap every packed weight module whose format has a real CPU kernel; {module name: kernel}."""
+    used = {}
+    for name, record in packed.layers.items():
+        for prefix, module in weight_parts(model, name):
+            meta = record["matrices"][f"{prefix}.weight"]
+            if meta["bits"] is None:
+                continue
+            parts = {s: packed.tensors[f"{prefix}.weight.{s}"] for s in SUFFIXES
+                     if f"{prefix}.weight.{s}" in packed.tensors}
+            q, grid = unpack_int(parts, meta)
+            kind = K.kernel_kind(grid, tuple(q.shape), record["act_bits"])
+            if kind is not None:
+                set_module(model, prefix, K.kernel_module(q, grid, module.bias, kind))
+                used[prefix] = kind
+    return used
+
+
+def _add_act_hooks(model: nn.Module, packed: PackedModel, kernels: dict[str, str]) -> None:
+    for name, record in packed.layers.items():
+        if record["act_bits"] is not None:
+            for prefix, module in weight_parts(model, name):
+                if kernels.get(prefix) != "w8a8":  # the dynamic int8 kernel quantizes its input itself
+                    add_act_quant(module, record["act_bits"])
+
+
+def load_compressed(path: str, kernels: bool = False, device: str = "cpu") -> CompressedModel:
+    """Load the export directory `path` (see the module docstring) onto `device`, in eval mode. With
+    `kernels=True` (CPU only) layers whose format has a real kernel run it (`CompressedModel.kernels`).
+    Raises `UserError` for a directory that is not a complete export, a corrupt or truncated
+    model.safetensors, a newer format version, or tensors that do not fit config.json."""
+    path = os.fspath(path)
+    info = read_export(path)
+    plan = CompressionPlan.load(os.path.join(path, "plan.json"))
+    packed = read_packed(path)
+    try:
+        model = _skeleton(path, info, plan, packed)
+        state = unpack_state_dict(packed)
+        model.load_state_dict(state, strict=True)
+    except UserError:
+        raise
+    except (KeyError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"export {path!r}: model.safetensors does not fit config.json and plan.json ({first}); "
+                        "export the model again") from None
+    _retie(model, packed.tied)
+    used = _apply_kernels(model, packed) if kernels and str(device) == "cpu" else {}
+    _add_act_hooks(model, packed, used)
+    model.to(device)
+    tokenizer = None
+    if os.path.isfile(os.path.join(path, "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return CompressedModel(model.eval(), tokenizer, plan, info, used)
