@@ -276,7 +276,16 @@ def _loading(spec: str) -> Iterator[None]:
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"model {spec!r} could not be loaded: {first}") from None
-    except ValueError as exc:
+    except Exception as exc:
+        if type(exc).__name__ == "SafetensorError":  # a truncated or corrupt weights file
+            raise UserError(f"model {spec!r}: a weights file is not valid safetensors ({exc}); re-download "
+                            "or re-save the model") from None
+        if type(exc).__name__ == "UnpicklingError":  # torch.load(weights_only=True) refused a pickled object
+            raise UserError(f"model {spec!r}: its .bin weights hold pickled objects, not only tensors, and "
+                            "autocompress loads pickles with weights_only=True; save the model as safetensors "
+                            "from a trusted environment") from None
+        if not isinstance(exc, ValueError):
+            raise
         if "trust_remote_code" in str(exc):
             raise UserError(f"model {spec!r} needs its own code; set trust_remote_code: true only if you "
                             "trust its source") from None

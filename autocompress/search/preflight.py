@@ -1,0 +1,100 @@
+"""Checks a search runs before it writes anything: bad input fails fast, in one line, leaving no run
+directory, no Optuna study and no MLflow run behind.
+
+`preflight(config) -> task` checks, in order and cheaply (no weights are loaded):
+  the model (its directory, config.json, the task it implies, every *.safetensors header, trust_remote_code),
+  the metrics against that task, the calibration / evaluation / label files, the Optuna storage URL
+  (a server storage is opened; SQLite needs no server) and the MLflow tracking URI (an http server must
+  answer). Each failure is a `UserError` naming the key or file and the fix.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+
+from autocompress.config import SearchConfig
+from autocompress.errors import UserError
+
+
+def check_weight_files(spec: str) -> None:
+    """Read the header of every *.safetensors file of a model directory (a truncated or corrupt file fails
+    here, in milliseconds, instead of on a worker)."""
+    from autocompress.models import MINILM_ALIASES, minilm_path
+
+    path = (minilm_path() or spec) if spec in MINILM_ALIASES else spec
+    if spec.startswith("random:") or not os.path.isdir(path):
+        return
+    from safetensors import safe_open
+
+    for file in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
+        try:
+            with safe_open(file, "pt") as handle:
+                handle.keys()
+        except Exception as exc:  # SafetensorError, OSError
+            raise UserError(f"model {spec!r}: {os.path.basename(file)} is not a valid safetensors file ({exc}); "
+                            "re-download or re-save the model") from None
+
+
+def check_data(config: SearchConfig) -> None:
+    """Every text and label file the search reads can be read and is not empty (builtin always can)."""
+    from autocompress.data import load_labeled, load_texts
+
+    d = config.data
+    for key, section in (("data.calibration", d.calibration), ("data.evaluation", d.evaluation)):
+        try:
+            load_texts(section.source, n=section.n, seed=section.seed)
+        except UserError as exc:
+            raise UserError(f"{key}: {exc}") from None
+    if d.labels:
+        try:
+            load_labeled(d.labels)
+        except UserError as exc:
+            raise UserError(f"data.labels: {exc}") from None
+
+
+def check_storage(url: str) -> None:
+    """A storage URL that names a server (PostgreSQL, MySQL, Redis) must open now; SQLite and journal files
+    are created on first use and need nothing. `UserError` for a string that is not a storage URL."""
+    from autocompress.search.storage import open_storage, storage_kind
+
+    if storage_kind(url) in ("rdb", "redis"):
+        open_storage(url)
+
+
+def check_tracking(uri: str) -> None:
+    """An http(s) MLflow server must answer within ~5 s (the same check `Tracker.open` makes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import mlflow
+
+    from autocompress.search.tracking import _env
+
+    try:
+        with _env(MLFLOW_HTTP_REQUEST_TIMEOUT="5", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+                  MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0"):
+            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # requests, urllib3 and MlflowException all mean the same here
+        errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", str(exc))
+        reason = errno.group(0) if errno else (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"tracking.uri {uri!r} cannot be reached: {reason}; start the MLflow server or set "
+                        "tracking.uri: none") from None
+
+
+def preflight(config: SearchConfig) -> str:
+    """Run every check of the module docstring; return the model's task."""
+    from autocompress.models import model_task
+
+    m = config.model
+    task = model_task(m.name, task=m.task, trust_remote_code=m.trust_remote_code)
+    check_weight_files(m.name)
+    config.check_task(task)
+    check_data(config)
+    check_storage(config.storage)
+    check_tracking(config.tracking.uri)
+    if config.pick:
+        from autocompress.search.pareto import PickRule
+
+        PickRule.parse(config.pick)
+    return task

@@ -1,0 +1,131 @@
+"""Logging finished trials to MLflow so that MLflow being down never stops a search, nor holds it for long.
+
+The Optuna storage is the record of a search; MLflow is a view of it. `TrialRecorder` guarantees:
+  - every MLflow request made during the search times out after `tracking.timeout_s` and is not retried at
+    once (MLFLOW_HTTP_REQUEST_TIMEOUT / MLFLOW_HTTP_REQUEST_MAX_RETRIES=0), so a dead or hung server costs
+    the driver loop at most one timeout per `tracking.retry_s`;
+  - a trial that cannot be logged is kept in memory and logged, oldest first, at the first trial end at
+    least `retry_s` after the failure, and once more at the end of the search;
+  - the user is warned once when logging first fails, and at the end if trials are still only in the
+    Optuna storage (`untracked`, also in `SearchResult.untracked`);
+  - `reconcile` logs the finished trials of the study that have no MLflow run yet (those of a driver that
+    died, or that ended while MLflow was down for good), so re-running the same command completes MLflow.
+Logging a trial twice is safe: `Tracker.log_trial` keeps one run per trial number.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+
+@dataclass
+class TrialRecord:
+    """What MLflow shows of one finished trial (see `Tracker.log_trial`)."""
+
+    number: int
+    state: str  # COMPLETE, PRUNED or FAIL
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    duration_s: float
+    worker: str
+    plan_json: str | None
+    message: str | None = None  # the error (FAIL) or reason (PRUNED, cached)
+    extra: dict[str, float] = field(default_factory=dict)  # more metrics (apply_s, eval_s)
+
+
+class TrialRecorder:
+    """The driver's only way to MLflow during a search (`tracker` is a `Tracker` or a `NullTracker`)."""
+
+    def __init__(self, tracker: Any, storage_url: str, timeout_s: float = 10.0, retry_s: float = 30.0) -> None:
+        self.tracker, self.storage_url = tracker, storage_url
+        self.timeout_s, self.retry_s = timeout_s, retry_s
+        self.pending: dict[int, TrialRecord] = {}
+        self.failed_at: float | None = None  # monotonic time of the last failure while anything is pending
+        self.warned = self.finished = False
+
+    @property
+    def untracked(self) -> list[int]:
+        """Numbers of the finished trials not (yet) in MLflow."""
+        return sorted(self.pending)
+
+    def record(self, rec: TrialRecord) -> None:
+        """Log `rec` now, or keep it for later if MLflow is failing; never raises."""
+        if self.tracker.uri == "none":
+            return
+        self.pending[rec.number] = rec
+        self.flush()
+
+    def flush(self, force: bool = False) -> bool:
+        """Log the kept trials, oldest first; stop at the first failure. Unless `force`, do nothing within
+        `retry_s` of the last failure. True when nothing is left."""
+        if self.failed_at is not None and not force and time.monotonic() - self.failed_at < self.retry_s:
+            return False
+        for number in sorted(self.pending):
+            rec = self.pending[number]
+            metrics = {k: v for k, v in {**rec.metrics, **rec.extra}.items() if v is not None and math.isfinite(v)}
+            if not self._try(self.tracker.log_trial, rec.number, rec.state, rec.params, metrics, rec.duration_s,
+                             rec.worker, rec.plan_json, rec.message):
+                return False
+            del self.pending[number]
+        self.failed_at = None
+        return True
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> bool:
+        """Call a parent-run method of the tracker (log_text, log_metrics, close) the same guarded way;
+        skipped (False) once `finish` found MLflow still down, so a hung server costs no more timeouts."""
+        if self.pending and self.finished:
+            return False
+        return self._try(getattr(self.tracker, method), *args, **kwargs)
+
+    def reconcile(self, trials: Iterable[Any], record_of: Callable[[Any], TrialRecord]) -> int:
+        """Log the finished trials (FrozenTrials) that MLflow does not have; returns how many were missing."""
+        if self.tracker.uri == "none":
+            return 0
+        logged = self.tracker.logged_trials()
+        missing = [t for t in trials if t.state.is_finished() and t.number not in logged]
+        for t in missing:
+            self.pending[t.number] = record_of(t)
+        if missing and self.tracker.uri != "none":
+            self.flush(force=True)
+        return len(missing)
+
+    def finish(self) -> list[int]:
+        """The last attempt to log what is kept; warns and returns the numbers still only in Optuna."""
+        self.finished = True
+        if self.pending:
+            self.flush(force=True)
+        if self.pending:
+            warnings.warn(
+                f"MLflow is still unreachable: {len(self.pending)} finished trial(s) ({_numbers(self.pending)}) "
+                f"are only in the Optuna storage {self.storage_url}; run the same command again once MLflow "
+                "answers and they are logged", stacklevel=2)
+        return self.untracked
+
+    def _try(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        from autocompress.search.tracking import _env
+
+        try:
+            with _env(MLFLOW_HTTP_REQUEST_TIMEOUT=str(max(1, math.ceil(self.timeout_s))),
+                      MLFLOW_HTTP_REQUEST_MAX_RETRIES="0"):
+                fn(*args, **kwargs)
+            return True
+        except Exception as exc:  # requests, urllib3, MlflowException, sqlite: all mean "not now"
+            self.failed_at = time.monotonic()
+            if not self.warned:
+                self.warned = True
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                warnings.warn(f"MLflow logging failed ({type(exc).__name__}: {first}); the search goes on, every "
+                              "trial is in the Optuna storage, and the trials are logged to MLflow when it answers "
+                              f"again (tried every {self.retry_s:g} s at a trial's end, and at the end)",
+                              stacklevel=3)
+            return False
+
+
+def _numbers(numbers: Iterable[int]) -> str:
+    items = sorted(numbers)
+    text = ", ".join(str(n) for n in items[:10])
+    return text + (f", ... {len(items) - 10} more" if len(items) > 10 else "")

@@ -1,0 +1,77 @@
+"""The end of a search: the Pareto front, the picked trial, `pareto.md`, `summary.json`, and the
+`SearchResult` that `run_search` returns (and `autocompress search --json` prints)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autocompress.config import SearchConfig
+from autocompress.search.pareto import PickRule, default_rule, markdown_table, metrics_of, pareto_rows
+
+
+@dataclass
+class ParetoTrial:
+    number: int
+    values: dict[str, float]
+    metrics: dict[str, float]
+    plan_path: str
+    plan_summary: str = ""
+
+
+@dataclass
+class SearchResult:
+    study_name: str
+    storage: str
+    tracking_uri: str
+    run_dir: str
+    counts: dict[str, int]
+    pareto: list[ParetoTrial]
+    picked: ParetoTrial | None
+    pick_rule: str
+    elapsed_s: float
+    ui_hint: str = ""
+    untracked: list[int] = field(default_factory=list)  # finished trials only in the Optuna storage, not MLflow
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def counts_by_state(study: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def summarize(config: SearchConfig, study: Any, search: Any, recorder: Any, run_dir: Path,
+              elapsed: float) -> SearchResult:
+    """Write pareto.md and summary.json, log the table and best values on the MLflow parent run (through the
+    `TrialRecorder`, after its last try at the trials kept while MLflow was down) and return the result."""
+    names = [m for _, m in search.objectives]
+    front = sorted(study.best_trials, key=lambda t: t.number)
+    rule = PickRule.parse(config.pick) if config.pick else default_rule(config.objectives)
+    chosen = rule.choose(front)
+
+    def entry(t: Any) -> ParetoTrial:
+        return ParetoTrial(t.number, dict(zip(names, t.values)), metrics_of(t), str(search.plan_path(t.number)),
+                           t.user_attrs.get("plan_summary", ""))
+
+    counts = counts_by_state(study)
+    header, rows = pareto_rows(front, config.objectives)
+    table = markdown_table(header, rows)
+    (run_dir / "pareto.md").write_text(table)
+    untracked = recorder.finish()  # the last try for trials kept while MLflow was down; warns if any remain
+    recorder.call("log_text", table, "pareto.md")
+    best = search.best()
+    recorder.call("log_metrics", {**{f"best_{k}": v for k, v in best.items()},
+                                  **{f"trials_{k.lower()}": float(v) for k, v in counts.items()}})
+    result = SearchResult(
+        study_name=config.study_name, storage=config.storage, tracking_uri=config.tracking.uri,
+        run_dir=str(run_dir), counts=counts, pareto=[entry(t) for t in front],
+        picked=entry(chosen) if chosen is not None else None, pick_rule=str(rule), elapsed_s=elapsed,
+        ui_hint=recorder.tracker.ui_hint(), untracked=untracked)
+    (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return result

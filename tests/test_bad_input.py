@@ -1,0 +1,109 @@
+"""Bad input to `autocompress search`: exit 2, one line naming the key or file and the fix, no traceback, and
+nothing written (no run directory, no Optuna database, no MLflow store)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autocompress.cli import main
+
+BASE = {"model": {"name": "random:bert"}, "space": {"quantize": {"bits": [4, 8]}},
+        "data": {"calibration": {"n": 4}, "evaluation": {"n": 4}}, "budget": {"n_trials": 2},
+        "backend": {"name": "local"}}
+
+
+def _model_dir(tmp: Path, corrupt: bool = False, config: bool = True) -> str:
+    """A real (random-weight) BERT directory; optionally without config.json or with a truncated weights file."""
+    from autocompress.models import load_model
+
+    path = tmp / "model"
+    load_model("random:bert").model.save_pretrained(path)
+    if corrupt:
+        weights = path / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:4096])
+    if not config:
+        (path / "config.json").unlink()
+    return str(path)
+
+
+def _write(tmp: Path, name: str, data: bytes | str) -> str:
+    path = tmp / name
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return str(path)
+
+
+# (id, function(tmp) -> config dict or raw YAML text, text the one-line error must contain)
+CASES = [
+    ("unknown-key", lambda t: {**BASE, "sapce": {}}, "did you mean 'space'"),
+    ("unknown-nested-key", lambda t: {**BASE, "space": {"quantize": {"bitz": [4]}}}, "did you mean 'bits'"),
+    ("wrong-type", lambda t: {**BASE, "backend": {"workers": "two"}}, "backend.workers"),
+    ("out-of-range-bits", lambda t: {**BASE, "space": {"quantize": {"bits": [9]}}}, "space.quantize.bits"),
+    ("out-of-range-sparsity", lambda t: {**BASE, "space": {"prune": {"sparsity": [0.99]}}}, "0..0.95"),
+    ("zero-trials", lambda t: {**BASE, "budget": {"n_trials": 0}}, "budget.n_trials"),
+    ("empty-space", lambda t: {**BASE, "space": {}}, "the search space is empty"),
+    ("constraint-unknown-metric", lambda t: {**BASE, "constraints": ["latency >= 3"]}, "unknown metric 'latency'"),
+    ("objective-not-for-task", lambda t: {**BASE, "objectives": ["minimize perplexity"]},
+     "'perplexity' is not produced for a model of task 'embedding'"),
+    ("latency-without-target", lambda t: {**BASE, "objectives": ["maximize fidelity", "minimize latency_ms"]},
+     "needs a target"),
+    ("unknown-profile", lambda t: {**BASE, "target": {"profile": "h900"}}, "shipped profiles"),
+    ("unknown-sampler", lambda t: {**BASE, "sampler": {"name": "cmaes"}}, "sampler.name"),
+    ("model-missing", lambda t: {**BASE, "model": {"name": str(t / "nope")}}, "does not exist"),
+    ("model-not-a-model", lambda t: {**BASE, "model": {"name": _model_dir(t, config=False)}}, "no config.json"),
+    ("corrupt-safetensors", lambda t: {**BASE, "model": {"name": _model_dir(t, corrupt=True)}},
+     "not a valid safetensors file"),
+    ("empty-texts", lambda t: {**BASE, "data": {"evaluation": {"source": _write(t, "e.txt", "\n\n")}}},
+     "holds no texts"),
+    ("texts-not-utf8", lambda t: {**BASE, "data": {"calibration": {"source": _write(t, "c.txt", b"\xff\xfe\xfa")}}},
+     "not UTF-8"),
+    ("storage-not-a-url", lambda t: {**BASE, "storage": "optuna.db"}, "is not a storage URL"),
+    ("storage-unreachable", lambda t: {**BASE, "storage": "postgresql://postgres@127.0.0.1:1/test"}, "storage"),
+    ("mlflow-unreachable", lambda t: {**BASE, "tracking": {"uri": "http://127.0.0.1:1"}}, "cannot be reached"),
+    ("yaml-not-a-mapping", lambda t: "- model\n- space\n", "must be a mapping"),
+    ("yaml-python-tag", lambda t: "model: !!python/object/apply:os.system ['true']\n", "safe_load refuses it"),
+    ("yaml-syntax", lambda t: "model: {name: [unclosed\n", "not valid YAML"),
+    ("pick-rule", lambda t: {**BASE, "pick": "smallest please"}, "pick"),
+]
+
+
+@pytest.mark.parametrize("make, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_search_refuses_bad_input(tmp_path, capsys, make, expected):
+    work = tmp_path / "work"
+    work.mkdir()
+    data = make(work)
+    cfg = work / "search.yaml"
+    if isinstance(data, dict):
+        data = {"run_dir": str(tmp_path / "run"), "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}, **data}
+        cfg.write_text(yaml.safe_dump(data))
+    else:
+        cfg.write_text(data)
+    before = sorted(os.listdir(tmp_path))
+    assert main(["search", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert expected in err, err
+    assert sorted(os.listdir(tmp_path)) == before  # no run dir, no optuna.db, no mlflow.db
+
+
+def test_plan_from_a_newer_version(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"autocompress_plan": 99, "layers": {}}))
+    assert main(["apply", "random:bert", str(plan), "--eval", "size"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "version 99" in err and "upgrade" in err and len(err.splitlines()) == 1, err
+
+
+def test_no_traceback_from_the_real_command(tmp_path):
+    """The same refusal from a real process: stderr is the one line, and the exit status is 2."""
+    cfg = tmp_path / "search.yaml"
+    cfg.write_text(yaml.safe_dump({**BASE, "sapce": {}}))
+    proc = subprocess.run([sys.executable, "-m", "autocompress", "search", str(cfg)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "did you mean 'space'" in proc.stderr

@@ -1,0 +1,108 @@
+"""Security defaults: no remote code unless asked, no pickle execution, servers on loopback, no secrets in
+MLflow, run directories that follow the user's umask."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import stat
+from pathlib import Path
+
+import pytest
+
+from autocompress.config import SearchConfig
+from autocompress.errors import UserError
+from autocompress.models import load_model, model_task
+
+
+def _saved_bert(path: Path) -> Path:
+    load_model("random:bert").model.save_pretrained(path)
+    return path
+
+
+def test_remote_code_is_refused_unless_the_config_turns_it_on(tmp_path):
+    model = _saved_bert(tmp_path / "custom")
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(model_type="my-custom-bert", auto_map={"AutoConfig": "modeling_custom.CustomConfig",
+                                                       "AutoModel": "modeling_custom.CustomModel"})
+    (model / "config.json").write_text(json.dumps(cfg))
+    (model / "modeling_custom.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(UserError, match="trust_remote_code: true only if you trust its source"):
+        model_task(str(model))
+    with pytest.raises(UserError, match="trust_remote_code"):
+        load_model(str(model))
+    base = {"model": {"name": str(model)}, "space": {"quantize": {"bits": [8]}}}
+    assert SearchConfig.from_dict(base).model.trust_remote_code is False  # the default
+
+
+def test_pickled_weights_never_run_code(tmp_path):
+    model = _saved_bert(tmp_path / "evil")
+    (model / "model.safetensors").unlink()
+    marker = tmp_path / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(model / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"bert.embeddings.word_embeddings.weight": Payload()}, f)
+    with pytest.raises(UserError, match="weights_only=True"):
+        load_model(str(model))
+    assert not marker.exists()
+
+
+def test_run_directory_follows_the_umask(tmp_path):
+    from autocompress.search.driver import run_search
+    from tests.search.test_driver import make_config
+
+    old = os.umask(0o077)
+    try:
+        run_search(make_config(tmp_path, budget={"n_trials": 2}), show_progress=False)
+    finally:
+        os.umask(old)
+    written = [p for p in (tmp_path / "run").rglob("*")] + [tmp_path / "mlflow.db"]
+    assert len(written) > 3
+    for p in written:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode & 0o077 == 0, f"{p} is {oct(mode)}: readable or writable by others"
+
+
+def test_servers_default_to_loopback():
+    from autocompress.cli import build_parser
+
+    args = build_parser().parse_args(["ui", "run"])
+    assert args.host == "127.0.0.1"
+
+
+def test_no_password_reaches_mlflow(tmp_path):
+    """A storage URL with a password (PostgreSQL with trust auth ignores it) is logged with *** instead."""
+    from mlflow import MlflowClient
+
+    from autocompress.search.driver import run_search
+    from tests.search.services import delete_studies, unique_name
+    from tests.search.test_driver import children, make_config
+
+    url = os.environ.get("AUTOCOMPRESS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        from autocompress.search.storage import open_storage
+
+        open_storage(url)
+    except UserError:
+        pytest.skip(f"no PostgreSQL at {url} (set AUTOCOMPRESS_TEST_POSTGRES)")
+    scheme, rest = url.split("://", 1)
+    user, host = rest.split("@", 1)
+    secret = "hunter2-" + unique_name("pw")
+    name = unique_name("secret")
+    config = make_config(tmp_path, budget={"n_trials": 1}, storage=f"{scheme}://{user}:{secret}@{host}",
+                         study_name=name)
+    try:
+        run_search(config, show_progress=False)
+        parent, kids = children(config.tracking.uri, study=name)
+        client = MlflowClient(config.tracking.uri)
+        logged = json.dumps([parent.data.params, parent.data.tags] + [[k.data.params, k.data.tags] for k in kids])
+        client.download_artifacts(parent.info.run_id, "config.yaml", str(tmp_path / "mlflow-copy"))
+        logged += (tmp_path / "mlflow-copy" / "config.yaml").read_text()
+        assert secret not in logged and "***" in logged
+    finally:
+        delete_studies(url, name)
