@@ -4,6 +4,8 @@
   autocompress apply MODEL PLAN.json [--eval fidelity,size] [--texts builtin|FILE] [--labels FILE] [--json]
   autocompress search CONFIG.yaml [--trials N] [--backend local|ray] [--workers N] [--run-dir DIR] [--json]
   autocompress auto MODEL [--target DEVICE] [--max-drop 0.01] [--trials N] [--run-dir DIR]
+  autocompress export RUN_DIR [--trial N | --pick RULE] --out DIR [--force]
+  autocompress report RUN_DIR [--out DIR]
   autocompress ui [RUN_DIR] [--tracking-uri URI] [--host 127.0.0.1] [--port 5000]
   autocompress latency calibrate --model MODEL --out PROFILE.yaml [--device cpu|cuda] [--batch 1] [--seq-len 128]
   autocompress latency profiles
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -154,104 +155,6 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_search(args: argparse.Namespace) -> int:
-    from autocompress.config import SearchConfig
-
-    overrides: dict = {}
-    if args.trials is not None:
-        overrides["budget"] = {"n_trials": args.trials}
-    backend = {k: v for k, v in (("name", args.backend), ("workers", args.workers)) if v is not None}
-    if backend:
-        overrides["backend"] = backend
-    if args.run_dir:
-        overrides["run_dir"] = args.run_dir
-    config = SearchConfig.from_yaml(args.config, overrides)
-    return _run_and_report(config, args)
-
-
-def _run_and_report(config: Any, args: argparse.Namespace) -> int:
-    from autocompress.search.driver import run_search
-
-    out = _console()
-    result = run_search(config, show_progress=not args.quiet)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-        return 0
-    from rich.table import Table
-
-    names = list(result.pareto[0].values) if result.pareto else []
-    table = Table(title=f"Pareto front of {result.study_name}: {len(result.pareto)} feasible trials")
-    for col in ("trial", *names, "plan (layers per setting)"):
-        table.add_column(col, justify="right" if col in names or col == "trial" else "left")
-    first = names[0] if names else None
-    for p in sorted(result.pareto, key=lambda p: p.values[first] if first else p.number):
-        table.add_row(str(p.number), *(f"{p.values[n]:.5g}" for n in names), p.plan_summary)
-    out.print(table)
-    counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(result.counts.items()))
-    out.print(f"trials: {counts}; {result.elapsed_s:.0f} s")
-    if result.picked is not None:
-        values = ", ".join(f"{k} {v:.5g}" for k, v in result.picked.values.items())
-        out.print(f"picked ({result.pick_rule}): trial {result.picked.number}: {values}; plan {result.picked.plan_path}")
-    else:
-        out.print(f"no feasible Pareto trial satisfies the pick rule ({result.pick_rule})")
-    out.print(f"run directory: {result.run_dir} (plans/, pareto.md, summary.json)   study: {result.storage}")
-    if result.tracking_uri.startswith("http"):
-        out.print(f"MLflow: {result.ui_hint}")
-    elif result.tracking_uri != "none":
-        out.print(f"MLflow: autocompress ui {result.run_dir}")
-    return 0
-
-
-def _cmd_auto(args: argparse.Namespace) -> int:
-    from autocompress.config import SearchConfig
-    from autocompress.models import model_task
-    from autocompress.search.auto import auto_config, write_auto_config
-
-    task = model_task(args.model, task=args.task)  # the config alone: the workers load the weights
-    name = os.path.basename(os.path.normpath(args.model)).replace(":", "-") or "model"
-    run_dir = os.path.abspath(args.run_dir or os.path.join("runs", f"auto-{name}"))
-    if args.target:
-        from autocompress.hardware import load_profile
-
-        load_profile(args.target)  # an unknown device fails here, listing the known ones
-    data = auto_config(args.model, task, args.max_drop, args.trials, run_dir, args.backend, args.workers,
-                       target=args.target)
-    path = write_auto_config(data, run_dir)
-    _console(stderr=True).print(f"wrote {path}: edit it and run `autocompress search {path}` to change the search")
-    return _run_and_report(SearchConfig.from_yaml(path), args)
-
-
-def _cmd_ui(args: argparse.Namespace) -> int:
-    """Start the MLflow UI on the study's tracking store (127.0.0.1 unless --host says otherwise)."""
-    import os
-    import shutil
-    import subprocess
-
-    uri = args.tracking_uri
-    if uri is None and args.run_dir:
-        from autocompress.config import read_yaml
-
-        cfg_path = os.path.join(args.run_dir, "config.yaml")
-        if not os.path.isfile(cfg_path):
-            raise UserError(f"{args.run_dir!r} is not a run directory (no config.yaml); give the run_dir of a search")
-        uri = (read_yaml(cfg_path).get("tracking") or {}).get("uri", "sqlite:///mlflow.db")
-    uri = uri or "sqlite:///mlflow.db"
-    if uri == "none":
-        raise UserError("this search ran with tracking.uri: none; there is nothing for the MLflow UI to show")
-    if uri.startswith("http"):
-        print(f"MLflow is served at {uri}")
-        return 0
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
-        raise UserError(f"no MLflow store at {uri}; run a search first or pass --tracking-uri")
-    exe = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
-    print(f"MLflow UI: http://{args.host}:{args.port}  (store {uri}; Ctrl-C stops it)", flush=True)
-    cmd = [exe, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    try:
-        return subprocess.call(cmd, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    except KeyboardInterrupt:
-        return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autocompress", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -278,41 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_apply)
 
-    p = sub.add_parser("search", help="run (or resume) the search a YAML config describes")
-    p.add_argument("config", help="a search config (see examples/README.md)")
-    p.add_argument("--trials", type=int, help="override budget.n_trials (total, counting earlier runs)")
-    p.add_argument("--backend", choices=("local", "ray"), help="override backend.name")
-    p.add_argument("--workers", type=int, help="override backend.workers")
-    p.add_argument("--run-dir", help="override run_dir (the study's SQLite storage moves with it)")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary last")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_search)
+    from autocompress.search_cli import add_search_commands
 
-    p = sub.add_parser("auto", help="hands-off: write a complete config for MODEL into the run dir and run it")
-    p.add_argument("model", help="model directory, all-MiniLM-L6-v2, or random:bert|llama|gpt2")
-    p.add_argument("--task", default="auto", help="auto, embedding or causal-lm")
-    p.add_argument("--target", help="device profile to optimize predicted latency for (e.g. h100-sxm, cpu-local; "
-                                    "`autocompress latency profiles` lists them); without it, packed size")
-    p.add_argument("--max-drop", type=float, default=0.01,
-                   help="quality you can give up (default 0.01: fidelity >= 0.99, or perplexity within 1%%)")
-    p.add_argument("--trials", type=int, default=48, help="trials to run (default 48)")
-    p.add_argument("--backend", choices=("local", "ray"), default="ray")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--run-dir", help="where the config and results go (default runs/auto-<model>)")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary last")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_auto)
-
-    p = sub.add_parser("ui", help="open the MLflow UI on a search's tracking store (127.0.0.1)")
-    p.add_argument("run_dir", nargs="?", help="a search's run directory (its config names the store)")
-    p.add_argument("--tracking-uri", help="the MLflow store (default: the run's, else sqlite:///mlflow.db)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=5000)
-    p.set_defaults(func=_cmd_ui)
-
+    add_search_commands(sub)
     from autocompress.latency_cli import add_latency_commands
 
     add_latency_commands(sub)
+    from autocompress.rundir_cli import add_run_commands
+
+    add_run_commands(sub)
     return parser
 
 

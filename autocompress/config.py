@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -104,12 +104,99 @@ class LowRankSpace(_Selectable):
     method: list[Literal["svd", "whitened"]] = Field(["whitened"], min_length=1)
 
 
+class DistillSpace(_Strict):
+    """Knowledge distillation after the layers are compressed (`autocompress.distill.DistillConfig`). A list
+    is a choice the sampler makes, a scalar a constant; the fields other than steps are drawn only when the
+    trial's steps > 0 (steps 0 = no distillation)."""
+
+    steps: list[int] | int = [0, 100, 200]
+    lr: list[float] | float = [1e-4, 3e-4]
+    temperature: list[float] | float = 2.0
+    alpha: list[float] | float = 1.0
+    beta: list[float] | float = [0.0, 1.0]
+    layers: list[Literal["all", "last"]] | Literal["all", "last"] = ["all", "last"]
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(128, ge=1)
+    eval_every: int = Field(25, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _valid(self) -> "DistillSpace":
+        from autocompress.distill.config import DistillConfig
+
+        for name in ("steps", "lr", "temperature", "alpha", "beta", "layers"):
+            values = self.choices(name)
+            if not values:
+                raise ValueError(f"{name}: give at least one choice")
+            for v in values:
+                try:  # each value alone, the others at values DistillConfig accepts
+                    DistillConfig(**{"alpha": 1.0, name: v})
+                except UserError as exc:
+                    raise ValueError(str(exc)) from None
+        if 0 in self.choices("alpha") and 0 in self.choices("beta"):
+            raise ValueError("alpha 0 can be drawn with beta 0, which leaves nothing to train; drop 0 from one")
+        return self
+
+    def choices(self, name: str) -> list[Any]:
+        """The choices of a field (a scalar is the one choice)."""
+        value = getattr(self, name)
+        return list(value) if isinstance(value, list) else [value]
+
+
+class PrunerSection(_Strict):
+    """Early stopping of bad trials with an Optuna pruner (search/pruning.py). Unset arguments keep Optuna's
+    defaults; an argument the named pruner does not take is refused."""
+
+    name: Literal["none", "median", "percentile", "successive_halving", "hyperband"] = "none"
+    metric: str | None = Field(None, description="the quality metric reported at each step; default: the first "
+                                                 "objective the evaluator measures, else the task's quality metric")
+    subset: float = Field(0.25, gt=0, le=1, description="share of data.evaluation (at least 8 texts) that the "
+                                                        "intermediate steps evaluate on")
+    n_startup_trials: int | None = Field(None, ge=0)
+    n_warmup_steps: int | None = Field(None, ge=0)
+    interval_steps: int | None = Field(None, ge=1)
+    percentile: float | None = Field(None, ge=0, le=100)
+    min_resource: int | Literal["auto"] | None = None
+    max_resource: int | Literal["auto"] | None = None
+    reduction_factor: int | None = Field(None, ge=2)
+    min_early_stopping_rate: int | None = Field(None, ge=0)
+
+    ARGS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "none": (), "median": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
+        "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps"),
+        "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate"),
+        "hyperband": ("min_resource", "max_resource", "reduction_factor")}
+
+    @model_validator(mode="after")
+    def _args_fit(self) -> "PrunerSection":
+        args = self.ARGS[self.name]
+        extra = [k for k in sorted(self.model_fields_set) if k not in ("name", "metric", "subset", *args)
+                 and getattr(self, k) is not None]
+        if extra:
+            takes = ", ".join(args) or "no arguments"
+            raise ValueError(f"{extra[0]} is not an argument of the {self.name} pruner (it takes {takes})")
+        if self.name == "percentile" and self.percentile is None:
+            raise ValueError("the percentile pruner needs percentile (0..100), e.g. percentile: 25")
+        if self.name == "hyperband" and self.min_resource == "auto":
+            raise ValueError("min_resource 'auto' is only for successive_halving; give hyperband an integer >= 1")
+        for k in ("min_resource", "max_resource"):
+            if isinstance(getattr(self, k), int) and getattr(self, k) < 1:
+                raise ValueError(f"{k} must be an integer >= 1 or 'auto'")
+        if self.metric is not None:
+            _check_metric(self.metric)
+            if self.metric in PLAN_METRICS or self.metric == "latency_ms":
+                raise ValueError(f"metric {self.metric!r} is decided by the plan; a pruner needs a quality metric "
+                                 "such as fidelity, perplexity or accuracy")
+        return self
+
+
 class SpaceSection(_Strict):
     share: Literal["layer", "group"] = "group"
     quantize: QuantizeSpace | None = None
     prune: PruneSpace | None = None
     structured: StructuredSpace | None = None
     lowrank: LowRankSpace | None = None
+    distill: DistillSpace | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> "SpaceSection":
@@ -121,6 +208,10 @@ class SpaceSection(_Strict):
 class BudgetSection(_Strict):
     n_trials: int | None = Field(20, ge=1)
     timeout_s: float | None = Field(None, gt=0)
+    trial_timeout_s: float | None = Field(
+        None, gt=0, description="a trial still running after this many seconds ends FAIL ('timed out after N s') "
+        "and its worker process is killed and replaced; with the local backend, setting it runs the trials in a "
+        "child process (a hung trial can only be stopped by killing its process)")
 
     @model_validator(mode="after")
     def _some_limit(self) -> "BudgetSection":
@@ -136,17 +227,47 @@ class SamplerSection(_Strict):
     enqueue_uniform: bool = True
 
 
+class SensitivitySection(_Strict):
+    """Per-unit sensitivity (`autocompress sensitivity`): measured once, cached in the run directory."""
+
+    seed: bool = Field(True, description="a fresh study starts from plans built from the sensitivity "
+                                         "(one per threshold); false measures nothing and seeds nothing")
+    thresholds: list[float] = Field([0.002, 0.01, 0.03], min_length=1,
+                                    description="quality drop each unit may cost alone, one seeded plan each")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        if any(t < 0 for t in v):
+            raise ValueError("each threshold must be >= 0 (a quality drop)")
+        return v
+
+
 class BackendSection(_Strict):
     name: Literal["local", "ray"] = "local"
     workers: int = Field(1, ge=1, le=4096)
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
     address: str | None = None
+    max_retries: int = Field(
+        1, ge=0, le=10, description="how many times a trial is run again, with the same params, when the "
+        "process running it dies (a Ray actor or the local child process killed, or the driver itself); "
+        "after that the trial ends FAIL with the reason")
+    heartbeat_s: int = Field(
+        10, ge=1, le=3600, description="with an RDB storage (SQLite, PostgreSQL) the driver records a heartbeat "
+        "for each of its running trials every heartbeat_s; a RUNNING trial with none for 3 x heartbeat_s belongs "
+        "to a dead driver: it ends FAIL ('driver died') and its params are queued again")
 
 
 class TrackingSection(_Strict):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "autocompress"
+    timeout_s: float = Field(
+        10.0, gt=0, le=600, description="the longest one MLflow request may take during the search "
+                                        "(MLFLOW_HTTP_REQUEST_TIMEOUT; not retried at once)")
+    retry_s: float = Field(
+        30.0, ge=0, description="after a logging failure the trials are kept in memory and MLflow is tried "
+                                "again at the first trial end at least retry_s later, and at the end")
 
 
 class TargetSection(_Strict):
@@ -192,6 +313,8 @@ class SearchConfig(_Strict):
     sampler: SamplerSection = SamplerSection()
     backend: BackendSection = BackendSection()
     target: TargetSection | None = None
+    sensitivity: SensitivitySection | None = None
+    pruner: PrunerSection = PrunerSection()
     storage: str | None = None
     tracking: TrackingSection = TrackingSection()
     study_name: str | None = None
@@ -275,6 +398,9 @@ class SearchConfig(_Strict):
             if metric not in available:
                 raise UserError(f"metric {metric!r} is not produced for a model of task {task!r}; "
                                 f"use one of {', '.join(sorted(available))}")
+        if self.pruner.metric is not None and self.pruner.metric not in TASK_METRICS[task]:
+            raise UserError(f"pruner.metric {self.pruner.metric!r} is not measured for a model of task {task!r}; "
+                            f"use one of {', '.join(sorted(TASK_METRICS[task]))}")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -1,32 +1,49 @@
 """Where trials run. The driver submits (trial number, plan JSON) and collects `TrialOutcome`s.
 
 Contract of a backend: `start()` returns the model's `ModelInfo` (taken by a worker, so the driver needs no
-model of its own with Ray); `capacity` trials may be in flight at once; `submit` never blocks; `collect`
+model of its own with Ray); `capacity` trials may be in flight at once; `submit(number, plan_json, pruning)`
+never blocks (`pruning`: the companion trial's number in the pruning study, passed on to the worker); `collect`
 returns at least one finished (number, outcome) pair when anything is in flight, waiting for it if need be;
-`close()` releases the workers. A trial's own failure arrives as `outcome.error`; a worker that dies
-mid-trial arrives as an error outcome too, and the backend replaces the worker.
+`close()` releases the workers. A trial's own failure (an exception, NaN, running out of memory) arrives as
+`outcome.error`. Faults of the worker processes follow inflight.py: a worker that dies mid-trial is replaced
+and the trial retried on the new one (`backend.max_retries`), a trial over `budget.trial_timeout_s` ends as
+an error outcome and its worker is killed and replaced. Only processes can be killed, so the local backend
+runs trials in a child process when a trial timeout is set, and in the driver process otherwise.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections import deque
 from typing import Any
 
 from autocompress.config import SearchConfig
 from autocompress.errors import UserError
+from autocompress.search.inflight import Attempt, InFlight
 from autocompress.search.trial import TrialOutcome, TrialRunner
+
+READY_TIMEOUT_S = 600  # the longest a replacement worker may take to load the model
 
 
 class LocalBackend:
-    """Runs trials one at a time in this process (no cluster; what tests and laptops use)."""
+    """Runs trials one at a time on this machine (no cluster; what tests and laptops use).
+
+    Without `budget.trial_timeout_s` the trials run in this process: nothing to start, nothing can stop a hung
+    one. With it they run in one child process (procworker.py) that is killed and replaced when a trial runs
+    out of time, and replaced (the trial retried) when it dies mid-trial, as a Ray actor is.
+    """
 
     name = "local"
 
     def __init__(self, config: SearchConfig) -> None:
         self.config = config
         self.runner: TrialRunner | None = None
+        self.worker: Any = None  # the ProcessWorker when isolated
+        self.isolated = config.budget.trial_timeout_s is not None
         self.queue: deque[tuple[int, str]] = deque()
+        self.pruning: dict[int, int | None] = {}  # trial number -> companion trial number
+        self.flight = InFlight(config.budget.trial_timeout_s, config.backend.max_retries)
 
     @property
     def capacity(self) -> int:
@@ -37,23 +54,72 @@ class LocalBackend:
         return 1
 
     def start(self) -> Any:
-        self.runner = TrialRunner(self.config)
-        return self.runner.info
+        if not self.isolated:
+            self.runner = TrialRunner(self.config)
+            return self.runner.info
+        from autocompress.search.procworker import ProcessWorker
 
-    def submit(self, number: int, plan_json: str) -> None:
+        self.worker = ProcessWorker(self.config)
+        return self.worker.ready()
+
+    def submit(self, number: int, plan_json: str, pruning: int | None = None) -> None:
+        self.pruning[number] = pruning
         self.queue.append((number, plan_json))
 
     def in_flight(self) -> int:
-        return len(self.queue)
+        return len(self.queue) + len(self.flight)
 
     def collect(self) -> list[tuple[int, TrialOutcome]]:
-        if not self.queue:
-            return []
-        number, plan_json = self.queue.popleft()
-        return [(number, self.runner.run(plan_json))]
+        if not self.isolated:
+            if not self.queue:
+                return []
+            number, plan_json = self.queue.popleft()
+            return [(number, self.runner.run(plan_json, number=number, pruning=self.pruning.pop(number, None)))]
+        from autocompress.search.procworker import WorkerLost
+
+        while True:
+            if not self.flight:
+                if not self.queue:
+                    return []
+                self._send(Attempt(*self.queue.popleft(), worker=self.worker))
+            entry = next(iter(self.flight.entries.values()))
+            try:
+                outcome = self.worker.poll(self.flight.wait_s())
+            except WorkerLost as exc:
+                self.flight.pop(entry.number)
+                self._restart()
+                failed = self.flight.lost(entry, str(exc))
+                if failed is None:
+                    self._send(entry)
+                    continue
+                return [(entry.number, failed)]
+            if outcome is not None:
+                self.flight.pop(entry.number)
+                self.pruning.pop(entry.number, None)
+                return [(entry.number, InFlight.finished(entry, outcome))]
+            if self.flight.overdue():
+                self.flight.pop(entry.number)
+                self._restart()
+                return [(entry.number, self.flight.timed_out(entry))]
+
+    def _send(self, entry: Attempt) -> None:
+        entry.worker = self.worker
+        self.worker.send(entry.number, entry.attempt, entry.plan_json, self.pruning.get(entry.number))
+        self.flight.add(entry.number, entry)
+
+    def _restart(self) -> None:
+        """Kill the child process and start a new one; returns once it has loaded the model."""
+        from autocompress.search.procworker import ProcessWorker
+
+        self.worker.kill()
+        self.worker = ProcessWorker(self.config)
+        self.worker.ready()
 
     def close(self) -> None:
         self.runner = None
+        if self.worker is not None:
+            self.worker.kill()
+            self.worker = None
 
 
 class RayBackend:
@@ -69,7 +135,8 @@ class RayBackend:
         self.config = config
         self.actors: list[Any] = []
         self.idle: list[Any] = []
-        self.pending: dict[Any, tuple[int, Any, str]] = {}  # ObjectRef -> (number, actor, plan_json)
+        self.flight = InFlight(config.budget.trial_timeout_s, config.backend.max_retries)  # keyed by ObjectRef
+        self.pruning: dict[int, int | None] = {}  # trial number -> companion trial number
         self._started_ray = False
 
     @property
@@ -111,55 +178,100 @@ class RayBackend:
             self._started_ray = True
         cls = self._actor_class()
         self.actors = [cls.remote(self.config) for _ in range(b.workers)]
-        try:
-            info = ray.get(self.actors[0].info.remote())
+        try:  # every actor ready before the first trial, so a trial's time limit never counts a model load
+            info = ray.get([a.info.remote() for a in self.actors], timeout=READY_TIMEOUT_S)[0]
         except ray.exceptions.RayActorError as exc:
             cause = exc.__cause__ or exc
             raise UserError(f"the Ray workers could not load the model: {cause}") from None
+        except ray.exceptions.GetTimeoutError:
+            raise UserError(f"backend.workers: {b.workers} Ray workers did not all start within {READY_TIMEOUT_S} s "
+                            "(the cluster may lack the CPUs/GPUs asked for); lower backend.workers or "
+                            "cpus_per_trial / gpus_per_trial") from None
         self.idle = list(self.actors)
         return info
 
-    def submit(self, number: int, plan_json: str) -> None:
-        actor = self.idle.pop()
-        self.pending[actor.run.remote(plan_json)] = (number, actor, plan_json)
+    def submit(self, number: int, plan_json: str, pruning: int | None = None) -> None:
+        self.pruning[number] = pruning
+        self._send(Attempt(number, plan_json, worker=self.idle.pop()))
+
+    def _send(self, entry: Attempt) -> None:
+        pruning = self.pruning.get(entry.number)
+        self.flight.add(entry.worker.run.remote(entry.plan_json, entry.number, entry.attempt, pruning), entry)
 
     def in_flight(self) -> int:
-        return len(self.pending)
+        return len(self.flight)
 
     def collect(self) -> list[tuple[int, TrialOutcome]]:
         import ray
 
-        if not self.pending:
-            return []
-        done, _ = ray.wait(list(self.pending), num_returns=1)
-        out = []
-        for ref in done:
-            number, actor, _plan = self.pending.pop(ref)
-            try:
-                out.append((number, ray.get(ref)))
-                self.idle.append(actor)
-            except ray.exceptions.RayError as exc:  # the worker died: report, replace it
-                out.append((number, TrialOutcome(error=f"worker lost: {type(exc).__name__}: {exc}".splitlines()[0])))
-                self._replace(actor)
+        E = ray.exceptions
+        out: list[tuple[int, TrialOutcome]] = []
+        while self.flight and not out:
+            done, _ = ray.wait(list(self.flight.entries), num_returns=1, timeout=self.flight.wait_s())
+            for ref in done:
+                entry = self.flight.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except E.OutOfMemoryError as exc:  # Ray's memory monitor killed the worker: a retry would too
+                    self._replace(entry.worker)
+                    out.append((entry.number, InFlight.finished(entry, TrialOutcome(error=f"out of memory: {_line(exc)}"))))
+                except (E.RayActorError, E.WorkerCrashedError, E.NodeDiedError, E.ObjectLostError) as exc:
+                    fresh = self._replace(entry.worker)
+                    failed = self.flight.lost(entry, f"{type(exc).__name__}: {_line(exc)}")
+                    if failed is None and fresh is not None:  # the same plan, on the new worker
+                        self.idle.remove(fresh)
+                        entry.worker = fresh
+                        self._send(entry)
+                        continue
+                    out.append((entry.number, failed or InFlight.finished(entry, TrialOutcome(
+                        error=f"worker lost and no new worker started: {_line(exc)}"))))
+                except E.RayError as exc:
+                    self._replace(entry.worker)
+                    out.append((entry.number, InFlight.finished(entry, TrialOutcome(
+                        error=f"{type(exc).__name__}: {_line(exc)}"))))
+                else:
+                    self.idle.append(entry.worker)
+                    out.append((entry.number, InFlight.finished(entry, outcome)))
+            for ref in self.flight.overdue():
+                entry = self.flight.pop(ref)
+                self._replace(entry.worker)
+                out.append((entry.number, self.flight.timed_out(entry)))
         return out
 
-    def _replace(self, dead: Any) -> None:
+    def _replace(self, dead: Any) -> Any:
+        """Kill `dead` (a hung or lost actor) and start a fresh one; returns it once it has loaded the model,
+        idle, or None (with a warning) if it could not start. Raises RuntimeError when no worker is left."""
         import ray
 
         self.actors.remove(dead)
         ray.kill(dead, no_restart=True)
         fresh = self._actor_class().remote(self.config)
+        try:
+            ray.get(fresh.info.remote(), timeout=READY_TIMEOUT_S)
+        except (ray.exceptions.RayError, TimeoutError) as exc:
+            ray.kill(fresh, no_restart=True)
+            warnings.warn(f"a replacement Ray worker did not start ({_line(exc)}); the search goes on with "
+                          f"{len(self.actors)} workers", stacklevel=2)
+            if not self.actors:
+                raise RuntimeError(f"every Ray worker is lost and none can be started: {_line(exc)}") from None
+            return None
         self.actors.append(fresh)
         self.idle.append(fresh)
+        return fresh
 
     def close(self) -> None:
         import ray
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-        self.actors, self.idle, self.pending = [], [], {}
+        self.actors, self.idle, self.flight.entries = [], [], {}
         if self._started_ray:
             ray.shutdown()
+
+
+def _line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's text (Ray's are long)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:500]
 
 
 class _TrialActor:
@@ -174,8 +286,9 @@ class _TrialActor:
     def info(self) -> Any:
         return self.runner.info
 
-    def run(self, plan_json: str) -> TrialOutcome:
-        return self.runner.run(plan_json)
+    def run(self, plan_json: str, number: int | None = None, attempt: int = 0,
+            pruning: int | None = None) -> TrialOutcome:
+        return self.runner.run(plan_json, number=number, attempt=attempt, pruning=pruning)
 
 
 def make_backend(config: SearchConfig) -> LocalBackend | RayBackend:

@@ -6,6 +6,15 @@ one reuses its metrics -> otherwise the backend runs it (apply + evaluate on a w
 -> constraints set with `trial.set_constraint`, `study.tell`, and one nested MLflow run logged by this
 process, the only writer. Re-running the same config and run directory resumes the study: finished trials
 count toward `budget.n_trials` and are never run again.
+
+Faults: every trial ends COMPLETE, PRUNED or FAIL with user attr "error"/"reason". Worker deaths and trial
+timeouts are the backend's (backends.py, inflight.py); trials left RUNNING by a dead driver are failed and
+queued again (liveness.py); MLflow being down never stops the search (recording.py).
+
+Pruning (a `pruner` configured; search/pruning.py): each trial sent to a worker gets a companion trial in the
+study `<study_name>:pruning`, whose number goes to the worker with the plan. A trial the pruner stops ends
+PRUNED with reason "pruned by <pruner> at step k (<metric> x)" and its last intermediate metrics; its
+companion ends PRUNED too, and a finished trial's companion ends COMPLETE with the final quality (or FAIL).
 """
 
 from __future__ import annotations
@@ -15,53 +24,29 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from autocompress.config import SearchConfig, parse_constraint, parse_objective
-from autocompress.search.pareto import PickRule, default_rule, markdown_table, metrics_of, pareto_rows
+from autocompress.search.recording import TrialRecord, TrialRecorder
+from autocompress.search.study import assign_generation, finished_metrics
+from autocompress.search.summary import ParetoTrial, SearchResult, counts_by_state, summarize  # noqa: F401
 from autocompress.search.trial import TrialOutcome, worker_name
-
-
-@dataclass
-class ParetoTrial:
-    number: int
-    values: dict[str, float]
-    metrics: dict[str, float]
-    plan_path: str
-    plan_summary: str = ""
-
-
-@dataclass
-class SearchResult:
-    study_name: str
-    storage: str
-    tracking_uri: str
-    run_dir: str
-    counts: dict[str, int]
-    pareto: list[ParetoTrial]
-    picked: ParetoTrial | None
-    pick_rule: str
-    elapsed_s: float
-    ui_hint: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class _Search:
     """The state of one invocation of the driver loop."""
 
-    def __init__(self, config: SearchConfig, study: Any, space: Any, info: Any, tracker: Any, run_dir: Path):
-        self.config, self.study, self.space, self.info, self.tracker = config, study, space, info, tracker
-        self.run_dir = run_dir
+    def __init__(self, config: SearchConfig, study: Any, space: Any, info: Any, recorder: TrialRecorder,
+                 run_dir: Path, liveness: Any = None, pruning: Any = None):
+        self.config, self.study, self.space, self.info, self.recorder = config, study, space, info, recorder
+        self.run_dir, self.liveness = run_dir, liveness
+        self.pruning, self.companions = pruning, {}  # PruningStudy or None; trial number -> companion number
         self.objectives = [parse_objective(o) for o in config.objectives]
         self.constraints = [parse_constraint(c) for c in config.constraints]
         self.running: dict[int, tuple[Any, Any, float, dict]] = {}  # number -> (trial, plan, start, plan metrics)
         self.latency = _plan_latency_model(config)
         self.known: dict[str, dict[str, float]] = {}
-        self.tracking_warned = False
         for t in study.get_trials(deepcopy=False):
             if t.state.name == "COMPLETE" and "metrics" in t.user_attrs:
                 self.known.setdefault(_key(t.params), t.user_attrs["metrics"])
@@ -94,7 +79,12 @@ class _Search:
     def start_trial(self, backend: Any) -> None:
         import optuna
 
-        trial = self.study.ask()
+        with warnings.catch_warnings():  # "Heartbeat ... supposed to be used with Study.optimize": liveness.py
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = self.study.ask()
+        assign_generation(self.study, trial)
+        if self.liveness is not None:
+            self.liveness.started(trial)
         plan = self.space.sample(trial)
         plan_metrics = self.plan_metrics(plan)
         plan.save(str(self.plan_path(trial.number)))
@@ -106,11 +96,14 @@ class _Search:
         if broken:
             self.finish(trial, plan, now, plan_metrics, TrialOutcome(worker=worker_name()),
                         state=optuna.trial.TrialState.PRUNED, reason=f"breaks {broken[0]} (decided by the plan)")
-        elif _key(trial.params) in self.known:
-            outcome = TrialOutcome(metrics=dict(self.known[_key(trial.params)]), worker="cache")
+        elif known := self.known.get(_key(trial.params)) or finished_metrics(self.study, trial.params):
+            outcome = TrialOutcome(metrics=dict(known), worker="cache")  # finished here or by a sweep's other process
             self.finish(trial, plan, now, plan_metrics, outcome, reason="same plan as an earlier trial")
         else:
-            backend.submit(trial.number, plan.to_json(indent=None))
+            if self.pruning is not None:
+                self.companions[trial.number] = self.pruning.ask(trial.number)
+                trial.set_user_attr("pruning_trial", self.companions[trial.number])
+            backend.submit(trial.number, plan.to_json(indent=None), self.companions.get(trial.number))
             self.running[trial.number] = (trial, plan, now, plan_metrics)
 
     def finish(self, trial: Any, plan: Any, started: float, plan_metrics: dict[str, float], outcome: TrialOutcome,
@@ -122,6 +115,8 @@ class _Search:
         metrics = {**plan_metrics, **outcome.metrics}
         error = outcome.error
         values = None
+        if state is None and outcome.pruned and not error:
+            state, reason = TS.PRUNED, f"pruned by {self.config.pruner.name} {outcome.pruned}"
         if state is None:
             missing = [m for _, m in self.objectives if m not in metrics]
             if error is None and missing:
@@ -135,22 +130,39 @@ class _Search:
         trial.set_user_attr("duration_s", duration)
         if error or reason:
             trial.set_user_attr("error" if error else "reason", error or reason)
+        if outcome.retries:  # its worker died and it ran again on a new one (same trial, same params)
+            trial.set_user_attr("retries", outcome.retries)
+            trial.set_user_attr("retry_reasons", outcome.retry_reasons)
         for name, value in self.constraint_values(metrics).items():
             trial.set_constraint(name, value)
         self.study.tell(trial, values=values, state=state if values is None else None)
+        if trial.number in self.companions:
+            self.pruning.tell(self.companions.pop(trial.number), state.name, metrics)
         if state == TS.COMPLETE and outcome.worker != "cache":
             self.known.setdefault(_key(trial.params), metrics)
-        log_metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
-        log_metrics.update(apply_s=outcome.apply_s, eval_s=outcome.eval_s)
-        try:
-            self.tracker.log_trial(trial.number, state.name, plan.flatten(), log_metrics, duration,
-                                   outcome.worker, plan.to_json(), error or reason)
-        except Exception as exc:  # tracking must not stop a search; the trial is safe in the Optuna storage
-            if not self.tracking_warned:
-                warnings.warn(f"MLflow logging failed ({type(exc).__name__}: {exc}); the search goes on and "
-                              "every trial stays in the Optuna storage", stacklevel=1)
-                self.tracking_warned = True
+        if self.liveness is not None:
+            self.liveness.ended(trial.number)
+        self.recorder.record(TrialRecord(trial.number, state.name, plan.flatten(), metrics, duration, outcome.worker,
+                                         plan.to_json(), error or reason,
+                                         extra={"apply_s": outcome.apply_s, "eval_s": outcome.eval_s}))
         return state.name
+
+    def record_of(self, t: Any) -> TrialRecord:
+        """A finished trial of the storage as MLflow shows it (for trials this process did not log)."""
+        import optuna
+
+        from autocompress.plan import CompressionPlan
+
+        path, plan = self.plan_path(t.number), None
+        try:
+            plan = CompressionPlan.load(str(path)) if path.is_file() else \
+                self.space.sample(optuna.trial.FixedTrial(t.params))
+        except Exception:  # the plan file is elsewhere (another host) and the params do not fit this space
+            pass
+        a = t.user_attrs
+        return TrialRecord(t.number, t.state.name, plan.flatten() if plan else dict(t.params), a.get("metrics", {}),
+                           a.get("duration_s", t.duration.total_seconds() if t.duration else 0.0),
+                           a.get("worker", ""), plan.to_json() if plan else None, a.get("error") or a.get("reason"))
 
     def best(self) -> dict[str, float]:
         best: dict[str, float] = {}
@@ -173,15 +185,22 @@ def _plan_latency_model(config: SearchConfig) -> tuple[Any, Any] | None:
     return LATENCY_MODELS.get(t.model_name)(load_profile(t.profile)), Workload(t.batch, t.seq_len, t.mode)
 
 
+def _sensitivity_seeds(config: SearchConfig, study: Any, backend: Any, info: Any, space: Any,
+                       recorder: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(label, params) of the plans seeded from per-unit sensitivity, for a fresh study whose config asks
+    for them (measured on this backend, or read from the run directory's cache); else none."""
+    s = config.sensitivity
+    if s is None or not s.seed or study.get_trials(deepcopy=False):
+        return []
+    from autocompress.search.sensitivity import FILE, load_or_measure, seed_params
+
+    sens, _ = load_or_measure(config, backend, info, space, Path(config.run_dir))
+    recorder.call("log_text", (Path(config.run_dir) / FILE).read_text(), FILE)
+    return list(seed_params(space, sens, s.thresholds).items())
+
+
 def _key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
-
-
-def _counts(study: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    return counts
 
 
 def run_search(config: SearchConfig, show_progress: bool = True, console: Any = None) -> SearchResult:
@@ -192,8 +211,10 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
     import yaml
 
     from autocompress.search.backends import make_backend
+    from autocompress.search.liveness import Liveness, superseded
     from autocompress.search.progress import SearchProgress
-    from autocompress.search.study import open_study
+    from autocompress.search.pruning import PruningStudy
+    from autocompress.search.study import join_study, open_study, study_lock
     from autocompress.search.tracking import open_tracker
     from autocompress.spaces import ConfigSpace
 
@@ -201,36 +222,52 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
         import mlflow  # noqa: F401  (importing it configures its loggers; quiet them afterwards)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables"
     t_start = time.perf_counter()
+    from autocompress.search.preflight import preflight
+
+    preflight(config)  # bad input fails here, before anything is written
     run_dir = Path(config.run_dir)
     (run_dir / "plans").mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     study = open_study(config)
-    tracker = open_tracker(config.tracking.uri, config.tracking.experiment, config.study_name, config.storage,
-                           config.model_dump(mode="json"), str(run_dir))
+    with study_lock(study):  # the processes of a sweep find-or-create one MLflow parent run, one at a time
+        tracker = open_tracker(config.tracking.uri, config.tracking.experiment, config.study_name, config.storage,
+                               config.model_dump(mode="json"), str(run_dir))
+    recorder = TrialRecorder(tracker, config.storage, config.tracking.timeout_s, config.tracking.retry_s)
+    liveness = Liveness(study, config.backend.heartbeat_s, config.backend.max_retries)
     backend = make_backend(config)
-    status = "FAILED"
+    status, search = "FAILED", None
     try:
         info = backend.start()
         config.check_task(info.task)
         budget, timeout = config.budget.n_trials, config.budget.timeout_s
         space = ConfigSpace(config.space, info)
-        search = _Search(config, study, space, info, tracker, run_dir)
-        if config.sampler.enqueue_uniform and not study.get_trials(deepcopy=False):
-            # a fresh study starts from the uniform baselines, so the front is never worse than them
-            baselines = list(space.uniform_params().items())[:budget]  # none left WAITING past the budget
-            for label, params in baselines:
-                study.enqueue_trial(params, user_attrs={"baseline": label}, skip_if_exists=True)
+        pruning = PruningStudy(config, study, info.task) if config.pruner.name != "none" else None
+        search = _Search(config, study, space, info, recorder, run_dir, liveness, pruning)
+        liveness.recover()  # RUNNING trials of dead drivers: FAIL "driver died", params queued again
+        recorder.reconcile(study.get_trials(deepcopy=False), search.record_of)  # finished, but not in MLflow
+        # a fresh study starts from the uniform baselines, so the front is never worse than them: enqueued once
+        # however many processes share the study, none left WAITING past the budget; reseeds the sampler
+        baselines = list(space.uniform_params().items()) if config.sampler.enqueue_uniform else []
+        baselines = (baselines + _sensitivity_seeds(config, study, backend, info, space, recorder))[:budget]
+        join_study(study, config, baselines)
         deadline = None if timeout is None else time.monotonic() + timeout
 
-        def finished() -> int:
-            return sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+        def finished() -> int:  # a trial failed with its driver and queued again counts once, by its retry
+            trials = study.get_trials(deepcopy=False)
+            return sum(1 for t in trials if t.state.is_finished()) - len(superseded(trials))
 
         def refresh(bar: SearchProgress) -> None:
-            c = _counts(study)
+            c = counts_by_state(study)
             bar.update(finished(), len(search.running), c.get("FAIL", 0), c.get("PRUNED", 0), search.best())
 
-        with SearchProgress(budget, search.objectives, enabled=show_progress, already_done=finished()) as bar:
+        next_check = time.monotonic() + config.backend.heartbeat_s
+        with SearchProgress(budget, search.objectives, enabled=show_progress, already_done=finished()) as bar, \
+                liveness:
             while True:
+                if time.monotonic() > next_check:  # a driver sharing the study may have died since
+                    for t in liveness.recover():
+                        recorder.record(search.record_of(t))
+                    next_check = time.monotonic() + config.backend.heartbeat_s
                 while backend.in_flight() < backend.capacity \
                         and (budget is None or finished() + len(search.running) < budget) \
                         and (deadline is None or time.monotonic() < deadline):
@@ -243,38 +280,18 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
                     search.finish(trial, plan, started, plan_metrics, outcome)
                     refresh(bar)
         status = "FINISHED"
-        return _summarize(config, study, search, tracker, run_dir, time.perf_counter() - t_start)
-    except KeyboardInterrupt:
-        status = "KILLED"
+        return summarize(config, study, search, recorder, run_dir, time.perf_counter() - t_start)
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else status
+        if search is not None:  # trials still running end FAIL now, queued again for the next run
+            for t in liveness.release(f"driver stopped ({type(exc).__name__})"):
+                recorder.record(search.record_of(t))
+            for number in list(search.companions):  # their main trials failed just above
+                try:
+                    search.pruning.tell(search.companions.pop(number), "FAIL", {})
+                except Exception:  # the storage is what failed: the original error is the one to raise
+                    break
         raise
     finally:
         backend.close()
-        tracker.close(status)
-
-
-def _summarize(config: SearchConfig, study: Any, search: _Search, tracker: Any, run_dir: Path,
-               elapsed: float) -> SearchResult:
-    names = [m for _, m in search.objectives]
-    front = sorted(study.best_trials, key=lambda t: t.number)
-    rule = PickRule.parse(config.pick) if config.pick else default_rule(config.objectives)
-    chosen = rule.choose(front)
-
-    def entry(t: Any) -> ParetoTrial:
-        return ParetoTrial(t.number, dict(zip(names, t.values)), metrics_of(t), str(search.plan_path(t.number)),
-                           t.user_attrs.get("plan_summary", ""))
-
-    counts = _counts(study)
-    header, rows = pareto_rows(front, config.objectives)
-    table = markdown_table(header, rows)
-    (run_dir / "pareto.md").write_text(table)
-    tracker.log_text(table, "pareto.md")
-    best = search.best()
-    tracker.log_metrics({**{f"best_{k}": v for k, v in best.items()},
-                         **{f"trials_{k.lower()}": float(v) for k, v in counts.items()}})
-    result = SearchResult(
-        study_name=config.study_name, storage=config.storage, tracking_uri=config.tracking.uri,
-        run_dir=str(run_dir), counts=counts, pareto=[entry(t) for t in front],
-        picked=entry(chosen) if chosen is not None else None, pick_rule=str(rule), elapsed_s=elapsed,
-        ui_hint=tracker.ui_hint())
-    (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    return result
+        recorder.call("close", status)

@@ -1,25 +1,34 @@
-"""The Optuna study behind a search: storage, sampler, directions. Optuna does all of it; this only maps
-the config onto it and turns its failures into one-line `UserError`s."""
+"""The Optuna study behind a search: storage, sampler, directions, and the two things several processes
+sharing one study (a sweep) must agree on: the baselines are enqueued once, and a plan one process already
+finished is not run again by another. Optuna does the storing (see `autocompress.search.storage` for the
+URL forms); this only maps the config onto it and turns its failures into one-line `UserError`s."""
 
 from __future__ import annotations
 
-import os
+import time
 import warnings
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
 
 from autocompress.config import SearchConfig, parse_objective
 from autocompress.errors import UserError
+from autocompress.search.storage import display_url, open_storage
+
+LOCK_SUFFIX = ":autocompress-lock"  # name suffix of the short-lived study that is `study_lock`
+STALE_S = 120.0  # a lock held longer than this by one holder is taken as left by a killed process
+JOINS_ATTR = "autocompress:joins"  # study system attr: how many processes have joined the study
 
 
-def make_sampler(config: SearchConfig, finished: int = 0) -> Any:
-    """The configured sampler. Constraints reach it through `trial.set_constraint` (Optuna >= 5).
+def make_sampler(config: SearchConfig, offset: int = 0) -> Any:
+    """The configured sampler, seeded with `sampler.seed + offset` (no seed stays no seed). Constraints
+    reach it through `trial.set_constraint` (Optuna >= 5).
 
-    On a resumed study the seed is offset by the number of finished trials, so a resumed search does not
-    replay the random draws of the first run."""
+    `join_study` passes finished trials + join number as the offset, so a resumed search does not replay
+    the random draws of the first run and the processes of a sweep draw differently."""
     import optuna
 
     s = config.sampler
-    seed = None if s.seed is None else s.seed + finished
+    seed = None if s.seed is None else s.seed + offset
     if s.name == "nsga2":
         kwargs = {"population_size": s.population_size} if s.population_size else {}
         return optuna.samplers.NSGAIISampler(seed=seed, **kwargs)
@@ -31,23 +40,14 @@ def make_sampler(config: SearchConfig, finished: int = 0) -> Any:
 
 
 def open_study(config: SearchConfig) -> Any:
-    """Create the study, or load it when the storage already holds one of this name (resume).
+    """Create the study, or load it when the storage already holds one of this name (resume, or another
+    process of a sweep created it first: creation is atomic in every Optuna storage).
 
     Raises `UserError` when the storage URL cannot be opened or the stored study has other objectives."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = config.storage
-    if url.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(url[len("sqlite:///"):]) or ".", exist_ok=True)
-    if "://" not in url:
-        raise UserError(f"storage {url!r} is not a URL; use e.g. sqlite:///path/optuna.db or "
-                        "postgresql://user@host/db (or leave it out for SQLite in the run directory)")
-    try:
-        storage = optuna.storages.get_storage(url)
-    except Exception as exc:  # SQLAlchemy / driver errors vary by backend
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"storage {url!r} cannot be opened: {first}") from None
+    storage = open_storage(config.storage)
     directions = [parse_objective(o)[0] for o in config.objectives]
     metrics = [parse_objective(o)[1] for o in config.objectives]
     probe = optuna.create_study(storage=storage, study_name=config.study_name, directions=directions,
@@ -55,8 +55,8 @@ def open_study(config: SearchConfig) -> Any:
     existing = probe.metric_names
     if [d.name.lower() for d in probe.directions] != directions or (existing and existing != metrics):
         have = existing or [d.name.lower() for d in probe.directions]
-        raise UserError(f"study {config.study_name!r} in {url} was created with objectives {have}; "
-                        "use another study_name or run_dir to search with different objectives")
+        raise UserError(f"study {config.study_name!r} in {display_url(config.storage)} was created with "
+                        f"objectives {have}; use another study_name or run_dir to search with different objectives")
     if not existing:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -64,4 +64,105 @@ def open_study(config: SearchConfig) -> Any:
     finished = sum(1 for t in probe.get_trials(deepcopy=False) if t.state.is_finished())
     return optuna.load_study(study_name=config.study_name, storage=storage,
                              sampler=make_sampler(config, finished))
+
+
+def join_study(study: Any, config: SearchConfig, baselines: Sequence[tuple[str, Mapping[str, Any]]] = (),
+               stale_s: float = STALE_S) -> int:
+    """Register this process with the study before its first `ask`, safely however many processes of a
+    sweep do it at the same time. Returns the join number: 0 for the first process ever to run this study,
+    1 for the next (a resume, or the second process of a sweep), and so on.
+
+    Under the study's mutex (`study_lock(study, stale_s)`) it (1) takes the join number (study system attr
+    "autocompress:joins"), and (2) enqueues `baselines` ((label, params) pairs, user_attr "baseline" = label)
+    if the study has no trials, so they are enqueued exactly once and are WAITING before any process asks:
+    a caller takes a baseline before any sampled trial, and a budget >= len(baselines) leaves none WAITING.
+    Then it sets `study.sampler` to the configured sampler seeded with seed + finished trials + join number,
+    so two processes of a sweep do not draw the same plans while one process alone stays reproducible."""
+    storage = study._storage  # Optuna's Study has no public accessor for the storage it was loaded from
+    study_id = storage.get_study_id_from_name(study.study_name)
+    with study_lock(study, stale_s):
+        join = int(storage.get_study_system_attrs(study_id).get(JOINS_ATTR, 0))
+        storage.set_study_system_attr(study_id, JOINS_ATTR, join + 1)
+        if baselines and not study.get_trials(deepcopy=False):
+            for label, params in baselines:
+                study.enqueue_trial(dict(params), user_attrs={"baseline": label}, skip_if_exists=True)
+    finished = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    study.sampler = make_sampler(config, finished + join)
+    return join
+
+
+@contextmanager
+def study_lock(study: Any, stale_s: float = STALE_S) -> Iterator[None]:
+    """A mutex shared by every process that opens this study in this storage, for short critical sections
+    (find-or-create, check-then-enqueue). It is a study named `<study>:autocompress-lock`: Optuna creates a
+    study name atomically in every storage (a unique index in SQL, the log order in a journal), and the
+    holder deletes it on exit, exceptions included. A lock kept by the same holder for `stale_s` seconds is
+    taken as left by a killed process and removed (a warning says so after 10 s). Not re-entrant."""
+    import optuna
+
+    storage, name = study._storage, study.study_name + LOCK_SUFFIX
+    holder, since, warned, pause = None, time.monotonic(), False, 0.02
+    while True:
+        current = _study_id(storage, name)  # a read: a failed create would append to a journal's log
+        if current is None:
+            try:
+                mine = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], name)
+                break
+            except optuna.exceptions.DuplicatedStudyError:  # taken in between
+                continue
+        if current != holder:
+            holder, since = current, time.monotonic()
+        elif time.monotonic() - since > stale_s:
+            _delete(storage, current)
+        elif time.monotonic() - since > 10 and not warned:
+            warnings.warn(f"waiting for study {name!r}, the lock of another process of this study; if no "
+                          f"other search of it runs, it was left by a killed one and is removed after "
+                          f"{stale_s:.0f} s", stacklevel=3)
+            warned = True
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.5)
+    try:
+        yield
+    finally:
+        _delete(storage, mine)
+
+
+def finished_metrics(study: Any, params: Mapping[str, Any]) -> dict[str, float] | None:
+    """The metrics of a COMPLETE trial of `study` with exactly these params (finished by any process),
+    else None: what lets a sweep reuse a plan another process already evaluated."""
+    import optuna
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.params == dict(params) and "metrics" in t.user_attrs:
+            return dict(t.user_attrs["metrics"])
+    return None
+
+
+def _study_id(storage: Any, lock: str) -> int | None:
+    try:
+        return storage.get_study_id_from_name(lock)
+    except KeyError:
+        return None
+
+
+def _delete(storage: Any, study_id: int) -> None:
+    try:
+        storage.delete_study(study_id)
+    except KeyError:  # already removed (taken as stale by another process)
+        pass
+
+
+def assign_generation(study: Any, trial: Any) -> None:
+    """Give a just-asked trial its generation when the sampler is genetic (NSGA-II / III).
+
+    Optuna 5's genetic samplers set a trial's generation in `sample_relative`, which a trial whose params are
+    all enqueued (the uniform baselines, sensitivity seeds, re-queued trials) never calls: such trials belong
+    to no generation and never become parents, so the evolution ignores the very plans seeded to help it.
+    Calling `get_trial_generation` at ask time records the generation for every trial; for a sampled trial it
+    is the value `sample_relative` would compute at the same moment."""
+    from optuna.samplers._ga._base import BaseGASampler
+
+    sampler = study.sampler
+    if isinstance(sampler, BaseGASampler):
+        sampler.get_trial_generation(study, study._storage.get_trial(trial._trial_id))
 

@@ -6,7 +6,7 @@ The driver process is the only writer. Everything goes through an explicit `mlfl
 Layout in MLflow (experiment = `tracking.experiment`):
   parent run  name=<study_name>, tags autocompress.study_name / .storage / .run_dir, params = the config
               flattened to "section.key", artifact config.yaml; later the Pareto table and summary metrics.
-  child runs  name=trial-0007, tags mlflow.parentRunId, autocompress.trial_number / .state / .worker
+  child runs  name=trial-0007, tags mlflow.parentRunId, autocompress.trial_number / .state / .worker / .logged_at
               (/ .error, / .nonfinite_metrics), params = the flattened plan, metrics + duration_s,
               artifact plan.json; status FINISHED (COMPLETE, PRUNED) or FAILED (FAIL).
 A resumed study (same study name and Optuna storage URL) reuses its parent run and never logs a trial twice.
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from autocompress.errors import UserError
+from autocompress.search.storage import display_url
 
 STATES = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # trial state -> run status
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -99,6 +100,7 @@ class Tracker(NullTracker):
         self.client, self.uri = client, uri
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
         self._logged: set[int] = set()
+        self._partial: dict[int, str] = {}  # trial number -> run id of a log_trial that failed half-way
 
     @classmethod
     def open(cls, uri: str, experiment: str, study_name: str, storage_url: str, config: dict,
@@ -109,6 +111,9 @@ class Tracker(NullTracker):
         `UserError`); a sqlite file gets its parent directory created and its artifacts stored beside it
         (`<db dir>/mlartifacts`) for a new experiment. An existing parent run of the same study and storage
         is reused and set back to RUNNING; its params are not logged again (MLflow params are immutable).
+        Processes opening the same study at once end up with one parent run: each one that created a parent
+        looks again and keeps the oldest (deleting its own if that is not it); the driver also opens the
+        tracker under the study's lock, which serializes them. A password in the storage URL is masked.
         """
         import mlflow
         import yaml
@@ -134,28 +139,36 @@ class Tracker(NullTracker):
                                 f"start the server or set tracking.uri: none") from None
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            exp_id = client.create_experiment(experiment, artifact_location=artifact_location)
+            try:
+                exp_id = client.create_experiment(experiment, artifact_location=artifact_location)
+            except mlflow.exceptions.MlflowException:  # another process created it first
+                exp_id = client.get_experiment_by_name(experiment).experiment_id
         elif exp.lifecycle_stage == "deleted":
             raise UserError(f"MLflow experiment {experiment!r} is deleted; restore it in the MLflow UI "
                             f"or choose another tracking.experiment")
         else:
             exp_id = exp.experiment_id
-        parent = next((r.info.run_id for r in _all_runs(client, exp_id, f"tags.`{_T}study_name` LIKE '%'")
-                       if r.data.tags.get(_T + "study_name") == study_name and "mlflow.parentRunId" not in r.data.tags
-                       and r.data.tags.get(_T + "storage") == storage_url), None)
-        if parent is not None:
-            client.update_run(parent, status="RUNNING")
-            tracker = cls(client, uri, exp_id, parent)
-            tracker._load_children()
-            return tracker
-        run = client.create_run(exp_id, run_name=study_name, tags={
-            _T + "study_name": study_name, _T + "storage": storage_url, _T + "run_dir": str(run_dir),
-            "mlflow.note.content": (f"autocompress search `{study_name}`: one nested run per trial. "
-                                    f"Optuna storage: {storage_url}; run dir: {run_dir}")})
-        tracker = cls(client, uri, exp_id, run.info.run_id)
-        tracker._batch(params={_key(k): v for k, v in flatten_config(config).items()})
-        config_text = yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False)
-        client.log_text(tracker.parent_run_id, config_text, "config.yaml")
+        storage_url = display_url(storage_url)  # no password in tags or params
+        if isinstance(config.get("storage"), str):
+            config = {**config, "storage": display_url(config["storage"])}
+        parent = _parent(client, exp_id, study_name, storage_url)
+        if parent is None:
+            run = client.create_run(exp_id, run_name=study_name, tags={
+                _T + "study_name": study_name, _T + "storage": storage_url, _T + "run_dir": str(run_dir),
+                "mlflow.note.content": (f"autocompress search `{study_name}`: one nested run per trial. "
+                                        f"Optuna storage: {storage_url}; run dir: {run_dir}")})
+            # processes of a sweep opening at once may each create one: all keep the oldest, the rest go
+            parent = _parent(client, exp_id, study_name, storage_url)
+            if parent == run.info.run_id:
+                tracker = cls(client, uri, exp_id, parent)
+                tracker._batch(params={_key(k): v for k, v in flatten_config(config).items()})
+                config_text = yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False)
+                client.log_text(tracker.parent_run_id, config_text, "config.yaml")
+                return tracker
+            client.delete_run(run.info.run_id)
+        client.update_run(parent, status="RUNNING")
+        tracker = cls(client, uri, exp_id, parent)
+        tracker._load_children()
         return tracker
 
     def _load_children(self) -> None:
@@ -174,20 +187,29 @@ class Tracker(NullTracker):
 
     def log_trial(self, number: int, state: str, params: dict, metrics: dict[str, float], duration_s: float,
                   worker: str, plan_json: str | None, error: str | None = None) -> None:
-        """Log one finished trial as a nested run (4 client calls); a no-op if `number` is already logged.
+        """Log one finished trial as a nested run (5 client calls); a no-op if `number` is already logged.
 
         `state` is COMPLETE, PRUNED or FAIL. `params` is the flattened plan (stringified, truncated to MLflow's
         MAX_PARAM_VAL_LENGTH). Non-finite metrics are left out and listed in tag autocompress.nonfinite_metrics.
         The run's start time is set `duration_s` before now, so the MLflow UI shows the trial's duration.
+        Safe to call again after it raised (MLflow down): the half-written run is deleted first. Safe when
+        another process logs the same trial at the same time: of the runs of one trial number the earliest
+        created (tag autocompress.logged_at) is kept, and a later one deletes itself.
         """
         state = state.upper()
         if state not in STATES:
             raise ValueError(f"trial state {state!r} is not one of {', '.join(STATES)}")
         if number in self._logged:
             return
+        if number in self._partial:  # an earlier call failed half-way; its run may be gone already
+            try:
+                self.client.delete_run(self._partial[number])
+            except Exception:  # already deleted (another driver's cleanup), or MLflow still down: create_run says
+                pass
+            del self._partial[number]
         now = time.time()
         tags = {"mlflow.parentRunId": self.parent_run_id, _T + "trial_number": str(number),
-                _T + "state": state, _T + "worker": str(worker)}
+                _T + "state": state, _T + "worker": str(worker), _T + "logged_at": str(time.time_ns())}
         if error:
             tags[_T + "error"] = _value(error, MAX_TAG, tail=True)
         finite = {_key(k): float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
@@ -198,11 +220,22 @@ class Tracker(NullTracker):
         run = self.client.create_run(self.experiment_id, start_time=int((now - max(duration_s, 0.0)) * 1000),
                                      tags=tags, run_name=f"trial-{number:04d}")
         run_id = run.info.run_id
+        self._partial[number] = run_id
         self._batch(run_id, params={_key(k): v for k, v in params.items()}, metrics=finite, timestamp=now)
         if plan_json is not None:
             self.client.log_text(run_id, plan_json, "plan.json")
         self._terminate(run_id, STATES[state], end_time=int(now * 1000))
+        self._keep_one(number, run_id)
+        del self._partial[number]
         self._logged.add(number)
+
+    def _keep_one(self, number: int, run_id: str) -> None:
+        """Delete `run_id` if an earlier-created run of the same trial exists (two writers raced)."""
+        runs = _all_runs(self.client, self.experiment_id, f"tags.mlflow.parentRunId = '{self.parent_run_id}' "
+                                                          f"and tags.`{_T}trial_number` = '{number}'")
+        first = min(runs, key=lambda r: (int(r.data.tags.get(_T + "logged_at", "0")), r.info.run_id), default=None)
+        if first is not None and first.info.run_id != run_id:
+            self.client.delete_run(run_id)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Write `text` as artifact `artifact_file` of the parent run (e.g. the Pareto table)."""
@@ -243,6 +276,14 @@ class Tracker(NullTracker):
 
 
 open_tracker = Tracker.open  # the same, as a function
+
+
+def _parent(client: Any, exp_id: str, study_name: str, storage_url: str) -> str | None:
+    """The id of the oldest active parent run of this study and storage (ties: the smallest run id), or None."""
+    runs = [r for r in _all_runs(client, exp_id, f"tags.`{_T}study_name` LIKE '%'")
+            if r.data.tags.get(_T + "study_name") == study_name and "mlflow.parentRunId" not in r.data.tags
+            and r.data.tags.get(_T + "storage") == storage_url]
+    return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if runs else None
 
 
 def _all_runs(client: Any, exp_id: str, filter_string: str) -> list:

@@ -2,14 +2,23 @@
 
 `TrialRunner(config)` loads the base model, tokenizer, calibration batches and the task's evaluator once
 (per process: the driver for the local backend, each Ray actor for the ray backend). `run(plan_json)`
-copies the base model, applies the plan, evaluates, and returns a `TrialOutcome`. It never raises for a
+copies the base model, applies the plan and its distillation (`apply_and_distill`: the teacher is the base
+model, the data the calibration batches), evaluates, and returns a `TrialOutcome`. With a pruner
+(search/pruning.py) and a companion trial number, it reports the quality on a subset of the evaluation
+texts after applying the plan and every `distill.eval_every` steps, and stops when the pruner says so: the
+outcome is then `pruned` and carries the last intermediate metrics; the full evaluation runs only for plans
+that survive. It never raises for a
 trial's own failure: the exception (or non-finite metrics) comes back as `error`, so one bad plan cannot
-take a worker down.
+take a worker down. Running out of memory (MemoryError, torch.OutOfMemoryError) is such a failure too: the
+error reads "out of memory: ..." and the trial's model copy is freed (and the CUDA cache emptied) before the
+worker takes the next plan. A worker process that is killed instead (the kernel's OOM killer, a lost node)
+is the backend's business: see backends.py.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import os
 import socket
@@ -30,6 +39,9 @@ class TrialOutcome:
     worker: str = ""
     apply_s: float = 0.0
     eval_s: float = 0.0
+    retries: int = 0  # times the trial was started again on a new worker because its worker died (backend)
+    retry_reasons: list[str] = field(default_factory=list)
+    pruned: str | None = None  # "at step k (fidelity x)" when the pruner stopped the trial
 
 
 def worker_name() -> str:
@@ -56,6 +68,12 @@ class TrialRunner:
         calib = load_texts(d.calibration.source, n=d.calibration.n, seed=d.calibration.seed)
         self.calibration = make_batches(tok, calib, batch_size=min(d.batch_size, 16), max_length=d.max_length)
         self.evaluator = self._evaluator()
+        self.pruning, self.subset_evaluator = None, None
+        if config.pruner.name != "none":  # nothing of this without a pruner
+            from autocompress.search.pruning import WorkerPruning, subset_size
+
+            self.pruning = WorkerPruning(config, self.loaded.task)
+            self.subset_evaluator = self._evaluator(lambda n: subset_size(n, config.pruner.subset))
         self.latency = None
         t = config.target
         if t is not None and t.model_name == "measured":
@@ -66,19 +84,21 @@ class TrialRunner:
             self.latency = (measured(load_profile(t.profile), self.loaded.model, device=t.device),
                             Workload(t.batch, t.seq_len, t.mode))
 
-    def _evaluator(self) -> Any:
+    def _evaluator(self, keep: Any = None) -> Any:
+        """The task's evaluator on the evaluation texts, or on the first `keep(n)` of the n texts."""
         from autocompress.data import load_labeled, load_texts
 
         d, task, tok, base = self.config.data, self.loaded.task, self.loaded.tokenizer, self.loaded.model
+        cut = (lambda xs: xs) if keep is None else (lambda xs: xs[:keep(len(xs))])
         if task == "embedding":
             from autocompress.evaluators.fidelity import FidelityEvaluator
 
-            texts = load_texts(d.evaluation.source, n=d.evaluation.n, seed=d.evaluation.seed)
+            texts = cut(load_texts(d.evaluation.source, n=d.evaluation.n, seed=d.evaluation.seed))
             return FidelityEvaluator(base, tok, texts, batch_size=d.batch_size, max_length=d.max_length)
         if task == "causal-lm":
             from autocompress.evaluators.perplexity import PerplexityEvaluator
 
-            texts = load_texts(d.evaluation.source, n=d.evaluation.n, seed=d.evaluation.seed)
+            texts = cut(load_texts(d.evaluation.source, n=d.evaluation.n, seed=d.evaluation.seed))
             return PerplexityEvaluator(tok, texts, max_length=d.max_length, batch_size=d.batch_size,
                                        reference_model=base)
         from autocompress.errors import UserError
@@ -87,20 +107,38 @@ class TrialRunner:
         if not d.labels:
             raise UserError("data.labels: a sequence-classification search needs a labeled .jsonl/.csv file")
         texts, labels = load_labeled(d.labels)
+        texts, labels = cut(texts), cut(labels)
         return AccuracyEvaluator(tok, texts, labels, label2id=getattr(base.config, "label2id", None))
 
-    def run(self, plan_json: str) -> TrialOutcome:
-        """Apply the plan to a copy of the base model and evaluate it. Failures come back as `error`."""
+    def run(self, plan_json: str, number: int | None = None, attempt: int = 0,
+            pruning: int | None = None) -> TrialOutcome:
+        """Apply the plan (and its distillation) to a copy of the base model and evaluate it. Failures come
+        back as `error`.
+
+        `number` and `attempt` (the trial number, and how often it was started before on a worker that died)
+        only feed the test hook in faulthook.py. `pruning` is the number of the trial's companion trial in
+        the pruning study (None: no pruning)."""
+        from autocompress.distill.train import apply_and_distill
         from autocompress.plan import CompressionPlan
-        from autocompress.policies import apply_plan
+        from autocompress.search import faulthook
 
         outcome = TrialOutcome(worker=worker_name())
+        out_of_memory, model = False, None
         try:
             plan = CompressionPlan.from_json(plan_json)
+            faulthook.before_trial(number, attempt)
             t0 = time.perf_counter()
-            model = apply_plan(copy.deepcopy(self.loaded.model), plan, self.calibration, info=self.info)
+            reporter = self.pruning.trial(pruning) if self.pruning is not None else None
+            if reporter is None:
+                model = apply_and_distill(self.loaded.model, plan, self.calibration, self.info)
+            else:
+                model = self._apply_pruned(plan, reporter)
             t1 = time.perf_counter()
-            metrics = self.evaluator.evaluate(model)
+            if reporter is not None and reporter.pruned:
+                outcome.apply_s, outcome.pruned, outcome.metrics = t1 - t0, reporter.pruned, reporter.last
+                return outcome
+            metrics = faulthook.after_trial(number, attempt, self.evaluator.evaluate(model))
+            model = None
             outcome.apply_s, outcome.eval_s = t1 - t0, time.perf_counter() - t1
             if self.latency is not None:  # timed on this worker's device with the real kernels
                 latency_model, workload = self.latency
@@ -110,7 +148,31 @@ class TrialRunner:
                 outcome.error = f"non-finite metric {bad[0]} = {metrics[bad[0]]}"
             outcome.metrics = {k: float(v) for k, v in metrics.items()}
         except Exception as exc:  # a trial's failure is data, not a crash of the worker
+            import torch
+
+            out_of_memory = isinstance(exc, (MemoryError, torch.OutOfMemoryError))
             last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             where = f" ({os.path.basename(last.filename)}:{last.lineno})" if last else ""
-            outcome.error = f"{type(exc).__name__}: {exc}{where}"
+            outcome.error = ("out of memory: " if out_of_memory else "") + f"{type(exc).__name__}: {exc}{where}"
+        if out_of_memory:  # the exception (and the model copy its frames held) is gone now: give the memory back
+            model = None
+            gc.collect()
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         return outcome
+
+    def _apply_pruned(self, plan: Any, reporter: Any) -> Any:
+        """`apply_and_distill` with reports to the pruner: the quality on the subset at step 0 (after the
+        plan is applied), then every `eval_every` distillation steps. Stops at the first prune (`reporter.pruned`).
+        Trains exactly as `apply_and_distill` does: the reports only read the model."""
+        from autocompress.distill.train import apply_and_distill, distill
+        from autocompress.plan import CompressionPlan
+
+        model = apply_and_distill(self.loaded.model, CompressionPlan(plan.layers), self.calibration, self.info)
+        if reporter(0, self.subset_evaluator.evaluate(model)) or plan.distill is None:
+            return model
+        distill(model, self.loaded.model, self.calibration, plan.distill, self.info.task, report=reporter,
+                eval_fn=self.subset_evaluator.evaluate, plan=plan)
+        return model

@@ -19,6 +19,9 @@ the sampler sees only real decisions. Conditional (define-by-run), in this order
              the pattern choices gain a leading "dense" (leave the unit alone) and the other sparsity
              values are unused. prune_method only when the sparsity is > 0.
   structured per structure: sparsity; prune_method only when > 0. Composes with every other technique.
+  distill    last, one plan-level decision (`space.distill`, params "distill.<field>"): steps; lr,
+             temperature, alpha, beta, layers only when steps > 0; batch_size, max_length, eval_every and
+             seed are constants. The uniform baselines take steps 0 when 0 is a choice (no distillation).
 Rank filtering: a rank choice stays in a unit's choices only if, for every layer of the unit, the resolved
 rank does not exceed the break-even in*out // (in+out), also at each shape that structured pruning in this
 space can shrink the layer to; so a rank never grows a layer. The filter depends only on shapes and config,
@@ -34,6 +37,7 @@ from typing import Any, Callable, Sequence
 import optuna
 
 from autocompress.config import SpaceSection
+from autocompress.distill.config import DistillConfig
 from autocompress.errors import UserError
 from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
@@ -41,6 +45,8 @@ from autocompress.selection import select_layers
 from autocompress.spaces._base import SearchSpace
 
 TECHNIQUES = ("lowrank", "quantize", "prune", "structured")  # the order decisions are drawn in
+FIELDS = {"lowrank": {"rank", "rank_method"}, "quantize": {"bits", "group_size", "symmetric", "quant_method", "act_bits"},
+          "prune": {"pattern", "sparsity", "prune_method"}, "structured": {"sparsity", "prune_method"}}
 Pick = Callable[[str, str, Sequence[Any]], Any]  # (unit, field, choices) -> value
 
 
@@ -98,7 +104,7 @@ class ConfigSpace(SearchSpace):
                     return want[field] if want[field] in choices else None
                 return choices[0]
 
-            plan = self._build(pick, (tech,))
+            plan = self._build(pick, (tech,), distill=False)
             if not plan.is_empty:
                 plans[label] = plan
         return plans
@@ -115,9 +121,10 @@ class ConfigSpace(SearchSpace):
             params: dict[str, Any] = {}
 
             def pick(unit: str, field: str, choices: Sequence[Any], own=own, want=want, params=params) -> Any:
-                if unit in own and field in want:
+                mine = unit in own and field in FIELDS[tech]  # unit names repeat across techniques
+                if mine and field in want:
                     value = want[field] if want[field] in choices else choices[0]
-                elif unit not in own and field in ("bits", "sparsity", "pattern", "rank"):
+                elif not mine and field in ("bits", "sparsity", "pattern", "rank", "steps"):
                     value = next((c for c in choices if c in off_values and type(c) is not bool), choices[0])
                 else:
                     value = choices[0]
@@ -128,6 +135,27 @@ class ConfigSpace(SearchSpace):
             self._build(pick, TECHNIQUES)
             out[name] = params
         return out
+
+    def replay(self, pick: Pick) -> tuple[dict[str, Any], CompressionPlan]:
+        """(Optuna params, plan) of the joint space when `pick(unit, field, choices)` makes every decision:
+        the params are what `study.enqueue_trial` needs for `sample` to give exactly this plan. `pick` must
+        return one of `choices`."""
+        params: dict[str, Any] = {}
+
+        def record(unit: str, field: str, choices: Sequence[Any]) -> Any:
+            value = pick(unit, field, choices)
+            if value not in choices:
+                raise ValueError(f"{unit}.{field}: {value!r} is not among the choices {list(choices)}")
+            if len(choices) > 1:
+                params[f"{unit}.{field}"] = value
+            return value
+
+        return params, self._build(record, TECHNIQUES)
+
+    def main_choices(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Label -> (technique, {field: value}) for every compressing choice of each technique's main field,
+        e.g. "quantize bits=4" -> ("quantize", {"bits": 4}) (the uniform baselines use the same labels)."""
+        return self._uniform_wanted()
 
     def _uniform_wanted(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """Label -> (technique, the one choice of its main field) for each uniform baseline."""
@@ -148,12 +176,24 @@ class ConfigSpace(SearchSpace):
                 for tech, want in wanted}
 
     # ---- building ------------------------------------------------------------------------------------
-    def _build(self, pick: Pick, techniques: Sequence[str]) -> CompressionPlan:
+    def _build(self, pick: Pick, techniques: Sequence[str], distill: bool = True) -> CompressionPlan:
         out: dict[str, dict[str, Any]] = defaultdict(dict)
         for tech in TECHNIQUES:
             if tech in techniques and tech in self.technique_units:
                 getattr(self, f"_{tech}")(pick, self.technique_units[tech], out)
-        return CompressionPlan({name: LayerPlan(**fields) for name, fields in out.items()})
+        layers = {name: LayerPlan(**fields) for name, fields in out.items()}
+        return CompressionPlan(layers, distill=self._distill(pick) if distill else None)
+
+    def _distill(self, pick: Pick) -> DistillConfig | None:
+        d = self.space.distill
+        if d is None:
+            return None
+        steps = pick("distill", "steps", d.choices("steps"))
+        if steps == 0:
+            return None
+        drawn = {f: pick("distill", f, d.choices(f)) for f in ("lr", "temperature", "alpha", "beta", "layers")}
+        return DistillConfig(steps=steps, batch_size=d.batch_size, max_length=d.max_length,
+                             eval_every=d.eval_every, seed=d.seed, **drawn)
 
     def _lowrank(self, pick: Pick, units: dict, out: dict) -> None:
         for unit, members in units.items():

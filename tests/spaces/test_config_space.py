@@ -228,3 +228,69 @@ def test_uniform_params_reproduce_the_uniform_baselines():
     assert set(params) == set(plans) == {"quantize bits=3", "quantize bits=8", "structured sparsity=0.5"}
     for label, p in params.items():
         assert space.plan_from_params(p) == plans[label]  # other techniques switched off
+
+
+def test_uniform_params_switch_off_techniques_that_share_unit_names():
+    """Quantize and prune decide on the same units (layer names): the prune baseline must not quantize."""
+    from autocompress.config import SpaceSection
+
+    info = load_model("random:bert").info
+    space = ConfigSpace(SpaceSection.model_validate({
+        "quantize": {"bits": [2, 8, None]}, "prune": {"sparsity": [0.0, 0.5]}}), info)
+    params = space.uniform_params()
+    plans = space.uniform_plans()
+    assert set(params) == {"quantize bits=2", "quantize bits=8", "prune sparsity=0.5 pattern=unstructured"}
+    for label, p in params.items():
+        assert space.plan_from_params(p) == plans[label]
+    prune = space.plan_from_params(params["prune sparsity=0.5 pattern=unstructured"])
+    assert all(e.bits is None and e.sparsity == 0.5 for e in prune.layers.values())
+
+
+# ---- distillation in the space ------------------------------------------------------------------------------
+DISTILL = {"steps": [0, 100, 200], "lr": [1e-4, 3e-4], "temperature": [2.0], "alpha": [1.0], "beta": [0.0, 1.0],
+           "layers": ["all", "last"], "batch_size": 16, "max_length": 128, "eval_every": 25}
+
+
+def test_distill_is_sampled_define_by_run_into_the_plan(infos):
+    cs = ConfigSpace(space(quantize={"bits": [4, 8]}, distill=DISTILL), infos["bert"])
+    seen_steps = set()
+    for trial, plan in trials(cs, n=60):
+        d = {k.split(".", 1)[1]: v for k, v in trial.params.items() if k.startswith("distill.")}
+        seen_steps.add(d["steps"])
+        if d["steps"] == 0:  # the other fields are drawn only when it trains
+            assert plan.distill is None and set(d) == {"steps"}
+        else:  # single choices (temperature, alpha) and scalars are constants, never suggested
+            assert set(d) == {"steps", "lr", "beta", "layers"}
+            c = plan.distill
+            assert (c.steps, c.lr, c.beta, c.layers) == (d["steps"], d["lr"], d["beta"], d["layers"])
+            assert (c.temperature, c.alpha, c.batch_size, c.max_length, c.eval_every) == (2.0, 1.0, 16, 128, 25)
+        assert cs.plan_from_params(trial.params) == plan
+    assert seen_steps == {0, 100, 200}
+
+
+def test_uniform_baselines_do_not_distill(infos):
+    cs = ConfigSpace(space(quantize={"bits": [4, 8]}, distill=DISTILL), infos["bert"])
+    params = cs.uniform_params()
+    assert params and all(p["distill.steps"] == 0 for p in params.values())
+    assert all(cs.plan_from_params(p).distill is None for p in params.values())
+    assert all(plan.distill is None for plan in cs.uniform_plans().values())
+
+
+def test_distill_constant_steps_is_not_a_param(infos):
+    cs = ConfigSpace(space(quantize={"bits": [4, 8]}, distill={"steps": 50, "lr": 1e-3, "beta": 0.0,
+                                                                      "layers": "all"}), infos["bert"])
+    trial, plan = next(trials(cs, n=1))
+    assert not any(k.startswith("distill.") for k in trial.params)
+    assert plan.distill.steps == 50 and plan.distill.lr == 1e-3 and plan.distill.beta == 0.0
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"steps": [-1, 10]}, "steps=-1"), ({"lr": [0.0]}, "lr=0"), ({"steps": []}, "at least one choice"),
+    ({"alpha": [0.0, 1.0], "beta": 0.0}, "nothing to train"), ({"eval_every": 0}, "eval_every"),
+    ({"layers": ["first"]}, "layers"), ({"stepz": [1]}, "stepz")])
+def test_distill_space_errors_name_the_field(bad, words):
+    from autocompress.config import SearchConfig
+
+    with pytest.raises(UserError, match="space.distill") as err:
+        SearchConfig.from_dict({"model": {"name": "x"}, "space": {"quantize": {}, "distill": bad}})
+    assert words in str(err.value)

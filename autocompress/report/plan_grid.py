@@ -1,0 +1,140 @@
+"""A compression plan as a grid of numbers and cell texts: one row per layer, one column per setting.
+
+Both heat maps (the PNG and the HTML one) draw a `PlanGrid`. Rows are layers in natural order (block
+index, then name); structure keys (attention heads, FFN neurons) get rows of their own, filled only in the
+"units removed" column. A cell the plan leaves alone has value None and text "-". Each `Column` has its
+own scale: `strength` maps a value onto 0..1 where 1 is the strongest compression on that scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from autocompress.plan import CompressionPlan, LayerPlan
+from autocompress.report.labels import natural_key
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str  # column header
+    scale: str  # colour-bar label
+    vmin: float
+    vmax: float
+    low_is_strong: bool  # fewer bits / a lower rank fraction compress more
+    cmap: str
+    ticks: tuple[float, ...]
+
+    def strength(self, value: float) -> float:
+        """0 (mildest) .. 1 (strongest compression) on this column's scale, clipped."""
+        x = (value - self.vmin) / (self.vmax - self.vmin)
+        x = min(1.0, max(0.0, x))
+        return 1.0 - x if self.low_is_strong else x
+
+
+COLUMNS = {
+    "bits": Column("bits", "weight bits", "bits per\nweight", 2, 8, True, "Blues", (2, 4, 6, 8)),
+    "act_bits": Column("act_bits", "act bits", "bits per\nactivation", 2, 11, True, "Reds", (2, 4, 8)),
+    "sparsity": Column("sparsity", "sparsity", "share of\nweights removed", 0, 0.95, False, "Oranges",
+                       (0, 0.5, 0.95)),
+    "rank": Column("rank", "rank fraction", "rank /\nmin(in, out)", 0, 1, True, "Greens", (0, 0.5, 1)),
+    "units": Column("units", "units removed", "share of heads\nor neurons removed", 0, 0.95, False, "Purples",
+                    (0, 0.5, 0.95)),
+}
+
+
+@dataclass
+class PlanGrid:
+    rows: list[str]  # row labels: layer names, structure rows suffixed " [heads]" / " [neurons]"
+    columns: list[Column]
+    values: list[list[float | None]]  # [row][column]
+    texts: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def plan_grid(plan: CompressionPlan, info: Any = None, space: Any = None) -> PlanGrid:
+    """The grid for `plan`. `info` (a `ModelInfo`, optional) adds the layers the plan leaves alone and turns
+    absolute ranks into fractions; `space` (the config's `SpaceSection`, optional) decides which columns
+    appear besides those the plan uses."""
+    structures = dict(getattr(info, "structures", {}) or {})
+    is_structure = {k for k, p in plan.layers.items() if p.pattern == "structured"} | set(structures)
+    names = set(plan.layers)
+    if info is not None:
+        names |= set(info.targets_by_default())
+    keys = _columns(plan, space)
+    if "units" in keys:
+        names |= {s for s, st in structures.items() if st.block is not None}
+    rows, values, texts = [], [], []
+    for name in sorted(names, key=natural_key):
+        entry = plan.layers.get(name, LayerPlan())
+        if name in is_structure:
+            kind = structures[name].kind if name in structures else "units"
+            rows.append(f"{name} [{kind}]")
+            cells = {"units": _units(entry, structures.get(name))}
+        else:
+            rows.append(name)
+            layer = info.layers.get(name) if info is not None else None
+            cells = {"bits": _bits(entry), "act_bits": _act(entry), "sparsity": _sparsity(entry),
+                     "rank": _rank(entry, layer)}
+        values.append([cells.get(k, (None, "-"))[0] for k in keys])
+        texts.append([cells.get(k, (None, "-"))[1] for k in keys])
+    return PlanGrid(rows, [COLUMNS[k] for k in keys], values, texts)
+
+
+def _columns(plan: CompressionPlan, space: Any) -> list[str]:
+    used = set()
+    for p in plan.layers.values():
+        if p.pattern == "structured":
+            used.add("units")
+            continue
+        used |= {k for k, on in (("bits", p.bits is not None), ("act_bits", p.act_bits is not None),
+                                 ("sparsity", p.prunes), ("rank", p.factorizes)) if on}
+    if space is not None:
+        q = space.quantize
+        used |= {k for k, on in (("bits", q is not None), ("act_bits", q is not None and 8 in q.act_bits),
+                                 ("sparsity", space.prune is not None), ("rank", space.lowrank is not None),
+                                 ("units", space.structured is not None)) if on}
+    return [k for k in COLUMNS if k in used] or ["bits"]
+
+
+Cell = tuple[float | None, str]
+
+
+def _bits(p: LayerPlan) -> Cell:
+    if p.bits is None:
+        return None, "-"
+    group = "ch" if p.group_size is None else f"g{p.group_size}"
+    return float(p.bits), f"{p.bits} {group}"
+
+
+def _act(p: LayerPlan) -> Cell:
+    return (None, "-") if p.act_bits is None else (float(p.act_bits), f"int{p.act_bits}")
+
+
+def _sparsity(p: LayerPlan) -> Cell:
+    if not p.prunes:
+        return None, "-"
+    return p.sparsity, p.pattern if p.n_m else f"{p.sparsity:.0%}"
+
+
+def _rank(p: LayerPlan, layer: Any) -> Cell:
+    if p.rank is None:
+        return None, "-"
+    if isinstance(p.rank, float):
+        return p.rank, f"{p.rank:.0%}"
+    if layer is None:
+        return None, f"r{p.rank}"
+    frac = p.rank / min(layer.in_features, layer.out_features)
+    return frac, f"r{p.rank} {frac:.0%}"
+
+
+def _units(p: LayerPlan, structure: Any) -> Cell:
+    if not p.prunes:
+        return None, "-"
+    if structure is None:
+        return p.sparsity, f"{p.sparsity:.0%}"
+    removed = min(round(p.sparsity * structure.units), structure.units - 1)
+    return p.sparsity, f"{removed}/{structure.units}"

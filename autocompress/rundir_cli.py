@@ -1,0 +1,150 @@
+"""The commands that start from a search's run directory: `export`, `report` and `ui`.
+
+  autocompress export RUN_DIR [--trial N | --pick RULE] --out DIR [--force] [--json]
+  autocompress report RUN_DIR [--out DIR] [--pick RULE | --trial N]
+  autocompress ui [RUN_DIR] [--tracking-uri URI] [--host 127.0.0.1] [--port 5000] [--dashboard-port 8080]
+
+Kept apart from `cli.py` so that each command family fits in one file; `cli.build_parser` mounts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+from autocompress.cli import _console
+from autocompress.errors import UserError
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from autocompress.export.from_run import export
+
+    if args.trial is not None and args.pick:
+        raise UserError("give either --trial N or --pick RULE, not both")
+    err = _console(stderr=True)
+
+    def progress(message: str) -> None:
+        if err.is_terminal:
+            err.print(f"[dim]{message}...[/dim]")
+
+    result = export(args.run_dir, args.out, trial=args.trial, pick=args.pick, force=args.force, progress=progress)
+    if args.json:
+        print(json.dumps({**result.__dict__, "max_metric_diff": result.max_metric_diff}, indent=2))
+        return 0
+    out = _console()
+    out.print(f"exported trial {result.trial} to {result.out_dir}")
+    out.print(f"  model.safetensors: {result.file_bytes / 1e6:.3f} MB (size model: "
+              f"{result.predicted_bytes / 1e6:.3f} MB, {result.file_bytes / max(result.predicted_bytes, 1) - 1:+.2%})")
+    for k in sorted(set(result.searched) & set(result.measured)):
+        out.print(f"  {k:>12}: search {result.searched[k]:.6g}, reloaded export {result.measured[k]:.6g}")
+    if result.kernels:
+        counts: dict[str, int] = {}
+        for kind in result.kernels.values():
+            counts[kind] = counts.get(kind, 0) + 1
+        out.print("  with kernels=True: " + ", ".join(f"{n} layers {k}" for k, n in sorted(counts.items())))
+    if result.logged_to:
+        out.print(f"  logged to MLflow: {'; '.join(result.logged_to)}")
+    out.print(f"  load it: from autocompress.export import load_compressed; load_compressed({result.out_dir!r})")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from autocompress.report import write_report
+    from autocompress.search.artifacts import attach
+    from autocompress.search.rundir import RunDir
+
+    run = RunDir.open(args.run_dir)
+    files = write_report(run.path, args.out, pick=args.pick, trial=args.trial)
+    folder = os.path.dirname(str(files.paths()[0]))
+    logged = attach(run.config, folder, "report")
+    out = _console()
+    out.print(f"report written to {folder}:")
+    for path in files.paths():
+        out.print(f"  {path}")
+    if logged:
+        out.print(f"attached to the MLflow {logged[0]} (artifacts/report): autocompress ui {run.path}")
+    return 0
+
+
+def _tracking_uri(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(MLflow URI, Optuna storage URL or None) for `ui`, from --tracking-uri or the run directory's config."""
+    uri, storage = args.tracking_uri, None
+    if args.run_dir:
+        from autocompress.config import read_yaml
+
+        cfg_path = os.path.join(args.run_dir, "config.yaml")
+        if not os.path.isfile(cfg_path):
+            raise UserError(f"{args.run_dir!r} is not a run directory (no config.yaml); give the run_dir of a search")
+        cfg = read_yaml(cfg_path)
+        storage = cfg.get("storage")
+        uri = uri or (cfg.get("tracking") or {}).get("uri", "sqlite:///mlflow.db")
+    return uri or "sqlite:///mlflow.db", storage
+
+
+def _dashboard(storage: str | None, host: str, port: int) -> subprocess.Popen | None:
+    """optuna-dashboard on the study's storage, when it is installed and the storage is a database URL."""
+    exe = shutil.which("optuna-dashboard") or os.path.join(os.path.dirname(sys.executable), "optuna-dashboard")
+    if storage is None or not os.path.exists(exe) or not storage.startswith(("sqlite:", "postgresql", "mysql")):
+        return None
+    cmd = [exe, storage, "--host", host, "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print(f"optuna-dashboard: http://{host}:{port}  (study storage {storage})", flush=True)
+    return proc
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    """Start the MLflow UI on the study's tracking store (127.0.0.1 unless --host says otherwise), and
+    optuna-dashboard on its Optuna storage when that is installed."""
+    uri, storage = _tracking_uri(args)
+    if uri == "none":
+        raise UserError("this search ran with tracking.uri: none; there is nothing for the MLflow UI to show")
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        raise UserError(f"no MLflow store at {uri}; run a search first or pass --tracking-uri")
+    dashboard = None if args.no_dashboard else _dashboard(storage, args.host, args.dashboard_port)
+    try:
+        if uri.startswith("http"):
+            print(f"MLflow is served at {uri}", flush=True)
+            return dashboard.wait() if dashboard is not None else 0
+        exe = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
+        print(f"MLflow UI: http://{args.host}:{args.port}  (store {uri}; Ctrl-C stops it)", flush=True)
+        cmd = [exe, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+        return subprocess.call(cmd, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if dashboard is not None and dashboard.poll() is None:
+            dashboard.terminate()
+            dashboard.wait(timeout=10)
+
+
+def add_run_commands(sub: Any) -> None:
+    """Mount `export`, `report` and `ui` on the top-level subparsers."""
+    p = sub.add_parser("export", help="write a trial's compressed model in the packed format (safetensors)")
+    p.add_argument("run_dir", help="a search's run directory")
+    p.add_argument("--out", required=True, help="directory to write (refused if it exists, unless --force)")
+    p.add_argument("--trial", type=int, help="the trial number to export (default: the config's pick rule)")
+    p.add_argument("--pick", help="a pick rule, e.g. 'minimize size_mb where fidelity >= 0.99'")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("report", help="the Pareto front, baselines and the picked plan as PNG, HTML and markdown")
+    p.add_argument("run_dir", help="a search's run directory")
+    p.add_argument("--out", help="where the files go (default RUN_DIR/report)")
+    p.add_argument("--pick", help="the pick rule for the plan heat map (default: the config's)")
+    p.add_argument("--trial", type=int, help="draw this trial's plan instead")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("ui", help="open the MLflow UI (and optuna-dashboard) on a search (127.0.0.1)")
+    p.add_argument("run_dir", nargs="?", help="a search's run directory (its config names the stores)")
+    p.add_argument("--tracking-uri", help="the MLflow store (default: the run's, else sqlite:///mlflow.db)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000, help="MLflow UI port (default 5000)")
+    p.add_argument("--dashboard-port", type=int, default=8080, help="optuna-dashboard port (default 8080)")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start optuna-dashboard")
+    p.set_defaults(func=_cmd_ui)

@@ -1,0 +1,192 @@
+"""Per-layer sensitivity: how much quality one decision unit loses when it alone is compressed, measured once
+per search space, cached in the run directory, and used to seed the study with good starting plans.
+
+Reference plan: every unit at its mildest setting (off where the space offers off: bits None, sparsity 0,
+dense, rank None; otherwise the least compressing choice, e.g. 8 bits when bits is [4, 8]). For each unit
+and each compressing choice of each technique (the labels of `ConfigSpace.main_choices`, e.g.
+"quantize bits=4"), the plan that changes only that unit is run on the search's own backend and evaluator.
+drop = quality(reference) - quality(plan) for a maximized quality metric (fidelity, accuracy), the other
+way round for perplexity: positive means worse.
+
+Seeding (`seed_params`): for each threshold t, every unit takes, per technique, the choice that saves the
+most bytes among those whose own drop is <= t (else its mildest setting). Small t gives a safe plan, large
+t an aggressive one; the sampler starts from these instead of from nothing.
+
+File `RUN_DIR/sensitivity.json`: {"metric", "reference", "fingerprint", "seconds", "evaluations",
+"layers": {unit: {label: drop}}, "saved_bytes": {unit: {label: bytes saved vs the reference}}}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from autocompress.config import SearchConfig, parse_objective
+
+QUALITY = {"fidelity": "maximize", "accuracy": "maximize", "perplexity": "minimize", "perplexity_ratio": "minimize"}
+TASK_QUALITY = {"embedding": "fidelity", "causal-lm": "perplexity", "sequence-classification": "accuracy"}
+_MAIN = {"bits", "sparsity", "pattern", "rank"}
+FILE = "sensitivity.json"
+
+
+@dataclass
+class Sensitivity:
+    metric: str
+    reference: float
+    fingerprint: str
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)
+    saved_bytes: dict[str, dict[str, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+    evaluations: int = 0
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Sensitivity":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def quality_metric(config: SearchConfig, task: str) -> str:
+    """The first objective that measures quality, else the task's own quality metric."""
+    for text in config.objectives:
+        metric = parse_objective(text)[1]
+        if metric in QUALITY:
+            return metric
+    return TASK_QUALITY[task]
+
+
+def fingerprint(config: SearchConfig, metric: str) -> str:
+    """What the measurement depends on: model, data, space and metric (not the budget or sampler)."""
+    keys = {"model": config.model.model_dump(mode="json"), "data": config.data.model_dump(mode="json"),
+            "space": config.space.model_dump(mode="json"), "metric": metric}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _mildest(field_name: str, choices: Sequence[Any]) -> Any:
+    off = {"bits": None, "rank": None, "sparsity": 0.0, "pattern": "dense"}
+    if field_name in off and off[field_name] in choices and not any(c is True or c is False for c in choices):
+        return off[field_name]
+    if field_name == "pattern":
+        return "unstructured" if "unstructured" in choices else choices[0]
+    numeric = [c for c in choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+    if field_name in ("bits", "rank") and numeric:
+        return max(numeric)
+    if field_name == "sparsity" and numeric:
+        return min(numeric)
+    return choices[0]
+
+
+def _single(space: Any, target: str | None, want: dict[str, Any]) -> tuple[dict, Any]:
+    """(params, plan) with unit `target` at `want` and every other decision at its mildest setting."""
+    def pick(unit: str, field_name: str, choices: Sequence[Any]) -> Any:
+        if unit == target and field_name in want and want[field_name] in choices:
+            return want[field_name]
+        return _mildest(field_name, choices) if field_name in _MAIN else choices[0]
+
+    return space.replay(pick)
+
+
+def jobs(space: Any) -> dict[tuple[str, str], Any]:
+    """(unit, label) -> the plan that compresses only that unit with that choice (and the reference plan
+    under ("", "reference")). A choice that is the unit's mildest setting is the reference: left out."""
+    reference = _single(space, None, {})[1]
+    out = {("", "reference"): reference}
+    for label, (tech, want) in space.main_choices().items():
+        for unit in space.technique_units.get(tech, {}):
+            plan = _single(space, unit, want)[1]
+            if plan != reference:  # a choice that is the mildest setting itself changes nothing
+                out[(unit, label)] = plan
+    return out
+
+
+def measure(config: SearchConfig, backend: Any, info: Any, space: Any,
+            progress: Callable[[int, int], None] | None = None) -> Sensitivity:
+    """Run every single-unit plan of `jobs(space)` on the started `backend` and return the drops. Plans that
+    fail are left out (their unit keeps only the choices that ran)."""
+    from autocompress.evaluators.size import plan_size
+
+    metric = quality_metric(config, info.task)
+    sign = 1.0 if QUALITY[metric] == "maximize" else -1.0
+    todo = jobs(space)
+    keys = list(todo)
+    start = time.perf_counter()
+    results: dict[tuple[str, str], float] = {}
+    pending = list(enumerate(keys))
+    done = 0
+    while pending or backend.in_flight():
+        while pending and backend.in_flight() < backend.capacity:
+            number, key = pending.pop(0)
+            backend.submit(number, todo[key].to_json(indent=None))
+        for number, outcome in backend.collect():
+            done += 1
+            if outcome.error is None and metric in outcome.metrics:
+                results[keys[number]] = outcome.metrics[metric]
+            if progress:
+                progress(done, len(keys))
+    if ("", "reference") not in results:
+        from autocompress.errors import UserError
+
+        raise UserError("sensitivity: the reference plan (every unit at its mildest setting) failed to evaluate")
+    reference = results.pop(("", "reference"))
+    ref_bytes = plan_size(todo[("", "reference")], info).total_bytes
+    sens = Sensitivity(metric, reference, fingerprint(config, metric), evaluations=len(keys))
+    for (unit, label), value in results.items():
+        sens.layers.setdefault(unit, {})[label] = round(sign * (reference - value), 8)
+        sens.saved_bytes.setdefault(unit, {})[label] = ref_bytes - plan_size(todo[(unit, label)], info).total_bytes
+    sens.seconds = time.perf_counter() - start
+    return sens
+
+
+def seed_params(space: Any, sens: Sensitivity, thresholds: Sequence[float]) -> dict[str, dict[str, Any]]:
+    """Label -> Optuna params of one seeded plan per threshold (module docstring); duplicates dropped."""
+    choices = space.main_choices()
+    out: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
+    for t in sorted(thresholds):
+        chosen: dict[tuple[str, str], dict[str, Any]] = {}  # (unit, technique) -> want
+        for unit, drops in sens.layers.items():
+            for label, drop in drops.items():
+                tech, want = choices.get(label, (None, None))
+                saved = sens.saved_bytes.get(unit, {}).get(label, 0)
+                if tech is None or drop > t or saved <= 0:
+                    continue
+                best = chosen.get((unit, tech))
+                if best is None or saved > best["_saved"]:
+                    chosen[(unit, tech)] = {**want, "_saved": saved}
+
+        def pick(unit: str, field_name: str, options: Sequence[Any]) -> Any:
+            for (u, _tech), want in chosen.items():
+                if u == unit and field_name in want and want[field_name] in options:
+                    return want[field_name]
+            return _mildest(field_name, options) if field_name in _MAIN else options[0]
+
+        params, plan = space.replay(pick)
+        key = json.dumps(params, sort_keys=True, default=str)
+        if plan.is_empty or key in seen:
+            continue
+        seen.add(key)
+        out[f"sensitivity drop<={t:g}"] = params
+    return out
+
+
+def load_or_measure(config: SearchConfig, backend: Any, info: Any, space: Any, run_dir: Path,
+                    progress: Callable[[int, int], None] | None = None) -> tuple[Sensitivity, bool]:
+    """The cached measurement in `run_dir` when its fingerprint matches this config, else a new one (saved).
+    Returns (sensitivity, measured_now)."""
+    path = Path(run_dir) / FILE
+    metric = quality_metric(config, info.task)
+    if path.is_file():
+        try:
+            cached = Sensitivity.load(path)
+            if cached.fingerprint == fingerprint(config, metric):
+                return cached, False
+        except (ValueError, TypeError, KeyError):
+            pass  # unreadable or from another version: measure again
+    sens = measure(config, backend, info, space, progress)
+    sens.save(path)
+    return sens, True

@@ -1,0 +1,103 @@
+"""Per-unit sensitivity: the single-unit plans, the measurement on a real backend, the cache, the seeds."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autocompress.models import load_model
+from autocompress.search.backends import make_backend
+from autocompress.search.sensitivity import Sensitivity, jobs, load_or_measure, seed_params
+from autocompress.spaces import ConfigSpace
+from tests.search.test_driver import make_config
+
+SPACE = {"quantize": {"bits": [2, 8, None], "group_size": [32]}, "prune": {"sparsity": [0.0, 0.5]}}
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sens")
+    config = make_config(tmp, space=SPACE, tracking={"uri": "none"}, backend={"name": "local"})
+    backend = make_backend(config)
+    info = backend.start()
+    space = ConfigSpace(config.space, info)
+    try:
+        sens, fresh = load_or_measure(config, backend, info, space, tmp)
+        again, fresh_again = load_or_measure(config, backend, info, space, tmp)
+    finally:
+        backend.close()
+    return config, space, sens, fresh, again, fresh_again, tmp
+
+
+def test_one_plan_per_unit_and_choice_plus_the_reference():
+    info = load_model("random:bert").info
+    from autocompress.config import SpaceSection
+
+    space = ConfigSpace(SpaceSection.model_validate({"quantize": {"bits": [4, 8]}}), info)
+    plans = jobs(space)
+    units = space.technique_units["quantize"]
+    assert len(plans) == 1 + 1 * len(units)  # bits 8 is the mildest here (no None): only bits=4 is a change
+    reference = plans[("", "reference")]
+    assert {e.bits for e in reference.layers.values()} == {8}
+    unit = next(iter(units))
+    single = plans[(unit, "quantize bits=4")]
+    changed = {n for n, e in single.layers.items() if e.bits == 4}
+    assert changed == set(units[unit])  # only that unit's layers
+
+
+def test_measurement_and_cache(measured):
+    config, space, sens, fresh, again, fresh_again, tmp = measured
+    assert fresh and not fresh_again and again == sens and (tmp / "sensitivity.json").is_file()
+    assert sens.metric == "fidelity" and sens.reference == pytest.approx(1.0, abs=1e-6)
+    units = space.units
+    assert set(sens.layers) == set(units)
+    for unit, drops in sens.layers.items():
+        assert set(drops) == {"quantize bits=2", "quantize bits=8", "prune sparsity=0.5 pattern=unstructured"}
+        assert sens.saved_bytes[unit]["quantize bits=2"] > sens.saved_bytes[unit]["quantize bits=8"] > 0
+    mean = {label: sum(d[label] for d in sens.layers.values()) / len(units) for label in ("quantize bits=2",
+                                                                                          "quantize bits=8")}
+    assert mean["quantize bits=2"] > mean["quantize bits=8"]  # fewer bits lose more
+    assert Sensitivity.load(tmp / "sensitivity.json") == sens
+
+
+def test_seeds_are_valid_params_ordered_by_threshold(measured):
+    _, space, sens, *_ = measured
+    seeds = seed_params(space, sens, [0.0, 1e-5, 1.0])
+    assert seeds, "at least the permissive threshold compresses something"
+    sizes = []
+    for label, params in seeds.items():
+        plan = space.sample(optuna.trial.FixedTrial(params))  # replayable exactly
+        assert not plan.is_empty
+        from autocompress.evaluators.size import plan_size
+
+        sizes.append(plan_size(plan, space.info).total_bytes)
+    assert sizes == sorted(sizes, reverse=True)  # a looser threshold never gives a bigger plan
+    loosest = space.sample(optuna.trial.FixedTrial(list(seeds.values())[-1]))
+    assert {e.bits for e in loosest.layers.values() if e.bits} == {2}  # at threshold 1.0 every unit takes 2 bits
+
+
+def test_a_search_seeded_from_sensitivity(tmp_path):
+    """`sensitivity: {thresholds: [...]}` measures once, caches, logs it, and enqueues one plan per threshold
+    right after the uniform baselines; `seed: false` turns it off for comparison."""
+    from autocompress.search.driver import run_search
+    from autocompress.search.rundir import RunDir
+
+    config = make_config(tmp_path, space=SPACE, budget={"n_trials": 8}, backend={"name": "local"},
+                         sensitivity={"thresholds": [0.0, 1.0]})
+    run_search(config, show_progress=False)
+    run = RunDir.open(tmp_path / "run")
+    labels = [t.user_attrs.get("baseline") for t in run.trials]
+    assert labels[:3] == ["quantize bits=2", "quantize bits=8", "prune sparsity=0.5 pattern=unstructured"]
+    assert "sensitivity drop<=1" in labels and (tmp_path / "run" / "sensitivity.json").is_file()
+    assert [t.number for t in run.seeded()] and not any(t in run.baselines() for t in run.seeded())
+    from tests.search.test_driver import children
+
+    parent, _ = children(config.tracking.uri)
+    from mlflow import MlflowClient
+
+    assert "sensitivity.json" in [a.path for a in MlflowClient(config.tracking.uri).list_artifacts(parent.info.run_id)]
+
+    off = make_config(tmp_path / "off", space=SPACE, budget={"n_trials": 4}, backend={"name": "local"},
+                      tracking={"uri": "none"}, sensitivity={"seed": False})
+    run_search(off, show_progress=False)
+    assert not (tmp_path / "off" / "run" / "sensitivity.json").exists()
