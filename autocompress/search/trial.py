@@ -17,7 +17,6 @@ is the backend's business: see backends.py.
 
 from __future__ import annotations
 
-import copy
 import gc
 import math
 import os

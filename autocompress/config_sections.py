@@ -1,0 +1,185 @@
+"""The parts of the search config that describe what is searched: the `space` sections (one per technique,
+plus `space.distill`) and the `pruner` section, with the metric names they and the rest of the config check
+against. `autocompress.config` re-exports every name here; import from there.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from autocompress.errors import UserError
+
+# metrics a trial can report, and whether the plan alone decides them (no model work needed)
+METRICS = {
+    "fidelity": "max", "fidelity_min": "max", "topk_agreement": "max",
+    "perplexity": "min", "perplexity_ratio": "min", "nll": "min", "accuracy": "max",
+    "size_mb": "min", "size_ratio": "min", "latency_ms": "min",
+}
+PLAN_METRICS = frozenset({"size_mb", "size_ratio"})  # plus latency_ms when the latency model is not `measured`
+TASK_METRICS = {
+    "embedding": {"fidelity", "fidelity_min", "topk_agreement"},
+    "causal-lm": {"perplexity", "perplexity_ratio", "nll"},
+    "sequence-classification": {"accuracy"},
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        close = difflib.get_close_matches(metric, list(METRICS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown metric {metric!r}{hint} (known: {', '.join(METRICS)})")
+
+
+class _Selectable(_Strict):
+    targets: list[str] | None = None
+    ignore: list[str] = []
+
+
+class QuantizeSpace(_Selectable):
+    bits: list[Literal[2, 3, 4, 5, 6, 7, 8] | None] = Field([4, 8, None], min_length=1)
+    group_size: list[int | None] = Field([128], min_length=1)
+    symmetric: list[bool] = Field([True], min_length=1)
+    method: list[Literal["rtn", "gptq"]] = Field(["rtn"], min_length=1)
+    act_bits: list[Literal[8] | None] = Field([None], min_length=1)
+
+
+class PruneSpace(_Selectable):
+    sparsity: list[float] = Field([0.0, 0.25, 0.5], min_length=1)
+    pattern: list[str] = Field(["unstructured"], min_length=1)
+    method: list[Literal["magnitude", "wanda"]] = Field(["wanda"], min_length=1)
+
+    @field_validator("sparsity")
+    @classmethod
+    def _range(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= s <= 0.95 for s in v):
+            raise ValueError("each sparsity must be within 0..0.95")
+        return v
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if p != "unstructured" and not re.match(r"^\d+:\d+$", p)]
+        if bad:
+            raise ValueError(f"pattern {bad[0]!r} is unknown; use unstructured or N:M such as 2:4")
+        return v
+
+
+class StructuredSpace(_Selectable):
+    sparsity: list[float] = Field([0.0, 0.125, 0.25], min_length=1)
+    method: list[Literal["magnitude", "wanda"]] = Field(["wanda"], min_length=1)
+
+    _range = field_validator("sparsity")(PruneSpace._range.__func__)
+
+
+class LowRankSpace(_Selectable):
+    rank: list[int | float | None] = Field([None, 0.5, 0.25], min_length=1)
+    method: list[Literal["svd", "whitened"]] = Field(["whitened"], min_length=1)
+
+
+class DistillSpace(_Strict):
+    """Knowledge distillation after the layers are compressed (`autocompress.distill.DistillConfig`). A list
+    is a choice the sampler makes, a scalar a constant; the fields other than steps are drawn only when the
+    trial's steps > 0 (steps 0 = no distillation)."""
+
+    steps: list[int] | int = [0, 100, 200]
+    lr: list[float] | float = [1e-4, 3e-4]
+    temperature: list[float] | float = 2.0
+    alpha: list[float] | float = 1.0
+    beta: list[float] | float = [0.0, 1.0]
+    layers: list[Literal["all", "last"]] | Literal["all", "last"] = ["all", "last"]
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(128, ge=1)
+    eval_every: int = Field(25, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _valid(self) -> "DistillSpace":
+        from autocompress.distill.config import DistillConfig
+
+        for name in ("steps", "lr", "temperature", "alpha", "beta", "layers"):
+            values = self.choices(name)
+            if not values:
+                raise ValueError(f"{name}: give at least one choice")
+            for v in values:
+                try:  # each value alone, the others at values DistillConfig accepts
+                    DistillConfig(**{"alpha": 1.0, name: v})
+                except UserError as exc:
+                    raise ValueError(str(exc)) from None
+        if 0 in self.choices("alpha") and 0 in self.choices("beta"):
+            raise ValueError("alpha 0 can be drawn with beta 0, which leaves nothing to train; drop 0 from one")
+        return self
+
+    def choices(self, name: str) -> list[Any]:
+        """The choices of a field (a scalar is the one choice)."""
+        value = getattr(self, name)
+        return list(value) if isinstance(value, list) else [value]
+
+
+class PrunerSection(_Strict):
+    """Early stopping of bad trials with an Optuna pruner (search/pruning.py). Unset arguments keep Optuna's
+    defaults; an argument the named pruner does not take is refused."""
+
+    name: Literal["none", "median", "percentile", "successive_halving", "hyperband"] = "none"
+    metric: str | None = Field(None, description="the quality metric reported at each step; default: the first "
+                                                 "objective the evaluator measures, else the task's quality metric")
+    subset: float = Field(0.25, gt=0, le=1, description="share of data.evaluation (at least 8 texts) that the "
+                                                        "intermediate steps evaluate on")
+    n_startup_trials: int | None = Field(None, ge=0)
+    n_warmup_steps: int | None = Field(None, ge=0)
+    interval_steps: int | None = Field(None, ge=1)
+    percentile: float | None = Field(None, ge=0, le=100)
+    min_resource: int | Literal["auto"] | None = None
+    max_resource: int | Literal["auto"] | None = None
+    reduction_factor: int | None = Field(None, ge=2)
+    min_early_stopping_rate: int | None = Field(None, ge=0)
+
+    ARGS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "none": (), "median": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
+        "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps"),
+        "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate"),
+        "hyperband": ("min_resource", "max_resource", "reduction_factor")}
+
+    @model_validator(mode="after")
+    def _args_fit(self) -> "PrunerSection":
+        args = self.ARGS[self.name]
+        extra = [k for k in sorted(self.model_fields_set) if k not in ("name", "metric", "subset", *args)
+                 and getattr(self, k) is not None]
+        if extra:
+            takes = ", ".join(args) or "no arguments"
+            raise ValueError(f"{extra[0]} is not an argument of the {self.name} pruner (it takes {takes})")
+        if self.name == "percentile" and self.percentile is None:
+            raise ValueError("the percentile pruner needs percentile (0..100), e.g. percentile: 25")
+        if self.name == "hyperband" and self.min_resource == "auto":
+            raise ValueError("min_resource 'auto' is only for successive_halving; give hyperband an integer >= 1")
+        for k in ("min_resource", "max_resource"):
+            if isinstance(getattr(self, k), int) and getattr(self, k) < 1:
+                raise ValueError(f"{k} must be an integer >= 1 or 'auto'")
+        if self.metric is not None:
+            _check_metric(self.metric)
+            if self.metric in PLAN_METRICS or self.metric == "latency_ms":
+                raise ValueError(f"metric {self.metric!r} is decided by the plan; a pruner needs a quality metric "
+                                 "such as fidelity, perplexity or accuracy")
+        return self
+
+
+class SpaceSection(_Strict):
+    share: Literal["layer", "group"] = "group"
+    quantize: QuantizeSpace | None = None
+    prune: PruneSpace | None = None
+    structured: StructuredSpace | None = None
+    lowrank: LowRankSpace | None = None
+    distill: DistillSpace | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "SpaceSection":
+        if not any((self.quantize, self.prune, self.structured, self.lowrank)):
+            raise ValueError("the search space is empty; add at least one of quantize, prune, structured, lowrank")
+        return self
