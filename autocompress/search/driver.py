@@ -128,6 +128,8 @@ class _Search:
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("worker", outcome.worker)
         trial.set_user_attr("duration_s", duration)
+        if outcome.apply_s or outcome.eval_s:  # the worker's own work, without dispatch and logging
+            trial.set_user_attr("work_s", outcome.apply_s + outcome.eval_s)
         if error or reason:
             trial.set_user_attr("error" if error else "reason", error or reason)
         if outcome.retries:  # its worker died and it ran again on a new one (same trial, same params)
@@ -256,7 +258,14 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
             trials = study.get_trials(deepcopy=False)
             return sum(1 for t in trials if t.state.is_finished()) - len(superseded(trials))
 
-        def refresh(bar: SearchProgress) -> None:
+        last_refresh = [0.0]
+
+        def refresh(bar: SearchProgress, force: bool = False) -> None:
+            # each refresh reads every trial back from the storage (3 queries): at most 4 a second, so a
+            # driver of short trials does not spend its time redrawing the bar
+            if not show_progress or (not force and time.monotonic() - last_refresh[0] < 0.25):
+                return
+            last_refresh[0] = time.monotonic()
             c = counts_by_state(study)
             bar.update(finished(), len(search.running), c.get("FAIL", 0), c.get("PRUNED", 0), search.best())
 
@@ -274,6 +283,7 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
                     search.start_trial(backend)
                     refresh(bar)
                 if not search.running:
+                    refresh(bar, force=True)
                     break
                 for number, outcome in backend.collect():
                     trial, plan, started, plan_metrics = search.running.pop(number)
