@@ -1,11 +1,13 @@
 """Does seeding a search from per-unit sensitivity reach a given hypervolume in fewer trials? (issue 6)
 
-Run:  .venv/bin/python benchmarks/sensitivity_seeding.py [--trials 40] [--seeds 3] [--samplers nsga2 tpe nsga2-gen]
+Run:  .venv/bin/python benchmarks/sensitivity_seeding.py [--trials 40] [--seeds 3] [--samplers nsga2 tpe]
 Writes benchmarks/results/sensitivity_seeding.json (every curve) and sensitivity_seeding.md.
 
 Setup: the real all-MiniLM-L6-v2, calibration n 64 / evaluation n 128 (builtin), objectives [maximize
-fidelity, minimize size_mb], constraint fidelity >= 0.9, per layer group: RTN g32 bits {2, 3, 4, 8, off} and
-magnitude sparsity {0, 0.3, 0.5}; local backend (1 trial at a time), tracking none, `--trials` per study.
+fidelity, minimize size_mb], constraint fidelity >= 0.9, per layer group (24 units): RTN g32 bits {3, 4, 8, off};
+local backend (1 trial at a time), tracking none, `--trials` per study. (A first run with 2-bit and 50%
+sparsity among the choices was uninformative: almost every sampled plan broke the constraint, so no sampled
+trial ever improved a front made of baselines.)
 
 1. The sensitivity is measured ONCE (`autocompress.search.sensitivity.load_or_measure`, on the local backend)
    and its cost reported apart: evaluations, seconds, and trial equivalents (its seconds over the median
@@ -13,12 +15,10 @@ magnitude sparsity {0, 0.3, 0.5}; local backend (1 trial at a time), tracking no
    evaluate, as a trial is).
 2. Each sampler runs unseeded (`sensitivity: {seed: false}`) and seeded (`sensitivity.thresholds`, the measured
    sensitivity.json copied into the run directory first, so it is not measured again) for sampler seeds
-   0..`--seeds`-1; both arms start from the same 6 uniform baselines. The strongest unseeded sampler (mean
+   0..`--seeds`-1; both arms start from the same uniform baselines. The strongest unseeded sampler (mean
    hypervolume-curve area) is the baseline the issue's claim is judged against.
-   "nsga2-gen" is nsga2 with a workaround for an Optuna 5 behaviour: a trial whose params are all enqueued
-   never calls `sample_relative`, so NSGAIISampler never gives it a generation and never uses it as a parent
-   (the baselines and the seeds are then invisible to the evolution). The workaround assigns the generation
-   in `before_trial` (`NSGAIISampler.get_trial_generation`), as a fix in autocompress would.
+   NSGA-II gives the enqueued trials (baselines, seeds) a generation (`autocompress.search.study.
+   assign_generation`), so they are parents of the evolution like sampled trials.
 
 Hypervolume (benchmarks/hypervolume.py): feasible front, fixed reference point (fidelity 0.9 = the
 constraint bound, size_mb of the uncompressed model), normalized by the box up to (fidelity 1, 0 MB).
@@ -42,7 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -53,8 +53,7 @@ RESULTS = Path(__file__).parent / "results"
 CONSTRAINT = 0.9
 THRESHOLDS = [0.001, 0.003, 0.01, 0.03]
 FRACTIONS = (0.90, 0.95, 0.99)
-SPACE = {"share": "group", "quantize": {"bits": [2, 3, 4, 8, None], "group_size": [32], "method": ["rtn"]},
-         "prune": {"sparsity": [0.0, 0.3, 0.5], "method": ["magnitude"]}}
+SPACE = {"share": "group", "quantize": {"bits": [3, 4, 8, None], "group_size": [32], "method": ["rtn"]}}
 OBJECTIVES = ["maximize fidelity", "minimize size_mb"]
 
 
@@ -65,7 +64,7 @@ def make_config(run_dir: Path, sampler: str, seed: int, trials: int, seeded: boo
             "data": {"calibration": {"source": "builtin", "n": 64, "seed": 1},
                      "evaluation": {"source": "builtin", "n": 128, "seed": 0}},
             "space": SPACE, "objectives": OBJECTIVES, "constraints": [f"fidelity >= {CONSTRAINT}"],
-            "budget": {"n_trials": trials}, "sampler": {"name": sampler.split("-")[0], "seed": seed},
+            "budget": {"n_trials": trials}, "sampler": {"name": sampler, "seed": seed},
             "backend": {"name": "local"}, "tracking": {"uri": "none"}, "run_dir": str(run_dir),
             "study_name": run_dir.name,
             "sensitivity": {"thresholds": THRESHOLDS} if seeded else {"seed": False}}
@@ -121,24 +120,6 @@ def shared_runner():
         backends.TrialRunner = original
 
 
-@contextmanager
-def nsga2_generation_fix():
-    """NSGAIISampler gives every trial a generation, enqueued ones too (module docstring, "nsga2-gen")."""
-    from optuna.samplers import NSGAIISampler
-
-    original = NSGAIISampler.before_trial
-
-    def before_trial(self, study, trial):
-        original(self, study, trial)
-        self.get_trial_generation(study, trial)  # sets the system attr; sample_relative reads it back
-
-    NSGAIISampler.before_trial = before_trial
-    try:
-        yield
-    finally:
-        NSGAIISampler.before_trial = original
-
-
 def measure_sensitivity(work: Path, shared: SharedRunner) -> tuple[Path, dict]:
     """Measure once into work/sensitivity/sensitivity.json (a file already there from an earlier invocation
     with the same fingerprint is reused, and its own recorded cost reported); returns (path, cost)."""
@@ -177,8 +158,7 @@ def run_one(work: Path, sampler: str, seed: int, trials: int, sens_file: Path | 
     if sens_file:
         shutil.copy(sens_file, run_dir / sens_file.name)
     hits, misses, start = shared.hits, len(shared.miss_s), time.perf_counter()
-    with nsga2_generation_fix() if sampler == "nsga2-gen" else nullcontext():
-        run_search(config, show_progress=False)
+    run_search(config, show_progress=False)
     wall = time.perf_counter() - start
     if sens_file:
         assert (run_dir / sens_file.name).read_text() == sens_file.read_text(), "sensitivity was measured again"
@@ -230,8 +210,8 @@ def write(result: dict) -> str:
     lines = ["# Sensitivity-seeded vs unseeded search (all-MiniLM-L6-v2)", "",
              f"Model {s['model']}; data: calibration n {s['calibration_n']}, evaluation n {s['evaluation_n']} "
              f"(builtin); objectives {s['objectives']}; constraint {s['constraint']}; space: per layer group "
-             f"(24 units), RTN g32 bits {{2, 3, 4, 8, off}} x magnitude sparsity {{0, 0.3, 0.5}}; {s['trials']} trials "
-             f"per study, each starting with the 6 uniform baselines; samplers {s['samplers']}; sampler seeds "
+             f"(24 units), RTN g32 bits {{3, 4, 8, off}}; {s['trials']} trials "
+             f"per study, each starting with the uniform baselines; samplers {s['samplers']}; sampler seeds "
              f"{s['seeds']}; seeded thresholds {s['thresholds']}; local backend, 1 trial at a time; machine: "
              f"{s['machine']}; torch {s['torch']}, optuna {s['optuna']}. Benchmark wall time {s['wall_min']:.1f} min.",
              "", f"Hypervolume: feasible front, fixed reference (fidelity {CONSTRAINT}, size_mb "
@@ -271,8 +251,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--samplers", nargs="+", default=["nsga2", "tpe", "nsga2-gen"],
-                        choices=["nsga2", "tpe", "nsga2-gen"])
+    parser.add_argument("--samplers", nargs="+", default=["nsga2", "tpe"],
+                        choices=["nsga2", "tpe"])
     parser.add_argument("--work-dir", help="where the run directories go (default: a new temporary one)")
     parser.add_argument("--out", default=str(RESULTS / "sensitivity_seeding"))
     args = parser.parse_args()

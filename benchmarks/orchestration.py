@@ -1,0 +1,182 @@
+"""What the orchestration costs: driver throughput with a no-op objective, and the overhead share of real trials.
+
+Run:  .venv/bin/python benchmarks/orchestration.py [--noop-trials 50 250] [--real-trials 16] [--skip-real]
+Writes benchmarks/results/orchestration.json and orchestration.md.  (issue 8, "Orchestration overhead")
+
+1. Driver throughput. The real driver (`run_search`: ask, the space samples a plan, plan size, plan JSON
+   written, dispatch, tell, MLflow) on the local backend, with the worker's work replaced by a no-op that
+   returns a metric derived from the plan (`NoopRunner`, patched in for `TrialRunner`). Model random:bert
+   with a per-layer space (36 decision units, so plans rarely repeat), objectives fidelity / size_mb, NSGA-II,
+   Optuna on SQLite. Each setting runs twice, with N1 and N2 trials; the marginal cost of one trial is
+   (wall(N2) - wall(N1)) / (N2 - N1), which leaves start-up out. Settings: MLflow off, and MLflow on a
+   SQLite store (a nested run per trial). The figure that matters for a cluster: a driver that needs c s per
+   trial keeps W workers busy with T-second trials while W / T < 1 / c.
+2. Overhead share of real trials: the quickstart (the real MiniLM, examples/quickstart.yaml) for `--real-trials`
+   trials on the local backend and on Ray (2 workers), MLflow on SQLite. Work = the worker's apply + evaluate
+   seconds (Optuna user attr `work_s`); the loop window = first trial start to last trial end (start-up, i.e.
+   model load and Ray start, reported apart). Overhead share = 1 - sum(work) / (window x workers): everything a
+   trial costs beyond its own work, including idle workers waiting for the driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class NoopRunner:
+    """Stands in for `TrialRunner(config)`: the model's inventory only, and a metric from the plan's text."""
+
+    def __init__(self, config) -> None:
+        from autocompress.models import load_model
+
+        self.info = load_model(config.model.name).info
+
+    def run(self, plan_json: str, number=None, attempt: int = 0, pruning=None):
+        from autocompress.search.trial import TrialOutcome, worker_name
+
+        return TrialOutcome(metrics={"fidelity": 0.9 + 0.1 * random.Random(plan_json).random()},
+                            worker=worker_name())
+
+
+def noop_search(root: Path, trials: int, tracking: str, tag: str) -> float:
+    from autocompress.config import SearchConfig
+    from autocompress.search import backends
+    from autocompress.search.driver import run_search
+
+    run_dir = root / f"noop-{tag}-{trials}"
+    uri = "none" if tracking == "none" else f"sqlite:///{run_dir}-mlflow.db"
+    config = SearchConfig.from_dict({
+        "model": {"name": "random:bert"}, "space": {"share": "layer", "quantize": {"bits": [2, 3, 4, 8, None]}},
+        "objectives": ["maximize fidelity", "minimize size_mb"], "budget": {"n_trials": trials},
+        "sampler": {"name": "nsga2", "seed": 0}, "tracking": {"uri": uri, "experiment": "noop"},
+        "run_dir": str(run_dir), "study_name": f"noop-{tag}-{trials}"}).resolved(root)
+    original, backends.TrialRunner = backends.TrialRunner, NoopRunner
+    try:
+        start = time.perf_counter()
+        result = run_search(config, show_progress=False)
+        wall = time.perf_counter() - start
+    finally:
+        backends.TrialRunner = original
+    assert sum(result.counts.values()) == trials, result.counts
+    return wall
+
+
+def throughput(root: Path, sizes: list[int]) -> list[dict]:
+    rows = []
+    for tracking in ("none", "sqlite"):
+        noop_search(root, 3, tracking, f"warmup-{tracking}")  # imports, first MLflow schema: not per trial
+        walls = {n: noop_search(root, n, tracking, tracking) for n in sizes}
+        lo, hi = min(sizes), max(sizes)
+        per_trial = (walls[hi] - walls[lo]) / (hi - lo)
+        rows.append({"tracking": "MLflow off" if tracking == "none" else "MLflow on SQLite",
+                     "walls_s": {str(n): round(w, 2) for n, w in walls.items()},
+                     "per_trial_ms": round(per_trial * 1000, 1), "trials_per_s": round(1 / per_trial, 1),
+                     "workers_kept_busy_at_10s_trials": int(10 / per_trial)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def real_overhead(root: Path, trials: int) -> list[dict]:
+    import yaml
+
+    from autocompress.config import SearchConfig
+    from autocompress.search.driver import run_search
+    from autocompress.search.rundir import RunDir
+
+    rows = []
+    for backend, workers in (("local", 1), ("ray", 2)):
+        data = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+        run_dir = root / f"quickstart-{backend}"
+        data.update({"budget": {"n_trials": trials}, "run_dir": str(run_dir), "study_name": f"qs-{backend}",
+                     "tracking": {"uri": f"sqlite:///{root}/mlflow-{backend}.db", "experiment": "overhead"},
+                     "backend": {"name": backend, "workers": workers, "cpus_per_trial": 1} if backend == "ray"
+                     else {"name": "local"}})
+        config = SearchConfig.from_dict(data).resolved(ROOT)
+        start = time.time()
+        result = run_search(config, show_progress=False)
+        end = time.time()
+        trials_done = [t for t in RunDir.open(run_dir).trials if t.state.is_finished()]
+        worked = [t for t in trials_done if "work_s" in t.user_attrs]
+        first = min(t.datetime_start.timestamp() for t in trials_done)
+        last = max(t.datetime_complete.timestamp() for t in trials_done)
+        window, work = last - first, sum(t.user_attrs["work_s"] for t in worked)
+        row = {"backend": backend, "workers": workers, "trials": len(trials_done), "evaluated": len(worked),
+               "counts": result.counts, "startup_s": round(first - start, 1), "window_s": round(window, 1),
+               "total_s": round(end - start, 1), "work_s": round(work, 1),
+               "mean_work_s": round(work / max(len(worked), 1), 2),
+               "overhead_share": round(1 - work / (window * workers), 4),
+               "overhead_per_trial_s": round((window * workers - work) / max(len(worked), 1), 3)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def markdown(result: dict) -> str:
+    env = result["env"]
+    lines = ["# Orchestration overhead (benchmarks/orchestration.py)", "",
+             f"{env['cpus']} CPU cores ({env['machine']}), load average before {env['load_before']}; "
+             f"optuna {env['optuna']}, ray {env['ray']}, mlflow {env['mlflow']}, torch {env['torch']}.", "",
+             "## Driver throughput, no-op objective (random:bert, 36 per-layer units, NSGA-II, Optuna on SQLite)",
+             "", "| tracking | wall s by trials | marginal ms / trial | trials / s | workers kept busy at 10 s "
+             "trials |", "|---|---|---|---|---|"]
+    for r in result["throughput"]:
+        walls = ", ".join(f"{n}: {w}" for n, w in r["walls_s"].items())
+        lines.append(f"| {r['tracking']} | {walls} | {r['per_trial_ms']} | {r['trials_per_s']} | "
+                     f"{r['workers_kept_busy_at_10s_trials']} |")
+    if result.get("real"):
+        lines += ["", "## Overhead share of real trials (quickstart: the real MiniLM, MLflow on SQLite)", "",
+                  "| backend | workers | trials (evaluated) | start-up s | loop window s | work s (mean) | "
+                  "overhead share | overhead s / evaluated trial |", "|---|---|---|---|---|---|---|---|"]
+        for r in result["real"]:
+            lines.append(f"| {r['backend']} | {r['workers']} | {r['trials']} ({r['evaluated']}) | {r['startup_s']} "
+                         f"| {r['window_s']} | {r['work_s']} ({r['mean_work_s']}) | {r['overhead_share']:.1%} | "
+                         f"{r['overhead_per_trial_s']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--noop-trials", type=int, nargs=2, default=[50, 250])
+    ap.add_argument("--real-trials", type=int, default=16)
+    ap.add_argument("--skip-real", action="store_true")
+    args = ap.parse_args()
+    import logging
+
+    import mlflow
+    import optuna
+    import ray
+    import torch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    root = Path(tempfile.mkdtemp(prefix="orchestration-"))
+    env = {"cpus": os.cpu_count(), "machine": platform.machine(), "load_before": [round(x, 2) for x in os.getloadavg()],
+           "optuna": optuna.__version__, "ray": ray.__version__, "mlflow": mlflow.__version__,
+           "torch": torch.__version__, "python": platform.python_version()}
+    result = {"env": env, "throughput": throughput(root, sorted(args.noop_trials))}
+    if not args.skip_real:
+        result["real"] = real_overhead(root, args.real_trials)
+    env["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "orchestration.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    (RESULTS / "orchestration.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
