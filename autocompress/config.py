@@ -252,6 +252,10 @@ class SearchConfig(_Strict):
         if self.pruner.metric is not None and self.pruner.metric not in TASK_METRICS[task]:
             raise UserError(f"pruner.metric {self.pruner.metric!r} is not measured for a model of task {task!r}; "
                             f"use one of {', '.join(sorted(TASK_METRICS[task]))}")
+        if self.pruner.name == "threshold":
+            from autocompress.search.pruning import threshold_bounds
+
+            threshold_bounds(self, task)  # raises when there is no bound to stop at
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

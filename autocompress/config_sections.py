@@ -127,7 +127,7 @@ class PrunerSection(_Strict):
     """Early stopping of bad trials with an Optuna pruner (search/pruning.py). Unset arguments keep Optuna's
     defaults; an argument the named pruner does not take is refused."""
 
-    name: Literal["none", "median", "percentile", "successive_halving", "hyperband"] = "none"
+    name: Literal["none", "median", "percentile", "successive_halving", "hyperband", "threshold"] = "none"
     metric: str | None = Field(None, description="the quality metric reported at each step; default: the first "
                                                  "objective the evaluator measures, else the task's quality metric")
     subset: float = Field(0.25, gt=0, le=1, description="share of data.evaluation (at least 8 texts) that the "
@@ -140,12 +140,15 @@ class PrunerSection(_Strict):
     max_resource: int | Literal["auto"] | None = None
     reduction_factor: int | None = Field(None, ge=2)
     min_early_stopping_rate: int | None = Field(None, ge=0)
+    lower: float | None = None
+    upper: float | None = None
 
     ARGS: ClassVar[dict[str, tuple[str, ...]]] = {
         "none": (), "median": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
         "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps"),
         "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate"),
-        "hyperband": ("min_resource", "max_resource", "reduction_factor")}
+        "hyperband": ("min_resource", "max_resource", "reduction_factor"),
+        "threshold": ("lower", "upper", "n_warmup_steps", "interval_steps")}
 
     @model_validator(mode="after")
     def _args_fit(self) -> "PrunerSection":

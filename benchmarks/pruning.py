@@ -1,7 +1,7 @@
 """Does early stopping pay? The same search on the real all-MiniLM-L6-v2 with and without an Optuna pruner.
 
-Run:  .venv/bin/python benchmarks/pruning.py [--seeds 0 1] [--trials 30] [--pruner median]
-Writes benchmarks/results/pruning.json and pruning.md.
+Run:  .venv/bin/python benchmarks/pruning.py [--seeds 0 1] [--trials 30] [--pruner median|threshold|...]
+Writes benchmarks/results/pruning_<pruner>.json and .md.
 
 Space: quantize bits [2, 3, 4, 8] group 32 RTN, unstructured Wanda sparsity [0, 0.3, 0.5] (per attention /
 FFN group), distillation steps [0, 50] (lr [1e-4, 3e-4], beta [0, 1], batch 8, max_length 64, eval_every 10).
@@ -38,7 +38,8 @@ SPACE = {"quantize": {"bits": [2, 3, 4, 8], "group_size": [32], "method": ["rtn"
          "distill": {"steps": [0, 50], "lr": [1e-4, 3e-4], "beta": [0.0, 1.0], "layers": "all",
                      "batch_size": 8, "max_length": 64, "eval_every": 10}}
 PRUNERS = {"median": {"name": "median", "n_startup_trials": 5},
-           "successive_halving": {"name": "successive_halving", "min_resource": 10, "reduction_factor": 3}}
+           "successive_halving": {"name": "successive_halving", "min_resource": 10, "reduction_factor": 3},
+           "threshold": {"name": "threshold", "n_warmup_steps": 20}}  # lower bound: the constraint, 0.9
 
 
 def one(arm: str, pruner: dict, seed: int, trials: int, root: Path) -> dict:
@@ -107,9 +108,10 @@ def main() -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pruning.json").write_text(json.dumps({"reference": REFERENCE, "ideal": IDEAL, "space": SPACE,
+    name = f"pruning_{args.pruner}"
+    (RESULTS / f"{name}.json").write_text(json.dumps({"reference": REFERENCE, "ideal": IDEAL, "space": SPACE,
                                                       "runs": rows}, indent=2))
-    (RESULTS / "pruning.md").write_text(markdown(rows, args))
+    (RESULTS / f"{name}.md").write_text(markdown(rows, args))
     print(markdown(rows, args))
     return 0
 

@@ -48,12 +48,35 @@ def subset_size(n: int, share: float) -> int:
     return min(n, max(8, int(round(n * share))))
 
 
-def make_pruner(config: SearchConfig) -> Any:
-    """The configured Optuna pruner; arguments left unset keep Optuna's defaults."""
+def threshold_bounds(config: SearchConfig, task: str) -> dict[str, float]:
+    """`lower` / `upper` of the threshold pruner: the configured ones, else the constraints on the pruner's
+    quality metric (`fidelity >= 0.9` -> lower 0.9). Raises `UserError` when there is neither."""
+    from autocompress.config import parse_constraint
+    from autocompress.errors import UserError
+
+    p = config.pruner
+    bounds = {k: getattr(p, k) for k in ("lower", "upper") if getattr(p, k) is not None}
+    if bounds:
+        return bounds
+    metric, _ = quality_metric(config, task)
+    for name, op, value in map(parse_constraint, config.constraints):
+        if name == metric:
+            bounds["lower" if op in (">=", ">") else "upper"] = value
+    if not bounds:
+        raise UserError(f"pruner threshold has no bound: add a constraint on {metric} (e.g. '{metric} >= 0.9') "
+                        "or set pruner.lower / pruner.upper")
+    return bounds
+
+
+def make_pruner(config: SearchConfig, task: str = "embedding") -> Any:
+    """The configured Optuna pruner; arguments left unset keep Optuna's defaults. `task` picks the quality
+    metric whose constraint bounds the threshold pruner."""
     import optuna
 
     p = config.pruner
     kwargs = {k: getattr(p, k) for k in p.ARGS[p.name] if getattr(p, k) is not None}
+    if p.name == "threshold":
+        return optuna.pruners.ThresholdPruner(**{**kwargs, **threshold_bounds(config, task)})
     if p.name == "median":
         return optuna.pruners.MedianPruner(**kwargs)
     if p.name == "percentile":
@@ -111,6 +134,7 @@ class WorkerPruning:
     def __init__(self, config: SearchConfig, task: str) -> None:
         self.config = config
         self.metric, _ = quality_metric(config, task)
+        self.task = task
         self._study: Any = None
         self._failed = False
 
@@ -123,7 +147,8 @@ class WorkerPruning:
             try:
                 self._study = optuna.load_study(study_name=self.config.study_name + SUFFIX,
                                                 storage=open_storage(self.config.storage),
-                                                sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(self.config))
+                                                sampler=optuna.samplers.RandomSampler(),
+                                                pruner=make_pruner(self.config, self.task))
             except Exception as exc:  # another machine that cannot reach the storage: run unpruned
                 self._failed = True
                 warnings.warn(f"this worker cannot open the pruning study in {self.config.storage!r} "

@@ -169,3 +169,36 @@ def test_pruner_metric_the_task_does_not_measure_is_refused():
                                      "pruner": {"name": "median", "metric": "perplexity"}})
     with pytest.raises(UserError, match="pruner.metric 'perplexity' is not measured"):
         config.check_task("embedding")
+
+
+def test_threshold_pruner_stops_at_the_constraint_bound():
+    config = make_config(Path("/tmp"), constraints=["fidelity >= 0.93"],
+                         pruner={"name": "threshold", "n_warmup_steps": 2})
+    config.check_task("embedding")
+    pruner = make_pruner(config, "embedding")
+    assert isinstance(pruner, optuna.pruners.ThresholdPruner)
+    assert (pruner._lower, pruner._upper, pruner._n_warmup_steps) == (0.93, float("inf"), 2)
+    explicit = make_config(Path("/tmp"), pruner={"name": "threshold", "upper": 3.0, "metric": "perplexity"})
+    assert make_pruner(explicit, "causal-lm")._upper == 3.0
+    unbounded = make_config(Path("/tmp"), pruner={"name": "threshold"})
+    with pytest.raises(UserError, match="pruner threshold has no bound: add a constraint on fidelity"):
+        unbounded.check_task("embedding")
+
+
+def test_local_search_with_the_threshold_pruner(tmp_path):
+    """Trials whose subset fidelity is under the constraint's bound end PRUNED with that value as the reason;
+    every completed trial was at or above it at every reported step."""
+    config = make_config(tmp_path, constraints=["fidelity >= 0.9995"], pruner={"name": "threshold"},
+                         tracking={"uri": "none"})
+    run_search(config, show_progress=False)
+    trials = stored_trials(config)
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    assert pruned, [t.user_attrs.get("metrics") for t in trials]
+    partner = companion(config)
+    for t in pruned:
+        reason = t.user_attrs["reason"]
+        assert reason.startswith("pruned by threshold at step ")
+        assert float(reason.rsplit(" ", 1)[1].rstrip(")")) < 0.9995
+    for t in trials:
+        if t.state.name == "COMPLETE":
+            assert min(partner[t.user_attrs["pruning_trial"]].intermediate_values.values()) >= 0.9995
