@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Iterable, Mapping
+
 
 class UserError(ValueError):
     """Bad input from the user: a plan, a config, a path, a name.
@@ -9,3 +11,16 @@ class UserError(ValueError):
     The message is one line that names the offending field or file and says how to fix it.
     The CLI prints it without a traceback and exits with code 2.
     """
+
+
+def from_fields(cls: Any, data: Mapping[str, Any], valid: Iterable[str], where: str) -> Any:
+    """`cls(**data)` for a settings object read from JSON: an unknown field, or a `UserError` the constructor
+    raises, becomes a `UserError` prefixed with `where` (e.g. "layer 'fc1'") naming the valid fields."""
+    valid = list(valid)
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise UserError(f"{where}: unknown field {unknown[0]!r}; valid fields: {', '.join(valid)}")
+    try:
+        return cls(**dict(data))
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None

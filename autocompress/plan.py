@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from autocompress.distill.config import DistillConfig
-from autocompress.errors import UserError
+from autocompress.errors import UserError, from_fields
 
 PLAN_VERSION = 1
 QUANT_METHODS = ("rtn", "gptq")
@@ -92,13 +92,7 @@ class LayerPlan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "layer") -> "LayerPlan":
-        unknown = sorted(set(data) - set(_DEFAULTS))
-        if unknown:
-            raise UserError(f"{where}: unknown field {unknown[0]!r}; valid fields: {', '.join(_DEFAULTS)}")
-        try:
-            return cls(**dict(data))
-        except UserError as exc:
-            raise UserError(f"{where}: {exc}") from None
+        return from_fields(cls, data, _DEFAULTS, where)
 
 
 def _check_layer_plan(p: LayerPlan) -> None:

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from autocompress.errors import UserError
+from autocompress.errors import UserError, from_fields
 
 LAYER_CHOICES = ("all", "last")
 
@@ -78,13 +78,7 @@ class DistillConfig:
     def from_dict(cls, data: Any, where: str = "distill") -> "DistillConfig":
         if not isinstance(data, Mapping):
             raise UserError(f"{where}: expected an object of distillation settings such as {{\"steps\": 200}}")
-        unknown = sorted(set(data) - set(_FIELDS))
-        if unknown:
-            raise UserError(f"{where}: unknown field {unknown[0]!r}; valid fields: {', '.join(_FIELDS)}")
-        try:
-            return cls(**dict(data))
-        except UserError as exc:
-            raise UserError(f"{where}: {exc}") from None
+        return from_fields(cls, data, _FIELDS, where)
 
     def summary(self) -> str:
         """Short text, e.g. "distill 200 steps lr 0.0001"."""
