@@ -5,6 +5,8 @@ module maps a URL onto Optuna's storage classes and turns every failure to open 
 URL forms (`storage_kind(url)` names each):
   sqlite:///PATH.db          "sqlite"   Optuna's RDBStorage on a file; the default (run_dir/optuna.db); no
                                         server. One machine; fine for a single search, not for sweeps.
+                                        Opened in WAL mode with synchronous=NORMAL (`_sqlite_wal`), so the
+                                        file needs a local file system.
   postgresql://USER@HOST[:PORT]/DB, mysql+pymysql://..., any SQLAlchemy URL
                              "rdb"      RDBStorage on a database server: the team set-up, safe for sweeps
                                         (several `autocompress search` processes on one study). The driver
@@ -102,7 +104,10 @@ def _rdb(url: str, kind: str) -> Any:
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     for attempt in range(3):
         try:
-            return optuna.storages._CachedStorage(optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs))
+            rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            if kind == "sqlite":
+                _sqlite_wal(rdb.engine)
+            return optuna.storages._CachedStorage(rdb)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             # several processes creating the tables of a fresh database at once: the losers of that race
             # fail on a duplicate table or version row; the schema exists now, so opening again succeeds
@@ -110,6 +115,27 @@ def _rdb(url: str, kind: str) -> Any:
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _sqlite_wal(engine: Any) -> None:
+    """Every connection of `engine` (a SQLite file) in write-ahead-log mode with synchronous=NORMAL: a
+    commit appends to the log instead of syncing the database file, about 50x cheaper here (2.5 ms -> 0.05
+    ms; a search commits a dozen times per trial). Crash-safe for the process (a killed driver loses
+    nothing committed); an OS crash or power loss may lose the last commits, never corrupts the file.
+    WAL needs a local file system (not NFS), as SQLite itself does for more than one process."""
+    from sqlalchemy import event
+
+    if engine.url.database in (None, "", ":memory:"):
+        return
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    engine.dispose()  # connections opened while creating the tables reconnect with the pragmas
 
 
 def _journal_file(url: str) -> Any:

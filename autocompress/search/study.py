@@ -158,11 +158,14 @@ def assign_generation(study: Any, trial: Any) -> None:
     Optuna 5's genetic samplers set a trial's generation in `sample_relative`, which a trial whose params are
     all enqueued (the uniform baselines, sensitivity seeds, re-queued trials) never calls: such trials belong
     to no generation and never become parents, so the evolution ignores the very plans seeded to help it.
-    Calling `get_trial_generation` at ask time records the generation for every trial; for a sampled trial it
-    is the value `sample_relative` would compute at the same moment."""
+    Calling `get_trial_generation` at ask time records the generation of an enqueued trial; for a sampled trial it
+    is the value `sample_relative` would compute at the same moment, so a trial with no enqueued params is
+    left to `sample_relative` (computing it twice costs a read of every trial)."""
     from optuna.samplers._ga._base import BaseGASampler
 
     sampler = study.sampler
     if isinstance(sampler, BaseGASampler):
-        sampler.get_trial_generation(study, study._storage.get_trial(trial._trial_id))
+        frozen = study._storage.get_trial(trial._trial_id)
+        if "fixed_params" in frozen.system_attrs:  # Optuna's mark of an enqueued trial
+            sampler.get_trial_generation(study, frozen)
 

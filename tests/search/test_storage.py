@@ -55,6 +55,23 @@ def test_a_bare_log_path_is_a_journal_file_in_the_working_directory(tmp_path, mo
     assert optuna.get_all_study_names(open_storage(f"journal://{tmp_path}/studies/sweep.log")) == ["s"]
 
 
+def test_sqlite_storage_commits_to_a_write_ahead_log(tmp_path):
+    """The default storage: every connection in WAL mode, synchronous=NORMAL (cheap commits), and what was
+    committed is there for a second process opening the file."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    storage = open_storage(url)
+    study = optuna.create_study(storage=storage, study_name="wal")
+    study.enqueue_trial({"x": 1})
+    with storage._backend.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    with sqlite3.connect(tmp_path / "optuna.db") as other:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # kept by the file itself
+        assert other.execute("SELECT count(*) FROM trials").fetchone()[0] == 1
+
+
 def test_finished_metrics_finds_a_complete_plan_of_any_process(tmp_path):
     from optuna.distributions import CategoricalDistribution
 
