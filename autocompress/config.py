@@ -118,7 +118,7 @@ class TrackingSection(_Strict):
                                         "(MLFLOW_HTTP_REQUEST_TIMEOUT; not retried at once)")
     retry_s: float = Field(
         30.0, ge=0, description="after a logging failure the trials are kept in memory and MLflow is tried "
-                                "again at the first trial end at least retry_s later, and at the end")
+                                "again retry_s later (at least 1 s) by the MLflow writer thread, and at the end")
 
 
 class TargetSection(_Strict):

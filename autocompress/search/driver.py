@@ -304,4 +304,4 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
         raise
     finally:
         backend.close()
-        recorder.call("close", status)
+        recorder.close(status)

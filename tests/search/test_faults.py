@@ -398,8 +398,13 @@ def test_mlflow_going_away_mid_search_never_stops_it_and_nothing_is_lost(tmp_pat
         config = make_config(tmp_path, tracking={"uri": uri, "retry_s": 0, "timeout_s": 5})
         seen: dict[str, list] = {}
 
-        def check(_pid: int) -> None:  # trial 3 has started: trials 0-2 must be in MLflow already
-            seen["before_end"] = sorted(by_number(mlflow_runs(uri)[1]))
+        def check(_pid: int) -> None:  # trial 3 has started (and waits): the writer logs trials 0-2 meanwhile
+            deadline = time.monotonic() + 60
+            while True:
+                seen["before_end"] = sorted(by_number(mlflow_runs(uri)[1]))
+                if seen["before_end"] == [0, 1, 2] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
             script.go(3)
 
         script = Script(folder, [("0.0", lambda pid: (stop_mlflow(server[0]), script.go(0))),
@@ -427,7 +432,17 @@ def test_mlflow_going_away_mid_search_never_stops_it_and_nothing_is_lost(tmp_pat
             f.unlink()
         other = make_config(tmp_path, tracking={"uri": uri, "retry_s": 0, "timeout_s": 5}, budget={"n_trials": 3},
                             study_name="gone", run_dir=str(tmp_path / "gone"))
-        script = Script(folder, [("1.0", lambda pid: (stop_mlflow(server[0]), script.go(1)))])
+        def kill_when_0_is_logged(_pid: int) -> None:  # the writer thread logs trial 0 while trial 1 waits
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                kids = mlflow_runs(uri, study="gone")[1]
+                if [k.info.status for k in kids] == ["FINISHED"]:
+                    break
+                time.sleep(0.5)
+            stop_mlflow(server[0])
+            script.go(1)
+
+        script = Script(folder, [("1.0", kill_when_0_is_logged)])
         script.start()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -436,8 +451,11 @@ def test_mlflow_going_away_mid_search_never_stops_it_and_nothing_is_lost(tmp_pat
         assert script.error is None, script.error
         still = [str(w.message) for w in caught if "still unreachable" in str(w.message)]
         print(f"at the end: {still[0]}")
-        assert result.counts == {"COMPLETE": 3} and result.untracked == [1, 2]
-        assert len(still) == 1 and "2 finished trial(s) (1, 2) are only in the Optuna storage" in still[0]
+        # trial 0's run was complete when the server died; the writer's last request for it (the check that
+        # no other writer logged it too) may have been under way then, so 0 may be untracked as well
+        assert result.counts == {"COMPLETE": 3} and result.untracked in ([1, 2], [0, 1, 2])
+        numbers = ", ".join(map(str, result.untracked))
+        assert len(still) == 1 and f"{len(result.untracked)} finished trial(s) ({numbers}) are only" in still[0]
 
         # 3. back again: the same command logs what only the Optuna storage had
         restart(0)
@@ -476,7 +494,7 @@ def test_a_hung_mlflow_server_costs_one_request_per_retry_interval(tmp_path):
             n += 1
 
     recorder = TrialRecorder(Tracker(MlflowClient(tracking_uri=uri), uri, "0", "parent"), "sqlite:///o.db",
-                             timeout_s=1, retry_s=3600)
+                             timeout_s=1, retry_s=3600, background=False)  # the policy, step by step
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
