@@ -23,17 +23,13 @@ trial ever improved a front made of baselines.)
 Hypervolume (benchmarks/hypervolume.py): feasible front, fixed reference point (fidelity 0.9 = the
 constraint bound, size_mb of the uncompressed model), normalized by the box up to (fidelity 1, 0 MB).
 
-Speed-up, not a change of results: every run in this process shares one TrialRunner (the model is loaded
-once), and a plan evaluated before (the uniform baselines every study starts with, the same seeded plans)
-returns its recorded outcome instead of being evaluated again. RTN, magnitude pruning and the evaluation are
-deterministic on the CPU (checked: the same plan gives bit-identical metrics), so the trials' metrics are
-exactly what a fresh evaluation gives; only wall time differs, and trial counts are what is compared.
+Speed-up, not a change of results: one model load and one evaluation per distinct plan across every run
+(benchmarks/shared_runner.py), so trial counts, not wall times, are what is compared.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -42,12 +38,12 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.hypervolume import hypervolume_curve, trials_to_reach  # noqa: E402
+from benchmarks.shared_runner import SharedRunner, shared_runner  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CONSTRAINT = 0.9
@@ -71,53 +67,6 @@ def make_config(run_dir: Path, sampler: str, seed: int, trials: int, seeded: boo
     if sampler.startswith("nsga2"):
         data["sampler"]["population_size"] = 8
     return SearchConfig.from_dict(data).resolved(run_dir.parent)
-
-
-class SharedRunner:
-    """Stands in for `TrialRunner(config)` in the local backend: one real TrialRunner for every run (same
-    model and data), and the outcome of each distinct plan JSON kept and returned again (see the module
-    docstring). `miss_s` holds the wall seconds of every real evaluation."""
-
-    def __init__(self) -> None:
-        self.runner, self.key, self.memo = None, None, {}
-        self.hits, self.miss_s = 0, []
-
-    def __call__(self, config):
-        from autocompress.search.trial import TrialRunner
-
-        key = json.dumps([config.model.model_dump(mode="json"), config.data.model_dump(mode="json")])
-        if self.runner is None:
-            self.runner, self.key = TrialRunner(config), key
-        if key != self.key:
-            raise RuntimeError("SharedRunner serves one model and data set only")
-        return self
-
-    @property
-    def info(self):
-        return self.runner.info
-
-    def run(self, plan_json: str, *args, **kwargs):
-        if plan_json in self.memo:
-            self.hits += 1
-            return copy.deepcopy(self.memo[plan_json])
-        start = time.perf_counter()
-        outcome = self.runner.run(plan_json, *args, **kwargs)
-        self.miss_s.append(time.perf_counter() - start)
-        if outcome.error is None:
-            self.memo[plan_json] = copy.deepcopy(outcome)
-        return outcome
-
-
-@contextmanager
-def shared_runner():
-    from autocompress.search import backends
-
-    shared, original = SharedRunner(), backends.TrialRunner
-    backends.TrialRunner = shared
-    try:
-        yield shared
-    finally:
-        backends.TrialRunner = original
 
 
 def measure_sensitivity(work: Path, shared: SharedRunner) -> tuple[Path, dict]:

@@ -1,0 +1,148 @@
+"""Scaling on this machine: 1 vs 2 Ray workers, and a model loaded once per worker vs once per trial.
+
+Run:  .venv/bin/python benchmarks/scaling.py [--trials 16] [--reloads 3]
+Writes benchmarks/results/scaling.json and scaling.md.  (issue 8, "Orchestration overhead and scaling")
+
+1. Workers. The quickstart (examples/quickstart.yaml: the real MiniLM, GPTQ per layer group, MLflow on
+   SQLite) with `--trials` trials on the Ray backend with 1 and then 2 workers, one CPU (one torch thread)
+   each. Throughput = evaluated trials / loop window (first trial start to last trial end; Ray start and the
+   model loads are reported apart as start-up). Speed-up = throughput(2) / throughput(1); efficiency =
+   speed-up / 2. The two runs share the seed, so they start from the same baselines, but what NSGA-II asks
+   next depends on the order results arrive; mean work seconds per trial are printed to show the trials
+   cost alike.
+2. Load once vs reload. What a worker pays before its first trial (`TrialRunner(config)`: load the model,
+   tokenize the calibration and evaluation texts, the reference outputs) against one trial
+   (`TrialRunner.run` on the quickstart's uniform baselines), on one torch thread, medians of `--reloads`.
+   A worker that reloaded per trial would pay the first on top of the second every time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def quickstart(root: Path, name: str, trials: int, backend: dict):
+    import yaml
+
+    from autocompress.config import SearchConfig
+
+    data = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    data.update({"budget": {"n_trials": trials}, "run_dir": str(root / name), "study_name": name,
+                 "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "experiment": "scaling"}, "backend": backend})
+    return SearchConfig.from_dict(data).resolved(ROOT)
+
+
+def workers(root: Path, trials: int) -> list[dict]:
+    from autocompress.search.driver import run_search
+    from autocompress.search.rundir import RunDir
+
+    rows = []
+    for n in (1, 2):
+        config = quickstart(root, f"workers-{n}", trials, {"name": "ray", "workers": n, "cpus_per_trial": 1})
+        start = time.time()
+        run_search(config, show_progress=False)
+        done = [t for t in RunDir.open(config.run_dir).trials if t.state.is_finished()]
+        worked = [t for t in done if "work_s" in t.user_attrs]
+        first = min(t.datetime_start.timestamp() for t in done)
+        window = max(t.datetime_complete.timestamp() for t in done) - first
+        rows.append({"workers": n, "trials": len(done), "evaluated": len(worked), "startup_s": round(first - start, 1),
+                     "window_s": round(window, 1), "trials_per_min": round(60 * len(worked) / window, 2),
+                     "mean_work_s": round(statistics.fmean(t.user_attrs["work_s"] for t in worked), 2)})
+        print(json.dumps(rows[-1]), flush=True)
+    one, two = rows
+    speedup = two["trials_per_min"] / one["trials_per_min"]
+    two.update({"speedup": round(speedup, 2), "efficiency": round(speedup / 2, 2)})
+    return rows
+
+
+def load_vs_trial(root: Path, reloads: int) -> dict:
+    import optuna
+    import torch
+
+    from autocompress.search.trial import TrialRunner
+    from autocompress.spaces import ConfigSpace
+
+    torch.set_num_threads(1)
+    config = quickstart(root, "reload", 1, {"name": "local"})
+    loads, runner = [], None
+    for _ in range(reloads):
+        start = time.perf_counter()
+        runner = TrialRunner(config)
+        loads.append(time.perf_counter() - start)
+    space = ConfigSpace(config.space, runner.info)
+    runs = []
+    for params in space.uniform_params().values():
+        plan = space.sample(optuna.trial.FixedTrial(params))
+        for _ in range(reloads):
+            start = time.perf_counter()
+            outcome = runner.run(plan.to_json(indent=None))
+            assert outcome.error is None, outcome.error
+            runs.append(time.perf_counter() - start)
+    load, trial = statistics.median(loads), statistics.median(runs)
+    out = {"load_s": round(load, 2), "loads_s": [round(x, 2) for x in loads], "trial_s": round(trial, 2),
+           "trials_timed": len(runs), "reload_per_trial_s": round(load + trial, 2),
+           "reload_cost_x": round((load + trial) / trial, 2)}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def markdown(result: dict) -> str:
+    env, rows, lv = result["env"], result["workers"], result["load_vs_trial"]
+    lines = ["# Scaling on one machine (benchmarks/scaling.py)", "",
+             f"{env['cpus']} CPU cores ({env['machine']}); ray {env['ray']}, torch {env['torch']}; the quickstart "
+             "(real MiniLM, GPTQ per layer group), one torch thread per worker, MLflow on SQLite.", "",
+             "| Ray workers | trials (evaluated) | start-up s | loop window s | evaluated trials / min | "
+             "mean work s / trial | speed-up | efficiency |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['workers']} | {r['trials']} ({r['evaluated']}) | {r['startup_s']} | {r['window_s']} | "
+                     f"{r['trials_per_min']} | {r['mean_work_s']} | {r.get('speedup', 1.0)} | "
+                     f"{r.get('efficiency', 1.0)} |")
+    lines += ["", "## Model loaded once per worker vs once per trial", "",
+              f"Loading (`TrialRunner(config)`: model, texts, reference outputs): median {lv['load_s']} s of "
+              f"{lv['loads_s']}; one trial: median {lv['trial_s']} s ({lv['trials_timed']} runs). Reloading per "
+              f"trial would make each trial {lv['reload_per_trial_s']} s, {lv['reload_cost_x']}x the cost of "
+              "a trial on a worker that keeps the model (what both backends do)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--reloads", type=int, default=3)
+    args = ap.parse_args()
+    import logging
+
+    import optuna
+    import ray
+    import torch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    root = Path(tempfile.mkdtemp(prefix="scaling-"))
+    env = {"cpus": os.cpu_count(), "machine": platform.machine(), "ray": ray.__version__, "torch": torch.__version__,
+           "load_before": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version()}
+    result = {"env": env, "load_vs_trial": load_vs_trial(root, args.reloads), "workers": workers(root, args.trials)}
+    env["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    (RESULTS / "scaling.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
