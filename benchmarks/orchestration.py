@@ -32,8 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.common import quickstart_config, save_results  # noqa: E402
 
 
 class NoopRunner:
@@ -90,21 +89,15 @@ def throughput(root: Path, sizes: list[int]) -> list[dict]:
 
 
 def real_overhead(root: Path, trials: int) -> list[dict]:
-    import yaml
-
-    from autocompress.config import SearchConfig
     from autocompress.search.driver import run_search
     from autocompress.search.rundir import RunDir
 
     rows = []
     for backend, workers in (("local", 1), ("ray", 2)):
-        data = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
-        run_dir = root / f"quickstart-{backend}"
-        data.update({"budget": {"n_trials": trials}, "run_dir": str(run_dir), "study_name": f"qs-{backend}",
-                     "tracking": {"uri": f"sqlite:///{root}/mlflow-{backend}.db", "experiment": "overhead"},
-                     "backend": {"name": backend, "workers": workers, "cpus_per_trial": 1} if backend == "ray"
-                     else {"name": "local"}})
-        config = SearchConfig.from_dict(data).resolved(ROOT)
+        spec = {"name": "ray", "workers": workers, "cpus_per_trial": 1} if backend == "ray" else {"name": "local"}
+        config = quickstart_config(root, f"qs-{backend}", trials, spec, f"sqlite:///{root}/mlflow-{backend}.db",
+                                   "overhead")
+        run_dir = Path(config.run_dir)
         start = time.time()
         result = run_search(config, show_progress=False)
         end = time.time()
@@ -170,11 +163,7 @@ def main() -> int:
     if not args.skip_real:
         result["real"] = real_overhead(root, args.real_trials)
     env["load_after"] = [round(x, 2) for x in os.getloadavg()]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "orchestration.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    (RESULTS / "orchestration.md").write_text(text)
-    print(text)
+    save_results("orchestration", result, markdown(result))
     return 0
 
 

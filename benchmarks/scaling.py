@@ -30,19 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.common import quickstart_config, save_results  # noqa: E402
 
 
 def quickstart(root: Path, name: str, trials: int, backend: dict):
-    import yaml
-
-    from autocompress.config import SearchConfig
-
-    data = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
-    data.update({"budget": {"n_trials": trials}, "run_dir": str(root / name), "study_name": name,
-                 "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "experiment": "scaling"}, "backend": backend})
-    return SearchConfig.from_dict(data).resolved(ROOT)
+    return quickstart_config(root, name, trials, backend, f"sqlite:///{root}/mlflow.db", "scaling")
 
 
 def workers(root: Path, trials: int) -> list[dict]:
@@ -136,11 +128,7 @@ def main() -> int:
            "load_before": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version()}
     result = {"env": env, "load_vs_trial": load_vs_trial(root, args.reloads), "workers": workers(root, args.trials)}
     env["load_after"] = [round(x, 2) for x in os.getloadavg()]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    (RESULTS / "scaling.md").write_text(text)
-    print(text)
+    save_results("scaling", result, markdown(result))
     return 0
 
 

@@ -49,9 +49,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.hypervolume import hypervolume_curve, is_feasible  # noqa: E402
+from benchmarks.common import RESULTS, save_results  # noqa: E402
 from benchmarks.shared_runner import shared_runner  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 CONSTRAINT, DOMINATE_FROM, TOLERANCE = 0.95, 0.95, 0.005
 SPACE = {"share": "group",
          "quantize": {"bits": [3, 4, 8, None], "group_size": [32, 128], "act_bits": [8, None], "method": ["rtn"]},
@@ -286,11 +286,7 @@ def main() -> int:
         measured = json.loads((work / "sensitivity.json").read_text())
         setup["sensitivity"] = {k: measured[k] for k in ("evaluations", "seconds")}
     result = {"setup": setup, "settings": settings}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    text = write(result)
-    Path(args.out + ".md").write_text(text)
-    print(text)
+    save_results(args.out, result, write(result))
     return 0
 
 

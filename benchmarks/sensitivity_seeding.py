@@ -30,7 +30,6 @@ Speed-up, not a change of results: one model load and one evaluation per distinc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -43,9 +42,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.hypervolume import hypervolume_curve, trials_to_reach  # noqa: E402
+from benchmarks.common import RESULTS, save_results  # noqa: E402
 from benchmarks.shared_runner import SharedRunner, shared_runner  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 CONSTRAINT = 0.9
 THRESHOLDS = [0.001, 0.003, 0.01, 0.03]
 FRACTIONS = (0.90, 0.95, 0.99)
@@ -260,11 +259,7 @@ def main() -> int:
             f"{int(f * 100)}% in {fmt(seeded_arm[f'to_{int(f * 100)}'])} seeded vs "
             f"{fmt(unseeded_arm[f'to_{int(f * 100)}'])} unseeded" for f in FRACTIONS))
     result["verdict"] = "Trials to reach the targets: " + "; ".join(parts) + "."
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(result, indent=1) + "\n")
-    text = write(result)
-    Path(args.out + ".md").write_text(text)
-    print(text)
+    save_results(args.out, result, write(result))
     return 0
 
 

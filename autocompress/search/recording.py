@@ -123,16 +123,16 @@ class TrialRecorder:
     def _write(self) -> None:
         """The writer thread: log what is kept whenever woken; after a failure, try again every retry_s."""
         while not self._stopping:
-            pause = None
-            if self.failed_at is not None and self.pending:
-                pause = max(self.failed_at + max(self.retry_s, MIN_RETRY_S) - time.monotonic(), 0.0)
-            if pause is None or pause > 0:
-                self._wake.wait(pause)
+            self._wake.wait(self._retry_in())
             self._wake.clear()
-            if self._stopping:
-                return
-            self.flush(force=self.failed_at is not None
-                       and time.monotonic() - self.failed_at >= max(self.retry_s, MIN_RETRY_S))
+            if not self._stopping and not self._retry_in():  # no failure, or its pause is over
+                self.flush(force=True)
+
+    def _retry_in(self) -> float | None:
+        """Seconds the writer still waits after a failure before trying again; None when nothing failed."""
+        if self.failed_at is None or not self.pending:
+            return None
+        return max(self.failed_at + max(self.retry_s, MIN_RETRY_S) - time.monotonic(), 0.0)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> bool:
         """Call a parent-run method of the tracker (log_text, log_metrics, close) the same guarded way;
