@@ -21,6 +21,7 @@ from autocompress.config_sections import (  # noqa: F401  (re-exported: the conf
     PLAN_METRICS,
     TASK_METRICS,
     DistillSpace,
+    EmbeddingSpace,
     LowRankSpace,
     PrunerSection,
     PruneSpace,

@@ -51,6 +51,15 @@ class QuantizeSpace(_Selectable):
     act_bits: list[Literal[8] | None] = Field([None], min_length=1)
 
 
+class EmbeddingSpace(_Selectable):
+    """Weight quantization of the embedding tables (RTN; groups run along each token's vector). With
+    `share: group` all selected tables are one decision unit named `embeddings`, else one unit per table."""
+
+    bits: list[Literal[2, 3, 4, 5, 6, 7, 8] | None] = Field([8, 4, None], min_length=1)
+    group_size: list[int | None] = Field([128], min_length=1)
+    symmetric: list[bool] = Field([True], min_length=1)
+
+
 class PruneSpace(_Selectable):
     sparsity: list[float] = Field([0.0, 0.25, 0.5], min_length=1)
     pattern: list[str] = Field(["unstructured"], min_length=1)
@@ -176,6 +185,7 @@ class PrunerSection(_Strict):
 class SpaceSection(_Strict):
     share: Literal["layer", "group"] = "group"
     quantize: QuantizeSpace | None = None
+    embeddings: EmbeddingSpace | None = None
     prune: PruneSpace | None = None
     structured: StructuredSpace | None = None
     lowrank: LowRankSpace | None = None
@@ -183,6 +193,7 @@ class SpaceSection(_Strict):
 
     @model_validator(mode="after")
     def _not_empty(self) -> "SpaceSection":
-        if not any((self.quantize, self.prune, self.structured, self.lowrank)):
-            raise ValueError("the search space is empty; add at least one of quantize, prune, structured, lowrank")
+        if not any((self.quantize, self.embeddings, self.prune, self.structured, self.lowrank)):
+            raise ValueError("the search space is empty; add at least one of quantize, embeddings, prune, "
+                             "structured, lowrank")
         return self

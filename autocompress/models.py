@@ -62,8 +62,24 @@ class StructureInfo:
 
 
 @dataclass(frozen=True)
+class EmbeddingInfo:
+    """An `nn.Embedding` table, weight [num_embeddings, embedding_dim]. `tied_to` names the Linear layer
+    that shares its weight (GPT-2's lm_head), else None: a tied table is compressed through that layer."""
+
+    name: str
+    num_embeddings: int
+    embedding_dim: int
+    tied_to: str | None = None
+
+    @property
+    def params(self) -> int:
+        return self.num_embeddings * self.embedding_dim
+
+
+@dataclass(frozen=True)
 class ModelInfo:
-    """The inventory a plan is written against. Cheap to pickle; holds no weights."""
+    """The inventory a plan is written against. Cheap to pickle; holds no weights. `layers` are the
+    Linear-like layers, `embeddings` the embedding tables (which only take weight quantization)."""
 
     model_type: str
     task: str
@@ -75,6 +91,7 @@ class ModelInfo:
     block_prefix: str | None = None
     tied_params: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    embeddings: dict[str, EmbeddingInfo] = field(default_factory=dict)
 
     def targets_by_default(self) -> list[str]:
         """Linear layers inside the repeated blocks (not heads, poolers or embeddings)."""
@@ -172,6 +189,7 @@ def inspect_model(model: nn.Module, task: str = "embedding") -> ModelInfo:
             layers[name] = LayerInfo(name, type(mod).__name__, n_in, n_out, mod.bias is not None,
                                      block_of(name), role_of(name))
     structures = _structures(model, block_of)
+    embeddings = _embeddings(model, layers)
     groups = {}
     for s in structures.values():
         if len(s.producers) > 1:
@@ -184,7 +202,16 @@ def inspect_model(model: nn.Module, task: str = "embedding") -> ModelInfo:
         model_type=getattr(config, "model_type", type(model).__name__),
         task=task, layers=layers, structures=structures, groups=groups, total_params=total,
         dtype_bytes=first.element_size(), block_prefix=prefix, extra=_architecture(config, prefix, model),
+        embeddings=embeddings,
     )
+
+
+def _embeddings(model: nn.Module, layers: dict[str, LayerInfo]) -> dict[str, EmbeddingInfo]:
+    """Every `nn.Embedding` table, with the Linear layer that shares its weight, if any."""
+    linear_weights = {id(model.get_submodule(n).weight): n for n in layers
+                      if getattr(model.get_submodule(n), "weight", None) is not None}
+    return {name: EmbeddingInfo(name, mod.num_embeddings, mod.embedding_dim, linear_weights.get(id(mod.weight)))
+            for name, mod in model.named_modules() if isinstance(mod, nn.Embedding)}
 
 
 def _architecture(config: Any, prefix: str | None, model: nn.Module) -> dict[str, Any]:

@@ -21,12 +21,14 @@ def is_linear_like(module: nn.Module) -> bool:
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """The weight of a Linear-like module as a [out, in] tensor sharing storage with the parameter."""
-    if isinstance(module, nn.Linear):
+    """The weight of a Linear-like module as a [out, in] tensor sharing storage with the parameter; of an
+    `nn.Embedding`, its table [num_embeddings, embedding_dim] (rows are tokens, so a quantization group runs
+    along one token's vector)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
         return module.weight.data
     if is_conv1d(module):
         return module.weight.data.t()
-    raise TypeError(f"{type(module).__name__} is not a Linear-like module")
+    raise TypeError(f"{type(module).__name__} is not a Linear-like module or an embedding")
 
 
 def in_out_features(module: nn.Module) -> tuple[int, int]:
@@ -83,9 +85,10 @@ class LowRankLinear(nn.Module):
 
 
 def weight_modules(module: nn.Module) -> list[nn.Module]:
-    """The Linear-like modules that carry the weights of a plan entry: itself, or both low-rank factors."""
+    """The modules that carry the weights of a plan entry: itself (Linear-like or an embedding table), or both
+    low-rank factors."""
     if isinstance(module, LowRankLinear):
         return [module.down, module.up]
-    if is_linear_like(module):
+    if is_linear_like(module) or isinstance(module, nn.Embedding):
         return [module]
-    raise TypeError(f"{type(module).__name__} is not a Linear-like module")
+    raise TypeError(f"{type(module).__name__} is not a Linear-like module or an embedding")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from autocompress.errors import UserError
 from autocompress.models import ModelInfo
-from autocompress.plan import CompressionPlan, resolve_rank
+from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
 from autocompress.selection import suggest
 
 
 def validate_plan(plan: CompressionPlan, info: ModelInfo) -> None:
     """Raise `UserError` (one line, naming the layer and the fix) if `plan` cannot be applied to the model.
 
-    Checks: every key is a layer or a structure of the model; structure keys carry only structured pruning
-    and Linear keys never do; a rank fits its layer and does not grow it; head pruning is not asked of grouped-query attention.
+    Checks: every key is a layer, a structure or an embedding table of the model; structure keys carry only
+    structured pruning and Linear keys never do; embedding keys carry only RTN weight quantization (bits,
+    group_size, symmetric) and are not tied to a Linear layer; a rank fits its layer and does not grow it; head pruning is not asked of grouped-query attention.
     """
     for name, entry in plan.layers.items():
         if name in info.structures:
@@ -24,9 +25,12 @@ def validate_plan(plan: CompressionPlan, info: ModelInfo) -> None:
                 raise UserError(f"plan layer {name!r}: head pruning with grouped-query attention is not "
                                 "supported; prune the block's FFN neurons instead")
             continue
+        if name in info.embeddings:
+            _check_embedding(name, entry, info)
+            continue
         if name not in info.layers:
             raise UserError(f"plan layer {name!r} is not a layer of this {info.model_type} model"
-                            + suggest(name, [*info.layers, *info.structures]))
+                            + suggest(name, [*info.layers, *info.structures, *info.embeddings]))
         li = info.layers[name]
         if entry.pattern == "structured":
             owners = [s.name for s in info.structures.values() if name in (*s.producers, s.consumer)]
@@ -44,3 +48,18 @@ def validate_plan(plan: CompressionPlan, info: ModelInfo) -> None:
                 raise UserError(f"plan layer {name!r}: rank {rank} would grow the layer (two factors hold more "
                                 f"than the {li.out_features}x{li.in_features} weight above rank {break_even}); "
                                 f"use a rank <= {break_even}")
+
+
+def _check_embedding(name: str, entry: LayerPlan, info: ModelInfo) -> None:
+    emb = info.embeddings[name]
+    if emb.tied_to is not None:
+        raise UserError(f"plan layer {name!r} is an embedding table tied to the Linear {emb.tied_to!r} (one "
+                        f"weight); quantize {emb.tied_to!r} instead, which quantizes both")
+    extra = [f for f, v in (("act_bits", entry.act_bits), ("sparsity", entry.prunes), ("rank", entry.factorizes))
+             if v]
+    if extra:
+        raise UserError(f"plan layer {name!r} is an embedding table; it takes only bits, group_size and "
+                        f"symmetric (drop {', '.join(extra)})")
+    if entry.quant_method != "rtn":
+        raise UserError(f"plan layer {name!r} is an embedding table; quant_method {entry.quant_method!r} needs "
+                        "a Linear's input statistics: use rtn")

@@ -62,3 +62,14 @@ def test_model_task_reads_the_config_only():
         model_task("/no/such/model")
     with pytest.raises(UserError, match="unknown random model"):
         model_task("random:t5")
+
+
+def test_embedding_tables_and_ties():
+    bert = load_model("random:bert").info
+    assert {n: (e.num_embeddings, e.embedding_dim, e.tied_to) for n, e in bert.embeddings.items()} == {
+        "embeddings.word_embeddings": (30522, 64, None), "embeddings.position_embeddings": (128, 64, None),
+        "embeddings.token_type_embeddings": (2, 64, None)}
+    gpt2 = load_model("random:gpt2").info
+    assert gpt2.embeddings["transformer.wte"].tied_to == "lm_head"  # one weight: compressed as the Linear
+    assert gpt2.embeddings["transformer.wpe"].tied_to is None
+    assert load_model("random:llama").info.embeddings["model.embed_tokens"].tied_to is None

@@ -54,3 +54,17 @@ def test_rank_that_grows_the_layer_refused(info):
     check(info, {"encoder.layer.0.attention.self.query": LayerPlan(rank=32)})
     with pytest.raises(UserError, match="rank 33 would grow the layer"):
         check(info, {"encoder.layer.0.attention.self.query": LayerPlan(rank=33)})
+
+
+def test_embedding_tables_take_rtn_weight_quantization_only(info):
+    check(info, {"embeddings.word_embeddings": LayerPlan(bits=4, group_size=32, symmetric=False)})
+    for bad, words in [(LayerPlan(bits=8, act_bits=8), "drop act_bits"), (LayerPlan(sparsity=0.5), "drop sparsity"),
+                       (LayerPlan(rank=8), "drop rank"), (LayerPlan(bits=4, quant_method="gptq"), "use rtn")]:
+        with pytest.raises(UserError, match=f"'embeddings.word_embeddings' is an embedding table.*{words}"):
+            check(info, {"embeddings.word_embeddings": bad})
+
+
+def test_tied_embedding_table_names_its_linear():
+    gpt2 = load_model("random:gpt2").info
+    with pytest.raises(UserError, match="tied to the Linear 'lm_head'.*quantize 'lm_head' instead"):
+        validate_plan(CompressionPlan({"transformer.wte": LayerPlan(bits=8)}), gpt2)

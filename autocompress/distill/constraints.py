@@ -13,7 +13,7 @@ fake-quantization parametrization on every quantized weight and a gradient mask 
 Trainable: the weights and biases of the Linear-like layers (low-rank factors included) and the parameters
 of the LayerNorm/RMSNorm modules inside the repeated blocks. Embeddings, heads (pooler, lm_head, often tied
 to the embeddings), final norms and anything outside the blocks stay frozen: the plan leaves them as the
-teacher has them.
+teacher has them (a quantized embedding table stays exactly as the quantize policy left it).
 
 How: a quantized weight trains as a latent float tensor W; the forward uses fake_quant(W) on the fixed grid
 with a straight-through gradient (the identity). A pruned weight's gradient is multiplied by its keep-mask
@@ -144,6 +144,8 @@ def _needs(model: nn.Module, plan: CompressionPlan | None,
             continue
         need = _Need(entry.bits, entry.group_size, entry.symmetric, entry.prunes)
         root = model.get_submodule(name)
+        if isinstance(root, nn.Embedding):
+            continue  # frozen: an embedding table keeps the quantized values the policy gave it
         if isinstance(root, LowRankLinear):
             out[f"{name}.down"], out[f"{name}.up"] = (root.down, need), (root.up, need)
         else:

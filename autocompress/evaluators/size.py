@@ -1,8 +1,9 @@
 """The size of a compressed model, from its plan and `ModelInfo` alone (no weights; microseconds).
 
 The packed format counted here (an exporter writes exactly this):
-  - Every parameter outside the Linear layers of `ModelInfo.layers` (embeddings, norms, ...) keeps its
-    original `dtype_bytes` per value. Original size = `total_params * dtype_bytes`. A Linear whose weight is
+  - Every parameter outside the Linear layers of `ModelInfo.layers` and the embedding tables of
+    `ModelInfo.embeddings` (norms, position biases, ...) keeps its original `dtype_bytes` per value.
+    Original size = `total_params * dtype_bytes`. A Linear whose weight is
     tied to another parameter (GPT-2's lm_head) is counted once, as the layer.
   - Structured pruning first changes shapes. A structure entry (pattern structured, sparsity s) removes
     n = round(s * units) units (at most units - 1). Each producer loses n * unit_size output rows (3x that for
@@ -19,6 +20,8 @@ The packed format counted here (an exporter writes exactly this):
     (rounded up to whole bytes per matrix). A sparse layout is used only when it is smaller than the dense
     one; otherwise the matrix is stored dense (`SizeReport.formats` says which).
   - Biases keep `dtype_bytes` per value. act_bits changes nothing stored.
+  - An embedding table [num_embeddings, dim] is a weight matrix like the above (rows = tokens, groups along
+    dim), always dense. A table tied to a Linear layer is counted once, as that layer.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ from autocompress.validation import validate_plan
 
 @dataclass(frozen=True)
 class SizeReport:
-    """Bytes of the packed model. `per_layer` covers every Linear layer of the model (post-compression);
-    `other_bytes` is every other parameter; `total_bytes == sum(per_layer.values()) + other_bytes`.
-    `formats` gives each Linear's storage layout: "dense", "bitmask", "N:M" (e.g. "2:4") or "lowrank"."""
+    """Bytes of the packed model. `per_layer` covers every Linear layer and every untied embedding table of
+    the model (post-compression); `other_bytes` is every other parameter; `total_bytes == sum(per_layer.values()) + other_bytes`.
+    `formats` gives each entry's storage layout: "dense", "bitmask", "N:M" (e.g. "2:4") or "lowrank"."""
 
     total_bytes: int
     original_bytes: int
@@ -102,9 +105,13 @@ def plan_size(plan: CompressionPlan, info: ModelInfo) -> SizeReport:
     validate_plan(plan, info)
     db = info.dtype_bytes
     original = info.total_params * db
-    other = original - sum(li.params for li in info.layers.values()) * db
+    tables = {n: e for n, e in info.embeddings.items() if e.tied_to is None}
+    other = original - (sum(li.params for li in info.layers.values()) + sum(e.params for e in tables.values())) * db
     per_layer: dict[str, int] = {}
     formats: dict[str, str] = {}
+    for name, emb in tables.items():
+        per_layer[name], formats[name] = matrix_bytes(emb.num_embeddings, emb.embedding_dim, plan.layers.get(name),
+                                                      db, sparse=False)
     for name, (out, inp) in pruned_shapes(plan, info).items():
         entry = plan.layers.get(name)
         bias = out * db if info.layers[name].bias else 0

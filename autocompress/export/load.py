@@ -133,8 +133,8 @@ def _apply_kernels(model: nn.Module, packed: PackedModel) -> dict[str, str]:
     for name, record in packed.layers.items():
         for prefix, module in weight_parts(model, name):
             meta = record["matrices"][f"{prefix}.weight"]
-            if meta["bits"] is None:
-                continue
+            if meta["bits"] is None or isinstance(module, nn.Embedding):
+                continue  # embedding tables are dequantized on load
             parts = {s: packed.tensors[f"{prefix}.weight.{s}"] for s in SUFFIXES
                      if f"{prefix}.weight.{s}" in packed.tensors}
             q, grid = unpack_int(parts, meta)

@@ -1,7 +1,8 @@
 """A compressed model <-> the flat dict of packed tensors and per-layer metadata that model.safetensors holds.
 
 Tensor names are state_dict keys. For every Linear-like layer of `ModelInfo.layers` (both factors of a
-`LowRankLinear`: `<layer>.down.weight`, `<layer>.up.weight`) the weight is either stored as the parameter
+`LowRankLinear`: `<layer>.down.weight`, `<layer>.up.weight`) and every embedding table not tied to one
+(`<table>.weight`, [num_embeddings, dim] taken as [out, in]) the weight is either stored as the parameter
 itself (not quantized and dense: native layout, model dtype) or packed by `matrix.pack_matrix` as
 `<key>.qweight`, `<key>.scales`, ... in the [out, in] layout (a GPT-2 Conv1D's [in, out] weight is transposed
 back on unpacking). Biases and every other parameter are stored as they are; a parameter tied to another
@@ -84,7 +85,8 @@ def pack_model(model: nn.Module, plan: CompressionPlan, info: ModelInfo) -> Pack
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, dict[str, Any]] = {}
     handled: set[str] = set()
-    for name in info.layers:
+    tables = [n for n, e in info.embeddings.items() if e.tied_to is None]
+    for name in [*info.layers, *tables]:
         entry = plan.layers.get(name)
         parts = weight_parts(model, name)
         low_rank = len(parts) == 2
@@ -109,7 +111,7 @@ def pack_model(model: nn.Module, plan: CompressionPlan, info: ModelInfo) -> Pack
                 total += _nbytes(tensors[key])
             record["matrices"][key] = meta
             record["layout"] = record["layout"] or meta["layout"]
-            if module.bias is not None:
+            if getattr(module, "bias", None) is not None:
                 total += _nbytes(module.bias)
         if low_rank:
             record["rank"] = parts[0][1].out_features

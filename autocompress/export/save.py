@@ -1,6 +1,6 @@
 """`save_compressed`: write a compressed model as a self-contained packed export directory.
 
-The directory (FORMAT_VERSION 1):
+The directory (FORMAT_VERSION 2; version 2 added packed embedding tables, version 1 exports still load):
   model.safetensors  every tensor (see `packed.py`), the per-layer metadata as JSON in `__metadata__`
                      ("format", "format_version", "dtype", "layers", "tied")
   config.json        the original model config (the policies never change `model.config`)
@@ -28,7 +28,7 @@ from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan
 
 FORMAT_NAME = "autocompress.packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FILES = ("model.safetensors", "config.json", "plan.json", "README.md", "export.json")
 
 
@@ -36,7 +36,7 @@ FILES = ("model.safetensors", "config.json", "plan.json", "README.md", "export.j
 class ExportReport:
     """What `save_compressed` wrote. `tensor_bytes` (the sum of the tensors' bytes) equals `predicted_bytes`
     (`plan_size(plan, info).total_bytes`) unless `differences` explains why; `file_bytes` adds the
-    safetensors header. `per_layer` and `formats` are the stored bytes and layout of each Linear layer."""
+    safetensors header. `per_layer` and `formats` are the stored bytes and layout of each Linear layer and embedding table."""
 
     out_dir: str
     files: list[str]

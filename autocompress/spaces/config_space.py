@@ -5,7 +5,8 @@ the Linear layers inside the blocks). With `share: group`, layers of one `ModelI
 gate/up) that are all selected form ONE unit named by the group (`encoder.layer.0.attention.self.qkv`) and
 share its settings; every other layer is a unit of its own. With `share: layer` every layer is its own unit.
 Structured pruning decides per structure (heads or FFN neurons); grouped-query attention heads are left out
-(they cannot be pruned).
+(they cannot be pruned). `space.embeddings` picks embedding tables (`select_embeddings`; default: every table
+not tied to a Linear): with `share: group` all of them are ONE unit named `embeddings`, else one per table.
 
 Optuna params are named `"<unit>.<field>"` with the `LayerPlan` field names: bits, group_size, symmetric,
 quant_method, act_bits, sparsity, pattern, prune_method, rank, rank_method; all are categorical over the
@@ -13,6 +14,7 @@ config's choices (None kept as None). A field with a single choice is a constant
 the sampler sees only real decisions. Conditional (define-by-run), in this order per trial:
   lowrank    rank (choices filtered per unit, see below); rank_method only when the rank is not None.
   quantize   bits; group_size, symmetric, quant_method only when bits is not None; act_bits always.
+  embeddings bits; group_size, symmetric only when bits is not None (always RTN).
   prune      skipped for a unit's layers that got a rank (a sparse matrix's factors are dense); then
              pattern, then for "unstructured" the sparsity among the config's choices; an N:M pattern
              implies sparsity 1 - N/M. When 0.0 is a sparsity choice but "unstructured" is not a pattern,
@@ -22,6 +24,10 @@ the sampler sees only real decisions. Conditional (define-by-run), in this order
   distill    last, one plan-level decision (`space.distill`, params "distill.<field>"): steps; lr,
              temperature, alpha, beta, layers only when steps > 0; batch_size, max_length, eval_every and
              seed are constants. The uniform baselines take steps 0 when 0 is a choice (no distillation).
+Uniform baselines: one per compressing choice of each technique's main field. "quantize bits=b" also puts
+the embedding tables at b bits when b is among space.embeddings' choices (else leaves them alone): uniform
+means every quantizable weight. Embedding-only baselines exist only when the space has no quantize section;
+`main_choices` (what sensitivity measures) always lists the embedding choices.
 Rank filtering: a rank choice stays in a unit's choices only if, for every layer of the unit, the resolved
 rank does not exceed the break-even in*out // (in+out), also at each shape that structured pruning in this
 space can shrink the layer to; so a rank never grows a layer. The filter depends only on shapes and config,
@@ -41,17 +47,28 @@ from autocompress.distill.config import DistillConfig
 from autocompress.errors import UserError
 from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
-from autocompress.selection import select_layers
+from autocompress.selection import select_embeddings, select_layers
 from autocompress.spaces._base import SearchSpace
 
-TECHNIQUES = ("lowrank", "quantize", "prune", "structured")  # the order decisions are drawn in
+TECHNIQUES = ("lowrank", "quantize", "embeddings", "prune", "structured")  # the order decisions are drawn in
 FIELDS = {"lowrank": {"rank", "rank_method"}, "quantize": {"bits", "group_size", "symmetric", "quant_method", "act_bits"},
+          "embeddings": {"bits", "group_size", "symmetric"},
           "prune": {"pattern", "sparsity", "prune_method"}, "structured": {"sparsity", "prune_method"}}
 Pick = Callable[[str, str, Sequence[Any]], Any]  # (unit, field, choices) -> value
+COMPANIONS = {"quantize": ("quantize", "embeddings")}  # techniques a uniform baseline of the key also sets
+EMBEDDINGS_UNIT = "embeddings"
 
 
 def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _wanted_or_off(value: Any, choices: Sequence[Any]) -> Any:
+    """A uniform baseline's value for one field: the wanted one, else None (off) if that is a choice, else the
+    first choice (a unit of a companion technique that cannot take the baseline's value)."""
+    if value in choices:
+        return value
+    return None if None in choices else choices[0]
 
 
 class ConfigSpace(SearchSpace):
@@ -66,6 +83,11 @@ class ConfigSpace(SearchSpace):
             if sec is not None:
                 names = select_layers(info, sec.targets, sec.ignore, where=f"space.{tech}")
                 self.technique_units[tech] = self._group(names)
+        if space.embeddings is not None:
+            e = space.embeddings
+            tables = select_embeddings(info, e.targets, e.ignore)
+            self.technique_units["embeddings"] = ({EMBEDDINGS_UNIT: tuple(tables)} if space.share == "group"
+                                                  else {n: (n,) for n in tables})
         if space.structured is not None:
             st = space.structured
             names = [n for n in select_layers(info, st.targets, st.ignore, structures=True, where="space.structured")
@@ -101,10 +123,10 @@ class ConfigSpace(SearchSpace):
         for label, (tech, want) in self._uniform_wanted().items():
             def pick(unit: str, field: str, choices: Sequence[Any], want=want) -> Any:
                 if field in want:
-                    return want[field] if want[field] in choices else None
+                    return _wanted_or_off(want[field], choices)
                 return choices[0]
 
-            plan = self._build(pick, (tech,), distill=False)
+            plan = self._build(pick, COMPANIONS.get(tech, (tech,)), distill=False)
             if not plan.is_empty:
                 plans[label] = plan
         return plans
@@ -117,13 +139,16 @@ class ConfigSpace(SearchSpace):
         off_values = (None, 0.0, "dense")
         out: dict[str, dict[str, Any]] = {}
         for name, (tech, want) in self._uniform_wanted().items():
-            own = self.technique_units.get(tech, {})
+            techs = COMPANIONS.get(tech, (tech,))
+            own = {u for t in techs for u in self.technique_units.get(t, {})}
+            fields_ = set().union(*(FIELDS[t] for t in techs))
             params: dict[str, Any] = {}
 
-            def pick(unit: str, field: str, choices: Sequence[Any], own=own, want=want, params=params) -> Any:
-                mine = unit in own and field in FIELDS[tech]  # unit names repeat across techniques
+            def pick(unit: str, field: str, choices: Sequence[Any], own=own, want=want, params=params,
+                     fields_=fields_) -> Any:
+                mine = unit in own and field in fields_  # unit names repeat across techniques
                 if mine and field in want:
-                    value = want[field] if want[field] in choices else choices[0]
+                    value = _wanted_or_off(want[field], choices)
                 elif not mine and field in ("bits", "sparsity", "pattern", "rank", "steps"):
                     value = next((c for c in choices if c in off_values and type(c) is not bool), choices[0])
                 else:
@@ -155,13 +180,16 @@ class ConfigSpace(SearchSpace):
     def main_choices(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """Label -> (technique, {field: value}) for every compressing choice of each technique's main field,
         e.g. "quantize bits=4" -> ("quantize", {"bits": 4}) (the uniform baselines use the same labels)."""
-        return self._uniform_wanted()
+        return self._uniform_wanted(all_embeddings=True)
 
-    def _uniform_wanted(self) -> dict[str, tuple[str, dict[str, Any]]]:
-        """Label -> (technique, the one choice of its main field) for each uniform baseline."""
+    def _uniform_wanted(self, all_embeddings: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Label -> (technique, the one choice of its main field) for each uniform baseline (with
+        `all_embeddings`, also the embedding choices a quantize baseline already covers)."""
         sp, wanted = self.space, []
         if sp.quantize:
             wanted += [("quantize", {"bits": b}) for b in sp.quantize.bits if b is not None]
+        if sp.embeddings and (all_embeddings or not sp.quantize):
+            wanted += [("embeddings", {"bits": b}) for b in sp.embeddings.bits if b is not None]
         if sp.prune:
             for p in sp.prune.pattern:
                 if p == "unstructured":
@@ -213,6 +241,17 @@ class ConfigSpace(SearchSpace):
                               symmetric=pick(unit, "symmetric", q.symmetric),
                               quant_method=pick(unit, "quant_method", q.method))
             fields["act_bits"] = pick(unit, "act_bits", q.act_bits)
+            for name in members:
+                out[name].update(fields)
+
+    def _embeddings(self, pick: Pick, units: dict, out: dict) -> None:
+        e = self.space.embeddings
+        for unit, members in units.items():
+            bits = pick(unit, "bits", e.bits)
+            if bits is None:
+                continue
+            fields = dict(bits=bits, group_size=pick(unit, "group_size", e.group_size),
+                          symmetric=pick(unit, "symmetric", e.symmetric))
             for name in members:
                 out[name].update(fields)
 
@@ -283,6 +322,8 @@ class ConfigSpace(SearchSpace):
         checks = [("lowrank.rank", dict(rank=r)) for r in (sp.lowrank.rank if sp.lowrank else ())]
         checks += [("quantize.group_size", dict(bits=4, group_size=g))
                    for g in (sp.quantize.group_size if sp.quantize else ())]
+        checks += [("embeddings.group_size", dict(bits=4, group_size=g))
+                   for g in (sp.embeddings.group_size if sp.embeddings else ())]
         checks += [("prune.pattern", dict(pattern=p)) for p in (sp.prune.pattern if sp.prune else ())]
         for where, fields in checks:
             try:

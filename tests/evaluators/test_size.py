@@ -36,8 +36,8 @@ def test_empty_plan_is_the_original(info):
     r = size(info, {})
     assert r.total_bytes == r.original_bytes == info.total_params * info.dtype_bytes
     assert r.ratio == 1.0 and r.size_mb == r.total_bytes / 1e6
-    assert r.other_bytes > 30522 * 64 * 4  # the word embeddings are not Linear layers
-    assert set(r.per_layer) == set(info.layers) and set(r.formats.values()) == {"dense"}
+    assert r.per_layer["embeddings.word_embeddings"] == 30522 * 64 * 4  # a table is an entry of its own
+    assert set(r.per_layer) == {*info.layers, *info.embeddings} and set(r.formats.values()) == {"dense"}
     assert sum(r.per_layer.values()) + r.other_bytes == r.total_bytes
 
 
@@ -166,3 +166,17 @@ def test_low_rank_size_matches_module_surgery(bert):
     plan = CompressionPlan({Q: LayerPlan(rank=0.25), INTER: LayerPlan(rank=5)})
     policy().apply(lm.model, plan, None)
     assert _param_bytes(lm.model) == plan_size(plan, lm.info).total_bytes
+
+
+def test_embedding_table_counts_like_a_dense_matrix(info):
+    word = "embeddings.word_embeddings"  # [30522, 64]
+    r = size(info, {word: LayerPlan(bits=4, group_size=32)})
+    assert r.per_layer[word] == 30522 * 64 // 2 + 30522 * 2 * 2  # 4-bit values + 2 fp16 scales per token
+    assert r.total_bytes == r.original_bytes - 30522 * 64 * 4 + r.per_layer[word] and r.formats[word] == "dense"
+
+
+def test_tied_table_is_counted_once_as_its_linear():
+    gpt2 = load_model("random:gpt2").info
+    r = size(gpt2, {"lm_head": LayerPlan(bits=8, group_size=None)})
+    assert "transformer.wte" not in r.per_layer and r.per_layer["lm_head"] == 30522 * 64 + 30522 * 2
+    assert r.total_bytes == r.original_bytes - 30522 * 64 * 4 + r.per_layer["lm_head"]

@@ -1,4 +1,5 @@
-"""Compressed random models exported once per session: every layout, RTN and GPTQ, sym and asym."""
+"""Compressed random models exported once per session: every layout, RTN and GPTQ, sym and asym, and
+quantized embedding tables."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ PLANS = {
         f"{B}.1.attention.self.key": LayerPlan(sparsity=0.5, bits=8, group_size=None),
         f"{B}.1.output.dense": LayerPlan(pattern="2:4"),
         f"{B}.1.attention.output.dense": LayerPlan(act_bits=8),
+        "embeddings.word_embeddings": LayerPlan(bits=4, group_size=32),
+        "embeddings.position_embeddings": LayerPlan(bits=8, group_size=None, symmetric=False),
     },
     "random:gpt2": {
         "transformer.h.0.attn.c_attn": LayerPlan(bits=4, group_size=32, quant_method="gptq"),
@@ -38,6 +41,7 @@ PLANS = {
         "transformer.h.1.mlp": LayerPlan(sparsity=0.25, pattern="structured"),
         "transformer.h.1.attn.c_attn": LayerPlan(rank=0.25),
         "lm_head": LayerPlan(bits=4, group_size=32),  # tied to transformer.wte
+        "transformer.wpe": LayerPlan(bits=3, group_size=16),
     },
     "random:llama": {
         "model.layers.0.self_attn.q_proj": LayerPlan(bits=4, group_size=32, symmetric=False, quant_method="gptq"),
@@ -48,6 +52,7 @@ PLANS = {
         "model.layers.1.self_attn": LayerPlan(sparsity=0.5, pattern="structured"),
         "model.layers.1.mlp.down_proj": LayerPlan(rank=0.25, bits=8, group_size=None, act_bits=8),
         "lm_head": LayerPlan(bits=8, group_size=None),
+        "model.embed_tokens": LayerPlan(bits=5, group_size=64, symmetric=False),
     },
 }
 

@@ -41,7 +41,19 @@ def test_directory_and_bytes(exported, spec):
     with safe_open(os.path.join(e.path, "model.safetensors"), framework="pt") as fh:
         meta = fh.metadata()
     layers = json.loads(meta["layers"])
-    assert meta["format_version"] == str(FORMAT_VERSION) and set(layers) == set(e.loaded.info.layers)
+    assert meta["format_version"] == str(FORMAT_VERSION) and set(layers) == set(size.per_layer)
+    tables = {n for n, t in e.loaded.info.embeddings.items() if t.tied_to is None}
+    assert set(layers) == {*e.loaded.info.layers, *tables}
+
+
+def test_embedding_tables_are_packed(exported):
+    e = exported["random:bert"]
+    tensors = load_file(os.path.join(e.path, "model.safetensors"))
+    word = "embeddings.word_embeddings.weight"
+    assert word not in tensors and tensors[f"{word}.qweight"].numel() == 30522 * 64 // 2  # 4 bits per value
+    assert tensors[f"{word}.scales"].shape == (30522, 2)  # one fp16 scale per token per 32 values
+    assert tensors["embeddings.position_embeddings.weight.zeros"].shape == (128, 1)  # asymmetric, per row
+    assert tensors["embeddings.token_type_embeddings.weight"].dtype == torch.float32  # not in the plan
 
 
 def test_gpt2_ties_and_conv1d(exported):

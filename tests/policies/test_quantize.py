@@ -279,3 +279,25 @@ def test_policy_records_the_grid_outside_the_state_dict():
     for method in QUANT_METHODS:
         q, g = QUANTIZERS.get(method)(w, LayerPlan(bits=4, quant_method=method), torch.eye(w.shape[1]))
         assert isinstance(g, QuantGrid) and q.shape == w.shape
+
+
+def test_policy_quantizes_embedding_tables_per_token():
+    from autocompress.policies import apply_plan
+    from autocompress.policies.verify import plan_violations
+
+    lm = load_model("random:bert")
+    word = "embeddings.word_embeddings"
+    plan = CompressionPlan({word: LayerPlan(bits=4, group_size=32),
+                            "encoder.layer.0.attention.self.query": LayerPlan(bits=8, group_size=None)})
+    model = apply_plan(copy.deepcopy(lm.model), plan, info=lm.info)
+    table, before = model.get_submodule(word).weight, lm.model.get_submodule(word).weight
+    assert plan_violations(model, plan, lm.info) == []
+    assert _max_distinct(table, 32) <= 16 and not torch.equal(table, before)
+    # each token's vector is quantized on its own: the RTN grid of that row alone
+    assert torch.equal(table[7:8], quantize_rtn(before[7:8], 4, 32, True))
+    grid = getattr(model.get_submodule(word), "_autocompress_grid")
+    assert grid.scale.shape == (30522, 2)
+    untouched = "embeddings.position_embeddings"
+    assert torch.equal(model.get_submodule(untouched).weight, lm.model.get_submodule(untouched).weight)
+    assert plan_violations(lm.model, plan, lm.info)  # the original model is not on the grid
+    model(input_ids=_ids())  # still runs

@@ -294,3 +294,40 @@ def test_distill_space_errors_name_the_field(bad, words):
     with pytest.raises(UserError, match="space.distill") as err:
         SearchConfig.from_dict({"model": {"name": "x"}, "space": {"quantize": {}, "distill": bad}})
     assert words in str(err.value)
+
+
+# ---- embedding tables ---------------------------------------------------------------------------------------
+def test_embedding_tables_are_one_unit_or_one_each(infos):
+    info = infos["bert"]
+    tables = ("embeddings.word_embeddings", "embeddings.position_embeddings", "embeddings.token_type_embeddings")
+    grouped = ConfigSpace(space(embeddings={"bits": [8, 4, None], "group_size": [32, 128]}), info)
+    assert grouped.technique_units["embeddings"] == {"embeddings": tables}
+    for trial, plan in trials(grouped, n=30):
+        validate_plan(plan, info)
+        assert set(trial.params) <= {"embeddings.bits", "embeddings.group_size"}
+        bits = trial.params["embeddings.bits"]
+        assert ("embeddings.group_size" in trial.params) == (bits is not None)  # define-by-run
+        assert {(e.bits, e.quant_method) for e in plan.layers.values()} == ({(bits, "rtn")} if bits else set())
+        assert set(plan.layers) == (set(tables) if bits else set())
+    per_table = ConfigSpace(space("layer", embeddings={"targets": ["re:word|position"]}), info)
+    assert per_table.technique_units["embeddings"] == {t: (t,) for t in tables[:2]}
+    gpt2 = ConfigSpace(space(embeddings={}), infos["gpt2"])  # wte is tied to lm_head: only wpe
+    assert gpt2.technique_units["embeddings"] == {"embeddings": ("transformer.wpe",)}
+    with pytest.raises(UserError, match="no embedding tables.*tied tables are quantized through their Linear: "
+                                        r"transformer.wte \(tied to lm_head\)"):
+        ConfigSpace(space(embeddings={"targets": ["transformer.wte"]}), infos["gpt2"])
+
+
+def test_uniform_quantize_baselines_take_the_embedding_tables_along(infos):
+    info = infos["bert"]
+    cs = ConfigSpace(space(quantize={"bits": [3, 4, 8, None]}, embeddings={"bits": [8, 4, None]}), info)
+    plans, params = cs.uniform_plans(), cs.uniform_params()
+    assert set(plans) == set(params) == {"quantize bits=3", "quantize bits=4", "quantize bits=8"}
+    for label, p in params.items():
+        assert cs.plan_from_params(p) == plans[label]
+    word = "embeddings.word_embeddings"
+    assert plans["quantize bits=8"].layers[word].bits == 8 and plans["quantize bits=4"].layers[word].bits == 4
+    assert word not in plans["quantize bits=3"].layers  # 3 is not an embedding choice: the tables stay
+    assert {"embeddings bits=8", "embeddings bits=4"} <= set(cs.main_choices())  # sensitivity measures them
+    alone = ConfigSpace(space(embeddings={"bits": [4, None]}), info)
+    assert set(alone.uniform_plans()) == {"embeddings bits=4"}
