@@ -59,6 +59,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                                "producers": list(s.producers), "consumer": s.consumer}
                            for n, s in info.structures.items()},
             "groups": {n: list(v) for n, v in info.groups.items()},
+            "embeddings": {n: {"rows": e.num_embeddings, "dim": e.embedding_dim, "params": e.params,
+                               "tied_to": e.tied_to} for n, e in info.embeddings.items()},
         }, indent=2))
         return 0
     console = _console()
@@ -77,6 +79,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         prods = ", ".join(p.rsplit(".", 1)[-1] for p in s.producers)
         st.add_row(n, s.kind, str(s.units), str(s.unit_size), f"{prods} -> {s.consumer.rsplit('.', 1)[-1]}")
     console.print(st)
+    if info.embeddings:
+        et = Table(title="embedding tables (weight bits only: space.embeddings)")
+        for col in ("table", "rows", "dim", "params", "tied to"):
+            et.add_column(col, justify="left" if col in ("table", "tied to") else "right")
+        for n, e in info.embeddings.items():
+            et.add_row(n, str(e.num_embeddings), str(e.embedding_dim), f"{e.params:,}", e.tied_to or "-")
+        console.print(et)
     if info.groups:
         console.print(f"groups (one setting for all members): {len(info.groups)}, e.g. "
                       f"{next(iter(info.groups))} = {', '.join(next(iter(info.groups.values())))}")

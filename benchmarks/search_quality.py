@@ -9,6 +9,9 @@ int8 activations {on, off}, whole heads / FFN neurons removed {0, 12.5, 25%}), w
 magnitude in place of Wanda so that ~800 evaluations fit in under an hour on 2 cores; constraint fidelity
 >= 0.95; local backend; tracking off. (A first run on a harsher space, 30/50% unstructured sparsity and SVD
 rank 0.5/0.25 added, found no random plan in 600 at fidelity >= 0.9: random search scored 0 there.)
+With --embeddings the space also quantizes the embedding tables (one unit: bits {8, 4, off}, group size
+32; the uniform 3/4/8-bit baselines then take the tables to 4/8 bits too, where that is a choice), and the
+results go to search_quality_embeddings.{json,md}.
 Two objective settings, each a separate study:
   size     maximize fidelity, minimize size_mb (the packed size, embeddings included)
   latency  maximize fidelity, minimize latency_ms predicted for the device profile `cpu-local` (the table
@@ -25,8 +28,8 @@ Hypervolume (benchmarks/hypervolume.py): feasible front, fixed reference (fideli
 the uncompressed model), normalized by the box up to (fidelity 1, 0). A uniform baseline at fidelity >= 0.95
 is "dominated" when the search run has another trial at least as good in both objectives and better in one.
 "At 8-bit fidelity": the best plan of the search run whose fidelity is >= that of uniform 8-bit, as a ratio
-(uniform 8-bit's size or latency over the plan's); for size also on the Linear layers' bytes alone, since the
-embeddings (about half of the packed bytes) are not in the space. Reported beside it, and labelled: the same
+(uniform 8-bit's size or latency over the plan's); for size also on the Linear layers' bytes alone, since
+without --embeddings the tables (about half of the packed bytes) are not in the space. Reported beside it, and labelled: the same
 with fidelity within 0.005 of uniform 8-bit's.
 
 Every run shares one model load and one evaluation per distinct plan (benchmarks/shared_runner.py):
@@ -56,6 +59,7 @@ CONSTRAINT, DOMINATE_FROM, TOLERANCE = 0.95, 0.95, 0.005
 SPACE = {"share": "group",
          "quantize": {"bits": [3, 4, 8, None], "group_size": [32, 128], "act_bits": [8, None], "method": ["rtn"]},
          "structured": {"sparsity": [0.0, 0.125, 0.25], "method": ["magnitude"]}}
+EMBEDDINGS = {"bits": [8, 4, None], "group_size": [32]}  # --embeddings: the tables as one more unit
 SETTINGS = {"size": "size_mb", "latency": "latency_ms"}
 ARMS = {"search": "search", "seeded": "search + sensitivity seeding"}  # the NSGA-II arms
 # one uniform baseline per compressing choice of each technique's main field (ConfigSpace.uniform_params)
@@ -115,12 +119,12 @@ def dominated(base: dict, found: list[dict], metric: str) -> dict | None:
 
 
 def linear_mb(plan_path: str, info) -> float:
-    """Packed MB of the plan's Linear layers alone (the searchable part)."""
+    """Packed MB of the plan's Linear layers alone (without the embedding tables)."""
     from autocompress.evaluators.size import plan_size
     from autocompress.plan import CompressionPlan
 
     report = plan_size(CompressionPlan.load(plan_path), info)
-    return report.size_mb * sum(report.per_layer.values()) / report.total_bytes
+    return sum(b for name, b in report.per_layer.items() if name in info.layers) / 1e6
 
 
 def at_8bit(uniform: list[dict], found: list[dict], metric: str, info, tolerance: float = 0.0) -> dict:
@@ -207,7 +211,7 @@ def write(result: dict) -> str:
     s = result["setup"]
     f, n = s["random_factor"], s["trials"]
     lines = ["# Search quality vs uniform plans and random search (all-MiniLM-L6-v2)", "",
-             f"Space {json.dumps(SPACE)} (24 units); constraint fidelity >= {CONSTRAINT}; {n} search trials "
+             f"Space {json.dumps(SPACE)} ({25 if 'embeddings' in SPACE else 24} units); constraint fidelity >= {CONSTRAINT}; {n} search trials "
              f"(NSGA-II, population {s['population']}, from the {s['baselines']} uniform baselines; the seeded arm "
              f"also from the plans of the measured sensitivity, default thresholds); random search x1 and x{f} "
              f"({n} and {n * f} trials, no baselines); sampler seeds {s['seeds']}. Hypervolume: feasible front, "
@@ -253,8 +257,14 @@ def main() -> int:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--work-dir", help="run directories (default: a new temporary one); finished runs "
                                            "found there are reused, so an interrupted benchmark resumes")
-    parser.add_argument("--out", default=str(RESULTS / "search_quality"))
+    parser.add_argument("--embeddings", action="store_true",
+                        help=f"add space.embeddings {EMBEDDINGS} (default --out: search_quality_embeddings)")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    global SPACE
+    if args.embeddings:
+        SPACE = {**SPACE, "embeddings": EMBEDDINGS}
+    args.out = args.out or str(RESULTS / ("search_quality_embeddings" if args.embeddings else "search_quality"))
     import optuna
     import torch
 

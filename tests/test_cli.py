@@ -20,6 +20,7 @@ def test_inspect_prints_inventory(capsys):
     assert main(["inspect", "random:bert"]) == 0
     out = capsys.readouterr().out
     assert Q in out and "encoder.layer.1.intermediate" in out and "heads" in out
+    assert "embedding tables" in out and "embeddings.word_embeddings" in out
 
 
 def test_inspect_json(capsys):
@@ -27,6 +28,8 @@ def test_inspect_json(capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["task"] == "causal-lm" and "model.layers.0.mlp" in data["structures"]
     assert data["layers"]["model.layers.0.self_attn.q_proj"]["in"] == 64
+    assert data["embeddings"]["model.embed_tokens"] == {"rows": 30522, "dim": 64, "params": 30522 * 64,
+                                                       "tied_to": None}
 
 
 def test_apply_prints_metrics(tmp_path, capsys):

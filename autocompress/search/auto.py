@@ -23,8 +23,8 @@ _QUALITY = {
 def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: str,
                 backend: str = "ray", workers: int = 2, target: str | None = None) -> dict[str, Any]:
     """A complete config for `model`: a joint space over every block Linear (grouped by role per block:
-    q/k/v share a setting) of weight bits with GPTQ, int8 activations (W8A8), plus whole heads / FFN neurons
-    removed; quality against predicted latency on the `target` device profile (against packed size without a
+    q/k/v share a setting) of weight bits with GPTQ, int8 activations (W8A8), the embedding tables' bits (one
+    decision), plus whole heads / FFN neurons removed; quality against predicted latency on the `target` device profile (against packed size without a
     target); `max_drop` as the quality constraint and in the pick rule.
 
     `max_drop` is the quality a user can give up: 0.01 means fidelity >= 0.99 for an encoder, perplexity at
@@ -45,6 +45,7 @@ def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: 
             "share": "group",
             "quantize": {"bits": [3, 4, 8, None], "group_size": [32, 128], "method": ["gptq"],
                          "act_bits": [8, None] if target else [None]},
+            "embeddings": {"bits": [8, 4, None], "group_size": [32]},
             "structured": {"sparsity": [0.0, 0.125, 0.25], "method": ["wanda"]},
         },
         "objectives": [objective, f"minimize {cost}"],

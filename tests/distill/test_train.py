@@ -62,8 +62,12 @@ def batches(n: int = 2, rows: int = 4, seq: int = 12, seed: int = 0) -> list[dic
     return out
 
 
-def compressed(lm, rules, calib):
+def compressed(lm, rules, calib, tables: LayerPlan | None = None):
+    """(plan, compressed copy) for the rules; `tables` also quantizes every untied embedding table."""
     plan = build_plan(lm.info, rules)
+    if tables is not None:
+        untied = [n for n, e in lm.info.embeddings.items() if e.tied_to is None]
+        plan = CompressionPlan({**plan.layers, **{n: tables for n in untied}})
     return plan, apply_plan(copy.deepcopy(lm.model), plan, calib, info=lm.info)
 
 
@@ -90,7 +94,8 @@ def test_loss_goes_down_and_the_teacher_is_untouched(loaded):
 def test_plan_stays_exactly_true(loaded, spec):
     lm = loaded[spec]
     calib = batches()
-    plan, student = compressed(lm, MIXED, calib)
+    plan, student = compressed(lm, MIXED, calib, tables=LayerPlan(bits=4, group_size=16))
+    assert any(n in lm.info.embeddings for n in plan.layers)  # quantized tables stay as quantized (frozen)
     before = snapshot(student)
     zeros = {n: weight_matrix(m) == 0 for n, m in student.named_modules() if is_linear_like(m)}
     classes = {n: type(m) for n, m in student.named_modules()}
