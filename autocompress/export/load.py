@@ -6,7 +6,7 @@ apply the plan's shape changes to that skeleton (structured entries keep the fir
 tensors are ordered; low-rank layers become `LowRankLinear` of the stored rank); unpack every tensor
 (`safetensors.torch.load_file`, no pickle) and `load_state_dict(strict=True)`; re-tie tied weights; re-add
 the int8 activation hooks of act_bits=8 layers; with `kernels=True`, swap in the real CPU kernels of
-`kernels.py`; eval mode.
+`kernels.py` and keep quantized embedding tables packed (`embedding.PackedEmbedding`); eval mode.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import nn
 
 from autocompress.errors import UserError
 from autocompress.export import kernels as K
+from autocompress.export.embedding import PackedEmbedding
 from autocompress.export.matrix import unpack_int
 from autocompress.export.packed import SUFFIXES, PackedModel, unpack_state_dict, weight_parts
 from autocompress.export.save import FORMAT_NAME, FORMAT_VERSION
@@ -38,8 +39,8 @@ DTYPES = ("float32", "float16", "bfloat16", "float64")  # model dtypes an export
 @dataclass
 class CompressedModel:
     """A loaded export: the model (eval mode), its tokenizer (None if none was saved), its plan, the
-    contents of export.json, and `kernels`: weight module name -> kernel ("w8a8", "int8", "int4") for
-    every layer that runs packed (empty with kernels=False)."""
+    contents of export.json, and `kernels`: weight module name -> kernel ("w8a8", "int8", "int4", or
+    "table<bits>" for a packed embedding table) for every layer that runs packed (empty with kernels=False)."""
 
     model: nn.Module
     tokenizer: Any
@@ -133,11 +134,15 @@ def _apply_kernels(model: nn.Module, packed: PackedModel) -> dict[str, str]:
     for name, record in packed.layers.items():
         for prefix, module in weight_parts(model, name):
             meta = record["matrices"][f"{prefix}.weight"]
-            if meta["bits"] is None or isinstance(module, nn.Embedding):
-                continue  # embedding tables are dequantized on load
+            if meta["bits"] is None:
+                continue
             parts = {s: packed.tensors[f"{prefix}.weight.{s}"] for s in SUFFIXES
                      if f"{prefix}.weight.{s}" in packed.tensors}
             q, grid = unpack_int(parts, meta)
+            if isinstance(module, nn.Embedding):  # every quantized table stays packed, whatever its bits
+                set_module(model, prefix, PackedEmbedding(q, grid, module.weight.dtype))
+                used[prefix] = f"table{grid.bits}"
+                continue
             kind = K.kernel_kind(grid, tuple(q.shape), record["act_bits"])
             if kind is not None:
                 set_module(model, prefix, K.kernel_module(q, grid, module.bias, kind))

@@ -70,7 +70,8 @@ def test_load_with_kernels(exported):
     b = "encoder.layer"
     assert cm.kernels == {f"{b}.0.attention.self.query": "int4", f"{b}.0.attention.self.value": "w8a8",
                           f"{b}.0.intermediate.dense": "int4", f"{b}.0.output.dense": "int8",
-                          f"{b}.1.attention.self.key": "int8"}
+                          f"{b}.1.attention.self.key": "int8", "embeddings.word_embeddings": "table4",
+                          "embeddings.position_embeddings": "table8"}
     value = cm.model.get_submodule(f"{b}.0.attention.self.value")
     assert not hasattr(value, ACT_ATTR)  # the dynamic kernel quantizes its own input
     assert getattr(cm.model.get_submodule(f"{b}.1.attention.output.dense"), ACT_ATTR) == 8
@@ -83,10 +84,10 @@ def test_load_with_kernels(exported):
 
 @pytest.mark.parametrize("spec,expected", [
     ("random:gpt2", {"transformer.h.0.attn.c_attn": "int4", "transformer.h.0.mlp.c_fc": "int8",
-                     "transformer.h.1.mlp.c_proj": "int4"}),  # GPT-2 Conv1D layers; lm_head: 30522 rows
+                     "transformer.h.1.mlp.c_proj": "int4", "transformer.wpe": "table3"}),  # lm_head: 30522 rows
     ("random:llama", {"model.layers.0.self_attn.q_proj": "int4", "model.layers.0.mlp.gate_proj": "int4",
                       "model.layers.1.mlp.down_proj.down": "w8a8", "model.layers.1.mlp.down_proj.up": "w8a8",
-                      "lm_head": "int8"}),
+                      "lm_head": "int8", "model.embed_tokens": "table5"}),
 ])
 def test_causal_lms_with_kernels(exported, spec, expected):
     e = exported[spec]
@@ -110,13 +111,14 @@ def test_minilm_kernels_keep_fidelity(minilm, tmp_path):
             layers[name] = LayerPlan(bits=4, group_size=32)
         else:  # q, k, v and the FFN output (whose GELU input has the widest per-token ranges): W8A8
             layers[name] = LayerPlan(bits=8, group_size=None, act_bits=8)
+    layers.update({t: LayerPlan(bits=4, group_size=32) for t in minilm.info.embeddings})  # tables stay packed
     plan = CompressionPlan(layers)
     model = apply_plan(copy.deepcopy(minilm.model), plan, info=minilm.info)
     save_compressed(model, plan, minilm.info, str(tmp_path), tokenizer=minilm.tokenizer)
     evaluator = FidelityEvaluator(minilm.model, minilm.tokenizer, load_texts(n=48, seed=0), batch_size=16)
     plain = load_compressed(str(tmp_path))
     fast = load_compressed(str(tmp_path), kernels=True)
-    assert set(fast.kernels.values()) == {"w8a8", "int4", "int8"} and len(fast.kernels) == len(layers)
+    assert set(fast.kernels.values()) == {"w8a8", "int4", "int8", "table4"} and len(fast.kernels) == len(layers)
     f_search = evaluator.evaluate(model)["fidelity"]
     f_plain = evaluator.evaluate(plain.model)["fidelity"]
     f_fast = evaluator.evaluate(fast.model)["fidelity"]
