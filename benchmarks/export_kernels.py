@@ -4,14 +4,16 @@ of the reloaded model, dequantized and with real CPU kernels.
 Run:  .venv/bin/python benchmarks/export_kernels.py [--n-eval 128] [--repeats 15] [--only NAME ...]
 Writes benchmarks/results/export_kernels.json.
 
-Every plan is uniform over the 36 Linear layers of the 6 encoder blocks (RTN, magnitude). For each: apply_plan
+Every plan is uniform over the 36 Linear layers of the 6 encoder blocks (RTN, magnitude), the "+ tables" cases
+also over the three embedding tables. For each: apply_plan
 (the "searched" model), save_compressed, load_compressed with kernels False and True. Reported: predicted bytes
 (`plan_size`), bytes of the tensors and of the model.safetensors file; max |diff| of the last hidden state
 against the searched model (on the evaluation batches); fidelity (mean cosine of pooled embeddings to the
 original model's, built-in sentences) of the searched, dequantized and kernel models; latency in ms of one
 forward at batch 1 and 8, sequence 128, torch threads 2: the original dense fp32 model vs the dequantized load
 vs the kernel load, timed interleaved (one call of each per round, after warm-up): the median over rounds,
-the fastest call, and each median over the dense one. The machine may be shared: the load average before
+the fastest call, and each median over the dense one; resident bytes (parameters + buffers) of each loaded
+model. `--only` replaces just the named cases' rows in the results. The machine may be shared: the load average before
 and after is recorded with the figures; compare the ratios of one case rather than times across cases.
 """
 
@@ -36,7 +38,7 @@ from autocompress.evaluators.fidelity import FidelityEvaluator
 from autocompress.evaluators.size import plan_size
 from autocompress.export import load_compressed, save_compressed
 from autocompress.models import load_model
-from autocompress.plan import LayerPlan
+from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.policies import apply_plan
 from autocompress.selection import Rule, build_plan
 
@@ -48,7 +50,25 @@ CASES = {
     "4-bit g128 weight-only": LayerPlan(bits=4, group_size=128),
     "50% unstructured": LayerPlan(sparsity=0.5),
     "2:4": LayerPlan(pattern="2:4"),
+    # (block Linears, embedding tables): the tables held packed by kernels=True (PackedEmbedding)
+    "W8A8 per-channel + tables 8-bit g32": (LayerPlan(bits=8, group_size=None, act_bits=8),
+                                            LayerPlan(bits=8, group_size=32)),
+    "4-bit g32 weight-only + tables 4-bit g32": (LayerPlan(bits=4, group_size=32), LayerPlan(bits=4, group_size=32)),
 }
+
+
+def case_plan(info, case) -> CompressionPlan:
+    """A CASES entry as a plan: uniform over the block Linears, plus the embedding tables when it is a pair."""
+    linears, tables = case if isinstance(case, tuple) else (case, None)
+    layers = dict(build_plan(info, [Rule(linears)]).layers)
+    layers.update({name: tables for name in info.embeddings} if tables is not None else {})
+    return CompressionPlan(layers)
+
+
+def resident_bytes(model: torch.nn.Module) -> int:
+    """Bytes the model holds in parameters and buffers (each tensor once)."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def max_diff(a: torch.nn.Module, b: torch.nn.Module, batches: list[dict]) -> float:
@@ -95,7 +115,7 @@ def main() -> int:
     for name, entry in CASES.items():
         if args.only and name not in args.only:
             continue
-        plan = build_plan(base.info, [Rule(entry)])
+        plan = case_plan(base.info, entry)
         searched = apply_plan(copy.deepcopy(base.model), plan, info=base.info)
         with tempfile.TemporaryDirectory() as out:
             report = save_compressed(searched, plan, base.info, out, tokenizer=base.tokenizer)
@@ -114,6 +134,7 @@ def main() -> int:
             fidelity_dequantized=evaluator.evaluate(plain.model)["fidelity"],
             fidelity_kernels=evaluator.evaluate(fast.model)["fidelity"],
             latency_ms={f"batch{b}": latency(models, b, args.seq, args.repeats) for b in (1, 8)},
+            resident_bytes={k: resident_bytes(m) for k, m in models.items()},
         )
         rows.append(row)
         lat = row["latency_ms"]
@@ -131,6 +152,10 @@ def main() -> int:
                seq=args.seq, repeats=args.repeats, n_eval=args.n_eval, load_avg_before=load_before,
                load_avg_after=os.getloadavg(), original_bytes=base.info.total_params * base.info.dtype_bytes)
     RESULTS.mkdir(exist_ok=True)
+    if args.only and (RESULTS / "export_kernels.json").is_file():  # keep the other cases' rows, in CASES order
+        kept = {r["case"]: r for r in json.loads((RESULTS / "export_kernels.json").read_text())["rows"]}
+        kept.update({r["case"]: r for r in rows})
+        rows = [kept[c] for c in CASES if c in kept]
     (RESULTS / "export_kernels.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
     print(f"wrote {RESULTS / 'export_kernels.json'}")
     return 0
