@@ -13,7 +13,8 @@ def validate_plan(plan: CompressionPlan, info: ModelInfo) -> None:
 
     Checks: every key is a layer, a structure or an embedding table of the model; structure keys carry only
     structured pruning and Linear keys never do; embedding keys carry only RTN weight quantization (bits,
-    group_size, symmetric) and are not tied to a Linear layer; a rank fits its layer and does not grow it; head pruning is not asked of grouped-query attention.
+    group_size, symmetric) and are not tied to a Linear layer; a rank fits its layer and does not grow it;
+    head pruning is not asked of grouped-query attention.
     """
     for name, entry in plan.layers.items():
         if name in info.structures:

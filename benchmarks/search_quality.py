@@ -211,7 +211,8 @@ def write(result: dict) -> str:
     s = result["setup"]
     f, n = s["random_factor"], s["trials"]
     lines = ["# Search quality vs uniform plans and random search (all-MiniLM-L6-v2)", "",
-             f"Space {json.dumps(SPACE)} ({25 if 'embeddings' in SPACE else 24} units); constraint fidelity >= {CONSTRAINT}; {n} search trials "
+             f"Space {json.dumps(SPACE)} ({25 if 'embeddings' in SPACE else 24} units); "
+             f"constraint fidelity >= {CONSTRAINT}; {n} search trials "
              f"(NSGA-II, population {s['population']}, from the {s['baselines']} uniform baselines; the seeded arm "
              f"also from the plans of the measured sensitivity, default thresholds); random search x1 and x{f} "
              f"({n} and {n * f} trials, no baselines); sampler seeds {s['seeds']}. Hypervolume: feasible front, "

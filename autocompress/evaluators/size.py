@@ -39,7 +39,8 @@ from autocompress.validation import validate_plan
 @dataclass(frozen=True)
 class SizeReport:
     """Bytes of the packed model. `per_layer` covers every Linear layer and every untied embedding table of
-    the model (post-compression); `other_bytes` is every other parameter; `total_bytes == sum(per_layer.values()) + other_bytes`.
+    the model (post-compression); `other_bytes` is every other parameter;
+    `total_bytes == sum(per_layer.values()) + other_bytes`.
     `formats` gives each entry's storage layout: "dense", "bitmask", "N:M" (e.g. "2:4") or "lowrank"."""
 
     total_bytes: int

@@ -95,7 +95,8 @@ def _columns(plan: CompressionPlan, space: Any) -> list[str]:
     if space is not None:
         q = space.quantize
         tables = getattr(space, "embeddings", None)
-        used |= {k for k, on in (("bits", q is not None or tables is not None), ("act_bits", q is not None and 8 in q.act_bits),
+        used |= {k for k, on in (("bits", q is not None or tables is not None),
+                                 ("act_bits", q is not None and 8 in q.act_bits),
                                  ("sparsity", space.prune is not None), ("rank", space.lowrank is not None),
                                  ("units", space.structured is not None)) if on}
     return [k for k in COLUMNS if k in used] or ["bits"]

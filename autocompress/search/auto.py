@@ -24,8 +24,9 @@ def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: 
                 backend: str = "ray", workers: int = 2, target: str | None = None) -> dict[str, Any]:
     """A complete config for `model`: a joint space over every block Linear (grouped by role per block:
     q/k/v share a setting) of weight bits with GPTQ, int8 activations (W8A8), the embedding tables' bits (one
-    decision), plus whole heads / FFN neurons removed; quality against predicted latency on the `target` device profile (against packed size without a
-    target); `max_drop` as the quality constraint and in the pick rule.
+    decision), plus whole heads / FFN neurons removed; quality against predicted latency on the `target`
+    device profile (against packed size without a target); `max_drop` as the quality constraint and in the
+    pick rule.
 
     `max_drop` is the quality a user can give up: 0.01 means fidelity >= 0.99 for an encoder, perplexity at
     most 1% above the original for a causal LM."""
