@@ -93,6 +93,10 @@ class ModelInfo:
     extra: dict[str, Any] = field(default_factory=dict)
     embeddings: dict[str, EmbeddingInfo] = field(default_factory=dict)
 
+    def untied_tables(self) -> list[str]:
+        """Embedding tables not tied to a Linear layer: the ones a plan may quantize as tables (model order)."""
+        return [n for n, e in self.embeddings.items() if e.tied_to is None]
+
     def targets_by_default(self) -> list[str]:
         """Linear layers inside the repeated blocks (not heads, poolers or embeddings)."""
         return [n for n, li in self.layers.items() if li.block is not None]

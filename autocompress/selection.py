@@ -76,7 +76,7 @@ def select_embeddings(info: ModelInfo, targets: Sequence[str] | None = None, ign
     `UserError` when a selector is malformed or nothing is selected."""
     for sel in [*(targets or []), *ignore]:
         _check_regex(sel, where)
-    pool = [n for n, e in info.embeddings.items() if e.tied_to is None]
+    pool = info.untied_tables()
     chosen = {n for n in pool if not targets or any(_matches(t, n, "Embedding") for t in targets)}
     chosen -= {n for n in pool if any(_matches(i, n, "Embedding") for i in ignore)}
     if not chosen:

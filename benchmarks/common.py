@@ -33,3 +33,22 @@ def quickstart_config(root: Path, name: str, trials: int, backend: dict[str, Any
     data.update({"budget": {"n_trials": trials}, "run_dir": str(root / name), "study_name": name,
                  "tracking": {"uri": tracking_uri, "experiment": experiment}, "backend": backend})
     return SearchConfig.from_dict(data).resolved(ROOT)
+
+
+def plan_with_tables(info: Any, rules: list, tables: Any = None) -> Any:
+    """The plan of `rules` (`build_plan`; none = no Linear entries) plus, when `tables` (a LayerPlan) is given,
+    every untied embedding table at those settings."""
+    from autocompress.plan import CompressionPlan
+    from autocompress.selection import build_plan
+
+    layers = dict(build_plan(info, rules).layers) if rules else {}
+    layers.update({name: tables for name in info.untied_tables()} if tables is not None else {})
+    return CompressionPlan(layers)
+
+
+def merge_rows(path: Path, rows: list[dict], order: list[str]) -> list[dict]:
+    """`rows` (dicts with a "case") merged over the rows already saved in the JSON at `path`: a rerun of some
+    cases (`--only`) replaces just those; the result follows `order` (the benchmark's case names)."""
+    kept = {r["case"]: r for r in json.loads(path.read_text())["rows"]} if path.is_file() else {}
+    kept.update({r["case"]: r for r in rows})
+    return [kept[c] for c in order if c in kept]

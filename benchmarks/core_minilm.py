@@ -27,12 +27,13 @@ from autocompress.data import load_texts, make_batches
 from autocompress.evaluators.fidelity import FidelityEvaluator
 from autocompress.evaluators.size import plan_size
 from autocompress.models import load_model
-from autocompress.plan import CompressionPlan, LayerPlan
+from autocompress.plan import LayerPlan
 from autocompress.policies import Calibration, apply_plan
 from autocompress.policies.verify import plan_violations
-from autocompress.selection import Rule, build_plan
+from autocompress.selection import Rule
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import RESULTS, merge_rows, plan_with_tables  # noqa: E402
 
 # name -> (question it answers, rules)
 CASES = {
@@ -67,16 +68,6 @@ CASES = {
 }
 
 
-def case_plan(info, case: tuple) -> CompressionPlan:
-    """The plan of a CASES entry: its rules over the block Linears, plus every embedding table at the third
-    element's settings when there is one."""
-    rules, tables = case[1], case[2] if len(case) > 2 else None
-    layers = dict(build_plan(info, rules).layers) if rules else {}
-    if tables is not None:
-        layers.update({name: tables for name in info.embeddings})
-    return CompressionPlan(layers)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-eval", type=int, default=256)
@@ -96,7 +87,7 @@ def main() -> int:
     for name, case in CASES.items():
         if args.only and name not in args.only:
             continue
-        claim, plan = case[0], case_plan(base.info, case)
+        claim, plan = case[0], plan_with_tables(base.info, *case[1:])
         model = copy.deepcopy(base.model)
         t0 = time.perf_counter()
         apply_plan(model, plan, calibration, info=base.info)
@@ -118,10 +109,8 @@ def main() -> int:
                cpus=torch.get_num_threads(), n_eval=args.n_eval, n_calibration=args.n_calibration,
                original_size_mb=base.info.total_params * base.info.dtype_bytes / 1e6, original_params=base_params)
     RESULTS.mkdir(exist_ok=True)
-    if args.only and (RESULTS / "core_minilm.json").is_file():  # keep the other cases' rows, in CASES order
-        kept = {r["case"]: r for r in json.loads((RESULTS / "core_minilm.json").read_text())["rows"]}
-        kept.update({r["case"]: r for r in rows})
-        rows = [kept[c] for c in CASES if c in kept]
+    if args.only:  # keep the other cases' rows
+        rows = merge_rows(RESULTS / "core_minilm.json", rows, list(CASES))
     (RESULTS / "core_minilm.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
     lines = [f"all-MiniLM-L6-v2 ({base_params:,} params, {env['original_size_mb']:.1f} MB fp32); "
              f"{args.n_eval} built-in eval sentences, {args.n_calibration} calibration; torch {env['torch']}, "

@@ -38,11 +38,12 @@ from autocompress.evaluators.fidelity import FidelityEvaluator
 from autocompress.evaluators.size import plan_size
 from autocompress.export import load_compressed, save_compressed
 from autocompress.models import load_model
-from autocompress.plan import CompressionPlan, LayerPlan
+from autocompress.plan import LayerPlan
 from autocompress.policies import apply_plan
-from autocompress.selection import Rule, build_plan
+from autocompress.selection import Rule
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import RESULTS, merge_rows, plan_with_tables  # noqa: E402
 CASES = {
     "W8A8 per-channel": LayerPlan(bits=8, group_size=None, act_bits=8),
     "8-bit weight-only per-channel": LayerPlan(bits=8, group_size=None),
@@ -55,14 +56,6 @@ CASES = {
                                             LayerPlan(bits=8, group_size=32)),
     "4-bit g32 weight-only + tables 4-bit g32": (LayerPlan(bits=4, group_size=32), LayerPlan(bits=4, group_size=32)),
 }
-
-
-def case_plan(info, case) -> CompressionPlan:
-    """A CASES entry as a plan: uniform over the block Linears, plus the embedding tables when it is a pair."""
-    linears, tables = case if isinstance(case, tuple) else (case, None)
-    layers = dict(build_plan(info, [Rule(linears)]).layers)
-    layers.update({name: tables for name in info.embeddings} if tables is not None else {})
-    return CompressionPlan(layers)
 
 
 def resident_bytes(model: torch.nn.Module) -> int:
@@ -115,7 +108,8 @@ def main() -> int:
     for name, entry in CASES.items():
         if args.only and name not in args.only:
             continue
-        plan = case_plan(base.info, entry)
+        linears, tables = entry if isinstance(entry, tuple) else (entry, None)
+        plan = plan_with_tables(base.info, [Rule(linears)], tables)
         searched = apply_plan(copy.deepcopy(base.model), plan, info=base.info)
         with tempfile.TemporaryDirectory() as out:
             report = save_compressed(searched, plan, base.info, out, tokenizer=base.tokenizer)
@@ -152,10 +146,8 @@ def main() -> int:
                seq=args.seq, repeats=args.repeats, n_eval=args.n_eval, load_avg_before=load_before,
                load_avg_after=os.getloadavg(), original_bytes=base.info.total_params * base.info.dtype_bytes)
     RESULTS.mkdir(exist_ok=True)
-    if args.only and (RESULTS / "export_kernels.json").is_file():  # keep the other cases' rows, in CASES order
-        kept = {r["case"]: r for r in json.loads((RESULTS / "export_kernels.json").read_text())["rows"]}
-        kept.update({r["case"]: r for r in rows})
-        rows = [kept[c] for c in CASES if c in kept]
+    if args.only:  # keep the other cases' rows
+        rows = merge_rows(RESULTS / "export_kernels.json", rows, list(CASES))
     (RESULTS / "export_kernels.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
     print(f"wrote {RESULTS / 'export_kernels.json'}")
     return 0

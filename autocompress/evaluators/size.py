@@ -106,13 +106,13 @@ def plan_size(plan: CompressionPlan, info: ModelInfo) -> SizeReport:
     validate_plan(plan, info)
     db = info.dtype_bytes
     original = info.total_params * db
-    tables = {n: e for n, e in info.embeddings.items() if e.tied_to is None}
-    other = original - (sum(li.params for li in info.layers.values()) + sum(e.params for e in tables.values())) * db
+    tables = [info.embeddings[n] for n in info.untied_tables()]
+    other = original - (sum(li.params for li in info.layers.values()) + sum(e.params for e in tables)) * db
     per_layer: dict[str, int] = {}
     formats: dict[str, str] = {}
-    for name, emb in tables.items():
-        per_layer[name], formats[name] = matrix_bytes(emb.num_embeddings, emb.embedding_dim, plan.layers.get(name),
-                                                      db, sparse=False)
+    for emb in tables:
+        per_layer[emb.name], formats[emb.name] = matrix_bytes(emb.num_embeddings, emb.embedding_dim,
+                                                              plan.layers.get(emb.name), db, sparse=False)
     for name, (out, inp) in pruned_shapes(plan, info).items():
         entry = plan.layers.get(name)
         bias = out * db if info.layers[name].bias else 0

@@ -85,8 +85,7 @@ def pack_model(model: nn.Module, plan: CompressionPlan, info: ModelInfo) -> Pack
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, dict[str, Any]] = {}
     handled: set[str] = set()
-    tables = [n for n, e in info.embeddings.items() if e.tied_to is None]
-    for name in [*info.layers, *tables]:
+    for name in [*info.layers, *info.untied_tables()]:
         entry = plan.layers.get(name)
         parts = weight_parts(model, name)
         low_rank = len(parts) == 2

@@ -66,8 +66,7 @@ def compressed(lm, rules, calib, tables: LayerPlan | None = None):
     """(plan, compressed copy) for the rules; `tables` also quantizes every untied embedding table."""
     plan = build_plan(lm.info, rules)
     if tables is not None:
-        untied = [n for n, e in lm.info.embeddings.items() if e.tied_to is None]
-        plan = CompressionPlan({**plan.layers, **{n: tables for n in untied}})
+        plan = CompressionPlan({**plan.layers, **{n: tables for n in lm.info.untied_tables()}})
     return plan, apply_plan(copy.deepcopy(lm.model), plan, calib, info=lm.info)
 
 

@@ -42,8 +42,7 @@ def test_directory_and_bytes(exported, spec):
         meta = fh.metadata()
     layers = json.loads(meta["layers"])
     assert meta["format_version"] == str(FORMAT_VERSION) and set(layers) == set(size.per_layer)
-    tables = {n for n, t in e.loaded.info.embeddings.items() if t.tied_to is None}
-    assert set(layers) == {*e.loaded.info.layers, *tables}
+    assert set(layers) == {*e.loaded.info.layers, *e.loaded.info.untied_tables()}
 
 
 def test_embedding_tables_are_packed(exported):
