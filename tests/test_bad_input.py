@@ -45,6 +45,7 @@ CASES = [
     ("unknown-nested-key", lambda t: {**BASE, "space": {"quantize": {"bitz": [4]}}}, "did you mean 'bits'"),
     ("wrong-type", lambda t: {**BASE, "backend": {"workers": "two"}}, "backend.workers"),
     ("out-of-range-bits", lambda t: {**BASE, "space": {"quantize": {"bits": [9]}}}, "space.quantize.bits"),
+    ("embeddings-bad-bits", lambda t: {**BASE, "space": {"embeddings": {"bits": [9]}}}, "space.embeddings.bits"),
     ("out-of-range-sparsity", lambda t: {**BASE, "space": {"prune": {"sparsity": [0.99]}}}, "0..0.95"),
     ("zero-trials", lambda t: {**BASE, "budget": {"n_trials": 0}}, "budget.n_trials"),
     ("empty-space", lambda t: {**BASE, "space": {}}, "the search space is empty"),
