@@ -15,7 +15,7 @@ from autocompress.plan import PLAN_VERSION, CompressionPlan, LayerPlan
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "autocompress.models",
+    "load_model": "autocompress.loading",
     "inspect_model": "autocompress.models",
     "ModelInfo": "autocompress.models",
     "Rule": "autocompress.selection",

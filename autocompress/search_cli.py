@@ -68,7 +68,7 @@ def _run_and_report(config: Any, args: argparse.Namespace) -> int:
 
 def _cmd_auto(args: argparse.Namespace) -> int:
     from autocompress.config import SearchConfig
-    from autocompress.models import model_task
+    from autocompress.loading import model_task
     from autocompress.search.auto import auto_config, write_auto_config
 
     task = model_task(args.model, task=args.task)  # the config alone: the workers load the weights

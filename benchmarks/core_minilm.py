@@ -26,7 +26,7 @@ import torch
 from autocompress.data import load_texts, make_batches
 from autocompress.evaluators.fidelity import FidelityEvaluator
 from autocompress.evaluators.size import plan_size
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.plan import LayerPlan
 from autocompress.policies import Calibration, apply_plan
 from autocompress.policies.verify import plan_violations

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from autocompress.data import load_texts, make_batches  # noqa: E402
 from autocompress.distill import DistillConfig, distill  # noqa: E402
 from autocompress.evaluators.fidelity import FidelityEvaluator  # noqa: E402
-from autocompress.models import load_model  # noqa: E402
+from autocompress.loading import load_model  # noqa: E402
 from autocompress.plan import CompressionPlan, LayerPlan  # noqa: E402
 from autocompress.policies import apply_plan  # noqa: E402
 from autocompress.policies.verify import plan_violations  # noqa: E402

@@ -37,7 +37,7 @@ from autocompress.data import load_texts
 from autocompress.evaluators.fidelity import FidelityEvaluator
 from autocompress.evaluators.size import plan_size
 from autocompress.export import load_compressed, save_compressed
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.plan import LayerPlan
 from autocompress.policies import apply_plan
 from autocompress.selection import Rule

@@ -35,7 +35,7 @@ from autocompress.evaluators.latency import LATENCY_MODELS, Workload
 from autocompress.evaluators.latency.kernels import build_real_model
 from autocompress.evaluators.latency.measured import measure_model
 from autocompress.hardware import DeviceProfile, load_profile
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan
 from autocompress.spaces import ConfigSpace
 

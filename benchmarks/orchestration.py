@@ -39,7 +39,7 @@ class NoopRunner:
     """Stands in for `TrialRunner(config)`: the model's inventory only, and a metric from the plan's text."""
 
     def __init__(self, config) -> None:
-        from autocompress.models import load_model
+        from autocompress.loading import load_model
 
         self.info = load_model(config.model.name).info
 

@@ -269,7 +269,7 @@ def main() -> int:
     import optuna
     import torch
 
-    from autocompress.models import load_model
+    from autocompress.loading import load_model
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="qualitybench-"))

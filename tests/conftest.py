@@ -10,7 +10,7 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def minilm():
-    from autocompress.models import load_model
+    from autocompress.loading import load_model
 
     return load_model("all-MiniLM-L6-v2")
 

@@ -21,7 +21,7 @@ BASE = {"model": {"name": "random:bert"}, "space": {"quantize": {"bits": [4, 8]}
 
 def _model_dir(tmp: Path, corrupt: bool = False, config: bool = True) -> str:
     """A real (random-weight) BERT directory; optionally without config.json or with a truncated weights file."""
-    from autocompress.models import load_model
+    from autocompress.loading import load_model
 
     path = tmp / "model"
     load_model("random:bert").model.save_pretrained(path)
@@ -46,6 +46,12 @@ CASES = [
     ("wrong-type", lambda t: {**BASE, "backend": {"workers": "two"}}, "backend.workers"),
     ("out-of-range-bits", lambda t: {**BASE, "space": {"quantize": {"bits": [9]}}}, "space.quantize.bits"),
     ("embeddings-bad-bits", lambda t: {**BASE, "space": {"embeddings": {"bits": [9]}}}, "space.embeddings.bits"),
+    ("targets-match-nothing", lambda t: {**BASE, "space": {"quantize": {"bits": [4], "targets": ["nope"]}}},
+     "space.quantize: found no"),
+    ("embeddings-match-nothing", lambda t: {**BASE, "space": {"embeddings": {"targets": ["nope"]}}},
+     "found no embedding tables"),
+    ("targets-bad-regex", lambda t: {**BASE, "space": {"prune": {"sparsity": [0.5], "targets": ["re:(("]}}},
+     "not a valid regular expression"),
     ("out-of-range-sparsity", lambda t: {**BASE, "space": {"prune": {"sparsity": [0.99]}}}, "0..0.95"),
     ("zero-trials", lambda t: {**BASE, "budget": {"n_trials": 0}}, "budget.n_trials"),
     ("empty-space", lambda t: {**BASE, "space": {}}, "the search space is empty"),

@@ -16,7 +16,7 @@ from autocompress.errors import UserError
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from autocompress.models import minilm_path
+    from autocompress.loading import minilm_path
 
     path = minilm_path()
     if path is None:

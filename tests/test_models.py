@@ -1,8 +1,9 @@
+"""The inventory `inspect_model` takes of a loaded model: layers, structures, embedding tables."""
+
 import pytest
 import torch
 
-from autocompress.errors import UserError
-from autocompress.models import load_model
+from autocompress.loading import load_model
 
 
 @pytest.mark.parametrize("spec, task, n_linear, prefix", [
@@ -32,36 +33,6 @@ def test_real_minilm_inventory(minilm):
     batch = minilm.tokenizer(["a sentence to embed"], return_tensors="pt")
     with torch.no_grad():
         assert minilm.model(**batch).last_hidden_state.shape[-1] == 384
-
-
-@pytest.mark.parametrize("spec, message", [
-    ("/no/such/model", "does not exist"),
-    ("random:t5", "unknown random model"),
-])
-def test_bad_specs(spec, message):
-    with pytest.raises(UserError, match=message):
-        load_model(spec)
-
-
-def test_directory_without_config(tmp_path):
-    with pytest.raises(UserError, match="no config.json"):
-        load_model(str(tmp_path))
-
-
-def test_bad_task():
-    with pytest.raises(UserError, match="task 'vision'"):
-        load_model("random:bert", task="vision")
-
-
-def test_model_task_reads_the_config_only():
-    from autocompress.models import model_task
-
-    assert model_task("all-MiniLM-L6-v2") == "embedding"
-    assert model_task("random:gpt2") == "causal-lm" and model_task("random:bert", "causal-lm") == "causal-lm"
-    with pytest.raises(UserError, match="does not exist"):
-        model_task("/no/such/model")
-    with pytest.raises(UserError, match="unknown random model"):
-        model_task("random:t5")
 
 
 def test_embedding_tables_and_ties():

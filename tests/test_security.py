@@ -13,7 +13,7 @@ import pytest
 
 from autocompress.config import SearchConfig
 from autocompress.errors import UserError
-from autocompress.models import load_model, model_task
+from autocompress.loading import load_model, model_task
 
 
 def _saved_bert(path: Path) -> Path:

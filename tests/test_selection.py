@@ -1,7 +1,7 @@
 import pytest
 
 from autocompress.errors import UserError
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.plan import LayerPlan
 from autocompress.selection import Rule, build_plan, select_layers, uniform_plan
 

@@ -1,7 +1,7 @@
 import pytest
 
 from autocompress.errors import UserError
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.validation import validate_plan
 

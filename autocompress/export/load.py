@@ -25,7 +25,8 @@ from autocompress.export.embedding import PackedEmbedding
 from autocompress.export.matrix import unpack_int
 from autocompress.export.packed import SUFFIXES, PackedModel, unpack_state_dict, weight_parts
 from autocompress.export.save import FORMAT_NAME, FORMAT_VERSION
-from autocompress.models import _auto_class, inspect_model
+from autocompress.models import inspect_model
+from autocompress.loading import _auto_class
 from autocompress.modules import in_out_features, set_module
 from autocompress.plan import CompressionPlan
 from autocompress.policies.quantize import add_act_quant

@@ -3,7 +3,8 @@ directory, no Optuna study and no MLflow run behind.
 
 `preflight(config) -> task` checks, in order and cheaply (no weights are loaded):
   the model (its directory, config.json, the task it implies, every *.safetensors header, trust_remote_code),
-  the metrics against that task, the calibration / evaluation / label files, the Optuna storage URL
+  the metrics against that task, the search space against the model's inventory (built on the `meta`
+  device: selectors that match nothing, choices that fit no layer), the calibration / evaluation / label files, the Optuna storage URL
   (a server storage is opened; SQLite needs no server) and the MLflow tracking URI (an http server must
   answer). Each failure is a `UserError` naming the key or file and the fix.
 """
@@ -21,7 +22,7 @@ from autocompress.errors import UserError
 def check_weight_files(spec: str) -> None:
     """Read the header of every *.safetensors file of a model directory (a truncated or corrupt file fails
     here, in milliseconds, instead of on a worker)."""
-    from autocompress.models import MINILM_ALIASES, minilm_path
+    from autocompress.loading import MINILM_ALIASES, minilm_path
 
     path = (minilm_path() or spec) if spec in MINILM_ALIASES else spec
     if spec.startswith("random:") or not os.path.isdir(path):
@@ -82,14 +83,24 @@ def check_tracking(uri: str) -> None:
                         "tracking.uri: none") from None
 
 
+def check_space(config: SearchConfig) -> None:
+    """The search space builds against the model's inventory, taken on the meta device (no weights)."""
+    from autocompress.loading import meta_inventory
+    from autocompress.spaces import ConfigSpace
+
+    m = config.model
+    ConfigSpace(config.space, meta_inventory(m.name, task=m.task, trust_remote_code=m.trust_remote_code))
+
+
 def preflight(config: SearchConfig) -> str:
     """Run every check of the module docstring; return the model's task."""
-    from autocompress.models import model_task
+    from autocompress.loading import model_task
 
     m = config.model
     task = model_task(m.name, task=m.task, trust_remote_code=m.trust_remote_code)
     check_weight_files(m.name)
     config.check_task(task)
+    check_space(config)
     check_data(config)
     check_storage(config.storage)
     check_tracking(config.tracking.uri)

@@ -52,7 +52,7 @@ class TrialRunner:
 
     def __init__(self, config: SearchConfig) -> None:
         from autocompress.data import load_texts, make_batches
-        from autocompress.models import load_model
+        from autocompress.loading import load_model
 
         self.config = config
         d = config.data

@@ -9,7 +9,7 @@ import torch
 
 from autocompress.distill import DistillConfig, apply_and_distill, distill
 from autocompress.distill.train import RESULT_ATTR
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.modules import LowRankLinear, is_linear_like, weight_matrix
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.policies import apply_plan

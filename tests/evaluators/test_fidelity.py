@@ -11,7 +11,7 @@ import torch
 from autocompress.data import load_texts, make_batches
 from autocompress.errors import UserError
 from autocompress.evaluators import EVALUATORS, FidelityEvaluator, embed
-from autocompress.models import load_model
+from autocompress.loading import load_model
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from autocompress.evaluators.latency.kernels import (
     shape_plan,
 )
 from autocompress.evaluators.latency.measured import MeasuredLatency, measure_model
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.modules import LowRankLinear
 from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
 

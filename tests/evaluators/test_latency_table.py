@@ -14,7 +14,7 @@ from autocompress.evaluators.latency.calibrate import calibrate, gemm_shapes, sa
 from autocompress.evaluators.latency.roofline import op_time
 from autocompress.evaluators.latency.table import TableLatency
 from autocompress.hardware.profile import Calibration, DeviceProfile, Kernel, TableEntry, load_profile
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan, LayerPlan
 
 WORKLOAD = Workload(batch=1, seq_len=16)

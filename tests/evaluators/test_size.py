@@ -9,7 +9,7 @@ import pytest
 
 from autocompress.errors import UserError
 from autocompress.evaluators import EVALUATORS, SizeEvaluator, matrix_bytes, plan_size
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan, LayerPlan
 
 L0 = "encoder.layer.0."

@@ -74,7 +74,7 @@ def ids(n: int = 2, seq: int = 12) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory) -> dict[str, Exported]:
     from autocompress.export import save_compressed
-    from autocompress.models import load_model
+    from autocompress.loading import load_model
     from autocompress.policies import apply_plan
 
     calib = [{"input_ids": ids(4, 16), "attention_mask": torch.ones(4, 16, dtype=torch.long)}]

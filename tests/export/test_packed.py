@@ -5,7 +5,7 @@ import torch
 
 from autocompress.evaluators.size import plan_size
 from autocompress.export.packed import pack_model, tied_aliases, unpack_state_dict
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.policies import apply_plan
 from tests.export.conftest import PLANS

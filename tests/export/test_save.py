@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from autocompress.errors import UserError
 from autocompress.evaluators.size import plan_size
 from autocompress.export import FORMAT_VERSION, save_compressed
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.policies import apply_plan
 from tests.export.conftest import PLANS

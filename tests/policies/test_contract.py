@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.policies import POLICIES, Calibration, apply_plan
 from autocompress.policies.verify import plan_violations

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autocompress.errors import UserError
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.modules import LowRankLinear, weight_matrix
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.policies._base import POLICIES, Calibration

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import UserError
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.modules import LowRankLinear, set_module, weight_matrix
 from autocompress.plan import QUANT_METHODS, CompressionPlan, LayerPlan
 from autocompress.policies._base import POLICIES, Calibration

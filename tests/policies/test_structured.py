@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from autocompress.errors import UserError
-from autocompress.models import inspect_model, load_model, minilm_path
+from autocompress.models import inspect_model
+from autocompress.loading import load_model, minilm_path
 from autocompress.modules import weight_matrix
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.policies._base import POLICIES, Calibration

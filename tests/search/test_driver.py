@@ -243,7 +243,7 @@ def test_latency_target_is_an_objective_decided_before_model_work(tmp_path):
                         target={"profile": str(tmp_path / "cpu.yaml"), "latency_model": "roofline"})
     from autocompress.evaluators.latency import LATENCY_MODELS, Workload
     from autocompress.hardware import load_profile
-    from autocompress.models import load_model
+    from autocompress.loading import load_model
     from autocompress.plan import CompressionPlan
 
     info = load_model("random:bert").info

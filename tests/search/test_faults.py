@@ -277,7 +277,7 @@ def test_a_silent_driver_on_another_host_loses_its_trials_a_beating_one_keeps_th
     """Heartbeats on a shared RDB study: a RUNNING trial whose driver (on another host) stopped beating more
     than 3 x heartbeat_s ago ends FAIL and is re-run with its params; one whose driver still beats is left
     alone, RUNNING."""
-    from autocompress.models import load_model
+    from autocompress.loading import load_model
     from autocompress.spaces import ConfigSpace
 
     config = make_config(tmp_path, budget={"n_trials": 3}, backend={"heartbeat_s": 1},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.search.backends import make_backend
 from autocompress.search.sensitivity import Sensitivity, jobs, load_or_measure, seed_params
 from autocompress.spaces import ConfigSpace

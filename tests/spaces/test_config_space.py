@@ -7,7 +7,7 @@ import pytest
 
 from autocompress.config import SpaceSection
 from autocompress.errors import UserError
-from autocompress.models import load_model
+from autocompress.loading import load_model
 from autocompress.plan import LayerPlan, resolve_rank
 from autocompress.spaces import ConfigSpace, SearchSpace
 from autocompress.validation import validate_plan
