@@ -19,24 +19,10 @@ STALE_S = 120.0  # a lock held longer than this by one holder is taken as left b
 JOINS_ATTR = "autocompress:joins"  # study system attr: how many processes have joined the study
 
 
-def make_sampler(config: SearchConfig, offset: int = 0) -> Any:
-    """The configured sampler, seeded with `sampler.seed + offset` (no seed stays no seed). Constraints
-    reach it through `trial.set_constraint` (Optuna >= 5).
+def _sampler(config: SearchConfig, offset: int) -> Any:
+    from autocompress.search.samplers import make_sampler  # imports optuna: not at module import
 
-    `join_study` passes finished trials + join number as the offset, so a resumed search does not replay
-    the random draws of the first run and the processes of a sweep draw differently."""
-    import optuna
-
-    s = config.sampler
-    seed = None if s.seed is None else s.seed + offset
-    if s.name == "nsga2":
-        kwargs = {"population_size": s.population_size} if s.population_size else {}
-        return optuna.samplers.NSGAIISampler(seed=seed, **kwargs)
-    if s.name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, warn_independent_sampling=False)
-    if s.name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
-    return optuna.samplers.RandomSampler(seed=seed)
+    return make_sampler(config, offset)
 
 
 def open_study(config: SearchConfig) -> Any:
@@ -63,7 +49,7 @@ def open_study(config: SearchConfig) -> Any:
             probe.set_metric_names(metrics)
     finished = sum(1 for t in probe.get_trials(deepcopy=False) if t.state.is_finished())
     return optuna.load_study(study_name=config.study_name, storage=storage,
-                             sampler=make_sampler(config, finished))
+                             sampler=_sampler(config, finished))
 
 
 def join_study(study: Any, config: SearchConfig, baselines: Sequence[tuple[str, Mapping[str, Any]]] = (),
@@ -87,7 +73,7 @@ def join_study(study: Any, config: SearchConfig, baselines: Sequence[tuple[str, 
             for label, params in baselines:
                 study.enqueue_trial(dict(params), user_attrs={"baseline": label}, skip_if_exists=True)
     finished = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
-    study.sampler = make_sampler(config, finished + join)
+    study.sampler = _sampler(config, finished + join)
     return join
 
 
