@@ -4,13 +4,14 @@ A policy is one compression technique. `apply(model, plan, calibration)` changes
 plan entries the policy `handles`, and for no others. `apply_plan` runs the registered policies in
 `ORDER`, each on the model as the previous ones left it. Data-aware methods (GPTQ, Wanda, whitened SVD,
 activation-aware structured pruning) read input statistics through `Calibration.input_grams`, gathered
-on the model as it stands at that stage.
+on the model as it stands at that stage (and kept in `Calibration.memo`, when there is one, while the model
+is still exactly the base model: see memo.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Iterable, Mapping
+from typing import TYPE_CHECKING, ClassVar, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from autocompress.errors import UserError
 from autocompress.modules import is_linear_like, weight_matrix
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.registry import Registry
+
+if TYPE_CHECKING:
+    from autocompress.policies.memo import BaseModelMemo
 
 
 class Policy:
@@ -59,15 +63,37 @@ ORDER = ("structured", "sparsify", "lowrank", "quantize")
 
 @dataclass
 class Calibration:
-    """Tokenized batches fed as `model(**batch)`; padded positions are masked out of every statistic."""
+    """Tokenized batches fed as `model(**batch)`; padded positions are masked out of every statistic.
+    `memo` (optional, one per base model) keeps what is computed on the unchanged base model (memo.py)."""
 
     batches: list[Mapping[str, torch.Tensor]]
+    memo: "BaseModelMemo | None" = None
+
+    def pristine(self, model: nn.Module) -> bool:
+        """True when there is a memo and `model` is still exactly its base model (memo entries apply)."""
+        return self.memo is not None and self.memo.matches(model)
 
     @torch.no_grad()
-    def input_grams(self, model: nn.Module, modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+    def input_grams(self, model: nn.Module, modules: Mapping[str, nn.Module],
+                    pristine: bool | None = None) -> dict[str, torch.Tensor]:
         """For each named Linear-like module, the Gram matrix X^T X (float32, [in, in]) of its inputs over
         all unmasked tokens, divided by the token count. diag() of it is the mean squared activation per
-        input feature (Wanda's norm squared); the whole matrix is GPTQ's Hessian (up to a factor of 2)."""
+        input feature (Wanda's norm squared); the whole matrix is GPTQ's Hessian (up to a factor of 2).
+        On a pristine model (`pristine(model)`, checked here when `pristine` is None) the memo's matrices
+        are returned and only the missing ones gathered (then kept): the same values, without the passes."""
+        if pristine is None:
+            pristine = self.pristine(model)
+        if pristine:
+            known = {n: self.memo.grams[n] for n in modules if n in self.memo.grams}
+            missing = {n: m for n, m in modules.items() if n not in known}
+            fresh = self._gather(model, missing) if missing else {}
+            for n, g in fresh.items():
+                self.memo.store_gram(n, g)
+            return {n: known[n] if n in known else fresh[n] for n in modules}
+        return self._gather(model, modules)
+
+    def _gather(self, model: nn.Module, modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+        """`input_grams` by one pass over the batches, with a hook on each module."""
         grams: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
         state: dict[str, torch.Tensor | None] = {"mask": None}

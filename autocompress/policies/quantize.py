@@ -223,6 +223,28 @@ def add_act_quant(module: nn.Module, bits: int = 8) -> None:
     setattr(module, ACT_ATTR, bits)
 
 
+def _remembered(memo, name: str, w: torch.Tensor, entry: LayerPlan,
+                gram: torch.Tensor) -> tuple[torch.Tensor, QuantGrid]:
+    """A data-aware quantizer's result for the base model's weight `w` of module `name`, through the memo
+    (memo.py), which keeps the integers (uint8, offset by qmin) and the grid, not the float weight. A
+    remembered result is exactly the computed one: (q - zero) * scale is how `_fake` makes the weight."""
+    bits, gs, sym = entry.bits, entry.group_size, entry.symmetric
+    qmin = qrange(bits, sym)[0]
+    fresh: list[tuple[torch.Tensor, QuantGrid]] = []
+
+    def compute() -> tuple[torch.Tensor, ...]:
+        q, grid = QUANTIZERS.get(entry.quant_method)(w, entry, gram)
+        fresh.append((q, grid))
+        codes = (quantize_int(q, grid.scale, grid.zero, bits, gs, sym) - qmin).to(torch.uint8)
+        return codes, grid.scale.clone(), grid.zero.clone()
+
+    codes, scale, zero = memo.result(("quantize", name, entry.quant_method, bits, gs, sym), compute)
+    if fresh:
+        return fresh[0]
+    q = dequantize(codes.to(torch.int32) + qmin, scale, zero, gs).to(w.dtype)
+    return q, QuantGrid(bits, gs, sym, scale.clone(), zero.clone())
+
+
 def _named_weight_modules(model: nn.Module, name: str) -> dict[str, nn.Module]:
     """`weight_modules` of the plan entry `name`, keyed by their full module names."""
     root = model.get_submodule(name)
@@ -250,15 +272,21 @@ class QuantizePolicy(Policy):
         targets = {n: (m, e) for name, e in entries.items() for n, m in _named_weight_modules(model, name).items()}
         data_aware = {n: m for n, (m, e) in targets.items() if self.needs_calibration(e)}
         grams: dict[str, torch.Tensor] = {}
+        memo = None
         if data_aware:
             first = next(name for name, e in entries.items() if self.needs_calibration(e))
             calib = self.require(calibration, first, entries[first].quant_method)
-            grams = calib.input_grams(model, data_aware)
+            pristine = calib.pristine(model)  # before any weight changes: then memo entries apply
+            memo = calib.memo if pristine else None
+            grams = calib.input_grams(model, data_aware, pristine=pristine)
         with torch.no_grad():
             for n, (m, e) in targets.items():
                 if e.bits is not None:
                     w = check_weight(n, m)
-                    q, grid = QUANTIZERS.get(e.quant_method)(w, e, grams.get(n))
+                    if memo is not None and n in data_aware:
+                        q, grid = _remembered(memo, n, w, e, grams[n])
+                    else:
+                        q, grid = QUANTIZERS.get(e.quant_method)(w, e, grams.get(n))
                     w.copy_(q)
                     setattr(m, GRID_ATTR, grid)
                 if e.act_bits is not None:

@@ -1,7 +1,9 @@
 """The work of one trial, and the worker state that makes it cheap: load once, run many plans.
 
 `TrialRunner(config)` loads the base model, tokenizer, calibration batches and the task's evaluator once
-(per process: the driver for the local backend, each Ray actor for the ray backend). `run(plan_json)`
+(per process: the driver for the local backend, each Ray actor for the ray backend), and a memo of what
+data-aware methods compute on the unchanged base model (calibration Gram matrices, GPTQ-quantized layers:
+policies/memo.py), so a later plan reuses them exactly instead of recomputing. `run(plan_json)`
 copies the base model, applies the plan and its distillation (`apply_and_distill`: the teacher is the base
 model, the data the calibration batches), evaluates, and returns a `TrialOutcome`. With a pruner
 (search/pruning.py) and a companion trial number, it reports the quality on a subset of the evaluation
@@ -53,6 +55,8 @@ class TrialRunner:
     def __init__(self, config: SearchConfig) -> None:
         from autocompress.data import load_texts, make_batches
         from autocompress.loading import load_model
+        from autocompress.policies import Calibration
+        from autocompress.policies.memo import BaseModelMemo
 
         self.config = config
         d = config.data
@@ -65,7 +69,8 @@ class TrialRunner:
 
             raise UserError(f"model {config.model.name!r} has no tokenizer; a search needs one to evaluate")
         calib = load_texts(d.calibration.source, n=d.calibration.n, seed=d.calibration.seed)
-        self.calibration = make_batches(tok, calib, batch_size=min(d.batch_size, 16), max_length=d.max_length)
+        batches = make_batches(tok, calib, batch_size=min(d.batch_size, 16), max_length=d.max_length)
+        self.calibration = Calibration(batches, memo=BaseModelMemo(self.loaded.model))
         self.evaluator = self._evaluator()
         self.pruning, self.subset_evaluator = None, None
         if config.pruner.name != "none":  # nothing of this without a pruner
@@ -172,6 +177,6 @@ class TrialRunner:
         model = apply_and_distill(self.loaded.model, CompressionPlan(plan.layers), self.calibration, self.info)
         if reporter(0, self.subset_evaluator.evaluate(model)) or plan.distill is None:
             return model
-        distill(model, self.loaded.model, self.calibration, plan.distill, self.info.task, report=reporter,
+        distill(model, self.loaded.model, self.calibration.batches, plan.distill, self.info.task, report=reporter,
                 eval_fn=self.subset_evaluator.evaluate, plan=plan)
         return model
