@@ -4,11 +4,15 @@ Run:  .venv/bin/python benchmarks/search_quality.py [--trials 50] [--random-fact
 Writes benchmarks/results/search_quality.json (every curve and front) and search_quality.md.  (issue 8)
 
 Setup: the real all-MiniLM-L6-v2, calibration n 64 / evaluation n 128 (builtin); the joint space that
-`autocompress auto` writes (per layer group, 24 units: weight bits {3, 4, 8, off} with group size {32, 128},
-int8 activations {on, off}, whole heads / FFN neurons removed {0, 12.5, 25%}), with RTN in place of GPTQ and
+`autocompress auto` writes (per layer group, 36 units: 24 layer groups with weight bits {3, 4, 8, off} with group size {32, 128},
+int8 activations {on, off}, and 12 structures with whole heads / FFN neurons removed {0, 12.5, 25%}), with RTN in place of GPTQ and
 magnitude in place of Wanda so that ~800 evaluations fit in under an hour on 2 cores; constraint fidelity
 >= 0.95; local backend; tracking off. (A first run on a harsher space, 30/50% unstructured sparsity and SVD
 rank 0.5/0.25 added, found no random plan in 600 at fidelity >= 0.9: random search scored 0 there.)
+With --gptq the space is quantization only, with GPTQ: weight bits {3, 4, 8, off}, group size {32, 128}, int8
+activations {on, off} per layer group (24 units), no structured pruning. Every plan then quantizes the
+unchanged base model, so a worker's memo (autocompress/policies/memo.py) runs GPTQ once per (layer, bits,
+group size) and an evaluation costs about what an RTN one does; results go to search_quality_gptq*.
 With --embeddings the space also quantizes the embedding tables (one unit: bits {8, 4, off}, group size
 32; the uniform 3/4/8-bit baselines then take the tables to 4/8 bits too, where that is a choice), and the
 results go to search_quality_embeddings.{json,md}.
@@ -59,11 +63,18 @@ CONSTRAINT, DOMINATE_FROM, TOLERANCE = 0.95, 0.95, 0.005
 SPACE = {"share": "group",
          "quantize": {"bits": [3, 4, 8, None], "group_size": [32, 128], "act_bits": [8, None], "method": ["rtn"]},
          "structured": {"sparsity": [0.0, 0.125, 0.25], "method": ["magnitude"]}}
+GPTQ_SPACE = {"share": "group",  # --gptq: quantization only, GPTQ
+              "quantize": {"bits": [3, 4, 8, None], "group_size": [32, 128], "act_bits": [8, None],
+                           "method": ["gptq"]}}
 EMBEDDINGS = {"bits": [8, 4, None], "group_size": [32]}  # --embeddings: the tables as one more unit
 SETTINGS = {"size": "size_mb", "latency": "latency_ms"}
 ARMS = {"search": "search", "seeded": "search + sensitivity seeding"}  # the NSGA-II arms
-# one uniform baseline per compressing choice of each technique's main field (ConfigSpace.uniform_params)
-BASELINES = sum(1 for b in SPACE["quantize"]["bits"] if b) + sum(1 for x in SPACE["structured"]["sparsity"] if x)
+
+
+def baselines() -> int:
+    """One uniform baseline per compressing choice of each technique's main field (ConfigSpace.uniform_params)."""
+    return sum(1 for b in SPACE["quantize"]["bits"] if b) + \
+        sum(1 for x in SPACE.get("structured", {}).get("sparsity", []) if x)
 
 
 def make_config(run_dir: Path, setting: str, arm: str, seed: int, trials: int):
@@ -176,7 +187,7 @@ def evaluate_setting(work: Path, setting: str, seeds: int, trials: int, factor: 
         LATENCY_MODELS.get("table")(load_profile("cpu-local")).predict(empty, info, Workload(1, 128)).total_ms
     objectives = ["maximize fidelity", f"minimize {metric}"]
     reference, ideal = {"fidelity": CONSTRAINT, metric: dense}, {"fidelity": 1.0, metric: 0.0}
-    uniform_trials = run_arm(work, setting, "uniform", 0, BASELINES)
+    uniform_trials = run_arm(work, setting, "uniform", 0, baselines())
     uniform = points(uniform_trials, metric)
     out = {"dense": dense, "uniform": uniform, "runs": [],
            "uniform_hv": hypervolume_curve(uniform_trials, objectives, reference, ideal)[-1]}
@@ -211,7 +222,7 @@ def write(result: dict) -> str:
     s = result["setup"]
     f, n = s["random_factor"], s["trials"]
     lines = ["# Search quality vs uniform plans and random search (all-MiniLM-L6-v2)", "",
-             f"Space {json.dumps(SPACE)} ({25 if 'embeddings' in SPACE else 24} units); "
+             f"Space {json.dumps(s['space'])} ({s.get('units', '?')} units); "
              f"constraint fidelity >= {CONSTRAINT}; {n} search trials "
              f"(NSGA-II, population {s['population']}, from the {s['baselines']} uniform baselines; the seeded arm "
              f"also from the plans of the measured sensitivity, default thresholds); random search x1 and x{f} "
@@ -260,12 +271,16 @@ def main() -> int:
                                            "found there are reused, so an interrupted benchmark resumes")
     parser.add_argument("--embeddings", action="store_true",
                         help=f"add space.embeddings {EMBEDDINGS} (default --out: search_quality_embeddings)")
+    parser.add_argument("--gptq", action="store_true",
+                        help=f"the space {GPTQ_SPACE} instead (default --out: search_quality_gptq)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     global SPACE
+    SPACE = GPTQ_SPACE if args.gptq else SPACE
     if args.embeddings:
         SPACE = {**SPACE, "embeddings": EMBEDDINGS}
-    args.out = args.out or str(RESULTS / ("search_quality_embeddings" if args.embeddings else "search_quality"))
+    name = "search_quality" + ("_gptq" if args.gptq else "") + ("_embeddings" if args.embeddings else "")
+    args.out = args.out or str(RESULTS / name)
     import optuna
     import torch
 
@@ -286,9 +301,12 @@ def main() -> int:
         for setting in args.settings:
             settings[setting] = evaluate_setting(work, setting, args.seeds, args.trials, args.random_factor,
                                                  args.arms, info, log)
-    setup = {"model": "all-MiniLM-L6-v2", "calibration_n": 64, "evaluation_n": 128, "space": SPACE,
+    from autocompress.spaces import ConfigSpace
+
+    units = len(ConfigSpace(make_config(work / "units", "size", "search", 0, 1).space, info).units)
+    setup = {"model": "all-MiniLM-L6-v2", "calibration_n": 64, "evaluation_n": 128, "space": SPACE, "units": units,
              "trials": args.trials, "random_factor": args.random_factor, "seeds": list(range(args.seeds)),
-             "population": max(8, min(32, args.trials // 4)), "baselines": BASELINES,
+             "population": max(8, min(32, args.trials // 4)), "baselines": baselines(),
              "evaluations": len(shared.miss_s), "reused": shared.hits,
              "median_evaluation_s": statistics.median(shared.miss_s) if shared.miss_s else None,
              "wall_min": (time.perf_counter() - t0) / 60, "torch": torch.__version__, "optuna": optuna.__version__,
