@@ -33,6 +33,8 @@ from autocompress.search.study import assign_generation, finished_metrics
 from autocompress.search.summary import ParetoTrial, SearchResult, counts_by_state, summarize  # noqa: F401
 from autocompress.search.trial import TrialOutcome, worker_name
 
+REFRESH_S = 1.0  # the progress bar's figures are read from the storage at most this often
+
 
 class _Search:
     """The state of one invocation of the driver loop."""
@@ -166,13 +168,22 @@ class _Search:
                            a.get("duration_s", t.duration.total_seconds() if t.duration else 0.0),
                            a.get("worker", ""), plan.to_json() if plan else None, a.get("error") or a.get("reason"))
 
-    def best(self) -> dict[str, float]:
-        best: dict[str, float] = {}
-        for t in self.study.best_trials:
-            for (direction, metric), v in zip(self.objectives, t.values):
-                pick = max if direction == "maximize" else min
-                best[metric] = pick(best.get(metric, v), v)
-        return best
+    def best(self, trials: list[Any] | None = None) -> dict[str, float]:
+        """`best_values` of the study's trials (`trials`, read from the study when None)."""
+        return best_values(self.study.get_trials(deepcopy=False) if trials is None else trials, self.objectives)
+
+
+def best_values(trials: list[Any], objectives: list[tuple[str, str]]) -> dict[str, float]:
+    """metric -> its best value over the feasible complete `trials`: the extremes of `study.best_trials`
+    (the Pareto set holds each objective's optimum), from a list of trials already read."""
+    best: dict[str, float] = {}
+    for t in trials:
+        if t.state.name != "COMPLETE" or t.values is None or any(v > 0 for v in t.constraints.values()):
+            continue
+        for (direction, metric), v in zip(objectives, t.values):
+            pick = max if direction == "maximize" else min
+            best[metric] = pick(best.get(metric, v), v)
+    return best
 
 
 def _plan_latency_model(config: SearchConfig) -> tuple[Any, Any] | None:
@@ -254,20 +265,22 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
         join_study(study, config, baselines)
         deadline = None if timeout is None else time.monotonic() + timeout
 
-        def finished() -> int:  # a trial failed with its driver and queued again counts once, by its retry
-            trials = study.get_trials(deepcopy=False)
+        def finished(trials: list[Any] | None = None) -> int:  # a trial failed with its driver and queued
+            trials = study.get_trials(deepcopy=False) if trials is None else trials  # again counts once
             return sum(1 for t in trials if t.state.is_finished()) - len(superseded(trials))
 
         last_refresh = [0.0]
 
         def refresh(bar: SearchProgress, force: bool = False) -> None:
-            # each refresh reads every trial back from the storage (3 queries): at most 4 a second, so a
-            # driver of short trials does not spend its time redrawing the bar
-            if not show_progress or (not force and time.monotonic() - last_refresh[0] < 0.25):
+            # each refresh reads every trial back from the storage once: at most once a second, so a driver
+            # of short trials does not spend its time redrawing the bar (the bar's clock runs on its own)
+            if not show_progress or (not force and time.monotonic() - last_refresh[0] < REFRESH_S):
                 return
             last_refresh[0] = time.monotonic()
-            c = counts_by_state(study)
-            bar.update(finished(), len(search.running), c.get("FAIL", 0), c.get("PRUNED", 0), search.best())
+            trials = study.get_trials(deepcopy=False)
+            states = [t.state.name for t in trials]
+            bar.update(finished(trials), len(search.running), states.count("FAIL"), states.count("PRUNED"),
+                       search.best(trials))
 
         next_check = time.monotonic() + config.backend.heartbeat_s
         with SearchProgress(budget, search.objectives, enabled=show_progress, already_done=finished()) as bar, \

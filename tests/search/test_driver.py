@@ -262,3 +262,24 @@ def test_latency_target_is_an_objective_decided_before_model_work(tmp_path):
     assert all("latency_ms" in t.user_attrs["metrics"] and "fidelity" not in t.user_attrs["metrics"] for t in pruned)
     assert all(t.user_attrs["metrics"]["latency_ms"] <= dense_ms * 0.8 for t in done)
     assert all(set(p.values) == {"fidelity", "latency_ms"} for p in result.pareto)
+
+
+def test_best_values_are_the_extremes_of_optunas_feasible_pareto_set():
+    """The progress bar's best-so-far, from one read of the trials, equals what `study.best_trials` gives."""
+    from autocompress.search.driver import best_values
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(40):
+        trial = study.ask()
+        fidelity, size = trial.suggest_float("f", 0.8, 1.0), trial.suggest_float("s", 1.0, 50.0)
+        trial.set_constraint("fidelity >= 0.9", 0.9 - fidelity)
+        if i % 7 == 3:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, [fidelity, size])
+    objectives = [("maximize", "fidelity"), ("minimize", "size_mb")]
+    front = study.best_trials
+    expected = {"fidelity": max(t.values[0] for t in front), "size_mb": min(t.values[1] for t in front)}
+    assert best_values(study.get_trials(deepcopy=False), objectives) == expected
+    assert expected["fidelity"] > 0.9 and all(t.values[0] >= 0.9 for t in front)
