@@ -127,6 +127,11 @@ class RayBackend:
 
     `backend.address` None starts an embedded local cluster (`ray.init()`); "auto" or "ray://host:port" joins
     an existing one. Each actor reserves `cpus_per_trial` CPUs and `gpus_per_trial` (fractional) GPUs.
+
+    Capacity is two trials per actor: one running on it, one waiting here (not in Ray) for the first actor to
+    come free. `collect` sends the waiting plans to free actors before it returns, so a worker starts its next
+    trial while the driver is still telling Optuna and asking for the plan after that. A waiting trial's time
+    limit starts when it is sent; only sent trials can be lost with a worker.
     """
 
     name = "ray"
@@ -137,11 +142,12 @@ class RayBackend:
         self.idle: list[Any] = []
         self.flight = InFlight(config.budget.trial_timeout_s, config.backend.max_retries)  # keyed by ObjectRef
         self.pruning: dict[int, int | None] = {}  # trial number -> companion trial number
+        self.waiting: deque[tuple[int, str]] = deque()  # (number, plan JSON) submitted, no actor free yet
         self._started_ray = False
 
     @property
     def capacity(self) -> int:
-        return len(self.actors)
+        return 2 * len(self.actors)
 
     @property
     def workers(self) -> int:
@@ -192,20 +198,28 @@ class RayBackend:
 
     def submit(self, number: int, plan_json: str, pruning: int | None = None) -> None:
         self.pruning[number] = pruning
-        self._send(Attempt(number, plan_json, worker=self.idle.pop()))
+        self.waiting.append((number, plan_json))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Send waiting plans, oldest first, to free actors."""
+        while self.waiting and self.idle:
+            number, plan_json = self.waiting.popleft()
+            self._send(Attempt(number, plan_json, worker=self.idle.pop()))
 
     def _send(self, entry: Attempt) -> None:
         pruning = self.pruning.get(entry.number)
         self.flight.add(entry.worker.run.remote(entry.plan_json, entry.number, entry.attempt, pruning), entry)
 
     def in_flight(self) -> int:
-        return len(self.flight)
+        return len(self.flight) + len(self.waiting)
 
     def collect(self) -> list[tuple[int, TrialOutcome]]:
         import ray
 
         E = ray.exceptions
         out: list[tuple[int, TrialOutcome]] = []
+        self._dispatch()
         while self.flight and not out:
             done, _ = ray.wait(list(self.flight.entries), num_returns=1, timeout=self.flight.wait_s())
             for ref in done:
@@ -236,6 +250,7 @@ class RayBackend:
                 entry = self.flight.pop(ref)
                 self._replace(entry.worker)
                 out.append((entry.number, self.flight.timed_out(entry)))
+            self._dispatch()  # before the driver's bookkeeping of `out`: free workers start at once
         return out
 
     def _replace(self, dead: Any) -> Any:
@@ -264,7 +279,7 @@ class RayBackend:
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-        self.actors, self.idle, self.flight.entries = [], [], {}
+        self.actors, self.idle, self.flight.entries, self.waiting = [], [], {}, deque()
         if self._started_ray:
             ray.shutdown()
 

@@ -279,8 +279,8 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
             last_refresh[0] = time.monotonic()
             trials = study.get_trials(deepcopy=False)
             states = [t.state.name for t in trials]
-            bar.update(finished(trials), len(search.running), states.count("FAIL"), states.count("PRUNED"),
-                       search.best(trials))
+            running = min(len(search.running), backend.workers)  # the rest wait for a free worker
+            bar.update(finished(trials), running, states.count("FAIL"), states.count("PRUNED"), search.best(trials))
 
         next_check = time.monotonic() + config.backend.heartbeat_s
         with SearchProgress(budget, search.objectives, enabled=show_progress, already_done=finished()) as bar, \
