@@ -34,7 +34,7 @@ def _hook_count(model: nn.Module) -> int:
 
 class BaseModelMemo:
     """See the module docstring. `grams` maps module name -> Gram matrix; `results` maps any hashable key
-    (a policy's choice, e.g. ("gptq", layer, bits, group_size, symmetric)) -> a tuple of tensors."""
+    (a policy's choice, e.g. ("quantize", layer, "gptq", bits, group_size, symmetric)) -> a tuple of tensors."""
 
     def __init__(self, base: nn.Module, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._state = base.state_dict(keep_vars=False)
