@@ -8,12 +8,13 @@ Writes benchmarks/results/orchestration.json and orchestration.md.  (issue 8, "O
    returns a metric derived from the plan (`NoopRunner`, patched in for `TrialRunner`). Model random:bert
    with a per-layer space (36 decision units, so plans rarely repeat), objectives fidelity / size_mb, NSGA-II,
    Optuna on SQLite. Each setting runs twice, with N1 and N2 trials; the marginal cost of one trial is
-   (wall(N2) - wall(N1)) / (N2 - N1), which leaves start-up out. Settings: MLflow off, and MLflow on a
-   SQLite store (a nested run per trial). The figure that matters for a cluster: a driver that needs c s per
-   trial keeps W workers busy with T-second trials while W / T < 1 / c.
+   (wall(N2) - wall(N1)) / (N2 - N1), which leaves start-up out. Settings: MLflow off, MLflow on a
+   SQLite store (a nested run per trial), and MLflow off with Optuna on a journal file instead of SQLite.
+   The figure that matters for a cluster: a driver that needs c s per trial keeps W workers busy with
+   T-second trials while W / T < 1 / c.
 2. Overhead share of real trials: the quickstart (the real MiniLM, examples/quickstart.yaml) for `--real-trials`
-   trials on the local backend and on Ray (2 workers), MLflow on SQLite. Work = the worker's apply + evaluate
-   seconds (Optuna user attr `work_s`); the loop window = first trial start to last trial end (start-up, i.e.
+   trials on the local backend and on Ray (2 workers), MLflow on SQLite; and once more locally with Optuna on
+   a journal file. Work = the worker's apply + evaluate seconds (Optuna user attr `work_s`); the loop window = first trial start to last trial end (start-up, i.e.
    model load and Ray start, reported apart). Overhead share = 1 - sum(work) / (window x workers): everything a
    trial costs beyond its own work, including idle workers waiting for the driver.
 """
@@ -50,7 +51,12 @@ class NoopRunner:
                             worker=worker_name())
 
 
-def noop_search(root: Path, trials: int, tracking: str, tag: str) -> float:
+def storage_url(run_dir: Path, storage: str) -> str | None:
+    """None (the default: SQLite in the run directory) or Optuna's journal file there."""
+    return None if storage == "sqlite" else f"journal:///{run_dir}/optuna.log"
+
+
+def noop_search(root: Path, trials: int, tracking: str, tag: str, storage: str = "sqlite") -> float:
     from autocompress.config import SearchConfig
     from autocompress.search import backends
     from autocompress.search.driver import run_search
@@ -61,7 +67,8 @@ def noop_search(root: Path, trials: int, tracking: str, tag: str) -> float:
         "model": {"name": "random:bert"}, "space": {"share": "layer", "quantize": {"bits": [2, 3, 4, 8, None]}},
         "objectives": ["maximize fidelity", "minimize size_mb"], "budget": {"n_trials": trials},
         "sampler": {"name": "nsga2", "seed": 0}, "tracking": {"uri": uri, "experiment": "noop"},
-        "run_dir": str(run_dir), "study_name": f"noop-{tag}-{trials}"}).resolved(root)
+        "run_dir": str(run_dir), "study_name": f"noop-{tag}-{trials}",
+        **({"storage": storage_url(run_dir, storage)} if storage != "sqlite" else {})}).resolved(root)
     original, backends.TrialRunner = backends.TrialRunner, NoopRunner
     try:
         start = time.perf_counter()
@@ -75,12 +82,14 @@ def noop_search(root: Path, trials: int, tracking: str, tag: str) -> float:
 
 def throughput(root: Path, sizes: list[int]) -> list[dict]:
     rows = []
-    for tracking in ("none", "sqlite"):
-        noop_search(root, 3, tracking, f"warmup-{tracking}")  # imports, first MLflow schema: not per trial
-        walls = {n: noop_search(root, n, tracking, tracking) for n in sizes}
+    for tracking, storage in (("none", "sqlite"), ("sqlite", "sqlite"), ("none", "journal")):
+        tag = f"{tracking}-{storage}"
+        noop_search(root, 3, tracking, f"warmup-{tag}", storage)  # imports, first MLflow schema: not per trial
+        walls = {n: noop_search(root, n, tracking, tag, storage) for n in sizes}
         lo, hi = min(sizes), max(sizes)
         per_trial = (walls[hi] - walls[lo]) / (hi - lo)
         rows.append({"tracking": "MLflow off" if tracking == "none" else "MLflow on SQLite",
+                     "storage": "Optuna on SQLite" if storage == "sqlite" else "Optuna journal file",
                      "walls_s": {str(n): round(w, 2) for n, w in walls.items()},
                      "per_trial_ms": round(per_trial * 1000, 1), "trials_per_s": round(1 / per_trial, 1),
                      "workers_kept_busy_at_10s_trials": int(10 / per_trial)})
@@ -93,11 +102,13 @@ def real_overhead(root: Path, trials: int) -> list[dict]:
     from autocompress.search.rundir import RunDir
 
     rows = []
-    for backend, workers in (("local", 1), ("ray", 2)):
+    for backend, workers, storage in (("local", 1, "sqlite"), ("ray", 2, "sqlite"), ("local", 1, "journal")):
         spec = {"name": "ray", "workers": workers, "cpus_per_trial": 1} if backend == "ray" else {"name": "local"}
-        config = quickstart_config(root, f"qs-{backend}", trials, spec, f"sqlite:///{root}/mlflow-{backend}.db",
-                                   "overhead")
+        name = f"qs-{backend}-{storage}"
+        config = quickstart_config(root, name, trials, spec, f"sqlite:///{root}/mlflow-{name}.db", "overhead")
         run_dir = Path(config.run_dir)
+        if storage != "sqlite":
+            config = config.model_copy(update={"storage": storage_url(run_dir, storage)})
         start = time.time()
         result = run_search(config, show_progress=False)
         end = time.time()
@@ -106,7 +117,7 @@ def real_overhead(root: Path, trials: int) -> list[dict]:
         first = min(t.datetime_start.timestamp() for t in trials_done)
         last = max(t.datetime_complete.timestamp() for t in trials_done)
         window, work = last - first, sum(t.user_attrs["work_s"] for t in worked)
-        row = {"backend": backend, "workers": workers, "trials": len(trials_done), "evaluated": len(worked),
+        row = {"backend": backend, "workers": workers, "storage": storage, "trials": len(trials_done), "evaluated": len(worked),
                "counts": result.counts, "startup_s": round(first - start, 1), "window_s": round(window, 1),
                "total_s": round(end - start, 1), "work_s": round(work, 1),
                "mean_work_s": round(work / max(len(worked), 1), 2),
@@ -122,19 +133,19 @@ def markdown(result: dict) -> str:
     lines = ["# Orchestration overhead (benchmarks/orchestration.py)", "",
              f"{env['cpus']} CPU cores ({env['machine']}), load average before {env['load_before']}; "
              f"optuna {env['optuna']}, ray {env['ray']}, mlflow {env['mlflow']}, torch {env['torch']}.", "",
-             "## Driver throughput, no-op objective (random:bert, 36 per-layer units, NSGA-II, Optuna on SQLite)",
-             "", "| tracking | wall s by trials | marginal ms / trial | trials / s | workers kept busy at 10 s "
-             "trials |", "|---|---|---|---|---|"]
+             "## Driver throughput, no-op objective (random:bert, 36 per-layer units, NSGA-II)",
+             "", "| tracking | Optuna storage | wall s by trials | marginal ms / trial | trials / s | workers kept "
+             "busy at 10 s trials |", "|---|---|---|---|---|---|"]
     for r in result["throughput"]:
         walls = ", ".join(f"{n}: {w}" for n, w in r["walls_s"].items())
-        lines.append(f"| {r['tracking']} | {walls} | {r['per_trial_ms']} | {r['trials_per_s']} | "
+        lines.append(f"| {r['tracking']} | {r.get('storage', 'Optuna on SQLite')} | {walls} | {r['per_trial_ms']} | {r['trials_per_s']} | "
                      f"{r['workers_kept_busy_at_10s_trials']} |")
     if result.get("real"):
         lines += ["", "## Overhead share of real trials (quickstart: the real MiniLM, MLflow on SQLite)", "",
-                  "| backend | workers | trials (evaluated) | start-up s | loop window s | work s (mean) | "
-                  "overhead share | overhead s / evaluated trial |", "|---|---|---|---|---|---|---|---|"]
+                  "| backend | workers | Optuna storage | trials (evaluated) | start-up s | loop window s | "
+                  "work s (mean) | overhead share | overhead s / evaluated trial |", "|---|---|---|---|---|---|---|---|---|"]
         for r in result["real"]:
-            lines.append(f"| {r['backend']} | {r['workers']} | {r['trials']} ({r['evaluated']}) | {r['startup_s']} "
+            lines.append(f"| {r['backend']} | {r['workers']} | {r.get('storage', 'sqlite')} | {r['trials']} ({r['evaluated']}) | {r['startup_s']} "
                          f"| {r['window_s']} | {r['work_s']} ({r['mean_work_s']}) | {r['overhead_share']:.1%} | "
                          f"{r['overhead_per_trial_s']} |")
     return "\n".join(lines) + "\n"
