@@ -30,7 +30,7 @@ from typing import Any
 from autocompress.config import SearchConfig, parse_constraint, parse_objective
 from autocompress.search.recording import TrialRecord, TrialRecorder
 from autocompress.search.study import assign_generation, finished_metrics
-from autocompress.search.summary import ParetoTrial, SearchResult, counts_by_state, summarize  # noqa: F401
+from autocompress.search.summary import ParetoTrial, SearchResult, summarize  # noqa: F401
 from autocompress.search.trial import TrialOutcome, worker_name
 
 REFRESH_S = 1.0  # the progress bar's figures are read from the storage at most this often

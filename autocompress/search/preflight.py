@@ -83,24 +83,16 @@ def check_tracking(uri: str) -> None:
                         "tracking.uri: none") from None
 
 
-def check_space(config: SearchConfig) -> None:
-    """The search space builds against the model's inventory, taken on the meta device (no weights)."""
+def preflight(config: SearchConfig) -> str:
+    """Run every check of the module docstring; return the model's task."""
     from autocompress.loading import meta_inventory
     from autocompress.spaces import ConfigSpace
 
     m = config.model
-    ConfigSpace(config.space, meta_inventory(m.name, task=m.task, trust_remote_code=m.trust_remote_code))
-
-
-def preflight(config: SearchConfig) -> str:
-    """Run every check of the module docstring; return the model's task."""
-    from autocompress.loading import model_task
-
-    m = config.model
-    task = model_task(m.name, task=m.task, trust_remote_code=m.trust_remote_code)
+    info = meta_inventory(m.name, task=m.task, trust_remote_code=m.trust_remote_code)  # config.json only
     check_weight_files(m.name)
-    config.check_task(task)
-    check_space(config)
+    config.check_task(info.task)
+    ConfigSpace(config.space, info)  # selectors that match nothing, choices that fit no layer
     check_data(config)
     check_storage(config.storage)
     check_tracking(config.tracking.uri)
@@ -108,4 +100,4 @@ def preflight(config: SearchConfig) -> str:
         from autocompress.search.pareto import PickRule
 
         PickRule.parse(config.pick)
-    return task
+    return info.task
