@@ -2,8 +2,9 @@
 
 `load_texts("builtin")` needs no download: it is built from the docstrings of a fixed list of side-effect-free
 Python standard-library modules (and of their public functions, classes and methods), cut into sentences of
-6..40 words with code-like pieces dropped, deduplicated and sorted. The set (about 2,000 sentences) is the
-same on every run of a given Python version; a sample from it is fixed by its seed. Files give one text per
+6..40 words with code-like pieces dropped, deduplicated and sorted (corpus.py). The set (about 2,100
+sentences) is read in a clean interpreter, so it is the same in every process of a given Python version,
+whatever that process has imported; a sample from it is fixed by its seed. Files give one text per
 non-empty line (.txt) or a "text" field per line (.jsonl). Every bad input raises `UserError` naming the
 file and the fix. This module imports torch only inside `make_batches`.
 """
@@ -12,89 +13,33 @@ from __future__ import annotations
 
 import csv
 import functools
-import importlib
-import inspect
 import io
 import json
 import os
 import random
-import re
+import subprocess
+import sys
 import warnings
 from typing import Any, Sequence
 
 from autocompress.errors import UserError
 
-# Importing these has no side effects beyond defining names. Never add `this`, `antigravity` or GUI modules.
-_STDLIB_MODULES = (
-    "abc", "argparse", "array", "ast", "base64", "bisect", "bz2", "calendar", "cmath", "codecs",
-    "collections", "colorsys", "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime",
-    "decimal", "difflib", "dis", "email.message", "enum", "filecmp", "fnmatch", "fractions", "functools",
-    "getopt", "gettext", "glob", "graphlib", "gzip", "hashlib", "heapq", "hmac", "html", "inspect",
-    "ipaddress", "itertools", "json", "keyword", "linecache", "locale", "logging", "lzma", "math",
-    "mimetypes", "numbers", "operator", "pathlib", "pickle", "pprint", "queue", "random", "re", "reprlib",
-    "sched", "secrets", "shlex", "shutil", "statistics", "string", "struct", "tarfile", "tempfile",
-    "textwrap", "threading", "tokenize", "traceback", "types", "typing", "unicodedata", "urllib.parse",
-    "uuid", "warnings", "weakref", "zipfile",
-)
-_MIN_WORDS, _MAX_WORDS = 6, 40
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-_ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "approx.", "no.")
-_SYMBOLS = set("{}[]()<>=_*/\\|#@$%^&~`+;")
-
-
-def _docstrings(module: Any) -> list[str]:
-    """The module's docstring and those of its own public functions, classes and their methods."""
-    out = [module.__doc__ or ""]
-    for name, obj in sorted(vars(module).items()):
-        if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
-            continue
-        if inspect.isclass(obj) or inspect.isroutine(obj):
-            out.append(obj.__doc__ or "")
-        if inspect.isclass(obj):
-            for attr, member in sorted(vars(obj).items()):
-                if not attr.startswith("_") and inspect.isroutine(member):
-                    out.append(getattr(member, "__doc__", None) or "")
-    return out
-
-
-def _is_prose(s: str) -> bool:
-    return (_MIN_WORDS <= len(s.split()) <= _MAX_WORDS and ">>>" not in s and "::" not in s and s.isascii()
-            and s[0].isupper() and s[-1] in ".!?" and s.count("(") == s.count(")") and s.count('"') % 2 == 0
-            and sum(c in _SYMBOLS for c in s) <= max(1, len(s) // 40))
-
-
-def _sentences(doc: str) -> list[str]:
-    out = []
-    for para in inspect.cleandoc(doc).split("\n\n"):
-        lines = para.splitlines()
-        # code blocks, doctests, tables and indented continuation blocks are not prose
-        if not lines or any(ln.startswith((" ", "\t", ">>>", "...")) for ln in lines):
-            continue
-        pieces: list[str] = []
-        for piece in _SENTENCE_END.split(" ".join(ln.strip() for ln in lines)):
-            if pieces and pieces[-1].lower().endswith(_ABBREVIATIONS):
-                pieces[-1] += " " + piece  # "e.g. The" does not end a sentence
-            else:
-                pieces.append(piece)
-        out.extend(s.strip() for s in pieces if _is_prose(s.strip()))
-    return out
-
 
 @functools.lru_cache(maxsize=1)
 def builtin_corpus() -> tuple[str, ...]:
-    """All sentences of the built-in corpus, deduplicated and sorted. Modules that fail to import are skipped."""
-    found: set[str] = set()
-    for name in _STDLIB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - an absent optional module only shrinks the corpus
-            continue
-        with warnings.catch_warnings():  # reading e.g. typing.io's docstring warns about its deprecation
-            warnings.simplefilter("ignore")
-            docs = _docstrings(module)
-        for doc in docs:
-            found.update(_sentences(doc))
-    return tuple(sorted(found))
+    """All sentences of the built-in corpus, deduplicated and sorted, as a clean interpreter of this Python sees
+    them (corpus.py says why); the same in every process. Falls back to this process's view, with a warning, if
+    the interpreter cannot be started."""
+    from autocompress import corpus
+
+    try:
+        done = subprocess.run([sys.executable, "-I", "-S", corpus.__file__], capture_output=True, text=True,
+                              timeout=120, check=True)
+        return tuple(json.loads(done.stdout))
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        warnings.warn(f"the builtin corpus was read in this process ({type(exc).__name__}: {exc}); seeded samples "
+                      "from it may differ from other processes'", stacklevel=2)
+        return tuple(corpus.collect())
 
 
 def _read_text(path: str, what: str) -> str:

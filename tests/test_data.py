@@ -33,6 +33,41 @@ def test_builtin_corpus_is_large_clean_and_sorted():
     assert load_texts() == list(corpus)
 
 
+def test_builtin_corpus_ignores_what_this_process_patched(monkeypatch):
+    """Importing Ray wraps inspect.isgenerator; the corpus (and so every seeded sample) must not change."""
+    import inspect
+
+    from autocompress import corpus, data
+
+    clean = data.builtin_corpus()
+    original = inspect.isgenerator
+    monkeypatch.setattr(inspect, "isgenerator", lambda obj: original(obj))  # what Ray's _raylet does
+    lost = "Return true if the object is a generator."
+    assert lost in clean and lost not in corpus.collect()  # this process's own view lost the docstring
+    data.builtin_corpus.cache_clear()
+    try:
+        assert data.builtin_corpus() == clean
+    finally:
+        data.builtin_corpus.cache_clear()
+
+
+def test_builtin_corpus_falls_back_to_this_process_with_a_warning(monkeypatch):
+    import subprocess
+
+    from autocompress import corpus, data
+
+    def refuse(*args, **kwargs):
+        raise OSError("no interpreter")
+
+    monkeypatch.setattr(subprocess, "run", refuse)
+    data.builtin_corpus.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="read in this process"):
+            assert data.builtin_corpus() == tuple(corpus.collect())
+    finally:
+        data.builtin_corpus.cache_clear()
+
+
 def test_builtin_sample_is_deterministic_per_seed():
     a = load_texts(n=50, seed=1)
     assert len(a) == 50 and len(set(a)) == 50

@@ -4,17 +4,23 @@ format, reload the written files, measure them again, write the model card, log 
 `export(source, out_dir, trial=None, pick=None, force=False) -> ExportResult`
   source: a `SearchResult` (from `run_search`) or a run directory path.
   trial / pick: which trial (see `RunDir.choose`); default: the config's pick rule.
+"Exactly": the rebuild and the measurement run with the torch thread count the trial's worker had (user attr
+`torch_threads`; a Ray worker has `backend.cpus_per_trial`), because GPTQ's Cholesky factorization sums in
+a thread-dependent order and a changed sum can flip a rounding; with the same count the exported weights are
+the searched ones bit for bit, and the metrics match.
 The output directory is written under a temporary name next to it and renamed when complete, so an
 interrupted export leaves nothing half-written behind; an existing `out_dir` is refused unless `force`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,7 @@ class ExportResult:
     file_bytes: int
     predicted_bytes: int
     kernels: dict[str, str] = field(default_factory=dict)
+    torch_threads: int | None = None  # the thread count it was rebuilt and measured with (the search worker's)
     logged_to: list[str] = field(default_factory=list)
 
     @property
@@ -65,6 +72,45 @@ def export(source: Any, out_dir: str | os.PathLike, trial: int | None = None, pi
     plan = run.plan(chosen.number)
     out = Path(out_dir).resolve()
     _check_out_dir(out, force)
+    threads = searched_threads(run, chosen)
+    with torch_threads(threads):
+        result = _rebuild_and_write(run, chosen, plan, out, say, threads)
+    drift = result.max_metric_diff
+    if drift > FIDELITY_TOLERANCE:
+        warnings.warn(f"the exported model's metrics differ from the search's by {drift:.2g} (> "
+                      f"{FIDELITY_TOLERANCE:g}); see {out / 'README.md'}", stacklevel=2)
+    if log:
+        from autocompress.search.artifacts import attach
+
+        result.logged_to = attach(run.config, out, f"export/trial-{chosen.number:04d}", trial_number=chosen.number)
+    return result
+
+
+def searched_threads(run: Any, chosen: Any) -> int | None:
+    """The torch thread count of the worker that ran `chosen`; for a trial that reused an identical plan's
+    metrics (worker "cache"), that plan's. None when no trial recorded it (runs from before it was recorded)."""
+    for t in [chosen] + [t for t in run.completed() if t.params == chosen.params]:
+        if t.user_attrs.get("torch_threads"):
+            return int(t.user_attrs["torch_threads"])
+    return None
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` inside the block (None: left as it is), restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _rebuild_and_write(run: Any, chosen: Any, plan: Any, out: Path, say: Any, threads: int | None) -> ExportResult:
+    """Rebuild `plan` as the trial did, write it packed to `out` (via a temporary sibling), reload, measure."""
     from autocompress.export.load import load_compressed
     from autocompress.export.save import save_compressed
     from autocompress.distill.train import apply_and_distill
@@ -86,7 +132,8 @@ def export(source: Any, out_dir: str | os.PathLike, trial: int | None = None, pi
         file_bytes = (tmp / "model.safetensors").stat().st_size
         fast = load_compressed(tmp, kernels=True).kernels  # what runs packed with kernels=True here
         result = ExportResult(str(out), chosen.number, str(run.path / "plans" / f"trial-{chosen.number:04d}.json"),
-                              searched, measured, file_bytes, int(report.predicted_bytes), kernels=dict(fast))
+                              searched, measured, file_bytes, int(report.predicted_bytes), kernels=dict(fast),
+                              torch_threads=threads)
         (tmp / "README.md").write_text(model_card(run, chosen, plan, result, runner.info.task))
         if out.exists():
             shutil.rmtree(out)
@@ -94,14 +141,6 @@ def export(source: Any, out_dir: str | os.PathLike, trial: int | None = None, pi
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    drift = result.max_metric_diff
-    if drift > FIDELITY_TOLERANCE:
-        warnings.warn(f"the exported model's metrics differ from the search's by {drift:.2g} (> "
-                      f"{FIDELITY_TOLERANCE:g}); see {out / 'README.md'}", stacklevel=2)
-    if log:
-        from autocompress.search.artifacts import attach
-
-        result.logged_to = attach(run.config, out, f"export/trial-{chosen.number:04d}", trial_number=chosen.number)
     return result
 
 
@@ -123,6 +162,8 @@ def model_card(run: Any, trial: Any, plan: Any, result: ExportResult, task: str)
     size_note = (f"{result.file_bytes / 1e6:.3f} MB on disk (`model.safetensors`); the size model predicted "
                  f"{result.predicted_bytes / 1e6:.3f} MB")
     packed = sorted({v for v in result.kernels.values()}) if result.kernels else []
+    threads_note = (f"; rebuilt and measured with {result.torch_threads} torch thread(s), as the search's worker "
+                    "ran it" if result.torch_threads else "")
     lines = [
         f"# {Path(str(cfg.model.name)).name}, compressed by autocompress",
         "",
@@ -138,7 +179,7 @@ def model_card(run: Any, trial: Any, plan: Any, result: ExportResult, task: str)
         "## Metrics",
         "",
         "Measured during the search, and again on the model reloaded from this directory "
-        "(same evaluation data: `data.evaluation` of the search config).",
+        "(same evaluation data: `data.evaluation` of the search config" + threads_note + ").",
         "",
         markdown_table(["metric", "search", "this export"], rows),
         "## Load it",

@@ -132,6 +132,8 @@ class _Search:
         trial.set_user_attr("duration_s", duration)
         if outcome.apply_s or outcome.eval_s:  # the worker's own work, without dispatch and logging
             trial.set_user_attr("work_s", outcome.apply_s + outcome.eval_s)
+        if outcome.torch_threads:  # `export` rebuilds the plan with as many (export/from_run.py)
+            trial.set_user_attr("torch_threads", outcome.torch_threads)
         if error or reason:
             trial.set_user_attr("error" if error else "reason", error or reason)
         if outcome.retries:  # its worker died and it ran again on a new one (same trial, same params)

@@ -43,6 +43,7 @@ class TrialOutcome:
     retries: int = 0  # times the trial was started again on a new worker because its worker died (backend)
     retry_reasons: list[str] = field(default_factory=list)
     pruned: str | None = None  # "at step k (fidelity x)" when the pruner stopped the trial
+    torch_threads: int = 0  # torch's intra-op threads on the worker: float sums (GPTQ's Cholesky) depend on it
 
 
 def worker_name() -> str:
@@ -126,7 +127,9 @@ class TrialRunner:
         from autocompress.plan import CompressionPlan
         from autocompress.search import faulthook
 
-        outcome = TrialOutcome(worker=worker_name())
+        import torch
+
+        outcome = TrialOutcome(worker=worker_name(), torch_threads=torch.get_num_threads())
         out_of_memory, model = False, None
         try:
             plan = CompressionPlan.from_json(plan_json)
@@ -152,8 +155,6 @@ class TrialRunner:
                 outcome.error = f"non-finite metric {bad[0]} = {metrics[bad[0]]}"
             outcome.metrics = {k: float(v) for k, v in metrics.items()}
         except Exception as exc:  # a trial's failure is data, not a crash of the worker
-            import torch
-
             out_of_memory = isinstance(exc, (MemoryError, torch.OutOfMemoryError))
             last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             where = f" ({os.path.basename(last.filename)}:{last.lineno})" if last else ""
@@ -161,8 +162,6 @@ class TrialRunner:
         if out_of_memory:  # the exception (and the model copy its frames held) is gone now: give the memory back
             model = None
             gc.collect()
-            import torch
-
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         return outcome

@@ -7,8 +7,11 @@ import json
 import pytest
 from mlflow import MlflowClient
 
+import torch
+
 from autocompress.cli import main
 from autocompress.export import load_compressed
+from autocompress.export.from_run import searched_threads, torch_threads
 from autocompress.search.driver import run_search
 from autocompress.search.rundir import RunDir
 from tests.search.test_driver import children, make_config
@@ -16,13 +19,15 @@ from tests.search.test_driver import children, make_config
 SPACE = {"quantize": {"bits": [3, 4, 8], "group_size": [16, None], "method": ["rtn", "gptq"]},
          "prune": {"sparsity": [0.0, 0.5], "pattern": ["unstructured", "2:4"]},
          "structured": {"sparsity": [0.0, 0.25]}}
+THREADS = torch.get_num_threads()
 
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export_run")
     config = make_config(tmp, space=SPACE, budget={"n_trials": 8}, backend={"name": "local"})
-    run_search(config, show_progress=False)
+    with torch_threads(1):  # the export runs with this process's 2 threads and must rebuild with the search's 1
+        run_search(config, show_progress=False)
     return tmp, config
 
 
@@ -34,8 +39,10 @@ def test_export_reproduces_the_searched_model(searched, capsys):
     result = json.loads(capsys.readouterr().out)
     trial = run.choose()
     assert result["trial"] == trial.number
-    searched_fidelity = trial.user_attrs["metrics"]["fidelity"]
-    assert result["measured"]["fidelity"] == pytest.approx(searched_fidelity, abs=1e-4)
+    assert result["torch_threads"] == 1 == trial.user_attrs["torch_threads"]
+    assert torch.get_num_threads() == THREADS  # restored after the export
+    searched = trial.user_attrs["metrics"]
+    assert result["measured"] == {k: searched[k] for k in result["measured"]}  # exactly the searched model
     assert abs(result["file_bytes"] / result["predicted_bytes"] - 1) < 0.01  # bytes on disk = the size model
     for name in ("model.safetensors", "config.json", "plan.json", "README.md", "export.json"):
         assert (out / name).is_file(), name
@@ -61,3 +68,35 @@ def test_export_every_front_trial_and_force(searched):
         reloaded = load_compressed(str(out))
         assert reloaded.plan == run.plan(t.number)
     assert not [p for p in tmp.iterdir() if p.name.startswith(".each.")]  # no temporary directory left behind
+
+
+class _Trial:
+    def __init__(self, number, params, **attrs):
+        self.number, self.params, self.user_attrs = number, params, attrs
+
+
+class _Run:
+    def __init__(self, *trials):
+        self.trials = trials
+
+    def completed(self):
+        return list(self.trials)
+
+
+def test_searched_threads_of_a_cached_trial_come_from_the_identical_plan():
+    ran = _Trial(3, {"a": 4}, torch_threads=2, worker="h:1")
+    cached = _Trial(7, {"a": 4}, worker="cache")
+    other = _Trial(5, {"a": 8}, torch_threads=4)
+    run = _Run(other, ran, cached)
+    assert searched_threads(run, ran) == 2
+    assert searched_threads(run, cached) == 2
+    assert searched_threads(_Run(_Trial(1, {"a": 1})), _Trial(1, {"a": 1})) is None  # an older run: unknown
+
+
+def test_torch_threads_sets_and_restores():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
