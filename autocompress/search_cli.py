@@ -52,7 +52,9 @@ def _run_and_report(config: Any, args: argparse.Namespace) -> int:
         table.add_row(str(p.number), *(f"{p.values[n]:.5g}" for n in names), p.plan_summary)
     out.print(table)
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(result.counts.items()))
-    out.print(f"trials: {counts}; {result.elapsed_s:.0f} s")
+    repeats = (f" ({result.repeats} repeated an earlier trial's plan: metrics reused, not counted toward "
+               "budget.n_trials)") if result.repeats else ""
+    out.print(f"trials: {counts}{repeats}; {result.elapsed_s:.0f} s")
     if result.picked is not None:
         values = ", ".join(f"{k} {v:.5g}" for k, v in result.picked.values.items())
         out.print(f"picked ({result.pick_rule}): trial {result.picked.number}: {values}; plan {result.picked.plan_path}")

@@ -2,10 +2,11 @@
 
 One trial: `study.ask()` -> the space samples a plan (no weights) -> the plan's size is computed at once;
 a plan that breaks a size constraint ends PRUNED with no model work, and a plan identical to a finished
-one reuses its metrics -> otherwise the backend runs it (apply + evaluate on a worker that holds the model)
--> constraints set with `trial.set_constraint`, `study.tell`, and one nested MLflow run logged by this
-process, the only writer. Re-running the same config and run directory resumes the study: finished trials
-count toward `budget.n_trials` and are never run again.
+one reuses its metrics (a "repeat": it does not count toward `budget.n_trials`, see `counted_trials`) ->
+otherwise the backend runs it (apply + evaluate on a worker that holds the model) -> constraints set with
+`trial.set_constraint`, `study.tell`, and one nested MLflow run logged by this process, the only writer.
+Re-running the same config and run directory resumes the study: finished trials count toward
+`budget.n_trials` and are never run again.
 
 Faults: every trial ends COMPLETE, PRUNED or FAIL with user attr "error"/"reason". Worker deaths and trial
 timeouts are the backend's (backends.py, inflight.py); trials left RUNNING by a dead driver are failed and
@@ -188,6 +189,21 @@ def best_values(trials: list[Any], objectives: list[tuple[str, str]]) -> dict[st
     return best
 
 
+def is_repeat(trial: Any) -> bool:
+    """A finished trial whose plan an earlier trial had evaluated: its metrics were reused, no work done."""
+    return trial.state.is_finished() and trial.user_attrs.get("worker") == "cache"
+
+
+def counted_trials(trials: list[Any], budget: int | None) -> int:
+    """How many of `trials` count toward `budget.n_trials`: the finished ones, where a trial failed with its
+    driver and queued again counts once, and a repeat (`is_repeat`) not at all, up to `budget` repeats (so a
+    space with fewer distinct plans than the budget still ends: the repeats beyond that count)."""
+    from autocompress.search.liveness import superseded
+
+    done = sum(1 for t in trials if t.state.is_finished()) - len(superseded(trials))
+    return done - min(sum(1 for t in trials if is_repeat(t)), budget or 0)
+
+
 def _plan_latency_model(config: SearchConfig) -> tuple[Any, Any] | None:
     """(latency model, workload) for a target priced from the plan alone; None without a target or when
     the latency is measured on the workers."""
@@ -226,7 +242,7 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
     import yaml
 
     from autocompress.search.backends import make_backend
-    from autocompress.search.liveness import Liveness, superseded
+    from autocompress.search.liveness import Liveness
     from autocompress.search.progress import SearchProgress
     from autocompress.search.pruning import PruningStudy
     from autocompress.search.study import join_study, open_study, study_lock
@@ -267,9 +283,9 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
         join_study(study, config, baselines)
         deadline = None if timeout is None else time.monotonic() + timeout
 
-        def finished(trials: list[Any] | None = None) -> int:  # a trial failed with its driver and queued
-            trials = study.get_trials(deepcopy=False) if trials is None else trials  # again counts once
-            return sum(1 for t in trials if t.state.is_finished()) - len(superseded(trials))
+        def finished(trials: list[Any] | None = None) -> int:
+            trials = study.get_trials(deepcopy=False) if trials is None else trials
+            return counted_trials(trials, budget)
 
         last_refresh = [0.0]
 

@@ -34,6 +34,7 @@ class SearchResult:
     elapsed_s: float
     ui_hint: str = ""
     untracked: list[int] = field(default_factory=list)  # finished trials only in the Optuna storage, not MLflow
+    repeats: int = 0  # trials whose plan an earlier trial had evaluated (metrics reused; not in `pareto`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,8 +51,10 @@ def summarize(config: SearchConfig, study: Any, search: Any, recorder: Any, run_
               elapsed: float) -> SearchResult:
     """Write pareto.md and summary.json, log the table and best values on the MLflow parent run (through the
     `TrialRecorder`, after its last try at the trials kept while MLflow was down) and return the result."""
+    from autocompress.search.driver import is_repeat
+
     names = [m for _, m in search.objectives]
-    front = sorted(study.best_trials, key=lambda t: t.number)
+    front = sorted((t for t in study.best_trials if not is_repeat(t)), key=lambda t: t.number)  # each plan once
     rule = PickRule.parse(config.pick) if config.pick else default_rule(config.objectives)
     chosen = rule.choose(front)
 
@@ -72,6 +75,7 @@ def summarize(config: SearchConfig, study: Any, search: Any, recorder: Any, run_
         study_name=config.study_name, storage=config.storage, tracking_uri=config.tracking.uri,
         run_dir=str(run_dir), counts=counts, pareto=[entry(t) for t in front],
         picked=entry(chosen) if chosen is not None else None, pick_rule=str(rule), elapsed_s=elapsed,
-        ui_hint=recorder.tracker.ui_hint(), untracked=untracked)
+        ui_hint=recorder.tracker.ui_hint(), untracked=untracked,
+        repeats=sum(1 for t in study.get_trials(deepcopy=False) if is_repeat(t)))
     (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result

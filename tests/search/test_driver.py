@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from autocompress.cli import main
 from autocompress.config import SearchConfig
-from autocompress.search.driver import run_search
+from autocompress.search.driver import counted_trials, run_search
 
 SPACE = {"quantize": {"bits": [2, 4, 8, None], "group_size": [16, 64], "method": ["rtn", "gptq"]},
          "structured": {"sparsity": [0.0, 0.5]}}
@@ -283,3 +283,32 @@ def test_best_values_are_the_extremes_of_optunas_feasible_pareto_set():
     expected = {"fidelity": max(t.values[0] for t in front), "size_mb": min(t.values[1] for t in front)}
     assert best_values(study.get_trials(deepcopy=False), objectives) == expected
     assert expected["fidelity"] > 0.9 and all(t.values[0] >= 0.9 for t in front)
+
+
+def test_repeated_plans_do_not_use_up_the_budget(tmp_path):
+    """A plan an earlier trial evaluated reuses its metrics and does not count toward n_trials, up to n_trials
+    such repeats: a space of 2 plans with a budget of 3 evaluates both, then ends after 3 free repeats + 1."""
+    space = {"share": "layer", "quantize": {"bits": [4, 8], "targets": ["re:layer\\.0\\.attention\\.self\\.query$"]}}
+    config = make_config(tmp_path, space=space, budget={"n_trials": 3}, sampler={"name": "random", "seed": 0},
+                         tracking={"uri": "none"})
+    result = run_search(config, show_progress=False)
+    trials = stored_trials(config)
+    evaluated = [t for t in trials if t.user_attrs["worker"] != "cache"]
+    assert len(evaluated) == 2 and {t.params["encoder.layer.0.attention.self.query.bits"] for t in evaluated} == {4, 8}
+    assert len(trials) == 6 and result.repeats == 4 and counted_trials(trials, 3) == 3
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    front = optuna.load_study(study_name=config.study_name, storage=config.storage).best_trials
+    assert {p.number for p in result.pareto} == {t.number for t in front} - {t.number for t in trials if
+                                                                             t.user_attrs["worker"] == "cache"}
+    assert len(front) > len(result.pareto)  # Optuna's front holds the repeats too; the summary each plan once
+
+
+def test_counted_trials():
+    study = optuna.create_study(directions=["maximize"])
+    for worker in ["h:1", "h:1", "cache", "h:1", "cache"]:
+        study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"worker": worker}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={"worker": "h:1"}))
+    trials = study.get_trials()
+    assert counted_trials(trials, 10) == 4  # 3 evaluated + 1 failed; the 2 repeats are free
+    assert counted_trials(trials, 1) == 5  # only 1 repeat is free when the budget is 1
+    assert counted_trials(trials, None) == 6
