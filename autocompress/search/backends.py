@@ -29,11 +29,9 @@ READY_TIMEOUT_S = 600  # the longest a replacement worker may take to load the m
 class LocalBackend:
     """Runs trials one at a time on this machine (no cluster; what tests and laptops use).
 
-    Without `budget.trial_timeout_s` the trials run in this process, on one thread beside the driver's
-    (threadworker.py): capacity 2, one trial running and the next waiting here, so the driver's tell, MLflow
-    hand-off and next ask overlap the running trial, as with Ray; nothing can stop a hung one. With a timeout
-    they run in one child process (procworker.py) that is killed and replaced when a trial runs out of time,
-    and replaced (the trial retried) when it dies mid-trial, as a Ray actor is (capacity 1).
+    Without `budget.trial_timeout_s` the trials run in this process: nothing to start, nothing can stop a hung
+    one. With it they run in one child process (procworker.py) that is killed and replaced when a trial runs
+    out of time, and replaced (the trial retried) when it dies mid-trial, as a Ray actor is.
     """
 
     name = "local"
@@ -41,7 +39,6 @@ class LocalBackend:
     def __init__(self, config: SearchConfig) -> None:
         self.config = config
         self.runner: TrialRunner | None = None
-        self.thread: Any = None  # the ThreadWorker when in-process
         self.worker: Any = None  # the ProcessWorker when isolated
         self.isolated = config.budget.trial_timeout_s is not None
         self.queue: deque[tuple[int, str]] = deque()
@@ -50,7 +47,7 @@ class LocalBackend:
 
     @property
     def capacity(self) -> int:
-        return 1 if self.isolated else 2
+        return 1
 
     @property
     def workers(self) -> int:
@@ -58,10 +55,7 @@ class LocalBackend:
 
     def start(self) -> Any:
         if not self.isolated:
-            from autocompress.search.threadworker import ThreadWorker
-
             self.runner = TrialRunner(self.config)
-            self.thread = ThreadWorker(self.runner)
             return self.runner.info
         from autocompress.search.procworker import ProcessWorker
 
@@ -71,27 +65,16 @@ class LocalBackend:
     def submit(self, number: int, plan_json: str, pruning: int | None = None) -> None:
         self.pruning[number] = pruning
         self.queue.append((number, plan_json))
-        if not self.isolated:
-            self._start_next()
-
-    def _start_next(self) -> None:
-        """In-process: hand the oldest waiting trial to the trial thread if it is idle."""
-        if self.queue and self.thread.busy is None:
-            number, plan_json = self.queue.popleft()
-            self.thread.send(number, plan_json, self.pruning.pop(number, None))
 
     def in_flight(self) -> int:
-        running = 0 if self.isolated or self.thread is None or self.thread.busy is None else 1
-        return len(self.queue) + len(self.flight) + running
+        return len(self.queue) + len(self.flight)
 
     def collect(self) -> list[tuple[int, TrialOutcome]]:
         if not self.isolated:
-            self._start_next()
-            if self.thread.busy is None:
+            if not self.queue:
                 return []
-            done = self.thread.wait()
-            self._start_next()  # before the driver's bookkeeping of this one
-            return [done]
+            number, plan_json = self.queue.popleft()
+            return [(number, self.runner.run(plan_json, number=number, pruning=self.pruning.pop(number, None)))]
         from autocompress.search.procworker import WorkerLost
 
         while True:
@@ -134,9 +117,6 @@ class LocalBackend:
 
     def close(self) -> None:
         self.runner = None
-        if self.thread is not None:
-            self.thread.close()
-            self.thread = None
         if self.worker is not None:
             self.worker.kill()
             self.worker = None
