@@ -287,20 +287,22 @@ def test_best_values_are_the_extremes_of_optunas_feasible_pareto_set():
 
 def test_repeated_plans_do_not_use_up_the_budget(tmp_path):
     """A plan an earlier trial evaluated reuses its metrics and does not count toward n_trials, up to n_trials
-    such repeats: a space of 2 plans with a budget of 3 evaluates both, then ends after 3 free repeats + 1."""
+    such repeats. A space of 2 plans, both evaluated by a first run; resumed with n_trials 4, every new trial
+    is a repeat: 4 free ones, then 2 that count, and the search ends."""
     space = {"share": "layer", "quantize": {"bits": [4, 8], "targets": ["re:layer\\.0\\.attention\\.self\\.query$"]}}
-    config = make_config(tmp_path, space=space, budget={"n_trials": 3}, sampler={"name": "random", "seed": 0},
+    config = make_config(tmp_path, space=space, budget={"n_trials": 2}, sampler={"name": "random", "seed": 3},
                          tracking={"uri": "none"})
+    first = run_search(config, show_progress=False)
+    assert first.repeats == 0 and len(stored_trials(config)) == 2  # the two uniform baselines
+    config = config.model_copy(update={"budget": config.budget.model_copy(update={"n_trials": 4})})
     result = run_search(config, show_progress=False)
     trials = stored_trials(config)
-    evaluated = [t for t in trials if t.user_attrs["worker"] != "cache"]
-    assert len(evaluated) == 2 and {t.params["encoder.layer.0.attention.self.query.bits"] for t in evaluated} == {4, 8}
-    assert len(trials) == 6 and result.repeats == 4 and counted_trials(trials, 3) == 3
+    assert [t.user_attrs["worker"] == "cache" for t in trials] == [False] * 2 + [True] * 6
+    assert result.repeats == 6 and counted_trials(trials, 4) == 4
     assert all(t.state.name == "COMPLETE" for t in trials)
     front = optuna.load_study(study_name=config.study_name, storage=config.storage).best_trials
-    assert {p.number for p in result.pareto} == {t.number for t in front} - {t.number for t in trials if
-                                                                             t.user_attrs["worker"] == "cache"}
-    assert len(front) > len(result.pareto)  # Optuna's front holds the repeats too; the summary each plan once
+    assert len(front) > len(result.pareto) == 1  # Optuna's front holds the repeats too; the summary each plan once
+    assert {p.number for p in result.pareto} == {t.number for t in front} - set(range(2, 8))
 
 
 def test_counted_trials():
