@@ -16,6 +16,7 @@ Pruning (a `pruner` configured; search/pruning.py): each trial sent to a worker 
 study `<study_name>:pruning`, whose number goes to the worker with the plan. A trial the pruner stops ends
 PRUNED with reason "pruned by <pruner> at step k (<metric> x)" and its last intermediate metrics; its
 companion ends PRUNED too, and a finished trial's companion ends COMPLETE with the final quality (or FAIL).
+A dead driver's trials that liveness.py fails take their companions with them (`end_companions`).
 """
 
 from __future__ import annotations
@@ -189,6 +190,20 @@ def best_values(trials: list[Any], objectives: list[tuple[str, str]]) -> dict[st
     return best
 
 
+def end_companions(pruning: Any, failed: list[Any]) -> list[Any]:
+    """End FAIL the pruning-study companions (user attr `pruning_trial`) of `failed`, main trials a dead
+    driver left RUNNING and liveness.py just failed; one another process ended already is left as it is.
+    Returns `failed`."""
+    for t in failed if pruning is not None else []:
+        number = t.user_attrs.get("pruning_trial")
+        if number is not None:
+            try:
+                pruning.tell(number, "FAIL", {})
+            except ValueError:  # "Cannot tell a FAIL trial": already ended
+                pass
+    return failed
+
+
 def is_repeat(trial: Any) -> bool:
     """A finished trial whose plan an earlier trial had evaluated: its metrics were reused, no work done."""
     return trial.state.is_finished() and trial.user_attrs.get("worker") == "cache"
@@ -274,7 +289,7 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
         space = ConfigSpace(config.space, info)
         pruning = PruningStudy(config, study, info.task) if config.pruner.name != "none" else None
         search = _Search(config, study, space, info, recorder, run_dir, liveness, pruning)
-        liveness.recover()  # RUNNING trials of dead drivers: FAIL "driver died", params queued again
+        end_companions(pruning, liveness.recover())  # dead drivers' RUNNING trials: FAIL, params queued again
         recorder.reconcile(study.get_trials(deepcopy=False), search.record_of)  # finished, but not in MLflow
         # a fresh study starts from the uniform baselines, so the front is never worse than them: enqueued once
         # however many processes share the study, none left WAITING past the budget; reseeds the sampler
@@ -305,7 +320,7 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
                 liveness:
             while True:
                 if time.monotonic() > next_check:  # a driver sharing the study may have died since
-                    for t in liveness.recover():
+                    for t in end_companions(pruning, liveness.recover()):
                         recorder.record(search.record_of(t))
                     next_check = time.monotonic() + config.backend.heartbeat_s
                 while backend.in_flight() < backend.capacity \

@@ -202,3 +202,28 @@ def test_local_search_with_the_threshold_pruner(tmp_path):
     for t in trials:
         if t.state.name == "COMPLETE":
             assert min(partner[t.user_attrs["pruning_trial"]].intermediate_values.values()) >= 0.9995
+
+
+def test_companion_of_a_dead_drivers_trial_ends_fail_with_it(tmp_path):
+    """A driver killed mid-trial leaves its trial and the trial's companion RUNNING; the next run fails both
+    (the trial through liveness.py, its companion here) and runs the params again."""
+    import socket
+    import subprocess
+
+    from autocompress.search.pruning import PruningStudy
+
+    config = make_config(tmp_path, budget={"n_trials": 2}, tracking={"uri": "none"})
+    Path(config.run_dir).mkdir(parents=True)
+    study = optuna.create_study(storage=config.storage, study_name=config.study_name,
+                                directions=["maximize", "minimize"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid names no process now
+    orphan = study.ask({"distill.steps": optuna.distributions.CategoricalDistribution([0, 4])})
+    orphan.set_user_attr("driver", f"{socket.gethostname()}:{dead.pid}:1")
+    number = PruningStudy(config, study, "embedding").ask(orphan.number)
+    orphan.set_user_attr("pruning_trial", number)
+    assert companion(config)[number].state.name == "RUNNING"
+    run_search(config, show_progress=False)
+    assert stored_trials(config)[0].state.name == "FAIL"
+    assert companion(config)[number].state.name == "FAIL"
+    assert not [t for t in companion(config).values() if t.state.name == "RUNNING"]
