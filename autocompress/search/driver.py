@@ -31,7 +31,7 @@ from typing import Any
 
 from autocompress.config import SearchConfig, parse_constraint, parse_objective
 from autocompress.search.recording import TrialRecord, TrialRecorder
-from autocompress.search.study import assign_generation, finished_metrics
+from autocompress.search.study import assign_generation, finished_metrics, is_repeat
 from autocompress.search.summary import ParetoTrial, SearchResult, summarize  # noqa: F401
 from autocompress.search.trial import TrialOutcome, worker_name
 
@@ -202,11 +202,6 @@ def end_companions(pruning: Any, failed: list[Any]) -> list[Any]:
             except ValueError:  # "Cannot tell a FAIL trial": already ended
                 pass
     return failed
-
-
-def is_repeat(trial: Any) -> bool:
-    """A finished trial whose plan an earlier trial had evaluated: its metrics were reused, no work done."""
-    return trial.state.is_finished() and trial.user_attrs.get("worker") == "cache"
 
 
 def counted_trials(trials: list[Any], budget: int | None) -> int:

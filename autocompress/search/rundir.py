@@ -67,10 +67,13 @@ class RunDir:
         return [t for t in self.trials if t.state.name == "COMPLETE"]
 
     def front(self) -> list[Any]:
-        """The feasible Pareto trials (the study's constraints hold), by number."""
+        """The feasible Pareto trials (the study's constraints hold), by number; each plan once (a repeat of an
+        earlier trial's plan, `is_repeat`, is left out)."""
+        from autocompress.search.study import is_repeat
+
         if not self.completed():
             return []
-        return sorted(self.study.best_trials, key=lambda t: t.number)
+        return sorted((t for t in self.study.best_trials if not is_repeat(t)), key=lambda t: t.number)
 
     def baselines(self) -> list[Any]:
         """The COMPLETE uniform-baseline trials (user attr `baseline` names them), by number."""

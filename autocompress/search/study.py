@@ -155,3 +155,10 @@ def assign_generation(study: Any, trial: Any) -> None:
         if "fixed_params" in frozen.system_attrs:  # Optuna's mark of an enqueued trial
             sampler.get_trial_generation(study, frozen)
 
+
+
+def is_repeat(trial: Any) -> bool:
+    """A finished trial whose plan an earlier trial had evaluated: its metrics were reused, no work done
+    (user attr `worker` "cache"). Repeats do not count toward the budget (driver.counted_trials) and are left
+    out of the Pareto tables (each plan once)."""
+    return trial.state.is_finished() and trial.user_attrs.get("worker") == "cache"

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from autocompress.cli import main
 from autocompress.config import SearchConfig
 from autocompress.search.driver import counted_trials, run_search
+from autocompress.search.rundir import RunDir
 
 SPACE = {"quantize": {"bits": [2, 4, 8, None], "group_size": [16, 64], "method": ["rtn", "gptq"]},
          "structured": {"sparsity": [0.0, 0.5]}}
@@ -303,6 +304,7 @@ def test_repeated_plans_do_not_use_up_the_budget(tmp_path):
     front = optuna.load_study(study_name=config.study_name, storage=config.storage).best_trials
     assert len(front) > len(result.pareto) == 1  # Optuna's front holds the repeats too; the summary each plan once
     assert {p.number for p in result.pareto} == {t.number for t in front} - set(range(2, 8))
+    assert RunDir.open(config.run_dir).front_numbers() == [p.number for p in result.pareto]  # report, export
 
 
 def test_counted_trials():
