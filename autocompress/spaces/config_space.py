@@ -26,7 +26,10 @@ the sampler sees only real decisions. Conditional (define-by-run), in this order
              seed are constants. The uniform baselines take steps 0 when 0 is a choice (no distillation).
 Uniform baselines: one per compressing choice of each technique's main field. "quantize bits=b" also puts
 the embedding tables at b bits when b is among space.embeddings' choices (else leaves them alone): uniform
-means every quantizable weight. Embedding-only baselines exist only when the space has no quantize section;
+means every quantizable weight. When `quantize.act_bits` offers more than one choice, each weight-bit baseline
+comes once per activation format ("quantize bits=4 act_bits=8", "quantize bits=4 act_bits=None"): whether
+activations are quantized decides which kernel runs (faster) and what it costs in fidelity (more), so the
+study starts from every uniform format, not only the first choice's. Embedding-only baselines exist only when the space has no quantize section;
 `main_choices` (what sensitivity measures) always lists the embedding choices.
 Rank filtering: a rank choice stays in a unit's choices only if, for every layer of the unit, the resolved
 rank does not exceed the break-even in*out // (in+out), also at each shape that structured pruning in this
@@ -179,15 +182,20 @@ class ConfigSpace(SearchSpace):
 
     def main_choices(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """Label -> (technique, {field: value}) for every compressing choice of each technique's main field,
-        e.g. "quantize bits=4" -> ("quantize", {"bits": 4}) (the uniform baselines use the same labels)."""
-        return self._uniform_wanted(all_embeddings=True)
+        e.g. "quantize bits=4" -> ("quantize", {"bits": 4}) (the uniform baselines use the same labels, plus
+        " act_bits=a" when they come once per activation format)."""
+        return self._uniform_wanted(all_embeddings=True, formats=False)
 
-    def _uniform_wanted(self, all_embeddings: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
+    def _uniform_wanted(self, all_embeddings: bool = False,
+                        formats: bool = True) -> dict[str, tuple[str, dict[str, Any]]]:
         """Label -> (technique, the one choice of its main field) for each uniform baseline (with
-        `all_embeddings`, also the embedding choices a quantize baseline already covers)."""
+        `all_embeddings`, also the embedding choices a quantize baseline already covers; with `formats`, each
+        weight-bit choice once per activation choice when act_bits has several)."""
         sp, wanted = self.space, []
         if sp.quantize:
-            wanted += [("quantize", {"bits": b}) for b in sp.quantize.bits if b is not None]
+            acts = sp.quantize.act_bits if formats and len(sp.quantize.act_bits) > 1 else [...]
+            wanted += [("quantize", {"bits": b} if a is ... else {"bits": b, "act_bits": a})
+                       for b in sp.quantize.bits if b is not None for a in acts]
         if sp.embeddings and (all_embeddings or not sp.quantize):
             wanted += [("embeddings", {"bits": b}) for b in sp.embeddings.bits if b is not None]
         if sp.prune:

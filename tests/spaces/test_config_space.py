@@ -177,13 +177,20 @@ def test_plan_from_params_rejects_params_that_do_not_fit(infos):
 def test_uniform_plans(infos, arch):
     info = infos[arch]
     plans = ConfigSpace(space(), info).uniform_plans()
-    assert {"quantize bits=4", "quantize bits=8", "prune sparsity=0.5 pattern=unstructured",
+    # act_bits offers [None, 8]: each weight-bit baseline once per activation format
+    assert {"quantize bits=4 act_bits=None", "quantize bits=4 act_bits=8", "quantize bits=8 act_bits=None",
+            "quantize bits=8 act_bits=8", "prune sparsity=0.5 pattern=unstructured",
             "prune sparsity=0.5 pattern=2:4", "structured sparsity=0.25", "lowrank rank=0.5"} <= set(plans)
     for name, plan in plans.items():
         assert not plan.is_empty, name
         validate_plan(plan, info)
-    assert {lp.bits for lp in plans["quantize bits=4"].layers.values()} == {4}
-    assert len(plans["quantize bits=4"]) == len(info.targets_by_default())
+    for act in (None, 8):
+        layers = plans[f"quantize bits=4 act_bits={act}"].layers.values()
+        assert {lp.bits for lp in layers} == {4} and {lp.act_bits for lp in layers} == {act}
+    assert len(plans["quantize bits=4 act_bits=8"]) == len(info.targets_by_default())
+    one_format = ConfigSpace(space(quantize={"bits": [4, 8], "act_bits": [8]}), info).uniform_plans()
+    assert set(one_format) == {"quantize bits=4", "quantize bits=8"}  # labels as before with one format
+    assert "quantize bits=4" in ConfigSpace(space(), info).main_choices()  # what sensitivity measures
     assert {lp.pattern for lp in plans["prune sparsity=0.5 pattern=2:4"].layers.values()} == {"2:4"}
     assert "lowrank rank=1000" not in plans  # fits no layer
 
