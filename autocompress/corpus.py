@@ -92,6 +92,5 @@ def collect() -> list[str]:
     return sorted(found)
 
 
-
 if __name__ == "__main__":
     json.dump(collect(), sys.stdout)
