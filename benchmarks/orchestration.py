@@ -9,8 +9,9 @@ Writes benchmarks/results/orchestration.json and orchestration.md.  (issue 8, "O
    with a per-layer space (36 decision units, so plans rarely repeat), objectives fidelity / size_mb, NSGA-II,
    Optuna on SQLite. Each setting runs twice, with budgets N1 and N2 (the studies hold a few more trials:
    NSGA-II's repeats of a finished plan, which do not count toward the budget but are driver work); the
-   marginal cost of one trial is (wall(2) - wall(1)) / (trials(2) - trials(1)), which leaves start-up out. Settings: MLflow off, MLflow on a
-   SQLite store (a nested run per trial), and MLflow off with Optuna on a journal file instead of SQLite.
+   marginal cost of one trial is (wall(2) - wall(1)) / (trials(2) - trials(1)), which leaves start-up out.
+   Settings: MLflow off, MLflow on a SQLite store (a nested run per trial), and MLflow off with Optuna on a
+   journal file instead of SQLite.
    The figure that matters for a cluster: a driver that needs c s per trial keeps W workers busy with
    T-second trials while W / T < 1 / c.
 2. Overhead share of real trials: the quickstart (the real MiniLM, examples/quickstart.yaml) for `--real-trials`

@@ -71,12 +71,11 @@ SETTINGS = {"size": "size_mb", "latency": "latency_ms"}
 ARMS = {"search": "search", "seeded": "search + sensitivity seeding"}  # the NSGA-II arms
 
 
-def baselines() -> int:
-    """One uniform baseline per compressing choice of each technique's main field, weight bits once per
-    activation format (ConfigSpace.uniform_params)."""
-    acts = len(SPACE["quantize"].get("act_bits", [None]))
-    return sum(1 for b in SPACE["quantize"]["bits"] if b) * acts + \
-        sum(1 for x in SPACE.get("structured", {}).get("sparsity", []) if x)
+def baselines(work: Path, info) -> int:
+    """How many uniform baselines the study starts from (`ConfigSpace.uniform_params` of SPACE)."""
+    from autocompress.spaces import ConfigSpace
+
+    return len(ConfigSpace(make_config(work / "units", "size", "search", 0, 1).space, info).uniform_params())
 
 
 def make_config(run_dir: Path, setting: str, arm: str, seed: int, trials: int):
@@ -192,7 +191,7 @@ def evaluate_setting(work: Path, setting: str, seeds: int, trials: int, factor: 
         LATENCY_MODELS.get("table")(load_profile("cpu-local")).predict(empty, info, Workload(1, 128)).total_ms
     objectives = ["maximize fidelity", f"minimize {metric}"]
     reference, ideal = {"fidelity": CONSTRAINT, metric: dense}, {"fidelity": 1.0, metric: 0.0}
-    uniform_trials = run_arm(work, setting, "uniform", 0, baselines())
+    uniform_trials = run_arm(work, setting, "uniform", 0, baselines(work, info))
     uniform = points(uniform_trials, metric)
     out = {"dense": dense, "uniform": uniform, "runs": [],
            "uniform_hv": hypervolume_curve(uniform_trials, objectives, reference, ideal)[-1]}
@@ -312,7 +311,7 @@ def main() -> int:
     units = len(ConfigSpace(make_config(work / "units", "size", "search", 0, 1).space, info).units)
     setup = {"model": "all-MiniLM-L6-v2", "calibration_n": 64, "evaluation_n": 128, "space": SPACE, "units": units,
              "trials": args.trials, "random_factor": args.random_factor, "seeds": list(range(args.seeds)),
-             "population": max(8, min(32, args.trials // 4)), "baselines": baselines(),
+             "population": max(8, min(32, args.trials // 4)), "baselines": baselines(work, info),
              "evaluations": len(shared.miss_s), "reused": shared.hits,
              "median_evaluation_s": statistics.median(shared.miss_s) if shared.miss_s else None,
              "wall_min": (time.perf_counter() - t0) / 60, "torch": torch.__version__, "optuna": optuna.__version__,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -72,7 +73,7 @@ def main() -> int:
     from autocompress.spaces import ConfigSpace
 
     torch.set_num_threads(1)
-    work = Path("/tmp/uniform-corners")
+    work = Path(tempfile.mkdtemp(prefix="uniform-corners-")) / "run"
     config = SearchConfig.from_dict({
         "model": {"name": "all-MiniLM-L6-v2"},
         "data": {"calibration": {"source": "builtin", "n": 64, "seed": 1},

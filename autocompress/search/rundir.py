@@ -69,11 +69,9 @@ class RunDir:
     def front(self) -> list[Any]:
         """The feasible Pareto trials (the study's constraints hold), by number; each plan once (a repeat of an
         earlier trial's plan, `is_repeat`, is left out)."""
-        from autocompress.search.study import is_repeat
+        from autocompress.search.study import pareto_front
 
-        if not self.completed():
-            return []
-        return sorted((t for t in self.study.best_trials if not is_repeat(t)), key=lambda t: t.number)
+        return pareto_front(self.study) if self.completed() else []
 
     def baselines(self) -> list[Any]:
         """The COMPLETE uniform-baseline trials (user attr `baseline` names them), by number."""

@@ -157,8 +157,13 @@ def assign_generation(study: Any, trial: Any) -> None:
 
 
 
+def pareto_front(study: Any) -> list[Any]:
+    """The study's feasible Pareto trials by number, each plan once: repeats (`is_repeat`) left out."""
+    return sorted((t for t in study.best_trials if not is_repeat(t)), key=lambda t: t.number)
+
+
 def is_repeat(trial: Any) -> bool:
     """A finished trial whose plan an earlier trial had evaluated: its metrics were reused, no work done
     (user attr `worker` "cache"). Repeats do not count toward the budget (driver.counted_trials) and are left
-    out of the Pareto tables (each plan once)."""
+    out of the Pareto tables (`pareto_front`)."""
     return trial.state.is_finished() and trial.user_attrs.get("worker") == "cache"

@@ -51,10 +51,10 @@ def summarize(config: SearchConfig, study: Any, search: Any, recorder: Any, run_
               elapsed: float) -> SearchResult:
     """Write pareto.md and summary.json, log the table and best values on the MLflow parent run (through the
     `TrialRecorder`, after its last try at the trials kept while MLflow was down) and return the result."""
-    from autocompress.search.study import is_repeat
+    from autocompress.search.study import is_repeat, pareto_front
 
     names = [m for _, m in search.objectives]
-    front = sorted((t for t in study.best_trials if not is_repeat(t)), key=lambda t: t.number)  # each plan once
+    front = pareto_front(study)
     rule = PickRule.parse(config.pick) if config.pick else default_rule(config.objectives)
     chosen = rule.choose(front)
 

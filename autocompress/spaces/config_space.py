@@ -29,7 +29,8 @@ the embedding tables at b bits when b is among space.embeddings' choices (else l
 means every quantizable weight. When `quantize.act_bits` offers more than one choice, each weight-bit baseline
 comes once per activation format ("quantize bits=4 act_bits=8", "quantize bits=4 act_bits=None"): whether
 activations are quantized decides which kernel runs (faster) and what it costs in fidelity (more), so the
-study starts from every uniform format, not only the first choice's. Embedding-only baselines exist only when the space has no quantize section;
+study starts from every uniform format, not only the first choice's. Embedding-only baselines exist only
+when the space has no quantize section;
 `main_choices` (what sensitivity measures) always lists the embedding choices.
 Rank filtering: a rank choice stays in a unit's choices only if, for every layer of the unit, the resolved
 rank does not exceed the break-even in*out // (in+out), also at each shape that structured pruning in this
@@ -193,9 +194,12 @@ class ConfigSpace(SearchSpace):
         weight-bit choice once per activation choice when act_bits has several)."""
         sp, wanted = self.space, []
         if sp.quantize:
-            acts = sp.quantize.act_bits if formats and len(sp.quantize.act_bits) > 1 else [...]
-            wanted += [("quantize", {"bits": b} if a is ... else {"bits": b, "act_bits": a})
-                       for b in sp.quantize.bits if b is not None for a in acts]
+            per_format = formats and len(sp.quantize.act_bits) > 1
+            for b in (b for b in sp.quantize.bits if b is not None):
+                if per_format:
+                    wanted += [("quantize", {"bits": b, "act_bits": a}) for a in sp.quantize.act_bits]
+                else:
+                    wanted.append(("quantize", {"bits": b}))
         if sp.embeddings and (all_embeddings or not sp.quantize):
             wanted += [("embeddings", {"bits": b}) for b in sp.embeddings.bits if b is not None]
         if sp.prune:
