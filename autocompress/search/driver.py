@@ -34,6 +34,7 @@ from autocompress.search.recording import TrialRecord, TrialRecorder
 from autocompress.search.study import assign_generation, finished_metrics, is_repeat
 from autocompress.search.summary import ParetoTrial, SearchResult, summarize  # noqa: F401
 from autocompress.search.trial import TrialOutcome, worker_name
+from autocompress.search.trial_writes import one_transaction
 
 REFRESH_S = 1.0  # the progress bar's figures are read from the storage at most this often
 
@@ -89,12 +90,13 @@ class _Search:
         assign_generation(self.study, trial)
         if self.liveness is not None:
             self.liveness.started(trial)
-        plan = self.space.sample(trial)
-        plan_metrics = self.plan_metrics(plan)
-        plan.save(str(self.plan_path(trial.number)))
-        trial.set_user_attr("plan_layers", len(plan))
-        trial.set_user_attr("plan_summary", plan.summary())
-        trial.set_user_attr("plan_path", str(self.plan_path(trial.number)))
+        with one_transaction(trial):  # the plan's ~50 params and its attributes: one commit, not one each
+            plan = self.space.sample(trial)
+            plan_metrics = self.plan_metrics(plan)
+            plan.save(str(self.plan_path(trial.number)))
+            trial.set_user_attr("plan_layers", len(plan))
+            trial.set_user_attr("plan_summary", plan.summary())
+            trial.set_user_attr("plan_path", str(self.plan_path(trial.number)))
         broken = [c for c, v in self.constraint_values(plan_metrics).items() if v > 0]
         now = time.perf_counter()
         if broken:
@@ -129,20 +131,21 @@ class _Search:
             state = TS.FAIL if error else TS.COMPLETE
             values = None if error else [metrics[m] for _, m in self.objectives]
         duration = time.perf_counter() - started
-        trial.set_user_attr("metrics", metrics)
-        trial.set_user_attr("worker", outcome.worker)
-        trial.set_user_attr("duration_s", duration)
-        if outcome.apply_s or outcome.eval_s:  # the worker's own work, without dispatch and logging
-            trial.set_user_attr("work_s", outcome.apply_s + outcome.eval_s)
-        if outcome.torch_threads:  # `export` rebuilds the plan with as many (export/from_run.py)
-            trial.set_user_attr("torch_threads", outcome.torch_threads)
-        if error or reason:
-            trial.set_user_attr("error" if error else "reason", error or reason)
-        if outcome.retries:  # its worker died and it ran again on a new one (same trial, same params)
-            trial.set_user_attr("retries", outcome.retries)
-            trial.set_user_attr("retry_reasons", outcome.retry_reasons)
-        for name, value in self.constraint_values(metrics).items():
-            trial.set_constraint(name, value)
+        with one_transaction(trial):
+            trial.set_user_attr("metrics", metrics)
+            trial.set_user_attr("worker", outcome.worker)
+            trial.set_user_attr("duration_s", duration)
+            if outcome.apply_s or outcome.eval_s:  # the worker's own work, without dispatch and logging
+                trial.set_user_attr("work_s", outcome.apply_s + outcome.eval_s)
+            if outcome.torch_threads:  # `export` rebuilds the plan with as many (export/from_run.py)
+                trial.set_user_attr("torch_threads", outcome.torch_threads)
+            if error or reason:
+                trial.set_user_attr("error" if error else "reason", error or reason)
+            if outcome.retries:  # its worker died and it ran again on a new one (same trial, same params)
+                trial.set_user_attr("retries", outcome.retries)
+                trial.set_user_attr("retry_reasons", outcome.retry_reasons)
+            for name, value in self.constraint_values(metrics).items():
+                trial.set_constraint(name, value)
         self.study.tell(trial, values=values, state=state if values is None else None)
         if trial.number in self.companions:
             self.pruning.tell(self.companions.pop(trial.number), state.name, metrics)
