@@ -1,0 +1,140 @@
+"""Trials per minute of a search against the floor: the same trial work in a bare loop.
+
+Run:  .venv/bin/python benchmarks/trial_rate.py [--trials 40] [--eval 384]
+Writes benchmarks/results/trial_rate.json and trial_rate.md.  (issue 8, "GPU: trials per minute": the CPU half)
+
+Workload, the issue's quickstart-style trial: the real all-MiniLM-L6-v2, a per-layer plan (36 Linear units,
+4 or 8-bit RTN weights, one scale per output channel), fidelity on `--eval` builtin sentences. RTN needs no
+calibration, so every trial does the same kind of work: copy the model, apply the plan, evaluate.
+
+1. Search: `run_search` on the local backend (trials in the driver's process, torch's default threads),
+   Optuna on SQLite in the run directory, NSGA-II seed 0, `--trials` trials; once with MLflow on a SQLite
+   store (the embedded defaults) and once with MLflow off. Rate = evaluated trials / loop window (first trial
+   start to last trial end; model load and start-up are reported apart), per minute.
+2. Floor: the plans the first search evaluated, in the same order, each given to `TrialRunner.run` in a bare
+   loop in this process (a runner built once, as a worker does): no Optuna, no MLflow, no driver.
+Overhead share = 1 - search rate / floor rate: what the search costs per trial beyond the trial's own work.
+
+The GPU half of the issue (one H100, several workers sharing it) needs trials that run on CUDA; the trial
+runner evaluates on the CPU today, so this script measures the CPU only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import save_results  # noqa: E402
+
+
+def make_config(root: Path, name: str, trials: int, n_eval: int, tracking: str):
+    from autocompress.config import SearchConfig
+
+    run_dir = root / name
+    return SearchConfig.from_dict({
+        "model": {"name": "all-MiniLM-L6-v2"},
+        "data": {"calibration": {"source": "builtin", "n": 16, "seed": 1},
+                 "evaluation": {"source": "builtin", "n": n_eval, "seed": 0}},
+        "space": {"share": "layer", "quantize": {"bits": [4, 8], "group_size": [None], "method": ["rtn"]}},
+        "objectives": ["maximize fidelity", "minimize size_mb"],
+        "budget": {"n_trials": trials}, "sampler": {"name": "nsga2", "seed": 0},
+        "backend": {"name": "local"}, "run_dir": str(run_dir), "study_name": name,
+        "tracking": {"uri": "none" if tracking == "off" else f"sqlite:///{root}/mlflow-{name}.db",
+                     "experiment": "trial-rate"}}).resolved(root)
+
+
+def search(root: Path, trials: int, n_eval: int, tracking: str) -> tuple[dict, list[str]]:
+    """(row, the JSON of each evaluated plan in trial order)."""
+    from autocompress.search.driver import run_search
+    from autocompress.search.rundir import RunDir
+
+    config = make_config(root, f"search-mlflow-{tracking}", trials, n_eval, tracking)
+    start = time.time()
+    result = run_search(config, show_progress=False)
+    done = sorted((t for t in RunDir.open(config.run_dir).trials if t.state.is_finished()), key=lambda t: t.number)
+    evaluated = [t for t in done if "work_s" in t.user_attrs]
+    first = min(t.datetime_start.timestamp() for t in done)
+    window = max(t.datetime_complete.timestamp() for t in done) - first
+    plans = [Path(t.user_attrs["plan_path"]).read_text() for t in evaluated]
+    row = {"case": f"search, MLflow {tracking}", "trials": len(done), "evaluated": len(evaluated),
+           "repeats": result.repeats, "startup_s": round(first - start, 1), "window_s": round(window, 2),
+           "s_per_trial": round(window / len(evaluated), 4), "trials_per_min": round(60 * len(evaluated) / window, 1),
+           "work_s_per_trial": round(sum(t.user_attrs["work_s"] for t in evaluated) / len(evaluated), 4)}
+    print(row, flush=True)
+    return row, plans
+
+
+def floor(root: Path, plans: list[str], n_eval: int) -> dict:
+    """The plans through one TrialRunner in a bare loop."""
+    from autocompress.search.trial import TrialRunner
+
+    runner = TrialRunner(make_config(root, "floor", len(plans), n_eval, "off"))
+    runner.run(plans[0])  # warm-up: first-call costs (allocator, kernels), as the search's first trial pays
+    start = time.perf_counter()
+    outcomes = [runner.run(p) for p in plans]
+    wall = time.perf_counter() - start
+    bad = [o.error for o in outcomes if o.error]
+    assert not bad, bad[0]
+    row = {"case": "floor (bare loop)", "trials": len(plans), "evaluated": len(plans), "window_s": round(wall, 2),
+           "s_per_trial": round(wall / len(plans), 4), "trials_per_min": round(60 * len(plans) / wall, 1),
+           "work_s_per_trial": round(sum(o.apply_s + o.eval_s for o in outcomes) / len(plans), 4)}
+    print(row, flush=True)
+    return row
+
+
+def markdown(result: dict) -> str:
+    env, rows = result["env"], result["rows"]
+    lines = ["# Trials per minute against the floor (benchmarks/trial_rate.py)", "",
+             f"{env['cpus']} CPU cores ({env['machine']}), torch {env['torch']} with {env['torch_threads']} "
+             f"threads, load average before {env['load_before']}, after {env['load_after']}. The real MiniLM, "
+             f"per-layer RTN 4/8-bit plans (36 units), fidelity on {result['eval']} sentences; local backend, "
+             "Optuna on SQLite, NSGA-II seed 0. Floor: the first search's evaluated plans in a bare loop.", "",
+             "| case | trials (evaluated) | window s | s / evaluated trial | work s / trial | beyond work s / trial "
+             "| trials / min | overhead share in the run | vs the floor's rate |", "|---|---|---|---|---|---|---|---|---|"]
+    base = next(r for r in rows if r["case"].startswith("floor"))
+    for r in rows:
+        beyond = r["s_per_trial"] - r["work_s_per_trial"]
+        vs_floor = "-" if r is base else f"{1 - r['trials_per_min'] / base['trials_per_min']:.1%}"
+        lines.append(f"| {r['case']} | {r['trials']} ({r['evaluated']}) | {r['window_s']} | {r['s_per_trial']} | "
+                     f"{r['work_s_per_trial']} | {beyond:.3f} | {r['trials_per_min']} | "
+                     f"{beyond / r['s_per_trial']:.1%} | {vs_floor} |")
+    lines += ["", "Work = apply + evaluate as the trial times it (`work_s`); what is beyond it is the search's cost "
+              "per trial (ask, sample, size, dispatch, tell, MLflow's writer thread) and, for the floor, the "
+              "runner's own bookkeeping. The share against the floor's rate also carries any drift of the "
+              "machine between the runs (compare the work columns)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--eval", type=int, default=384, help="evaluation sentences per trial")
+    args = ap.parse_args()
+    import logging
+
+    import optuna
+    import torch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    root = Path(tempfile.mkdtemp(prefix="trial-rate-"))
+    env = {"cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
+           "torch_threads": torch.get_num_threads(), "load_before": [round(x, 2) for x in os.getloadavg()]}
+    on, plans = search(root, args.trials, args.eval, "on")
+    bare = floor(root, plans, args.eval)
+    off, _ = search(root, args.trials, args.eval, "off")
+    env["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    result = {"env": env, "eval": args.eval, "rows": [bare, on, off]}
+    save_results("trial_rate", result, markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
