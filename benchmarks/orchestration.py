@@ -11,12 +11,14 @@ Writes benchmarks/results/orchestration.json and orchestration.md.  (issue 8, "O
    NSGA-II's repeats of a finished plan, which do not count toward the budget but are driver work); the
    marginal cost of one trial is (wall(2) - wall(1)) / (trials(2) - trials(1)), which leaves start-up out.
    Settings: MLflow off, MLflow on a SQLite store (a nested run per trial), and MLflow off with Optuna on a
-   journal file instead of SQLite.
+   journal file instead of SQLite; and the ablation "one commit per write": MLflow off, SQLite, with the
+   driver's writes of a trial not gathered into one transaction (search/trial_writes.py switched off,
+   `writes_as`), run right after its counterpart so the machine's drift between them stays small.
    The figure that matters for a cluster: a driver that needs c s per trial keeps W workers busy with
    T-second trials while W / T < 1 / c.
 2. Overhead share of real trials: the quickstart (the real MiniLM, examples/quickstart.yaml) for `--real-trials`
-   trials on the local backend and on Ray (2 workers), MLflow on SQLite; and once more locally with Optuna on
-   a journal file. Work = the worker's apply + evaluate seconds (Optuna user attr `work_s`); the loop window = first trial start to last trial end (start-up, i.e.
+   trials on the local backend and on Ray (2 workers), MLflow on SQLite; once more locally with Optuna on
+   a journal file, and locally with the "one commit per write" ablation (storage "sqlite-per-call"). Work = the worker's apply + evaluate seconds (Optuna user attr `work_s`); the loop window = first trial start to last trial end (start-up, i.e.
    model load and Ray start, reported apart). Overhead share = 1 - sum(work) / (window x workers): everything a
    trial costs beyond its own work, including idle workers waiting for the driver.
 """
@@ -31,7 +33,9 @@ import random
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -55,7 +59,26 @@ class NoopRunner:
 
 def storage_url(run_dir: Path, storage: str) -> str | None:
     """None (the default: SQLite in the run directory) or Optuna's journal file there."""
-    return None if storage == "sqlite" else f"journal:///{run_dir}/optuna.log"
+    return f"journal:///{run_dir}/optuna.log" if storage == "journal" else None
+
+
+STORAGE_LABELS = {"sqlite": "Optuna on SQLite", "journal": "Optuna journal file",
+                  "sqlite-per-call": "Optuna on SQLite, one commit per write"}
+
+
+@contextmanager
+def writes_as(storage: str) -> Iterator[None]:
+    """For "sqlite-per-call" (the ablation): the driver's `one_transaction` blocks replay their writes one
+    storage call each, as Optuna writes without them (before search/trial_writes.py); else nothing changes."""
+    from autocompress.search import trial_writes
+
+    original = trial_writes._one_transaction_possible
+    if storage == "sqlite-per-call":
+        trial_writes._one_transaction_possible = lambda _storage: False
+    try:
+        yield
+    finally:
+        trial_writes._one_transaction_possible = original
 
 
 def noop_search(root: Path, trials: int, tracking: str, tag: str, storage: str = "sqlite") -> tuple[float, int]:
@@ -72,12 +95,13 @@ def noop_search(root: Path, trials: int, tracking: str, tag: str, storage: str =
         "objectives": ["maximize fidelity", "minimize size_mb"], "budget": {"n_trials": trials},
         "sampler": {"name": "nsga2", "seed": 0}, "tracking": {"uri": uri, "experiment": "noop"},
         "run_dir": str(run_dir), "study_name": f"noop-{tag}-{trials}",
-        **({"storage": storage_url(run_dir, storage)} if storage != "sqlite" else {})}).resolved(root)
+        **({"storage": storage_url(run_dir, storage)} if storage == "journal" else {})}).resolved(root)
     original, backends.TrialRunner = backends.TrialRunner, NoopRunner
     try:
-        start = time.perf_counter()
-        result = run_search(config, show_progress=False)
-        wall = time.perf_counter() - start
+        with writes_as(storage):
+            start = time.perf_counter()
+            result = run_search(config, show_progress=False)
+            wall = time.perf_counter() - start
     finally:
         backends.TrialRunner = original
     total = sum(result.counts.values())
@@ -87,14 +111,15 @@ def noop_search(root: Path, trials: int, tracking: str, tag: str, storage: str =
 
 def throughput(root: Path, sizes: list[int]) -> list[dict]:
     rows = []
-    for tracking, storage in (("none", "sqlite"), ("sqlite", "sqlite"), ("none", "journal")):
+    for tracking, storage in (("none", "sqlite"), ("none", "sqlite-per-call"), ("sqlite", "sqlite"),
+                              ("none", "journal")):
         tag = f"{tracking}-{storage}"
         noop_search(root, 3, tracking, f"warmup-{tag}", storage)  # imports, first MLflow schema: not per trial
         runs = {n: noop_search(root, n, tracking, tag, storage) for n in sizes}
         (w_lo, n_lo), (w_hi, n_hi) = runs[min(sizes)], runs[max(sizes)]
         per_trial = (w_hi - w_lo) / (n_hi - n_lo)
         rows.append({"tracking": "MLflow off" if tracking == "none" else "MLflow on SQLite",
-                     "storage": "Optuna on SQLite" if storage == "sqlite" else "Optuna journal file",
+                     "storage": STORAGE_LABELS[storage],
                      "walls_s": {str(n): round(w, 2) for n, (w, _) in runs.items()},
                      "trials": {str(n): total for n, (_, total) in runs.items()},
                      "per_trial_ms": round(per_trial * 1000, 1), "trials_per_s": round(1 / per_trial, 1),
@@ -108,16 +133,18 @@ def real_overhead(root: Path, trials: int) -> list[dict]:
     from autocompress.search.rundir import RunDir
 
     rows = []
-    for backend, workers, storage in (("local", 1, "sqlite"), ("ray", 2, "sqlite"), ("local", 1, "journal")):
+    for backend, workers, storage in (("local", 1, "sqlite"), ("local", 1, "sqlite-per-call"), ("ray", 2, "sqlite"),
+                                      ("local", 1, "journal")):
         spec = {"name": "ray", "workers": workers, "cpus_per_trial": 1} if backend == "ray" else {"name": "local"}
         name = f"qs-{backend}-{storage}"
         config = quickstart_config(root, name, trials, spec, f"sqlite:///{root}/mlflow-{name}.db", "overhead")
         run_dir = Path(config.run_dir)
-        if storage != "sqlite":
+        if storage == "journal":
             config = config.model_copy(update={"storage": storage_url(run_dir, storage)})
-        start = time.time()
-        result = run_search(config, show_progress=False)
-        end = time.time()
+        with writes_as(storage):
+            start = time.time()
+            result = run_search(config, show_progress=False)
+            end = time.time()
         trials_done = [t for t in RunDir.open(run_dir).trials if t.state.is_finished()]
         worked = [t for t in trials_done if "work_s" in t.user_attrs]
         first = min(t.datetime_start.timestamp() for t in trials_done)
