@@ -81,7 +81,10 @@ class _Search:
             out["latency_ms"] = model.predict(plan, self.info, workload).total_ms
         return out
 
-    def start_trial(self, backend: Any) -> None:
+    def start_trial(self, backend: Any, trials: list[Any] | None = None) -> None:
+        """Ask, sample and size a plan; end it at once (PRUNED by the plan, or a repeat of a finished plan)
+        or send it to `backend`. `trials`: the study's trials as the loop just read them (for the repeat
+        check; read again when None)."""
         import optuna
 
         with warnings.catch_warnings():  # "Heartbeat ... supposed to be used with Study.optimize": liveness.py
@@ -102,7 +105,7 @@ class _Search:
         if broken:
             self.finish(trial, plan, now, plan_metrics, TrialOutcome(worker=worker_name()),
                         state=optuna.trial.TrialState.PRUNED, reason=f"breaks {broken[0]} (decided by the plan)")
-        elif known := self.known.get(_key(trial.params)) or finished_metrics(self.study, trial.params):
+        elif known := self.known.get(_key(trial.params)) or finished_metrics(self.study, trial.params, trials):
             outcome = TrialOutcome(metrics=dict(known), worker="cache")  # finished here or by a sweep's other process
             self.finish(trial, plan, now, plan_metrics, outcome, reason="same plan as an earlier trial")
         else:
@@ -321,10 +324,11 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
                     for t in end_companions(pruning, liveness.recover()):
                         recorder.record(search.record_of(t))
                     next_check = time.monotonic() + config.backend.heartbeat_s
-                while backend.in_flight() < backend.capacity \
-                        and (budget is None or finished() + len(search.running) < budget) \
-                        and (deadline is None or time.monotonic() < deadline):
-                    search.start_trial(backend)
+                while backend.in_flight() < backend.capacity and (deadline is None or time.monotonic() < deadline):
+                    trials = study.get_trials(deepcopy=False)  # one read: the budget and the repeat check
+                    if budget is not None and finished(trials) + len(search.running) >= budget:
+                        break
+                    search.start_trial(backend, trials)
                     refresh(bar)
                 if not search.running:
                     refresh(bar, force=True)

@@ -113,13 +113,15 @@ def study_lock(study: Any, stale_s: float = STALE_S) -> Iterator[None]:
         _delete(storage, mine)
 
 
-def finished_metrics(study: Any, params: Mapping[str, Any]) -> dict[str, float] | None:
+def finished_metrics(study: Any, params: Mapping[str, Any], trials: list[Any] | None = None) -> dict[str, float] | None:
     """The metrics of a COMPLETE trial of `study` with exactly these params (finished by any process),
-    else None: what lets a sweep reuse a plan another process already evaluated."""
+    else None: what lets a sweep reuse a plan another process already evaluated. `trials`: the study's
+    trials as the caller just read them (read here when None)."""
     import optuna
 
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.params == dict(params) and "metrics" in t.user_attrs:
+    complete = optuna.trial.TrialState.COMPLETE
+    for t in study.get_trials(deepcopy=False, states=(complete,)) if trials is None else trials:
+        if t.state == complete and t.params == dict(params) and "metrics" in t.user_attrs:
             return dict(t.user_attrs["metrics"])
     return None
 
@@ -150,8 +152,8 @@ def assign_generation(study: Any, trial: Any) -> None:
     from optuna.samplers._ga._base import BaseGASampler
 
     sampler = study.sampler
-    if isinstance(sampler, BaseGASampler):
-        frozen = study._storage.get_trial(trial._trial_id)
+    if isinstance(sampler, BaseGASampler):  # the trial as `ask` just read it, else read it again
+        frozen = getattr(trial, "_cached_frozen_trial", None) or study._storage.get_trial(trial._trial_id)
         if "fixed_params" in frozen.system_attrs:  # Optuna's mark of an enqueued trial
             sampler.get_trial_generation(study, frozen)
 

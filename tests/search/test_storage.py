@@ -86,6 +86,9 @@ def test_finished_metrics_finds_a_complete_plan_of_any_process(tmp_path):
     other = optuna.load_study(study_name="s", storage=open_storage(f"journal://{tmp_path}/j.log"))
     assert finished_metrics(other, {"bits": 4}) == {"fidelity": 0.9}
     assert finished_metrics(other, {"bits": 8}) is None  # failed: run it again
+    read = other.get_trials(deepcopy=False)  # the driver passes the trials its loop just read
+    assert finished_metrics(other, {"bits": 4}, read) == {"fidelity": 0.9}
+    assert finished_metrics(other, {"bits": 8}, read) is None
 
 
 @pytest.mark.parametrize("url, says", [
