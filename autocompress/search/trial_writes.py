@@ -15,8 +15,8 @@ Contract:
   storage itself go straight through, as before.
 - The writes reach the storage when the block ends, also when it ends by an exception (nothing set is lost);
   another process sees them from then on, not while the block runs. A param whose distribution does not fit
-  the study's earlier one raises Optuna's ValueError then (not at the `suggest_*`), and none of the block's
-  writes land.
+  the study's earlier one raises Optuna's ValueError then (not at the `suggest_*`); on an RDB storage none of
+  the block's writes land then.
 - On any storage other than Optuna's cached RDBStorage (journal file, Redis, in-memory), or should a later
   Optuna rename the internals used here (`optuna_internals()` is None then), each held write is replayed through the
   storage's public method, one call each: the same result, no faster.
