@@ -4,6 +4,7 @@ measure real trials on."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,27 @@ def merge_rows(path: Path, rows: list[dict], order: list[str]) -> list[dict]:
     kept = {r["case"]: r for r in json.loads(path.read_text())["rows"]} if path.is_file() else {}
     kept.update({r["case"]: r for r in rows})
     return [kept[c] for c in order if c in kept]
+
+
+@dataclass
+class LoopWindow:
+    """What a finished search's trials say about its loop: `done` (finished trials, by number), `evaluated`
+    (those a worker ran: user attr `work_s`), `first_start` (epoch s), `window_s` (first trial start to last
+    trial end), `work_s` (the evaluated trials' apply + evaluate seconds, summed)."""
+
+    done: list[Any]
+    evaluated: list[Any]
+    first_start: float
+    window_s: float
+    work_s: float
+
+
+def loop_window(run_dir: str | Path) -> LoopWindow:
+    """The `LoopWindow` of the search in `run_dir` (read from its Optuna storage)."""
+    from autocompress.search.rundir import RunDir
+
+    done = sorted((t for t in RunDir.open(run_dir).trials if t.state.is_finished()), key=lambda t: t.number)
+    evaluated = [t for t in done if "work_s" in t.user_attrs]
+    first = min(t.datetime_start.timestamp() for t in done)
+    window = max(t.datetime_complete.timestamp() for t in done) - first
+    return LoopWindow(done, evaluated, first, window, sum(t.user_attrs["work_s"] for t in evaluated))

@@ -39,7 +39,7 @@ from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import quickstart_config, save_results  # noqa: E402
+from benchmarks.common import loop_window, quickstart_config, save_results  # noqa: E402
 
 
 class NoopRunner:
@@ -130,7 +130,6 @@ def throughput(root: Path, sizes: list[int]) -> list[dict]:
 
 def real_overhead(root: Path, trials: int) -> list[dict]:
     from autocompress.search.driver import run_search
-    from autocompress.search.rundir import RunDir
 
     rows = []
     for backend, workers, storage in (("local", 1, "sqlite"), ("local", 1, "sqlite-per-call"), ("ray", 2, "sqlite"),
@@ -145,13 +144,11 @@ def real_overhead(root: Path, trials: int) -> list[dict]:
             start = time.time()
             result = run_search(config, show_progress=False)
             end = time.time()
-        trials_done = [t for t in RunDir.open(run_dir).trials if t.state.is_finished()]
-        worked = [t for t in trials_done if "work_s" in t.user_attrs]
-        first = min(t.datetime_start.timestamp() for t in trials_done)
-        last = max(t.datetime_complete.timestamp() for t in trials_done)
-        window, work = last - first, sum(t.user_attrs["work_s"] for t in worked)
-        row = {"backend": backend, "workers": workers, "storage": storage, "trials": len(trials_done), "evaluated": len(worked),
-               "counts": result.counts, "startup_s": round(first - start, 1), "window_s": round(window, 1),
+        loop = loop_window(run_dir)
+        worked, first, window, work = loop.evaluated, loop.first_start, loop.window_s, loop.work_s
+        row = {"backend": backend, "workers": workers, "storage": storage, "trials": len(loop.done),
+               "evaluated": len(worked), "counts": result.counts, "startup_s": round(first - start, 1),
+               "window_s": round(window, 1),
                "total_s": round(end - start, 1), "work_s": round(work, 1),
                "mean_work_s": round(work / max(len(worked), 1), 2),
                "overhead_share": round(1 - work / (window * workers), 4),

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import quickstart_config, save_results  # noqa: E402
+from benchmarks.common import loop_window, quickstart_config, save_results  # noqa: E402
 
 
 def quickstart(root: Path, name: str, trials: int, backend: dict):
@@ -41,18 +41,16 @@ def quickstart(root: Path, name: str, trials: int, backend: dict):
 
 def workers(root: Path, trials: int) -> list[dict]:
     from autocompress.search.driver import run_search
-    from autocompress.search.rundir import RunDir
 
     rows = []
     for n in (1, 2):
         config = quickstart(root, f"workers-{n}", trials, {"name": "ray", "workers": n, "cpus_per_trial": 1})
         start = time.time()
         run_search(config, show_progress=False)
-        done = [t for t in RunDir.open(config.run_dir).trials if t.state.is_finished()]
-        worked = [t for t in done if "work_s" in t.user_attrs]
-        first = min(t.datetime_start.timestamp() for t in done)
-        window = max(t.datetime_complete.timestamp() for t in done) - first
-        rows.append({"workers": n, "trials": len(done), "evaluated": len(worked), "startup_s": round(first - start, 1),
+        loop = loop_window(config.run_dir)
+        worked, first, window = loop.evaluated, loop.first_start, loop.window_s
+        rows.append({"workers": n, "trials": len(loop.done), "evaluated": len(worked),
+                     "startup_s": round(first - start, 1),
                      "window_s": round(window, 1), "trials_per_min": round(60 * len(worked) / window, 2),
                      "mean_work_s": round(statistics.fmean(t.user_attrs["work_s"] for t in worked), 2)})
         print(json.dumps(rows[-1]), flush=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import save_results  # noqa: E402
+from benchmarks.common import loop_window, save_results  # noqa: E402
 
 
 def make_config(root: Path, name: str, trials: int, n_eval: int, tracking: str):
@@ -53,20 +53,16 @@ def make_config(root: Path, name: str, trials: int, n_eval: int, tracking: str):
 def search(root: Path, trials: int, n_eval: int, tracking: str) -> tuple[dict, list[str]]:
     """(row, the JSON of each evaluated plan in trial order)."""
     from autocompress.search.driver import run_search
-    from autocompress.search.rundir import RunDir
-
     config = make_config(root, f"search-mlflow-{tracking}", trials, n_eval, tracking)
     start = time.time()
     result = run_search(config, show_progress=False)
-    done = sorted((t for t in RunDir.open(config.run_dir).trials if t.state.is_finished()), key=lambda t: t.number)
-    evaluated = [t for t in done if "work_s" in t.user_attrs]
-    first = min(t.datetime_start.timestamp() for t in done)
-    window = max(t.datetime_complete.timestamp() for t in done) - first
+    loop = loop_window(config.run_dir)
+    evaluated, window = loop.evaluated, loop.window_s
     plans = [Path(t.user_attrs["plan_path"]).read_text() for t in evaluated]
-    row = {"case": f"search, MLflow {tracking}", "trials": len(done), "evaluated": len(evaluated),
-           "repeats": result.repeats, "startup_s": round(first - start, 1), "window_s": round(window, 2),
+    row = {"case": f"search, MLflow {tracking}", "trials": len(loop.done), "evaluated": len(evaluated),
+           "repeats": result.repeats, "startup_s": round(loop.first_start - start, 1), "window_s": round(window, 2),
            "s_per_trial": round(window / len(evaluated), 4), "trials_per_min": round(60 * len(evaluated) / window, 1),
-           "work_s_per_trial": round(sum(t.user_attrs["work_s"] for t in evaluated) / len(evaluated), 4)}
+           "work_s_per_trial": round(loop.work_s / len(evaluated), 4)}
     print(row, flush=True)
     return row, plans
 
@@ -105,8 +101,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['case']} | {r['trials']} ({r['evaluated']}) | {r['window_s']} | {r['s_per_trial']} | "
                      f"{r['work_s_per_trial']} | {beyond:.3f} | {r['trials_per_min']} | "
                      f"{beyond / r['s_per_trial']:.1%} | {vs_floor} |")
-    lines += ["", "Work = apply + evaluate as the trial times it (`work_s`); what is beyond it is the search's cost "
-              "per trial (ask, sample, size, dispatch, tell, MLflow's writer thread) and, for the floor, the "
+    lines += ["", "Work = apply + evaluate as the trial times it (`work_s`); what is beyond it is the search's "
+              "cost per trial (ask, sample, size, dispatch, tell, MLflow's writer thread) and, for the floor, the "
               "runner's own bookkeeping. The share against the floor's rate also carries any drift of the "
               "machine between the runs (compare the work columns)."]
     return "\n".join(lines) + "\n"

@@ -158,7 +158,6 @@ def assign_generation(study: Any, trial: Any) -> None:
             sampler.get_trial_generation(study, frozen)
 
 
-
 def pareto_front(study: Any) -> list[Any]:
     """The study's feasible Pareto trials by number, each plan once: repeats (`is_repeat`) left out."""
     return sorted((t for t in study.best_trials if not is_repeat(t)), key=lambda t: t.number)

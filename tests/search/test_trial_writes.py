@@ -51,7 +51,7 @@ def test_same_rows_as_one_write_per_call(storage):
     storage, name = storage
     study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "minimize"],
                                 sampler=optuna.samplers.RandomSampler(seed=0))
-    plain = study.ask(fixed_distributions={})
+    plain = study.ask()
     write_trial(plain)
     study.tell(plain, [0.97, 12.5])
     held = study.ask()
