@@ -86,6 +86,8 @@ class SensitivitySection(_Strict):
                                          "(one per threshold); false measures nothing and seeds nothing")
     thresholds: list[float] = Field([0.002, 0.01, 0.03], min_length=1,
                                     description="quality drop each unit may cost alone, one seeded plan each")
+    budgets: bool = Field(True, description="also one plan per uniform baseline: the least summed drop at no "
+                                            "more packed bytes (search/allocation.py)")
 
     @field_validator("thresholds")
     @classmethod

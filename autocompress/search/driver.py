@@ -239,11 +239,13 @@ def _sensitivity_seeds(config: SearchConfig, study: Any, backend: Any, info: Any
     s = config.sensitivity
     if s is None or not s.seed or study.get_trials(deepcopy=False):
         return []
+    from autocompress.search.allocation import budget_params
     from autocompress.search.sensitivity import FILE, load_or_measure, seed_params
 
     sens, _ = load_or_measure(config, backend, info, space, Path(config.run_dir))
     recorder.call("log_text", (Path(config.run_dir) / FILE).read_text(), FILE)
-    return list(seed_params(space, sens, s.thresholds).items())
+    seeds = seed_params(space, sens, s.thresholds)
+    return list(seeds.items()) + (list(budget_params(space, sens, info).items()) if s.budgets else [])
 
 
 def _key(params: dict[str, Any]) -> str:
@@ -295,7 +297,11 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
         # a fresh study starts from the uniform baselines, so the front is never worse than them: enqueued once
         # however many processes share the study, none left WAITING past the budget; reseeds the sampler
         baselines = list(space.uniform_params().items()) if config.sampler.enqueue_uniform else []
-        baselines = (baselines + _sensitivity_seeds(config, study, backend, info, space, recorder))[:budget]
+        baselines += _sensitivity_seeds(config, study, backend, info, space, recorder)
+        distinct = {}  # one trial per distinct plan, under the first label that asks for it
+        for label, params in baselines:
+            distinct.setdefault(_key(params), (label, params))
+        baselines = list(distinct.values())[:budget]
         join_study(study, config, baselines)
         deadline = None if timeout is None else time.monotonic() + timeout
 

@@ -2,15 +2,19 @@
 per search space, cached in the run directory, and used to seed the study with good starting plans.
 
 Reference plan: every unit at its mildest setting (off where the space offers off: bits None, sparsity 0,
-dense, rank None; otherwise the least compressing choice, e.g. 8 bits when bits is [4, 8]). For each unit
-and each compressing choice of each technique (the labels of `ConfigSpace.main_choices`, e.g.
-"quantize bits=4"), the plan that changes only that unit is run on the search's own backend and evaluator.
+dense, rank None, act_bits None; otherwise the least compressing choice, e.g. 8 bits when bits is [4, 8]).
+For each unit and each measured choice (`measured_choices`: each compressing choice of a technique's main
+field, `ConfigSpace.main_choices`, once per combination of the format fields that change the packed bytes,
+group size and symmetric, where the space offers several; e.g. "quantize bits=4 group_size=128"), the plan
+that changes only that unit is run on the search's own backend and evaluator. Activations stay unquantized
+where the space offers that: this measures what compressing the weights costs.
 drop = quality(reference) - quality(plan) for a maximized quality metric (fidelity, accuracy), the other
 way round for perplexity: positive means worse.
 
 Seeding (`seed_params`): for each threshold t, every unit takes, per technique, the choice that saves the
 most bytes among those whose own drop is <= t (else its mildest setting). Small t gives a safe plan, large
-t an aggressive one; the sampler starts from these instead of from nothing.
+t an aggressive one (between choices saving as much, the one of least drop); the sampler starts from these
+instead of from nothing. `search/allocation.py` seeds one more plan per uniform baseline from the same file.
 
 File `RUN_DIR/sensitivity.json`: {"metric", "reference", "fingerprint", "seconds", "evaluations",
 "layers": {unit: {label: drop}}, "saved_bytes": {unit: {label: bytes saved vs the reference}}}.
@@ -19,6 +23,7 @@ File `RUN_DIR/sensitivity.json`: {"metric", "reference", "fingerprint", "seconds
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,7 +35,10 @@ from autocompress.config import SearchConfig, parse_objective
 QUALITY = {"fidelity": "maximize", "accuracy": "maximize", "perplexity": "minimize", "perplexity_ratio": "minimize"}
 TASK_QUALITY = {"embedding": "fidelity", "causal-lm": "perplexity", "sequence-classification": "accuracy"}
 _MAIN = {"bits", "sparsity", "pattern", "rank"}
+_MILD = _MAIN | {"act_bits"}  # fields a plan not told otherwise takes at their mildest setting
+_FORMATS = {"quantize": ("group_size", "symmetric"), "embeddings": ("group_size", "symmetric")}
 FILE = "sensitivity.json"
+VERSION = 2  # of what is measured (2: format combinations, unquantized activations): part of the fingerprint
 
 
 @dataclass
@@ -63,12 +71,12 @@ def quality_metric(config: SearchConfig, task: str) -> str:
 def fingerprint(config: SearchConfig, metric: str) -> str:
     """What the measurement depends on: model, data, space and metric (not the budget or sampler)."""
     keys = {"model": config.model.model_dump(mode="json"), "data": config.data.model_dump(mode="json"),
-            "space": config.space.model_dump(mode="json"), "metric": metric}
+            "space": config.space.model_dump(mode="json"), "metric": metric, "version": VERSION}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _mildest(field_name: str, choices: Sequence[Any]) -> Any:
-    off = {"bits": None, "rank": None, "sparsity": 0.0, "pattern": "dense"}
+    off = {"bits": None, "rank": None, "sparsity": 0.0, "pattern": "dense", "act_bits": None}
     if field_name in off and off[field_name] in choices and not any(c is True or c is False for c in choices):
         return off[field_name]
     if field_name == "pattern":
@@ -86,7 +94,32 @@ def _single(space: Any, target: str | None, want: dict[str, Any]) -> tuple[dict,
     def pick(unit: str, field_name: str, choices: Sequence[Any]) -> Any:
         if unit == target and field_name in want and want[field_name] in choices:
             return want[field_name]
-        return _mildest(field_name, choices) if field_name in _MAIN else choices[0]
+        return _mildest(field_name, choices) if field_name in _MILD else choices[0]
+
+    return space.replay(pick)
+
+
+def measured_choices(space: Any) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Label -> (technique, {field: value}) of every choice measured per unit (module docstring): the labels
+    of `ConfigSpace.main_choices`, with " field=value" added for each format field of several choices."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for label, (tech, want) in space.main_choices().items():
+        section = getattr(space.space, tech, None)
+        formats = [(f, getattr(section, f)) for f in _FORMATS.get(tech, ()) if len(getattr(section, f, ())) > 1]
+        for values in itertools.product(*(choices for _, choices in formats)):
+            extra = dict(zip((f for f, _ in formats), values))
+            out[label + "".join(f" {f}={v}" for f, v in extra.items())] = (tech, {**want, **extra})
+    return out
+
+
+def plan_params(space: Any, chosen: dict[tuple[str, str], dict[str, Any]]) -> tuple[dict[str, Any], Any]:
+    """(Optuna params, plan) where each (unit, technique) of `chosen` takes its {field: value} and every other
+    decision its mildest setting (`_MILD` fields) or first choice."""
+    def pick(unit: str, field_name: str, options: Sequence[Any]) -> Any:
+        for (u, _tech), want in chosen.items():
+            if u == unit and field_name in want and want[field_name] in options:
+                return want[field_name]
+        return _mildest(field_name, options) if field_name in _MILD else options[0]
 
     return space.replay(pick)
 
@@ -96,7 +129,7 @@ def jobs(space: Any) -> dict[tuple[str, str], Any]:
     under ("", "reference")). A choice that is the unit's mildest setting is the reference: left out."""
     reference = _single(space, None, {})[1]
     out = {("", "reference"): reference}
-    for label, (tech, want) in space.main_choices().items():
+    for label, (tech, want) in measured_choices(space).items():
         for unit in space.technique_units.get(tech, {}):
             plan = _single(space, unit, want)[1]
             if plan != reference:  # a choice that is the mildest setting itself changes nothing
@@ -144,28 +177,21 @@ def measure(config: SearchConfig, backend: Any, info: Any, space: Any,
 
 def seed_params(space: Any, sens: Sensitivity, thresholds: Sequence[float]) -> dict[str, dict[str, Any]]:
     """Label -> Optuna params of one seeded plan per threshold (module docstring); duplicates dropped."""
-    choices = space.main_choices()
+    choices = measured_choices(space)
     out: dict[str, dict[str, Any]] = {}
     seen: set[str] = set()
     for t in sorted(thresholds):
         chosen: dict[tuple[str, str], dict[str, Any]] = {}  # (unit, technique) -> want
+        rank: dict[tuple[str, str], tuple[int, float]] = {}  # its (saved bytes, -drop)
         for unit, drops in sens.layers.items():
             for label, drop in drops.items():
                 tech, want = choices.get(label, (None, None))
                 saved = sens.saved_bytes.get(unit, {}).get(label, 0)
                 if tech is None or drop > t or saved <= 0:
                     continue
-                best = chosen.get((unit, tech))
-                if best is None or saved > best["_saved"]:
-                    chosen[(unit, tech)] = {**want, "_saved": saved}
-
-        def pick(unit: str, field_name: str, options: Sequence[Any]) -> Any:
-            for (u, _tech), want in chosen.items():
-                if u == unit and field_name in want and want[field_name] in options:
-                    return want[field_name]
-            return _mildest(field_name, options) if field_name in _MAIN else options[0]
-
-        params, plan = space.replay(pick)
+                if (unit, tech) not in rank or (saved, -drop) > rank[(unit, tech)]:
+                    chosen[(unit, tech)], rank[(unit, tech)] = want, (saved, -drop)
+        params, plan = plan_params(space, chosen)
         key = json.dumps(params, sort_keys=True, default=str)
         if plan.is_empty or key in seen:
             continue

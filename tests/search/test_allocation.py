@@ -1,0 +1,131 @@
+"""Budgeted allocation: the knapsack against brute force, the bound it never breaks, the seeded plans."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from autocompress.search.allocation import least_drop
+
+
+def brute_force(groups, required):
+    best = None
+    for pick in itertools.product(*(range(len(g)) for g in groups)):
+        saved = sum(g[i][1] for g, i in zip(groups, pick))
+        drop = sum(g[i][0] for g, i in zip(groups, pick))
+        if saved >= required and (best is None or drop < best[0] - 1e-12):
+            best = (drop, pick)
+    return best
+
+
+def test_least_drop_matches_brute_force_on_random_instances():
+    rng = random.Random(0)
+    for _ in range(200):
+        groups = [[(0.0, 0)] + [(rng.uniform(-0.001, 0.05), rng.randrange(1, 5000)) for _ in range(rng.randrange(1, 4))]
+                  for _ in range(rng.randrange(1, 6))]
+        required = rng.randrange(0, 12000)
+        pick = least_drop(groups, required)
+        expected = brute_force(groups, required)
+        if expected is None:
+            assert pick is None
+            continue
+        assert sum(g[i][1] for g, i in zip(groups, pick)) >= required
+        assert abs(sum(g[i][0] for g, i in zip(groups, pick)) - expected[0]) < 1e-9
+
+
+def test_coarse_steps_never_break_the_bound():
+    rng = random.Random(1)
+    for _ in range(100):
+        groups = [[(0.0, 0)] + [(rng.uniform(0, 0.05), rng.randrange(1, 10**6)) for _ in range(3)] for _ in range(8)]
+        required = rng.randrange(1, 3 * 10**6)
+        pick = least_drop(groups, required, max_states=5)
+        if pick is not None:
+            assert sum(g[i][1] for g, i in zip(groups, pick)) >= required
+
+
+def test_no_budget_takes_the_least_drop_and_an_impossible_one_none():
+    groups = [[(0.0, 0), (-0.001, 10)], [(0.0, 0), (0.2, 10)]]
+    assert least_drop(groups, 0) == [1, 0]  # a choice that measured better than the reference is taken
+    assert least_drop(groups, 21) is None
+    assert least_drop(groups, 20) == [1, 1]
+
+
+FORMATS = {"quantize": {"bits": [2, 4, 8, None], "group_size": [32, 128], "act_bits": [8, None]}}
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    from autocompress.search.backends import make_backend
+    from autocompress.search.sensitivity import load_or_measure
+    from autocompress.spaces import ConfigSpace
+    from tests.search.test_driver import make_config
+
+    tmp = tmp_path_factory.mktemp("alloc")
+    config = make_config(tmp, space=FORMATS, tracking={"uri": "none"}, backend={"name": "local"})
+    backend = make_backend(config)
+    info = backend.start()
+    try:
+        sens, _ = load_or_measure(config, backend, info, ConfigSpace(config.space, info), tmp)
+    finally:
+        backend.close()
+    return ConfigSpace(config.space, info), sens
+
+
+def test_each_format_combination_is_measured_with_activations_off(measured):
+    space, sens = measured
+    from autocompress.search.sensitivity import jobs
+
+    expected = {f"quantize bits={b} group_size={g}" for b in (2, 4, 8) for g in (32, 128)}
+    assert all(set(drops) == expected for drops in sens.layers.values())
+    assert {e.act_bits for plan in jobs(space).values() for e in plan.layers.values()} == {None}
+    for saved in sens.saved_bytes.values():  # a coarser group (fewer scales) saves more bytes
+        assert saved["quantize bits=4 group_size=128"] > saved["quantize bits=4 group_size=32"]
+
+
+def test_budget_plans_fit_each_uniform_baseline_at_no_more_predicted_drop(measured):
+    import optuna
+
+    from autocompress.evaluators.size import plan_size
+    from autocompress.search.allocation import budget_params
+
+    space, sens = measured
+    seeds = budget_params(space, sens, space.info)
+    limits = {round(plan_size(p, space.info).total_bytes / 1e6, 2): p for p in space.uniform_plans().values()}
+    assert seeds and all(label.startswith("sensitivity size<=") for label in seeds)
+    for label, params in seeds.items():
+        limit = float(label.removeprefix("sensitivity size<=").removesuffix("MB"))
+        plan = space.sample(optuna.trial.FixedTrial(params))  # replayable exactly
+        assert plan_size(plan, space.info).total_bytes / 1e6 <= limit + 0.005
+        bits = {e.bits for e in limits[limit].layers.values()}.pop()  # the baseline's one weight bit-width
+
+        def predicted(p):
+            return sum(sens.layers[u][f"quantize bits={e.bits} group_size={e.group_size}"]
+                       for u, members in space.technique_units["quantize"].items()
+                       for e in [p.layers[members[0]]] if e.bits is not None)
+
+        uniform_weights = space.replay(lambda u, f, c: {"bits": bits, "act_bits": None}.get(f, c[0]))[1]
+        assert predicted(plan) <= predicted(uniform_weights) + 1e-12
+
+
+def test_a_search_starts_from_the_budget_plans_once_each(tmp_path):
+    import json
+
+    from autocompress.search.driver import run_search
+    from autocompress.search.rundir import RunDir
+    from tests.search.test_driver import make_config
+
+    config = make_config(tmp_path, space=FORMATS, budget={"n_trials": 14}, backend={"name": "local"},
+                         tracking={"uri": "none"}, sensitivity={"thresholds": [0.0]})
+    run_search(config, show_progress=False)
+    seeded = [t for t in RunDir.open(tmp_path / "run").trials if "baseline" in t.user_attrs]
+    labels = [t.user_attrs["baseline"] for t in seeded]
+    assert any(label.startswith("sensitivity size<=") for label in labels)
+    assert len({json.dumps(t.params, sort_keys=True, default=str) for t in seeded}) == len(seeded)
+
+    off = make_config(tmp_path / "off", space=FORMATS, budget={"n_trials": 14}, backend={"name": "local"},
+                      tracking={"uri": "none"}, sensitivity={"thresholds": [0.0], "budgets": False})
+    run_search(off, show_progress=False)
+    assert not any(t.user_attrs.get("baseline", "").startswith("sensitivity size")
+                   for t in RunDir.open(tmp_path / "off" / "run").trials)
