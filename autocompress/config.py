@@ -87,7 +87,8 @@ class SensitivitySection(_Strict):
     thresholds: list[float] = Field([0.002, 0.01, 0.03], min_length=1,
                                     description="quality drop each unit may cost alone, one seeded plan each")
     budgets: bool = Field(True, description="also one plan per uniform baseline: the least summed drop at no "
-                                            "more packed bytes (search/allocation.py)")
+                                            "more packed bytes, and at no more predicted latency when the "
+                                            "target prices plans (search/allocation.py)")
 
     @field_validator("thresholds")
     @classmethod

@@ -1,16 +1,20 @@
-"""Budgeted allocation: from per-unit sensitivity, the plan of least predicted quality drop within a byte
-budget, one plan per budget (HAWQ-V3 allocates bits the same way, with an integer program over per-layer
-sensitivities; here the program is a multiple-choice knapsack solved exactly by dynamic programming).
+"""Budgeted allocation: from per-unit sensitivity, the plan of least predicted quality drop within a cost
+budget (packed bytes, or predicted latency), one plan per budget. HAWQ-V3 allocates bit-widths the same way,
+with an integer program over per-layer sensitivities; here the program is a multiple-choice knapsack solved
+exactly over a pruned frontier.
 
-Model: each (unit, technique) is a group whose options are "unchanged" (drop 0, 0 bytes saved) and every
-measured choice of `Sensitivity` (its drop, its saved bytes); a plan takes one option per group; its
-predicted drop is the sum of its options' drops and its predicted size the reference's bytes less the sum of
-their savings. Both sums are exact for the bytes (the packed size is a sum over layers) and an estimate for
-the drop (drops of different units interact a little; the seeded plans are evaluated like any other trial).
+Model: each (unit, technique) is a group whose options are "unchanged" (drop 0, saving 0) and every measured
+choice of `Sensitivity` (its drop; its saving: the cost of the reference plan less the cost of the plan that
+changes only that unit); a plan takes one option per group; its predicted drop is the sum of its options'
+drops and its predicted cost the reference's less the sum of their savings. The cost sum is exact for bytes
+(the packed size is a sum over layers, when each unit takes one technique) and for latency models that sum
+per-layer times; the drop sum is an estimate (units interact a little; a seeded plan is evaluated like any
+other trial).
 
-Seeding (`budget_params`): for each uniform baseline, the plan of least predicted drop at no more bytes than
-the baseline. The baseline itself is one such plan, so the seeded plan is predicted at least as good at no
-more bytes: the study starts from candidates that dominate each uniform corner, where any exist.
+Seeding (`budget_params`): for each uniform baseline, the plan of least predicted drop at no more bytes (and
+at no more predicted latency) than the baseline. The baseline is one such plan, so the seed is predicted at
+least as good at no more cost: the study starts from candidates that dominate each uniform corner, where the
+measured drops say any exist.
 """
 
 from __future__ import annotations
@@ -51,37 +55,51 @@ def least_drop(groups: Sequence[Sequence[Option]], required: int, max_states: in
     return list(best[2]) if best[0] >= required else None
 
 
-def budget_params(space: Any, sens: Any, info: Any) -> dict[str, dict[str, Any]]:
-    """Label -> Optuna params of one plan per uniform baseline (`ConfigSpace.uniform_plans`): the least
-    predicted drop at no more packed bytes than the baseline (module docstring). Baselines of equal bytes
-    share one plan; a plan equal to the baseline itself, or to one before, is left out."""
+def budget_params(space: Any, sens: Any, info: Any, latency: tuple[Any, Any] | None = None
+                  ) -> dict[str, dict[str, Any]]:
+    """Label -> Optuna params of one plan per uniform baseline (`ConfigSpace.uniform_plans`) and cost: the
+    least predicted drop at no more packed bytes than the baseline ("sensitivity size<=13.39MB") and, given
+    `latency` = (latency model, workload) of a target priced from the plan, at no more predicted latency
+    ("sensitivity latency<=9.09ms"; savings counted in whole picoseconds, each rounded to the nearest, so the
+    bound holds to within one picosecond per unit). A plan met before, or equal to its baseline, is left
+    out."""
     from autocompress.evaluators.size import plan_size
     from autocompress.search.sensitivity import _single, measured_choices, plan_params
 
+    costs = {"size": (lambda plan: plan_size(plan, info).total_bytes, "{:.2f}MB", 1e-6, False)}
+    if latency is not None:
+        model, workload = latency
+        costs["latency"] = (lambda plan: model.predict(plan, info, workload).total_ms * 1e9, "{:.2f}ms", 1e-9, True)
     choices = measured_choices(space)
-    groups: list[list[Option]] = []
-    owners: list[tuple[str, str, list[str]]] = []  # per group: (unit, technique, label of each option but 0)
-    for unit, drops in sens.layers.items():
-        per_tech: dict[str, list[str]] = {}
-        for label in drops:
-            if label in choices and sens.saved_bytes.get(unit, {}).get(label, 0) > 0:
-                per_tech.setdefault(choices[label][0], []).append(label)
-        for tech, labels in per_tech.items():
-            owners.append((unit, tech, labels))
-            groups.append([(0.0, 0)] + [(drops[lb], sens.saved_bytes[unit][lb]) for lb in labels])
-    reference_bytes = plan_size(_single(space, None, {})[1], info).total_bytes
+    reference = _single(space, None, {})[1]
     out: dict[str, dict[str, Any]] = {}
     seen: set[str] = set()
-    for name, baseline in space.uniform_plans().items():
-        limit = plan_size(baseline, info).total_bytes
-        pick = least_drop(groups, reference_bytes - limit)
-        if pick is None:
-            continue
-        chosen = {(unit, tech): choices[labels[i - 1]][1] for (unit, tech, labels), i in zip(owners, pick) if i}
-        params, plan = plan_params(space, chosen)
-        key = json.dumps(params, sort_keys=True, default=str)
-        if plan.is_empty or key in seen or plan == baseline:
-            continue
-        seen.add(key)
-        out[f"sensitivity size<={limit / 1e6:.2f}MB"] = params
+    for name, (cost, unit_text, scale, rounded) in costs.items():
+        base = cost(reference)
+        groups: list[list[Option]] = []
+        owners: list[tuple[str, list[str]]] = []  # per group: (unit, the label of each option but "unchanged")
+        for unit, drops in sens.layers.items():
+            per_tech: dict[str, list[Option]] = {}
+            labels: dict[str, list[str]] = {}
+            for label, drop in drops.items():
+                if label in choices:
+                    saved = round(base - cost(_single(space, unit, choices[label][1])[1]))
+                    per_tech.setdefault(choices[label][0], []).append((drop, saved))
+                    labels.setdefault(choices[label][0], []).append(label)
+            for tech, options in per_tech.items():
+                owners.append((unit, labels[tech]))
+                groups.append([(0.0, 0)] + options)
+        for baseline in space.uniform_plans().values():
+            limit = cost(baseline)
+            pick = least_drop(groups, round(base - limit) - (len(groups) if rounded else 0))
+            if pick is None:
+                continue
+            chosen = {(unit, choices[labels[i - 1]][0]): choices[labels[i - 1]][1]
+                      for (unit, labels), i in zip(owners, pick) if i}
+            params, plan = plan_params(space, chosen)
+            key = json.dumps(params, sort_keys=True, default=str)
+            if plan.is_empty or key in seen or plan == baseline:
+                continue
+            seen.add(key)
+            out[f"sensitivity {name}<={unit_text.format(limit * scale)}"] = params
     return out

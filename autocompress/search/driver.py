@@ -245,7 +245,9 @@ def _sensitivity_seeds(config: SearchConfig, study: Any, backend: Any, info: Any
     sens, _ = load_or_measure(config, backend, info, space, Path(config.run_dir))
     recorder.call("log_text", (Path(config.run_dir) / FILE).read_text(), FILE)
     seeds = seed_params(space, sens, s.thresholds)
-    return list(seeds.items()) + (list(budget_params(space, sens, info).items()) if s.budgets else [])
+    if s.budgets:
+        seeds.update(budget_params(space, sens, info, _plan_latency_model(config)))
+    return list(seeds.items())
 
 
 def _key(params: dict[str, Any]) -> str:

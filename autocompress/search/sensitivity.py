@@ -4,10 +4,10 @@ per search space, cached in the run directory, and used to seed the study with g
 Reference plan: every unit at its mildest setting (off where the space offers off: bits None, sparsity 0,
 dense, rank None, act_bits None; otherwise the least compressing choice, e.g. 8 bits when bits is [4, 8]).
 For each unit and each measured choice (`measured_choices`: each compressing choice of a technique's main
-field, `ConfigSpace.main_choices`, once per combination of the format fields that change the packed bytes,
-group size and symmetric, where the space offers several; e.g. "quantize bits=4 group_size=128"), the plan
-that changes only that unit is run on the search's own backend and evaluator. Activations stay unquantized
-where the space offers that: this measures what compressing the weights costs.
+field, `ConfigSpace.main_choices`, once per combination of the format fields, group size, symmetric and
+activation bits, where the space offers several; e.g. "quantize bits=4 group_size=128 act_bits=None"), the
+plan that changes only that unit is run on the search's own backend and evaluator. Every other unit keeps its
+activations unquantized where the space offers that.
 drop = quality(reference) - quality(plan) for a maximized quality metric (fidelity, accuracy), the other
 way round for perplexity: positive means worse.
 
@@ -36,9 +36,9 @@ QUALITY = {"fidelity": "maximize", "accuracy": "maximize", "perplexity": "minimi
 TASK_QUALITY = {"embedding": "fidelity", "causal-lm": "perplexity", "sequence-classification": "accuracy"}
 _MAIN = {"bits", "sparsity", "pattern", "rank"}
 _MILD = _MAIN | {"act_bits"}  # fields a plan not told otherwise takes at their mildest setting
-_FORMATS = {"quantize": ("group_size", "symmetric"), "embeddings": ("group_size", "symmetric")}
+_FORMATS = {"quantize": ("group_size", "symmetric", "act_bits"), "embeddings": ("group_size", "symmetric")}
 FILE = "sensitivity.json"
-VERSION = 2  # of what is measured (2: format combinations, unquantized activations): part of the fingerprint
+VERSION = 2  # of what is measured (2: format combinations, activations off in the reference): fingerprinted
 
 
 @dataclass

@@ -52,7 +52,8 @@ def test_no_budget_takes_the_least_drop_and_an_impossible_one_none():
     assert least_drop(groups, 20) == [1, 1]
 
 
-FORMATS = {"quantize": {"bits": [2, 4, 8, None], "group_size": [32, 128], "act_bits": [8, None]}}
+FORMATS = {"quantize": {"bits": [2, 4, 8, None], "group_size": [32, 128], "act_bits": [8, None]},
+           "embeddings": {"bits": [8, None], "group_size": [32]}}
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +78,19 @@ def test_each_format_combination_is_measured_with_activations_off(measured):
     space, sens = measured
     from autocompress.search.sensitivity import jobs
 
-    expected = {f"quantize bits={b} group_size={g}" for b in (2, 4, 8) for g in (32, 128)}
-    assert all(set(drops) == expected for drops in sens.layers.values())
-    assert {e.act_bits for plan in jobs(space).values() for e in plan.layers.values()} == {None}
-    for saved in sens.saved_bytes.values():  # a coarser group (fewer scales) saves more bytes
-        assert saved["quantize bits=4 group_size=128"] > saved["quantize bits=4 group_size=32"]
+    expected = {f"quantize bits={b} group_size={g} act_bits={a}" for b in (2, 4, 8) for g in (32, 128)
+                for a in (8, None)}
+    assert {u: set(d) for u, d in sens.layers.items()} == {
+        **{u: expected for u in space.technique_units["quantize"]}, "embeddings": {"embeddings bits=8"}}
+    plans = jobs(space)
+    assert plans[("", "reference")].is_empty  # bits and act_bits off everywhere
+    unit, label = next(k for k in plans if k[1].endswith("act_bits=8"))
+    quantized = {n for n, e in plans[(unit, label)].layers.items() if e.act_bits == 8}
+    assert quantized == set(space.technique_units["quantize"][unit])  # only the measured unit's activations
+    for unit in space.technique_units["quantize"]:  # a coarser group (fewer scales) saves more bytes
+        saved = sens.saved_bytes[unit]
+        assert saved["quantize bits=4 group_size=128 act_bits=None"] > saved["quantize bits=4 group_size=32 act_bits=None"]
+        assert saved["quantize bits=4 group_size=32 act_bits=8"] == saved["quantize bits=4 group_size=32 act_bits=None"]
 
 
 def test_budget_plans_fit_each_uniform_baseline_at_no_more_predicted_drop(measured):
@@ -98,16 +107,15 @@ def test_budget_plans_fit_each_uniform_baseline_at_no_more_predicted_drop(measur
         limit = float(label.removeprefix("sensitivity size<=").removesuffix("MB"))
         plan = space.sample(optuna.trial.FixedTrial(params))  # replayable exactly
         assert plan_size(plan, space.info).total_bytes / 1e6 <= limit + 0.005
-        bits = {e.bits for e in limits[limit].layers.values()}.pop()  # the baseline's one weight bit-width
 
-        def predicted(p):
-            return sum(sens.layers[u][f"quantize bits={e.bits} group_size={e.group_size}"]
-                       for u, members in space.technique_units["quantize"].items()
-                       for e in [p.layers[members[0]]] if e.bits is not None)
+        def predicted(p):  # the summed drop of the measured choices a plan consists of
+            quantize = sum(sens.layers[u][f"quantize bits={e.bits} group_size={e.group_size} act_bits={e.act_bits}"]
+                           for u, members in space.technique_units["quantize"].items()
+                           for e in [p.layers.get(members[0])] if e is not None and e.bits is not None)
+            table = p.layers.get(space.technique_units["embeddings"]["embeddings"][0])
+            return quantize + (sens.layers["embeddings"]["embeddings bits=8"] if table is not None else 0.0)
 
-        uniform_weights = space.replay(lambda u, f, c: {"bits": bits, "act_bits": None}.get(f, c[0]))[1]
-        assert predicted(plan) <= predicted(uniform_weights) + 1e-12
-
+        assert predicted(plan) <= predicted(limits[limit]) + 1e-12
 
 def test_a_search_starts_from_the_budget_plans_once_each(tmp_path):
     import json
@@ -129,3 +137,20 @@ def test_a_search_starts_from_the_budget_plans_once_each(tmp_path):
     run_search(off, show_progress=False)
     assert not any(t.user_attrs.get("baseline", "").startswith("sensitivity size")
                    for t in RunDir.open(tmp_path / "off" / "run").trials)
+
+
+def test_latency_budget_plans_are_no_slower_than_their_baseline(measured, tmp_path):
+    import optuna
+
+    from autocompress.search.allocation import budget_params
+    from autocompress.search.driver import _plan_latency_model
+    from tests.search.test_driver import make_config
+
+    space, sens = measured
+    model, workload = _plan_latency_model(make_config(tmp_path, space=FORMATS, target={"profile": "cpu-local"}))
+    seeds = {k: v for k, v in budget_params(space, sens, space.info, (model, workload)).items() if "latency" in k}
+    assert seeds, "int8 activations make some uniform baselines faster than the reference"
+    for label, params in seeds.items():
+        limit = float(label.removeprefix("sensitivity latency<=").removesuffix("ms"))
+        plan = space.sample(optuna.trial.FixedTrial(params))
+        assert model.predict(plan, space.info, workload).total_ms <= limit + 0.005
