@@ -23,8 +23,10 @@ Two objective settings, each a separate study:
 Arms, per setting and sampler seed (0..--seeds-1):
   search     what autocompress does by default: NSGA-II (population max(8, min(32, trials // 4)), the rule
              `autocompress auto` writes), starting from the uniform baselines, `--trials` trials;
-  seeded     the same, plus `sensitivity: {}` (default thresholds): the study also starts from the plans
-             built from per-unit sensitivity, measured once (its cost reported) and copied into each run;
+  seeded     the same, plus `sensitivity: {}` (default thresholds and budgets): the study also starts from
+             the plans built from per-unit sensitivity (one per threshold, and one per uniform baseline at its
+             bytes and at its predicted latency: search/allocation.py), measured once (its cost reported) and
+             copied into each run;
   random xK  Optuna's RandomSampler with no baselines, K x `--trials` trials; random x1 is the first
              `--trials` trials of the same run (a random search's prefix is a random search of that budget);
   uniform    every uniform plan (the baselines: 3/4/8 bits, 12.5/25% structured), evaluated once.
@@ -229,7 +231,7 @@ def write(result: dict) -> str:
              f"Space {json.dumps(s['space'])} ({s.get('units', '?')} units); "
              f"constraint fidelity >= {CONSTRAINT}; {n} search trials "
              f"(NSGA-II, population {s['population']}, from the {s['baselines']} uniform baselines; the seeded arm "
-             f"also from the plans of the measured sensitivity, default thresholds); random search x1 and x{f} "
+             f"also from the plans of the measured sensitivity, default thresholds and budgets); random search x1 and x{f} "
              f"({n} and {n * f} trials, no baselines); sampler seeds {s['seeds']}. Hypervolume: feasible front, "
              f"reference (fidelity {CONSTRAINT}, the uncompressed model's size or latency), normalized to (1, 0). "
              f"{s['evaluations']} distinct plans evaluated in {s['wall_min']:.0f} min (this invocation) on "

@@ -13,7 +13,9 @@ trial ever improved a front made of baselines.)
    and its cost reported apart: evaluations, seconds, and trial equivalents (its seconds over the median
    seconds of one search trial in the same invocation, and its evaluation count: each is a full apply +
    evaluate, as a trial is).
-2. Each sampler runs unseeded (`sensitivity: {seed: false}`) and seeded (`sensitivity.thresholds`, the measured
+2. Each sampler runs unseeded (`sensitivity: {seed: false}`), seeded (`sensitivity.thresholds`, and the
+   default `budgets: true`: one plan per uniform baseline's bytes, search/allocation.py) and seeded from the
+   thresholds only (`budgets: false`, what seeding was before the budgets), each seeded arm with the measured
    sensitivity.json copied into the run directory first, so it is not measured again) for sampler seeds
    0..`--seeds`-1; both arms start from the same uniform baselines. The strongest unseeded sampler (mean
    hypervolume-curve area) is the baseline the issue's claim is judged against.
@@ -52,7 +54,10 @@ SPACE = {"share": "group", "quantize": {"bits": [3, 4, 8, None], "group_size": [
 OBJECTIVES = ["maximize fidelity", "minimize size_mb"]
 
 
-def make_config(run_dir: Path, sampler: str, seed: int, trials: int, seeded: bool):
+ARMS = {"unseeded": None, "seeded": True, "thresholds only": False}  # arm -> sensitivity.budgets (None: no seeding)
+
+
+def make_config(run_dir: Path, sampler: str, seed: int, trials: int, seeded: bool, budgets: bool = True):
     from autocompress.config import SearchConfig
 
     data = {"model": {"name": "all-MiniLM-L6-v2"},
@@ -62,7 +67,7 @@ def make_config(run_dir: Path, sampler: str, seed: int, trials: int, seeded: boo
             "budget": {"n_trials": trials}, "sampler": {"name": sampler, "seed": seed},
             "backend": {"name": "local"}, "tracking": {"uri": "none"}, "run_dir": str(run_dir),
             "study_name": run_dir.name,
-            "sensitivity": {"thresholds": THRESHOLDS} if seeded else {"seed": False}}
+            "sensitivity": {"thresholds": THRESHOLDS, "budgets": budgets} if seeded else {"seed": False}}
     if sampler.startswith("nsga2"):
         data["sampler"]["population_size"] = 8
     return SearchConfig.from_dict(data).resolved(run_dir.parent)
@@ -94,13 +99,14 @@ def measure_sensitivity(work: Path, shared: SharedRunner) -> tuple[Path, dict]:
 
 
 def run_one(work: Path, sampler: str, seed: int, trials: int, sens_file: Path | None, reference: dict,
-            ideal: dict, shared: SharedRunner) -> dict:
+            ideal: dict, shared: SharedRunner, arm: str = "seeded") -> dict:
     """One study; returns its hypervolume curve, what the seeds did and what its final front is made of."""
     from autocompress.search.driver import run_search
     from autocompress.search.rundir import RunDir
 
-    name = f"{sampler}-{'seeded' if sens_file else 'unseeded'}-s{seed}"
-    config = make_config(work / name, sampler, seed, trials, seeded=sens_file is not None)
+    arm = arm if sens_file else "unseeded"
+    name = f"{sampler}-{arm.replace(' ', '-')}-s{seed}"
+    config = make_config(work / name, sampler, seed, trials, seeded=sens_file is not None, budgets=ARMS[arm] is True)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True)
     if sens_file:
@@ -119,7 +125,7 @@ def run_one(work: Path, sampler: str, seed: int, trials: int, sens_file: Path | 
                 "fidelity": round(m["fidelity"], 4), "size_mb": round(m["size_mb"], 2)}
 
     feasible = [t for t in run.completed() if run.is_feasible(t)]
-    return {"name": name, "sampler": sampler, "seed": seed, "seeded": sens_file is not None, "curve": curve,
+    return {"name": name, "sampler": sampler, "seed": seed, "seeded": sens_file is not None, "arm": arm, "curve": curve,
             "final": curve[-1], "area": statistics.fmean(curve), "seed_trials": [row(t) for t in run.seeded()],
             "front": [row(t) for t in run.front()], "n_trials": len(run.trials),
             "feasible_sampled": sum(1 for t in feasible if "baseline" not in t.user_attrs),
@@ -160,7 +166,8 @@ def write(result: dict) -> str:
              f"(builtin); objectives {s['objectives']}; constraint {s['constraint']}; space: per layer group "
              f"(24 units), RTN g32 bits {{3, 4, 8, off}}; {s['trials']} trials "
              f"per study, each starting with the uniform baselines; samplers {s['samplers']}; sampler seeds "
-             f"{s['seeds']}; seeded thresholds {s['thresholds']}; local backend, 1 trial at a time; machine: "
+             f"{s['seeds']}; seeded thresholds {s['thresholds']}"
+             f"{' and uniform-baseline budgets' if s.get('budgets') else ''}; local backend, 1 trial at a time; machine: "
              f"{s['machine']}; torch {s['torch']}, optuna {s['optuna']}. Benchmark wall time {s['wall_min']:.1f} min.",
              "", f"Hypervolume: feasible front, fixed reference (fidelity {CONSTRAINT}, size_mb "
              f"{s['reference_size_mb']:.2f} = the uncompressed model), divided by the box up to (fidelity 1, 0 MB). "
@@ -177,7 +184,7 @@ def write(result: dict) -> str:
               "mean and counted in 'reached'. 'feasible sampled trials': trials the sampler proposed (not a "
               "baseline or seed) with fidelity >= 0.9, per seed.", ""]
     for name, a in arms.items():
-        if name.endswith(" seeded"):
+        if not name.endswith("unseeded"):
             lines.append(f"- {name}, counting the sensitivity as trials (by time): " + "; ".join(
                 f"{int(f * 100)}%: {fmt(a[f'to_{int(f * 100)}_with_sensitivity'])}" for f in FRACTIONS))
     lines += ["", f"Strongest unseeded sampler (mean curve area): {s['strongest_unseeded']}. "
@@ -187,7 +194,7 @@ def write(result: dict) -> str:
         need = [trials_to_reach(r["curve"], f * result["best_final"]) for f in FRACTIONS]
         front = ", ".join(f"#{x['trial']} {x['label']} {x['fidelity']:.3f} / {x['size_mb']:.1f}" for x in r["front"])
         lines.append(f"- {r['name']}: {r['final']:.4f}, {need}; front {front}")
-    seeds = next((r["seed_trials"] for r in result["runs"] if r["seeded"]), [])
+    seeds = next((r["seed_trials"] for r in result["runs"] if r.get("arm", "seeded") == "seeded"), [])
     lines += ["", "Seeded plans: " + ", ".join(f"{x['label']}: fidelity {x['fidelity']:.3f} / {x['size_mb']:.1f} MB"
                                                 for x in seeds),
               "", "Speed-up: one model load and one evaluation per distinct plan across all runs (deterministic "
@@ -214,7 +221,7 @@ def main() -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="seedbench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"run directories under {work}", flush=True)
-    t0 = time.perf_counter()
+    t0, load = time.perf_counter(), os.getloadavg()
     runs = []
     with shared_runner() as shared:
         sens_file, cost = measure_sensitivity(work, shared)
@@ -222,10 +229,10 @@ def main() -> int:
         original = plan_size(CompressionPlan({}), shared.info).size_mb
         reference, ideal = {"fidelity": CONSTRAINT, "size_mb": original}, {"fidelity": 1.0, "size_mb": 0.0}
         for sampler in args.samplers:
-            for seeded in (False, True):
+            for arm, budgets in ARMS.items():
                 for seed in range(args.seeds):
-                    r = run_one(work, sampler, seed, args.trials, sens_file if seeded else None, reference, ideal,
-                                shared)
+                    r = run_one(work, sampler, seed, args.trials, sens_file if budgets is not None else None,
+                                reference, ideal, shared, arm)
                     runs.append(r)
                     print(f"{r['name']}: final HV {r['final']:.4f}, area {r['area']:.4f}, {r['wall_s']} s "
                           f"({r['evaluated']} evaluated, {r['reused']} reused) "
@@ -236,19 +243,20 @@ def main() -> int:
     best = max(r["final"] for r in runs)
     arms = {}
     for sampler in args.samplers:
-        for seeded in (False, True):
-            group = [r for r in runs if r["sampler"] == sampler and r["seeded"] == seeded]
-            equiv = cost["trial_equivalents_time"] if seeded else 0.0
-            arms[f"{sampler} {'seeded' if seeded else 'unseeded'}"] = summarize(group, best, equiv)
+        for arm, budgets in ARMS.items():
+            group = [r for r in runs if r["sampler"] == sampler and r["arm"] == arm]
+            equiv = cost["trial_equivalents_time"] if budgets is not None else 0.0
+            arms[f"{sampler} {arm}"] = summarize(group, best, equiv)
     area = {n: a["area"]["mean"] for n, a in arms.items() if n.endswith("unseeded")}
     strongest = max(area, key=area.get)
     setup = {"model": "all-MiniLM-L6-v2", "calibration_n": 64, "evaluation_n": 128, "objectives": OBJECTIVES,
              "constraint": f"fidelity >= {CONSTRAINT}", "space": SPACE, "trials": args.trials,
              "samplers": args.samplers, "population_size_nsga2": 8, "tpe": "multivariate, Optuna's 10 startup trials",
              "strongest_unseeded": f"{strongest} (" + ", ".join(f"{k} {v:.4f}" for k, v in area.items()) + ")",
-             "seeds": list(range(args.seeds)), "thresholds": THRESHOLDS, "torch": torch.__version__,
+             "seeds": list(range(args.seeds)), "thresholds": THRESHOLDS, "budgets": True, "torch": torch.__version__,
              "optuna": optuna.__version__, "python": platform.python_version(),
-             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), shared with other jobs",
+             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), load average {load[0]:.2f} at the "
+                        f"start, {os.getloadavg()[0]:.2f} at the end",
              "reference_size_mb": original, "median_trial_s": search_s,
              "wall_min": (time.perf_counter() - t0) / 60, "evaluations": len(shared.miss_s), "reused": shared.hits}
     result = {"setup": setup, "sensitivity": cost, "best_final": best, "arms": arms, "runs": runs}

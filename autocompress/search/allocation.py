@@ -22,15 +22,15 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-Option = tuple[float, int]  # (drop, saved bytes)
+Option = tuple[float, int]  # (drop, saving in whole units of the cost: bytes, picoseconds)
 
 
 def least_drop(groups: Sequence[Sequence[Option]], required: int, max_states: int = 20000) -> list[int] | None:
-    """Index of one option per group minimizing the summed drop subject to summed savings >= `required`
-    bytes; None when even the most saving options fall short. Exact: after each group it keeps every
-    (savings, drop) pair no other pair beats on both, savings counted up to `required` (beyond it all are
-    equal); should that frontier pass `max_states` it keeps the best pair per 1/`max_states` of `required`
-    (still meeting the bound, perhaps not the least drop). Ties go to the lower indexes."""
+    """Index of one option per group minimizing the summed drop subject to summed savings >= `required`;
+    None when even the most saving options fall short. Exact: after each group it keeps every (savings, drop)
+    pair no other pair beats on both, savings counted up to `required` (beyond it all are equal). Should that
+    frontier pass `max_states` pairs, it keeps the largest saving per 1/`max_states` of `required` (the bound
+    is still met when it can be; the least drop may be missed). Ties go to the lower indexes."""
     if required <= 0:
         return [min(range(len(g)), key=lambda i, g=g: (g[i][0], i)) for g in groups]
     frontier: list[tuple[int, float, tuple]] = [(0, 0.0, ())]  # (savings capped at required, drop, picks)
