@@ -128,13 +128,21 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     table = Table(title=f"{sens.metric} drop when one unit alone is compressed (reference {sens.reference:.5g})")
     table.add_column("unit")
     for label in labels:
-        table.add_column(label, justify="right")
+        table.add_column(_short_label(label), justify="right")
     for unit, drops in sens.layers.items():
         table.add_row(unit, *(f"{drops[label]:.4f}" if label in drops else "-" for label in labels))
     out.print(table)
     how = f"measured now: {sens.evaluations} plans in {sens.seconds:.0f} s" if fresh else "read from the cache"
     out.print(f"{run_dir / FILE} ({how}); `sensitivity: {{seed: true}}` in the config seeds the search with it")
     return 0
+
+
+def _short_label(label: str) -> str:
+    """A sensitivity label as a column header: "quantize bits=4 group_size=128 act_bits=8" -> "W4 g128 A8"."""
+    if not label.startswith("quantize "):
+        return label
+    words = label.removeprefix("quantize ").replace("bits=", "W", 1).replace("group_size=", "g").split()
+    return " ".join("A8" if w == "act_bits=8" else w for w in words if w != "act_bits=None")
 
 
 def add_search_commands(sub: Any) -> None:

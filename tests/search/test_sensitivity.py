@@ -101,3 +101,26 @@ def test_a_search_seeded_from_sensitivity(tmp_path):
                       tracking={"uri": "none"}, sensitivity={"seed": False})
     run_search(off, show_progress=False)
     assert not (tmp_path / "off" / "run" / "sensitivity.json").exists()
+
+
+def test_the_sensitivity_command_prints_a_table_and_json(tmp_path, capsys):
+    """`autocompress sensitivity CONFIG` measures once (a second call reads the cache) and prints a table whose
+    column headers are short (W4 g128 A8) or, with --json, the whole measurement."""
+    import json
+
+    import yaml
+
+    from autocompress.cli import main
+
+    config = {"model": {"name": "random:bert"}, "data": {"calibration": {"n": 8}, "evaluation": {"n": 16}},
+              "space": {"quantize": {"bits": [4, None], "group_size": [32, 128], "act_bits": [8, None]}},
+              "tracking": {"uri": "none"}, "run_dir": str(tmp_path / "run")}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["sensitivity", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "W4 g128 A8" in out and "W4 g32" in out and "measured now" in out
+    assert main(["sensitivity", str(path), "--quiet", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(next(iter(data["layers"].values()))) == {
+        f"quantize bits=4 group_size={g} act_bits={a}" for g in (32, 128) for a in (8, None)}
