@@ -64,14 +64,14 @@ def budget_params(space: Any, sens: Any, info: Any, latency: tuple[Any, Any] | N
     bound holds to within one picosecond per unit). A plan met before, or equal to its baseline, is left
     out."""
     from autocompress.evaluators.size import plan_size
-    from autocompress.search.sensitivity import _single, measured_choices, plan_params
+    from autocompress.search.sensitivity import single_unit_plan, measured_choices, plan_params
 
     costs = {"size": (lambda plan: plan_size(plan, info).total_bytes, "{:.2f}MB", 1e-6, False)}
     if latency is not None:
         model, workload = latency
         costs["latency"] = (lambda plan: model.predict(plan, info, workload).total_ms * 1e9, "{:.2f}ms", 1e-9, True)
     choices = measured_choices(space)
-    reference = _single(space, None, {})[1]
+    reference = single_unit_plan(space, None, {})[1]
     out: dict[str, dict[str, Any]] = {}
     seen: set[str] = set()
     for name, (cost, unit_text, scale, rounded) in costs.items():
@@ -83,7 +83,7 @@ def budget_params(space: Any, sens: Any, info: Any, latency: tuple[Any, Any] | N
             labels: dict[str, list[str]] = {}
             for label, drop in drops.items():
                 if label in choices:
-                    saved = round(base - cost(_single(space, unit, choices[label][1])[1]))
+                    saved = round(base - cost(single_unit_plan(space, unit, choices[label][1])[1]))
                     per_tech.setdefault(choices[label][0], []).append((drop, saved))
                     labels.setdefault(choices[label][0], []).append(label)
             for tech, options in per_tech.items():

@@ -89,8 +89,9 @@ def _mildest(field_name: str, choices: Sequence[Any]) -> Any:
     return choices[0]
 
 
-def _single(space: Any, target: str | None, want: dict[str, Any]) -> tuple[dict, Any]:
-    """(params, plan) with unit `target` at `want` and every other decision at its mildest setting."""
+def single_unit_plan(space: Any, target: str | None, want: dict[str, Any]) -> tuple[dict, Any]:
+    """(params, plan) with unit `target` at `want` and every other decision at its mildest setting (target
+    None: the reference plan)."""
     def pick(unit: str, field_name: str, choices: Sequence[Any]) -> Any:
         if unit == target and field_name in want and want[field_name] in choices:
             return want[field_name]
@@ -127,11 +128,11 @@ def plan_params(space: Any, chosen: dict[tuple[str, str], dict[str, Any]]) -> tu
 def jobs(space: Any) -> dict[tuple[str, str], Any]:
     """(unit, label) -> the plan that compresses only that unit with that choice (and the reference plan
     under ("", "reference")). A choice that is the unit's mildest setting is the reference: left out."""
-    reference = _single(space, None, {})[1]
+    reference = single_unit_plan(space, None, {})[1]
     out = {("", "reference"): reference}
     for label, (tech, want) in measured_choices(space).items():
         for unit in space.technique_units.get(tech, {}):
-            plan = _single(space, unit, want)[1]
+            plan = single_unit_plan(space, unit, want)[1]
             if plan != reference:  # a choice that is the mildest setting itself changes nothing
                 out[(unit, label)] = plan
     return out
