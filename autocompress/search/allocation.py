@@ -61,44 +61,47 @@ def budget_params(space: Any, sens: Any, info: Any, latency: tuple[Any, Any] | N
     least predicted drop at no more packed bytes than the baseline ("sensitivity size<=13.39MB") and, given
     `latency` = (latency model, workload) of a target priced from the plan, at no more predicted latency
     ("sensitivity latency<=9.09ms"; savings counted in whole picoseconds, each rounded to the nearest, so the
-    bound holds to within one picosecond per unit). A plan met before, or equal to its baseline, is left
-    out."""
+    bound holds to within one picosecond per unit). A plan met before, or equal to a uniform baseline, is
+    left out."""
     from autocompress.evaluators.size import plan_size
-    from autocompress.search.sensitivity import single_unit_plan, measured_choices, plan_params
+    from autocompress.search.sensitivity import measured_choices, plan_params, single_unit_plan
 
-    costs = {"size": (lambda plan: plan_size(plan, info).total_bytes, "{:.2f}MB", 1e-6, False)}
-    if latency is not None:
-        model, workload = latency
-        costs["latency"] = (lambda plan: model.predict(plan, info, workload).total_ms * 1e9, "{:.2f}ms", 1e-9, True)
     choices = measured_choices(space)
     reference = single_unit_plan(space, None, {})[1]
+    labels: dict[tuple[str, str], list[str]] = {}  # (unit, technique) -> the labels of its options
+    for unit, drops in sens.layers.items():
+        for label in drops:
+            if label in choices:
+                labels.setdefault((unit, choices[label][0]), []).append(label)
+    # cost name -> (cost of a plan, label format, scale to the label's unit, saving of (unit, label))
+    costs = {"size": (lambda plan: plan_size(plan, info).total_bytes, "{:.2f}MB", 1e-6,
+                      lambda unit, label: sens.saved_bytes[unit][label])}  # measured with the drops
+    if latency is not None:
+        model, workload = latency
+
+        def picoseconds(plan: Any) -> float:
+            return model.predict(plan, info, workload).total_ms * 1e9
+
+        base_ps = picoseconds(reference)
+        costs["latency"] = (picoseconds, "{:.2f}ms", 1e-9, lambda unit, label: round(
+            base_ps - picoseconds(single_unit_plan(space, unit, choices[label][1])[1])))
+    baselines = list(space.uniform_plans().values())
     out: dict[str, dict[str, Any]] = {}
     seen: set[str] = set()
-    for name, (cost, unit_text, scale, rounded) in costs.items():
-        base = cost(reference)
-        groups: list[list[Option]] = []
-        owners: list[tuple[str, list[str]]] = []  # per group: (unit, the label of each option but "unchanged")
-        for unit, drops in sens.layers.items():
-            per_tech: dict[str, list[Option]] = {}
-            labels: dict[str, list[str]] = {}
-            for label, drop in drops.items():
-                if label in choices:
-                    saved = round(base - cost(single_unit_plan(space, unit, choices[label][1])[1]))
-                    per_tech.setdefault(choices[label][0], []).append((drop, saved))
-                    labels.setdefault(choices[label][0], []).append(label)
-            for tech, options in per_tech.items():
-                owners.append((unit, labels[tech]))
-                groups.append([(0.0, 0)] + options)
-        for baseline in space.uniform_plans().values():
+    for name, (cost, unit_text, scale, saving) in costs.items():
+        base, rounded = cost(reference), name == "latency"
+        options = [[(0.0, 0)] + [(sens.layers[unit][lb], saving(unit, lb)) for lb in group_labels]
+                   for (unit, _tech), group_labels in labels.items()]
+        for baseline in baselines:
             limit = cost(baseline)
-            pick = least_drop(groups, round(base - limit) - (len(groups) if rounded else 0))
+            pick = least_drop(options, round(base - limit) - (len(options) if rounded else 0))
             if pick is None:
                 continue
-            chosen = {(unit, choices[labels[i - 1]][0]): choices[labels[i - 1]][1]
-                      for (unit, labels), i in zip(owners, pick) if i}
+            chosen = {group: choices[group_labels[i - 1]][1]
+                      for (group, group_labels), i in zip(labels.items(), pick) if i}
             params, plan = plan_params(space, chosen)
             key = json.dumps(params, sort_keys=True, default=str)
-            if plan.is_empty or key in seen or plan == baseline:
+            if plan.is_empty or key in seen or plan in baselines:  # a uniform plan runs as its baseline
                 continue
             seen.add(key)
             out[f"sensitivity {name}<={unit_text.format(limit * scale)}"] = params

@@ -58,20 +58,10 @@ FORMATS = {"quantize": {"bits": [2, 4, 8, None], "group_size": [32, 128], "act_b
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
-    from autocompress.search.backends import make_backend
-    from autocompress.search.sensitivity import load_or_measure
-    from autocompress.spaces import ConfigSpace
-    from tests.search.test_driver import make_config
+    from tests.search.test_sensitivity import measure_twice
 
-    tmp = tmp_path_factory.mktemp("alloc")
-    config = make_config(tmp, space=FORMATS, tracking={"uri": "none"}, backend={"name": "local"})
-    backend = make_backend(config)
-    info = backend.start()
-    try:
-        sens, _ = load_or_measure(config, backend, info, ConfigSpace(config.space, info), tmp)
-    finally:
-        backend.close()
-    return ConfigSpace(config.space, info), sens
+    _, space, (sens, _), _ = measure_twice(tmp_path_factory.mktemp("alloc"), FORMATS)
+    return space, sens
 
 
 def test_each_format_combination_is_measured_with_activations_off(measured):

@@ -14,18 +14,25 @@ from tests.search.test_driver import make_config
 SPACE = {"quantize": {"bits": [2, 8, None], "group_size": [32]}, "prune": {"sparsity": [0.0, 0.5]}}
 
 
+def measure_twice(tmp, space: dict) -> tuple:
+    """(config, space, (sensitivity, measured now) of a first and a second `load_or_measure` into `tmp`) on a
+    random BERT with the local backend."""
+    config = make_config(tmp, space=space, tracking={"uri": "none"}, backend={"name": "local"})
+    backend = make_backend(config)
+    info = backend.start()
+    config_space = ConfigSpace(config.space, info)
+    try:
+        first = load_or_measure(config, backend, info, config_space, tmp)
+        second = load_or_measure(config, backend, info, config_space, tmp)
+    finally:
+        backend.close()
+    return config, config_space, first, second
+
+
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sens")
-    config = make_config(tmp, space=SPACE, tracking={"uri": "none"}, backend={"name": "local"})
-    backend = make_backend(config)
-    info = backend.start()
-    space = ConfigSpace(config.space, info)
-    try:
-        sens, fresh = load_or_measure(config, backend, info, space, tmp)
-        again, fresh_again = load_or_measure(config, backend, info, space, tmp)
-    finally:
-        backend.close()
+    config, space, (sens, fresh), (again, fresh_again) = measure_twice(tmp, SPACE)
     return config, space, sens, fresh, again, fresh_again, tmp
 
 
