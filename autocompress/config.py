@@ -123,6 +123,10 @@ class TrackingSection(_Strict):
     retry_s: float = Field(
         30.0, ge=0, description="after a logging failure the trials are kept in memory and MLflow is tried "
                                 "again retry_s later (at least 1 s) by the MLflow writer thread, and at the end")
+    writer: Literal["thread", "process"] = Field(
+        "thread", description="who logs the trials: a thread of the driver, or a child process "
+                              "(search/tracker_process.py) that keeps MLflow's ~40 ms of Python per trial off the "
+                              "driver's interpreter; for trials well under a second (GPU workers)")
 
 
 class TargetSection(_Strict):

@@ -283,6 +283,10 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
     with study_lock(study):  # the processes of a sweep find-or-create one MLflow parent run, one at a time
         tracker = open_tracker(config.tracking.uri, config.tracking.experiment, config.study_name, config.storage,
                                config.model_dump(mode="json"), str(run_dir))
+    if config.tracking.writer == "process" and tracker.uri != "none":
+        from autocompress.search.tracker_process import TrackerProcess
+
+        tracker = TrackerProcess(tracker)  # the nested runs logged by a child process, beside the driver
     recorder = TrialRecorder(tracker, config.storage, config.tracking.timeout_s, config.tracking.retry_s)
     liveness = Liveness(study, config.backend.heartbeat_s, config.backend.max_retries)
     backend = make_backend(config)

@@ -114,11 +114,16 @@ class TrialRecorder:
 
     def close(self, status: str) -> bool:
         """End the search's MLflow side: wait for the writer, one more (unforced) try at what is kept, then the
-        parent run's terminal status (FINISHED, FAILED, KILLED) through `call`."""
+        parent run's terminal status (FINISHED, FAILED, KILLED) through `call`; a writer process
+        (tracker_process.py) ends with it, whether or not MLflow answered."""
         self.wait()
         if self.pending:
             self.flush()
-        return self.call("close", status)
+        try:
+            return self.call("close", status)
+        finally:
+            if hasattr(self.tracker, "stop"):
+                self.tracker.stop()
 
     def _write(self) -> None:
         """The writer thread: log what is kept whenever woken; after a failure, try again every retry_s."""
