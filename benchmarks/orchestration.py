@@ -1,7 +1,9 @@
 """What the orchestration costs: driver throughput with a no-op objective, and the overhead share of real trials.
 
 Run:  .venv/bin/python benchmarks/orchestration.py [--noop-trials 50 250] [--real-trials 16] [--skip-real]
-Writes benchmarks/results/orchestration.json and orchestration.md.  (issue 8, "Orchestration overhead")
+      [--repeats 1] [--name orchestration]
+      [--settings off-sqlite process-sqlite ...]
+Writes benchmarks/results/<name>.json and <name>.md.  (issue 8, "Orchestration overhead")
 
 1. Driver throughput. The real driver (`run_search`: ask, the space samples a plan, plan size, plan JSON
    written, dispatch, tell, MLflow) on the local backend, with the worker's work replaced by a no-op that
@@ -114,26 +116,47 @@ def noop_search(root: Path, trials: int, tracking: str, tag: str, storage: str =
     return wall, total
 
 
-def throughput(root: Path, sizes: list[int]) -> list[dict]:
+THROUGHPUT_SETTINGS = (("none", "sqlite", "-"), ("none", "sqlite-per-call", "-"), ("sqlite", "sqlite", "thread"),
+                       ("sqlite", "sqlite", "process"), ("none", "journal", "-"), ("sqlite", "journal", "thread"),
+                       ("sqlite", "journal", "process"))  # (MLflow store, Optuna storage, MLflow writer)
+
+
+def setting_label(setting: tuple) -> str:
+    """("sqlite", "journal", "process") -> "process-journal"; MLflow off -> "off-<storage>"."""
+    tracking, storage, writer = setting
+    return f"{'off' if tracking == 'none' else writer}-{storage}"
+
+
+def throughput(root: Path, sizes: list[int], repeats: int = 1, only: list[str] | None = None) -> list[dict]:
+    """One row per setting (those labelled `only`, default all): the marginal ms per trial, the median over `repeats` runs, the settings taking
+    turns run by run (so the machine's drift falls on all of them alike)."""
+    def walls(setting: tuple, tag: str) -> dict[int, tuple[float, int]]:
+        tracking, storage, writer = setting
+        return {n: noop_search(root, n, tracking, tag, storage, "thread" if writer == "-" else writer) for n in sizes}
+
+    settings = [s for s in THROUGHPUT_SETTINGS if not only or setting_label(s) in only]
+    for setting in settings:  # imports, the first MLflow schema: not per trial
+        noop_search(root, 3, setting[0], "warmup-" + "-".join(setting), setting[1],
+                    "thread" if setting[2] == "-" else setting[2])
+    runs: dict[tuple, list[dict]] = {setting: [] for setting in settings}
+    for rep in range(repeats):
+        for setting in settings:
+            runs[setting].append(walls(setting, "-".join(setting) + f"-r{rep}"))
+            print(json.dumps({"setting": setting, "run": rep, "walls": runs[setting][-1]}), flush=True)
     rows = []
-    for tracking, storage, writer in (("none", "sqlite", "-"), ("none", "sqlite-per-call", "-"),
-                                      ("sqlite", "sqlite", "thread"), ("sqlite", "sqlite", "process"),
-                                      ("none", "journal", "-"), ("sqlite", "journal", "thread"),
-                                      ("sqlite", "journal", "process")):
-        tag = f"{tracking}-{storage}-{writer}"
-        writer_ = "thread" if writer == "-" else writer
-        noop_search(root, 3, tracking, f"warmup-{tag}", storage, writer_)  # imports, MLflow schema: not per trial
-        runs = {n: noop_search(root, n, tracking, tag, storage, writer_) for n in sizes}
-        (w_lo, n_lo), (w_hi, n_hi) = runs[min(sizes)], runs[max(sizes)]
-        per_trial = (w_hi - w_lo) / (n_hi - n_lo)
+    for (tracking, storage, writer), measured in runs.items():
+        lo, hi = min(sizes), max(sizes)
+        per_run = sorted((r[hi][0] - r[lo][0]) / (r[hi][1] - r[lo][1]) for r in measured)
+        per_trial = per_run[len(per_run) // 2]  # the median (the upper one of an even count)
+        first = measured[0]
         rows.append({"tracking": "MLflow off" if tracking == "none" else f"MLflow on SQLite ({writer} writer)",
                      "storage": STORAGE_LABELS[storage],
-                     "walls_s": {str(n): round(w, 2) for n, (w, _) in runs.items()},
-                     "trials": {str(n): total for n, (_, total) in runs.items()},
-                     "per_trial_ms": round(per_trial * 1000, 1), "trials_per_s": round(1 / per_trial, 1),
-                     "trials_per_min": int(60 / per_trial),
+                     "walls_s": {str(n): round(w, 2) for n, (w, _) in first.items()},
+                     "trials": {str(n): total for n, (_, total) in first.items()},
+                     "per_trial_ms": round(per_trial * 1000, 1),
+                     "per_trial_ms_runs": [round(x * 1000, 1) for x in per_run],
+                     "trials_per_s": round(1 / per_trial, 1), "trials_per_min": int(60 / per_trial),
                      "workers_kept_busy_at_10s_trials": int(10 / per_trial)})
-        print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -179,13 +202,16 @@ def markdown(result: dict) -> str:
     env = result["env"]
     lines = ["# Orchestration overhead (benchmarks/orchestration.py)", "",
              f"{env['cpus']} CPU cores ({env['machine']}), load average before {env['load_before']}; "
-             f"optuna {env['optuna']}, ray {env['ray']}, mlflow {env['mlflow']}, torch {env['torch']}.", "",
+             f"optuna {env['optuna']}, ray {env['ray']}, mlflow {env['mlflow']}, torch {env['torch']}."
+             + (f" Run with `{' '.join(result['args'])}`." if result.get("args") else ""), "",
              "## Driver throughput, no-op objective (random:bert, 36 per-layer units, NSGA-II)",
-             "", "| tracking | Optuna storage | wall s by budget | marginal ms / trial | trials / s | trials / min | "
+             "", "| tracking | Optuna storage | wall s by budget (first run) | marginal ms / trial (median; range) | trials / s | trials / min | "
              "workers kept busy at 10 s trials |", "|---|---|---|---|---|---|---|"]
     for r in result["throughput"]:
         walls = ", ".join(f"{n}{_with(r, n)}: {w}" for n, w in r["walls_s"].items())
-        lines.append(f"| {r['tracking']} | {r.get('storage', 'Optuna on SQLite')} | {walls} | {r['per_trial_ms']} | {r['trials_per_s']} | "
+        runs = r.get("per_trial_ms_runs", [])
+        spread = f" ({runs[0]}-{runs[-1]}, {len(runs)} runs)" if len(runs) > 1 else ""
+        lines.append(f"| {r['tracking']} | {r.get('storage', 'Optuna on SQLite')} | {walls} | {r['per_trial_ms']}{spread} | {r['trials_per_s']} | "
                      f"{r.get('trials_per_min', '')} | {r['workers_kept_busy_at_10s_trials']} |")
     if result.get("real"):
         lines += ["", "## Overhead share of real trials (quickstart: the real MiniLM, MLflow on SQLite)", "",
@@ -203,6 +229,10 @@ def main() -> int:
     ap.add_argument("--noop-trials", type=int, nargs=2, default=[50, 250])
     ap.add_argument("--real-trials", type=int, default=16)
     ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each throughput setting (median reported)")
+    ap.add_argument("--settings", nargs="*", choices=[setting_label(s) for s in THROUGHPUT_SETTINGS],
+                    help="the throughput settings to run (default: all)")
+    ap.add_argument("--name", default="orchestration", help="results file name in benchmarks/results/")
     args = ap.parse_args()
     import logging
 
@@ -217,11 +247,12 @@ def main() -> int:
     env = {"cpus": os.cpu_count(), "machine": platform.machine(), "load_before": [round(x, 2) for x in os.getloadavg()],
            "optuna": optuna.__version__, "ray": ray.__version__, "mlflow": mlflow.__version__,
            "torch": torch.__version__, "python": platform.python_version()}
-    result = {"env": env, "throughput": throughput(root, sorted(args.noop_trials))}
+    result = {"env": env, "args": sys.argv[1:], "throughput": throughput(root, sorted(args.noop_trials), args.repeats,
+                                                        args.settings)}
     if not args.skip_real:
         result["real"] = real_overhead(root, args.real_trials)
     env["load_after"] = [round(x, 2) for x in os.getloadavg()]
-    save_results("orchestration", result, markdown(result))
+    save_results(args.name, result, markdown(result))
     return 0
 
 
