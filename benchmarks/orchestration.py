@@ -112,7 +112,7 @@ def noop_search(root: Path, trials: int, tracking: str, tag: str, storage: str =
     finally:
         backends.TrialRunner = original
     total = sum(result.counts.values())
-    assert total == trials + result.repeats, (result.counts, result.repeats)
+    assert total == trials + min(result.repeats, trials), (result.counts, result.repeats)  # counted_trials
     return wall, total
 
 
