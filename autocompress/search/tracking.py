@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -187,7 +188,7 @@ class Tracker(NullTracker):
 
     def log_trial(self, number: int, state: str, params: dict, metrics: dict[str, float], duration_s: float,
                   worker: str, plan_json: str | None, error: str | None = None) -> None:
-        """Log one finished trial as a nested run (5 client calls); a no-op if `number` is already logged.
+        """Log one finished trial as a nested run (4 client calls and the plan artifact); a no-op if `number` is already logged.
 
         `state` is COMPLETE, PRUNED or FAIL. `params` is the flattened plan (stringified, truncated to MLflow's
         MAX_PARAM_VAL_LENGTH). Non-finite metrics are left out and listed in tag autocompress.nonfinite_metrics.
@@ -223,11 +224,21 @@ class Tracker(NullTracker):
         self._partial[number] = run_id
         self._batch(run_id, params={_key(k): v for k, v in params.items()}, metrics=finite, timestamp=now)
         if plan_json is not None:
-            self.client.log_text(run_id, plan_json, "plan.json")
+            self._write_text(run.info.artifact_uri, plan_json, "plan.json")
         self._terminate(run_id, STATES[state], end_time=int(now * 1000))
         self._keep_one(number, run_id)
         del self._partial[number]
         self._logged.add(number)
+
+    def _write_text(self, artifact_uri: str, text: str, name: str) -> None:
+        """`client.log_text(run_id, text, name)` for a run whose `artifact_uri` is known: the same artifact
+        repository, without the client's look-up of the whole run (a `get_run`) to find that URI."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(text, encoding="utf-8")
+            get_artifact_repository(artifact_uri, tracking_uri=self.uri).log_artifact(str(path))
 
     def _keep_one(self, number: int, run_id: str) -> None:
         """Delete `run_id` if an earlier-created run of the same trial exists (two writers raced)."""
