@@ -1,7 +1,7 @@
 """`TrackerProcess`: a `Tracker` whose nested runs are logged by a child process (`tracking.writer: process`).
 
-Why: logging one trial to MLflow is about 40 ms of Python on a local SQLite store (five client calls through
-SQLAlchemy). On the writer thread (recording.py) that time is taken from the driver's interpreter, so a search
+Why: logging one trial to MLflow is about 40 ms of Python on a local SQLite store (four client calls through
+SQLAlchemy and the plan artifact; benchmarks/tracking_cost.py). On the writer thread (recording.py) that time is taken from the driver's interpreter, so a search
 of short trials (a GPU worker's tens of milliseconds) is held to the driver's Optuna work *plus* MLflow's. In a
 child process MLflow's work runs beside the driver on another core: the driver's writer thread only sends the
 trial and waits, holding no interpreter lock, for the child's answer.
