@@ -128,8 +128,8 @@ def setting_label(setting: tuple) -> str:
 
 
 def throughput(root: Path, sizes: list[int], repeats: int = 1, only: list[str] | None = None) -> list[dict]:
-    """One row per setting (those labelled `only`, default all): the marginal ms per trial, the median over `repeats` runs, the settings taking
-    turns run by run (so the machine's drift falls on all of them alike)."""
+    """One row per setting (those labelled `only`, default all): the marginal ms per trial, the median over
+    `repeats` runs, the settings taking turns run by run (so the machine's drift falls on all of them alike)."""
     def walls(setting: tuple, tag: str) -> dict[int, tuple[float, int]]:
         tracking, storage, writer = setting
         return {n: noop_search(root, n, tracking, tag, storage, "thread" if writer == "-" else writer) for n in sizes}
@@ -164,7 +164,8 @@ def real_overhead(root: Path, trials: int) -> list[dict]:
     from autocompress.search.driver import run_search
 
     rows = []
-    for backend, workers, storage, writer in (("local", 1, "sqlite", "thread"), ("local", 1, "sqlite-per-call", "thread"),
+    for backend, workers, storage, writer in (("local", 1, "sqlite", "thread"),
+                                              ("local", 1, "sqlite-per-call", "thread"),
                                               ("ray", 2, "sqlite", "thread"), ("local", 1, "journal", "thread"),
                                               ("local", 1, "sqlite", "process")):
         spec = {"name": "ray", "workers": workers, "cpus_per_trial": 1} if backend == "ray" else {"name": "local"}
@@ -205,20 +206,23 @@ def markdown(result: dict) -> str:
              f"optuna {env['optuna']}, ray {env['ray']}, mlflow {env['mlflow']}, torch {env['torch']}."
              + (f" Run with `{' '.join(result['args'])}`." if result.get("args") else ""), "",
              "## Driver throughput, no-op objective (random:bert, 36 per-layer units, NSGA-II)",
-             "", "| tracking | Optuna storage | wall s by budget (first run) | marginal ms / trial (median; range) | trials / s | trials / min | "
-             "workers kept busy at 10 s trials |", "|---|---|---|---|---|---|---|"]
+             "", "| tracking | Optuna storage | wall s by budget (first run) | marginal ms / trial (median; range) "
+             "| trials / s | trials / min | workers kept busy at 10 s trials |", "|---|---|---|---|---|---|---|"]
     for r in result["throughput"]:
         walls = ", ".join(f"{n}{_with(r, n)}: {w}" for n, w in r["walls_s"].items())
         runs = r.get("per_trial_ms_runs", [])
         spread = f" ({runs[0]}-{runs[-1]}, {len(runs)} runs)" if len(runs) > 1 else ""
-        lines.append(f"| {r['tracking']} | {r.get('storage', 'Optuna on SQLite')} | {walls} | {r['per_trial_ms']}{spread} | {r['trials_per_s']} | "
+        lines.append(f"| {r['tracking']} | {r.get('storage', 'Optuna on SQLite')} | {walls} | "
+                     f"{r['per_trial_ms']}{spread} | {r['trials_per_s']} | "
                      f"{r.get('trials_per_min', '')} | {r['workers_kept_busy_at_10s_trials']} |")
     if result.get("real"):
         lines += ["", "## Overhead share of real trials (quickstart: the real MiniLM, MLflow on SQLite)", "",
-                  "| backend | workers | Optuna storage | MLflow writer | trials (evaluated) | start-up s | loop window s | "
-                  "work s (mean) | overhead share | overhead s / evaluated trial |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| backend | workers | Optuna storage | MLflow writer | trials (evaluated) | start-up s | "
+                  "loop window s | work s (mean) | overhead share | overhead s / evaluated trial |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in result["real"]:
-            lines.append(f"| {r['backend']} | {r['workers']} | {r.get('storage', 'sqlite')} | {r.get('writer', 'thread')} | {r['trials']} ({r['evaluated']}) | {r['startup_s']} "
+            lines.append(f"| {r['backend']} | {r['workers']} | {r.get('storage', 'sqlite')} | "
+                         f"{r.get('writer', 'thread')} | {r['trials']} ({r['evaluated']}) | {r['startup_s']} "
                          f"| {r['window_s']} | {r['work_s']} ({r['mean_work_s']}) | {r['overhead_share']:.1%} | "
                          f"{r['overhead_per_trial_s']} |")
     return "\n".join(lines) + "\n"

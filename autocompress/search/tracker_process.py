@@ -1,10 +1,11 @@
 """`TrackerProcess`: a `Tracker` whose nested runs are logged by a child process (`tracking.writer: process`).
 
 Why: logging one trial to MLflow is about 40 ms of Python on a local SQLite store (four client calls through
-SQLAlchemy and the plan artifact; benchmarks/tracking_cost.py). On the writer thread (recording.py) that time is taken from the driver's interpreter, so a search
-of short trials (a GPU worker's tens of milliseconds) is held to the driver's Optuna work *plus* MLflow's. In a
-child process MLflow's work runs beside the driver on another core: the driver's writer thread only sends the
-trial and waits, holding no interpreter lock, for the child's answer.
+SQLAlchemy and the plan artifact; benchmarks/tracking_cost.py). On the writer thread (recording.py) that time
+is taken from the driver's interpreter, so a search of short trials (a GPU worker's tens of milliseconds) is
+held to the driver's Optuna work *plus* MLflow's. In a child process MLflow's work runs beside the driver on
+another core: the driver's writer thread only sends the trial and waits, holding no interpreter lock, for the
+child's answer.
 
 Contract: `TrackerProcess(tracker)` has the `Tracker` interface. `log_trial` runs in the child on its own
 `MlflowClient` for the same parent run (same run layout, same keep-one-run-per-trial rule); every other method
@@ -78,7 +79,7 @@ class TrackerProcess:
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
             self.stop()
             raise TrackerProcessError(f"the MLflow writer process ended ({type(exc).__name__}; exit code "
-                                      f"{proc.poll()}); its stderr went to this process's stderr") from None
+                                      f"{proc.poll()}; its own error, if any, is on this process's stderr)") from None
         if reply[0] != "ok":
             raise TrackerProcessError(reply[1])
 

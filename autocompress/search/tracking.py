@@ -188,7 +188,8 @@ class Tracker(NullTracker):
 
     def log_trial(self, number: int, state: str, params: dict, metrics: dict[str, float], duration_s: float,
                   worker: str, plan_json: str | None, error: str | None = None) -> None:
-        """Log one finished trial as a nested run (4 client calls and the plan artifact); a no-op if `number` is already logged.
+        """Log one finished trial as a nested run (4 client calls and the plan artifact); a no-op if `number` is
+        already logged.
 
         `state` is COMPLETE, PRUNED or FAIL. `params` is the flattened plan (stringified, truncated to MLflow's
         MAX_PARAM_VAL_LENGTH). Non-finite metrics are left out and listed in tag autocompress.nonfinite_metrics.
