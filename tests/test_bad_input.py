@@ -73,6 +73,7 @@ CASES = [
     ("storage-not-a-url", lambda t: {**BASE, "storage": "optuna.db"}, "is not a storage URL"),
     ("storage-unreachable", lambda t: {**BASE, "storage": "postgresql://postgres@127.0.0.1:1/test"}, "storage"),
     ("mlflow-unreachable", lambda t: {**BASE, "tracking": {"uri": "http://127.0.0.1:1"}}, "cannot be reached"),
+    ("mlflow-writer", lambda t: {**BASE, "tracking": {"writer": "fork"}}, "tracking.writer: Input should be 'thread' or"),
     ("yaml-not-a-mapping", lambda t: "- model\n- space\n", "must be a mapping"),
     ("yaml-python-tag", lambda t: "model: !!python/object/apply:os.system ['true']\n", "safe_load refuses it"),
     ("yaml-syntax", lambda t: "model: {name: [unclosed\n", "not valid YAML"),
