@@ -65,6 +65,8 @@ def _run_and_report(config: Any, args: argparse.Namespace) -> int:
         out.print(f"MLflow: {result.ui_hint}")
     elif result.tracking_uri != "none":
         out.print(f"MLflow: autocompress ui {result.run_dir}")
+    if result.hint:
+        out.print(f"hint: {result.hint}")
     return 0
 
 

@@ -35,6 +35,7 @@ class SearchResult:
     ui_hint: str = ""
     untracked: list[int] = field(default_factory=list)  # finished trials only in the Optuna storage, not MLflow
     repeats: int = 0  # trials whose plan an earlier trial had evaluated (metrics reused; not in `pareto`)
+    hint: str = ""  # advice on the config drawn from how the search went (`writer_hint`), else empty
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,6 +46,23 @@ def counts_by_state(study: Any) -> dict[str, int]:
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     return counts
+
+
+SHORT_TRIAL_S = 1.0  # a median trial shorter than this makes MLflow's writer thread a large share of the driver
+
+
+def writer_hint(config: SearchConfig, trials: list[Any]) -> str:
+    """The advice to log through a child process (`tracking.writer: process`) when MLflow logging ran on the
+    driver's writer thread and the evaluated trials (10 or more) took a median under SHORT_TRIAL_S; else ""."""
+    if config.tracking.uri == "none" or config.tracking.writer != "thread":
+        return ""
+    durations = sorted(t.user_attrs["duration_s"] for t in trials if t.state.name in ("COMPLETE", "FAIL")
+                       and t.user_attrs.get("worker") not in (None, "cache") and "duration_s" in t.user_attrs)
+    if len(durations) < 10 or durations[len(durations) // 2] >= SHORT_TRIAL_S:
+        return ""
+    return (f"trials took a median {durations[len(durations) // 2]:.2f} s: with `tracking.writer: process` MLflow "
+            "logs from a child process instead of the driver's interpreter (about twice the trials per minute for "
+            "trials this short; README, What the orchestration costs)")
 
 
 def summarize(config: SearchConfig, study: Any, search: Any, recorder: Any, run_dir: Path,
@@ -76,6 +94,7 @@ def summarize(config: SearchConfig, study: Any, search: Any, recorder: Any, run_
         run_dir=str(run_dir), counts=counts, pareto=[entry(t) for t in front],
         picked=entry(chosen) if chosen is not None else None, pick_rule=str(rule), elapsed_s=elapsed,
         ui_hint=recorder.tracker.ui_hint(), untracked=untracked,
-        repeats=sum(1 for t in study.get_trials(deepcopy=False) if is_repeat(t)))
+        repeats=sum(1 for t in study.get_trials(deepcopy=False) if is_repeat(t)),
+        hint=writer_hint(config, study.get_trials(deepcopy=False)))
     (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result
