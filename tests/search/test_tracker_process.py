@@ -102,3 +102,17 @@ def test_a_search_with_the_process_writer_logs_every_trial(tmp_path):
     assert result.untracked == [] and parent.info.status == "FINISHED"
     assert sorted(int(k.data.tags["autocompress.trial_number"]) for k in kids) == [0, 1, 2, 3]
     assert all(k.info.status == "FINISHED" and "fidelity" in k.data.metrics for k in kids)
+
+
+def test_the_child_logs_to_a_real_mlflow_server(mlflow_server, tmp_path):
+    tracker = TrackerProcess(Tracker.open(mlflow_server, "writer-process", "study-a", STORAGE, CONFIG, "runs/a"))
+    for number in range(3):
+        tracker.log_trial(number, "COMPLETE", {"layer.bits": 4}, {"fidelity": 0.9 + number / 100}, 1.0, "w",
+                          '{"layers": {}}')
+    tracker.close()
+    client = MlflowClient(tracking_uri=mlflow_server)
+    kids = client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{tracker.parent_run_id}'")
+    assert sorted(k.info.run_name for k in kids) == ["trial-0000", "trial-0001", "trial-0002"]
+    dst = tmp_path / "dl"
+    dst.mkdir()
+    assert open(client.download_artifacts(kids[0].info.run_id, "plan.json", str(dst))).read() == '{"layers": {}}'
