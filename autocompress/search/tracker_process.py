@@ -12,7 +12,8 @@ Contract: `TrackerProcess(tracker)` has the `Tracker` interface. `log_trial` run
 (parent-run logging, `close`, `ui_hint`, `logged_trials`) runs on `tracker` here. An MLflow error in the child
 is raised here as `TrackerProcessError` carrying the child's message, and so is a child that died or could not
 start; the recorder treats both as "MLflow not now" (kept, tried again), and the next call starts a new child.
-`close` (or `stop`) ends the child; a child whose parent dies reads end-of-file and exits.
+`close` (or `stop`) ends the child; a child whose parent dies reads end-of-file and exits. The child ignores
+SIGINT: a Ctrl-C at the terminal stops the search in the parent, which still logs what it can through the child.
 The MLFLOW_* environment of the calling thread (request timeout, retries) goes with each call.
 
 Messages are pickled over the child's stdin and stdout: a private pipe between two processes of this package.
@@ -126,6 +127,9 @@ def _serve(inbox: BinaryIO, outbox: BinaryIO) -> None:
 
 
 if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
     _protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything MLflow prints must not reach the protocol pipe
     _serve(sys.stdin.buffer, _protocol_out)
