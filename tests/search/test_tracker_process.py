@@ -116,3 +116,46 @@ def test_the_child_logs_to_a_real_mlflow_server(mlflow_server, tmp_path):
     dst = tmp_path / "dl"
     dst.mkdir()
     assert open(client.download_artifacts(kids[0].info.run_id, "plan.json", str(dst))).read() == '{"layers": {}}'
+
+
+def test_ctrl_c_at_the_terminal_stops_the_search_and_the_child_with_every_trial_logged(tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it: the parent stops the search (exit 130, no
+    traceback from either process), the child keeps logging until the parent is done with it."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({
+        "model": {"name": "random:bert"}, "data": {"calibration": {"n": 8}, "evaluation": {"n": 16}},
+        "space": {"share": "layer", "quantize": {"bits": [2, 4, 8, None]}}, "budget": {"n_trials": 5000},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "writer": "process"},
+        "run_dir": str(tmp_path / "run"), "study_name": "ctrl-c"}))
+    proc = subprocess.Popen([sys.executable, "-m", "autocompress.cli", "search", str(config), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    storage = f"sqlite:///{tmp_path}/run/optuna.db"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            done = [t for t in optuna.load_study(study_name="ctrl-c", storage=storage).trials
+                    if t.state.is_finished()]
+        except Exception:  # the study is not created yet
+            done = []
+        if len(done) >= 10:
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    trials = optuna.load_study(study_name="ctrl-c", storage=storage).trials
+    assert not [t for t in trials if t.state.name == "RUNNING"]  # the one running ended FAIL, queued again
+    trials = [t for t in trials if t.state.is_finished()]  # (WAITING: queued for the next run)
+    assert len(trials) >= 10
+    parent, kids = children(f"sqlite:///{tmp_path}/mlflow.db", "ctrl-c")
+    assert parent.info.status == "KILLED"
+    assert sorted(int(k.data.tags["autocompress.trial_number"]) for k in kids) == [t.number for t in trials]
