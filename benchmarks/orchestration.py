@@ -130,14 +130,14 @@ def setting_label(setting: tuple) -> str:
 def throughput(root: Path, sizes: list[int], repeats: int = 1, only: list[str] | None = None) -> list[dict]:
     """One row per setting (those labelled `only`, default all): the marginal ms per trial, the median over
     `repeats` runs, the settings taking turns run by run (so the machine's drift falls on all of them alike)."""
-    def walls(setting: tuple, tag: str) -> dict[int, tuple[float, int]]:
+    def walls(setting: tuple, tag: str, budgets: list[int] = sizes) -> dict[int, tuple[float, int]]:
         tracking, storage, writer = setting
-        return {n: noop_search(root, n, tracking, tag, storage, "thread" if writer == "-" else writer) for n in sizes}
+        return {n: noop_search(root, n, tracking, tag, storage, "thread" if writer == "-" else writer)
+                for n in budgets}
 
     settings = [s for s in THROUGHPUT_SETTINGS if not only or setting_label(s) in only]
     for setting in settings:  # imports, the first MLflow schema: not per trial
-        noop_search(root, 3, setting[0], "warmup-" + "-".join(setting), setting[1],
-                    "thread" if setting[2] == "-" else setting[2])
+        walls(setting, "warmup-" + "-".join(setting), [3])
     runs: dict[tuple, list[dict]] = {setting: [] for setting in settings}
     for rep in range(repeats):
         for setting in settings:

@@ -58,9 +58,10 @@ def writer_hint(config: SearchConfig, trials: list[Any]) -> str:
         return ""
     durations = sorted(t.user_attrs["duration_s"] for t in trials if t.state.name in ("COMPLETE", "FAIL")
                        and t.user_attrs.get("worker") not in (None, "cache") and "duration_s" in t.user_attrs)
-    if len(durations) < 10 or durations[len(durations) // 2] >= SHORT_TRIAL_S:
+    median = durations[len(durations) // 2] if len(durations) >= 10 else None
+    if median is None or median >= SHORT_TRIAL_S:
         return ""
-    return (f"trials took a median {durations[len(durations) // 2]:.2f} s: with `tracking.writer: process` MLflow "
+    return (f"trials took a median {median:.2f} s: with `tracking.writer: process` MLflow "
             "logs from a child process instead of the driver's interpreter (about twice the trials per minute for "
             "trials this short; README, What the orchestration costs)")
 
@@ -81,6 +82,7 @@ def summarize(config: SearchConfig, study: Any, search: Any, recorder: Any, run_
                            t.user_attrs.get("plan_summary", ""))
 
     counts = counts_by_state(study)
+    trials = study.get_trials(deepcopy=False)  # read once for the repeats and the hint
     header, rows = pareto_rows(front, config.objectives)
     table = markdown_table(header, rows)
     (run_dir / "pareto.md").write_text(table)
@@ -94,7 +96,6 @@ def summarize(config: SearchConfig, study: Any, search: Any, recorder: Any, run_
         run_dir=str(run_dir), counts=counts, pareto=[entry(t) for t in front],
         picked=entry(chosen) if chosen is not None else None, pick_rule=str(rule), elapsed_s=elapsed,
         ui_hint=recorder.tracker.ui_hint(), untracked=untracked,
-        repeats=sum(1 for t in study.get_trials(deepcopy=False) if is_repeat(t)),
-        hint=writer_hint(config, study.get_trials(deepcopy=False)))
+        repeats=sum(1 for t in trials if is_repeat(t)), hint=writer_hint(config, trials))
     (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result
