@@ -183,15 +183,16 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence[Batch], cf
 
 def apply_and_distill(base_model: nn.Module, plan: CompressionPlan, calibration: Any, info: ModelInfo,
                       report: Report | None = None, eval_fn: EvalFn | None = None,
-                      held_out: Sequence[Batch] | None = None) -> nn.Module:
+                      held_out: Sequence[Batch] | None = None, model: nn.Module | None = None) -> nn.Module:
     """A compressed copy of `base_model`: `apply_plan(deepcopy(base_model), plan, calibration, info)`, then,
     when `plan.distill` is set with steps > 0, `distill` towards `base_model` (the teacher, left unchanged)
     on the calibration batches (a `Calibration` or a list of tokenized batches; required then) for the task
     `info.task`. The `DistillResult` (or None without distillation) is left on the returned model as the
-    attribute `_autocompress_distill` (RESULT_ATTR)."""
+    attribute `_autocompress_distill` (RESULT_ATTR). `model`, when given, is the copy to compress (the caller
+    vouches that it is in `base_model`'s exact state: a `ModelWorkspace` checkout); no deep copy is made then."""
     from autocompress.policies import Calibration, apply_plan
 
-    model = apply_plan(copy.deepcopy(base_model), plan, calibration, info=info)
+    model = apply_plan(copy.deepcopy(base_model) if model is None else model, plan, calibration, info=info)
     result = None
     cfg = plan.distill
     if cfg is not None and cfg.enabled:

@@ -3,8 +3,9 @@
 `TrialRunner(config)` loads the base model, tokenizer, calibration batches and the task's evaluator once
 (per process: the driver for the local backend, each Ray actor for the ray backend), and a memo of what
 data-aware methods compute on the unchanged base model (calibration Gram matrices, GPTQ-quantized layers:
-policies/memo.py), so a later plan reuses them exactly instead of recomputing. `run(plan_json)`
-copies the base model, applies the plan and its distillation (`apply_and_distill`: the teacher is the base
+policies/memo.py), so a later plan reuses them exactly instead of recomputing, and one working copy of the
+base model (search/workspace.py) that each trial compresses and the next puts back in place, bit for bit,
+instead of deep-copying the base model per trial. `run(plan_json)` takes that copy, applies the plan and its distillation (`apply_and_distill`: the teacher is the base
 model, the data the calibration batches), evaluates, and returns a `TrialOutcome`. With a pruner
 (search/pruning.py) and a companion trial number, it reports the quality on a subset of the evaluation
 texts after applying the plan and every `distill.eval_every` steps, and stops when the pruner says so: the
@@ -12,8 +13,8 @@ outcome is then `pruned` and carries the last intermediate metrics; the full eva
 that survive. It never raises for a
 trial's own failure: the exception (or non-finite metrics) comes back as `error`, so one bad plan cannot
 take a worker down. Running out of memory (MemoryError, torch.OutOfMemoryError) is such a failure too: the
-error reads "out of memory: ..." and the trial's model copy is freed (and the CUDA cache emptied) before the
-worker takes the next plan. A worker process that is killed instead (the kernel's OOM killer, a lost node)
+error reads "out of memory: ..." and what the trial added to the working copy is freed (and the CUDA cache
+emptied) before the worker takes the next plan. A worker process that is killed instead (the kernel's OOM killer, a lost node)
 is the backend's business: see backends.py.
 """
 
@@ -53,17 +54,21 @@ def worker_name() -> str:
 class TrialRunner:
     """Holds everything a trial needs that does not depend on the plan. Build once per worker process."""
 
-    def __init__(self, config: SearchConfig) -> None:
+    def __init__(self, config: SearchConfig, reuse_model: bool = True) -> None:
+        """`reuse_model=False` deep-copies the base model for every trial instead of restoring one working
+        copy (the same results; benchmarks compare the two)."""
         from autocompress.data import load_texts, make_batches
         from autocompress.loading import load_model
         from autocompress.policies import Calibration
         from autocompress.policies.memo import BaseModelMemo
+        from autocompress.search.workspace import ModelWorkspace
 
         self.config = config
         d = config.data
         self.loaded = load_model(config.model.name, task=config.model.task,
                                  trust_remote_code=config.model.trust_remote_code)
         self.info = self.loaded.info
+        self.workspace = ModelWorkspace(self.loaded.model) if reuse_model else None
         tok = self.loaded.tokenizer
         if tok is None:
             from autocompress.errors import UserError
@@ -137,7 +142,8 @@ class TrialRunner:
             t0 = time.perf_counter()
             reporter = self.pruning.trial(pruning) if self.pruning is not None else None
             if reporter is None:
-                model = apply_and_distill(self.loaded.model, plan, self.calibration, self.info)
+                model = apply_and_distill(self.loaded.model, plan, self.calibration, self.info,
+                                          model=self._working_copy())
             else:
                 model = self._apply_pruned(plan, reporter)
             t1 = time.perf_counter()
@@ -161,10 +167,25 @@ class TrialRunner:
             outcome.error = ("out of memory: " if out_of_memory else "") + f"{type(exc).__name__}: {exc}{where}"
         if out_of_memory:  # the exception (and the model copy its frames held) is gone now: give the memory back
             model = None
+            if self.workspace is not None:
+                self._working_copy()  # drops what the plan added (factors, packed weights) from the working copy
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         return outcome
+
+    def _working_copy(self) -> Any:
+        """The working copy in the base model's state, or None (deep-copy per trial) without a workspace. If
+        putting it back fails, a fresh deep copy replaces it, so one bad trial never spoils the next."""
+        from autocompress.search.workspace import ModelWorkspace
+
+        if self.workspace is None:
+            return None
+        try:
+            return self.workspace.checkout()
+        except Exception:
+            self.workspace = ModelWorkspace(self.loaded.model)
+            return self.workspace.checkout()
 
     def _apply_pruned(self, plan: Any, reporter: Any) -> Any:
         """`apply_and_distill` with reports to the pruner: the quality on the subset at step 0 (after the
@@ -173,7 +194,8 @@ class TrialRunner:
         from autocompress.distill.train import apply_and_distill, distill
         from autocompress.plan import CompressionPlan
 
-        model = apply_and_distill(self.loaded.model, CompressionPlan(plan.layers), self.calibration, self.info)
+        model = apply_and_distill(self.loaded.model, CompressionPlan(plan.layers), self.calibration, self.info,
+                                  model=self._working_copy())
         if reporter(0, self.subset_evaluator.evaluate(model)) or plan.distill is None:
             return model
         distill(model, self.loaded.model, self.calibration.batches, plan.distill, self.info.task, report=reporter,
