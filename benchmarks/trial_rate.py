@@ -5,7 +5,9 @@ Writes benchmarks/results/trial_rate.json and trial_rate.md.  (issue 8, "GPU: tr
 
 Workload, the issue's quickstart-style trial: the real all-MiniLM-L6-v2, a per-layer plan (36 Linear units,
 4 or 8-bit RTN weights, one scale per output channel), fidelity on `--eval` builtin sentences. RTN needs no
-calibration, so every trial does the same kind of work: copy the model, apply the plan, evaluate.
+calibration, so every trial does the same kind of work: a base-state copy of the model (a deep copy when
+`trial_rate.md` was measured; the worker's working copy put back since, see trial_setup.py), apply the plan,
+evaluate.
 
 1. Search: `run_search` on the local backend (trials in the driver's process, torch's default threads),
    Optuna on SQLite in the run directory, NSGA-II seed 0, `--trials` trials; once with MLflow on a SQLite
