@@ -242,7 +242,10 @@ def _sensitivity_seeds(config: SearchConfig, study: Any, backend: Any, info: Any
     from autocompress.search.allocation import budget_params
     from autocompress.search.sensitivity import FILE, load_or_measure, seed_params
 
-    sens, _ = load_or_measure(config, backend, info, space, Path(config.run_dir))
+    from autocompress.search import interrupts
+
+    with interrupts.interruptible():  # minutes of trial work, nothing written until it ends
+        sens, _ = load_or_measure(config, backend, info, space, Path(config.run_dir))
     recorder.call("log_text", (Path(config.run_dir) / FILE).read_text(), FILE)
     seeds = seed_params(space, sens, s.thresholds)
     if s.budgets:
@@ -258,9 +261,19 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
     """Run (or resume) the search the config describes and return the Pareto set and the picked trial.
 
     Raises `UserError` for bad input found before the first trial (storage, tracking URI, model, metrics
-    the task cannot produce). Trials that fail are recorded as FAIL and the search goes on."""
+    the task cannot produce). Trials that fail are recorded as FAIL and the search goes on. Ctrl-C (SIGINT)
+    raises KeyboardInterrupt at once while trials run or the driver waits for them, and otherwise after the
+    storage call it arrives in (search/interrupts.py); the trials then running end FAIL, queued again."""
+    from autocompress.search import interrupts
+
+    with interrupts.guard():
+        return _run_search(config, show_progress, console)
+
+
+def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> SearchResult:
     import yaml
 
+    from autocompress.search import interrupts
     from autocompress.search.backends import make_backend
     from autocompress.search.liveness import Liveness
     from autocompress.search.progress import SearchProgress
@@ -292,7 +305,8 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
     backend = make_backend(config)
     status, search = "FAILED", None
     try:
-        info = backend.start()
+        with interrupts.interruptible():  # loading the model, starting workers
+            info = backend.start()
         config.check_task(info.task)
         budget, timeout = config.budget.n_trials, config.budget.timeout_s
         space = ConfigSpace(config.space, info)
@@ -332,6 +346,7 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
         with SearchProgress(budget, search.objectives, enabled=show_progress, already_done=finished()) as bar, \
                 liveness:
             while True:
+                interrupts.check()  # a Ctrl-C that came during the storage work of the last iteration
                 if time.monotonic() > next_check:  # a driver sharing the study may have died since
                     for t in end_companions(pruning, liveness.recover()):
                         recorder.record(search.record_of(t))
@@ -345,7 +360,9 @@ def run_search(config: SearchConfig, show_progress: bool = True, console: Any = 
                 if not search.running:
                     refresh(bar, force=True)
                     break
-                for number, outcome in backend.collect():
+                with interrupts.interruptible():  # waiting for (or, locally, running) a trial
+                    outcomes = backend.collect()
+                for number, outcome in outcomes:
                     trial, plan, started, plan_metrics = search.running.pop(number)
                     search.finish(trial, plan, started, plan_metrics, outcome)
                     refresh(bar)

@@ -181,10 +181,13 @@ class Reporter:
         value = metrics.get(self.metric)
         if value is None or not math.isfinite(value):
             return False  # a NaN is the final evaluation's to judge (the trial fails)
+        from autocompress.search.interrupts import deferred
+
         self.last = {k: float(v) for k, v in metrics.items()}
-        with warnings.catch_warnings():  # a retried trial reports its steps again: Optuna keeps the first
-            warnings.simplefilter("ignore")
+        with deferred(), warnings.catch_warnings():  # storage calls: a Ctrl-C waits for their end
+            warnings.simplefilter("ignore")  # a retried trial reports its steps again: Optuna keeps the first
             self.trial.report(value, step)
-        if self.trial.should_prune():
+            prune = self.trial.should_prune()
+        if prune:
             self.pruned = f"at step {step} ({self.metric} {value:.4f})"
         return self.pruned is not None
