@@ -108,10 +108,12 @@ def _rdb(url: str, kind: str) -> Any:
             if kind == "sqlite":
                 _sqlite_wal(rdb.engine)
             return optuna.storages._CachedStorage(rdb)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
             # several processes creating the tables of a fresh database at once: the losers of that race
-            # fail on a duplicate table or version row; the schema exists now, so opening again succeeds
-            if attempt == 2:
+            # fail on a duplicate table or version row (SQLite: "table ... already exists", an OperationalError
+            # like a server that is down, which is not retried); the schema exists now, so opening again succeeds
+            lost_race = not isinstance(exc, sqlalchemy.exc.OperationalError) or "already exists" in str(exc)
+            if attempt == 2 or not lost_race:
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")

@@ -206,3 +206,43 @@ def test_processes_creating_a_fresh_database_schema_at_once(postgres_url):  # no
         for p in procs:
             p.join(timeout=120)
         assert [results.get(timeout=5) for _ in procs] == ["ok"] * 3
+
+
+def test_processes_creating_a_fresh_sqlite_schema_at_once(tmp_path):
+    """The same race on a new SQLite file (a search and a script reading its study, say): SQLite reports the
+    loser's duplicate table as an OperationalError, which is retried like the server databases' errors."""
+    from tests.search.services import open_in_child
+
+    url = f"sqlite:///{tmp_path}/fresh.db"
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=open_in_child, args=(url, barrier, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [results.get(timeout=5) for _ in procs] == ["ok"] * 4
+
+
+def test_only_a_lost_schema_race_is_retried(tmp_path, monkeypatch):
+    import sqlalchemy.exc
+
+    calls = []
+    real = optuna.storages.RDBStorage
+
+    def flaky(url, **kwargs):  # the first open loses the race, as a second process creating the tables does
+        calls.append(url)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE study_directions", {},
+                                                  Exception("table study_directions already exists"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", flaky)
+    open_storage(f"sqlite:///{tmp_path}/a.db")
+    assert len(calls) == 2
+    calls.clear()
+    monkeypatch.setattr(optuna.storages, "RDBStorage", lambda url, **k: (calls.append(url), (_ for _ in ()).throw(
+        sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("unable to open database file"))))[1])
+    with pytest.raises(UserError):
+        open_storage(f"sqlite:///{tmp_path}/b.db")
+    assert len(calls) == 1  # any other OperationalError is not retried
