@@ -103,6 +103,10 @@ class BackendSection(_Strict):
     workers: int = Field(1, ge=1, le=4096)
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="where trials run: the base model, its working copy, the calibration batches and the "
+        "evaluation on this device; cuda: the worker's GPU (on the ray backend each actor's share of one, "
+        "gpus_per_trial)")
     address: str | None = None
     max_retries: int = Field(
         1, ge=0, le=10, description="how many times a trial is run again, with the same params, when the "
@@ -112,6 +116,16 @@ class BackendSection(_Strict):
         10, ge=1, le=3600, description="with an RDB storage (SQLite, PostgreSQL) the driver records a heartbeat "
         "for each of its running trials every heartbeat_s; a RUNNING trial with none for 3 x heartbeat_s belongs "
         "to a dead driver: it ends FAIL ('driver died') and its params are queued again")
+
+    @model_validator(mode="after")
+    def _gpus_used(self) -> "BackendSection":
+        if self.gpus_per_trial > 0 and self.device == "cpu":
+            raise ValueError("gpus_per_trial reserves GPUs that trials on device cpu would not use; set "
+                             "backend.device: cuda, or gpus_per_trial: 0")
+        if self.device == "cuda" and self.name == "ray" and self.gpus_per_trial == 0:
+            raise ValueError("device cuda on the ray backend needs gpus_per_trial > 0 (Ray hides the GPUs from an "
+                             "actor that reserves none); e.g. gpus_per_trial: 0.25 lets four workers share one GPU")
+        return self
 
 
 class TrackingSection(_Strict):

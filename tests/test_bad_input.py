@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from autocompress.cli import main
@@ -78,7 +79,14 @@ CASES = [
     ("yaml-python-tag", lambda t: "model: !!python/object/apply:os.system ['true']\n", "safe_load refuses it"),
     ("yaml-syntax", lambda t: "model: {name: [unclosed\n", "not valid YAML"),
     ("pick-rule", lambda t: {**BASE, "pick": "smallest please"}, "pick"),
+    ("gpus-for-cpu-trials", lambda t: {**BASE, "backend": {"name": "ray", "gpus_per_trial": 0.5}},
+     "set backend.device: cuda"),
+    ("cuda-on-ray-without-gpus", lambda t: {**BASE, "backend": {"name": "ray", "device": "cuda"}},
+     "needs gpus_per_trial > 0"),
 ]
+if not torch.cuda.is_available():  # (on a GPU machine this config is good input)
+    CASES.append(("cuda-without-a-gpu", lambda t: {**BASE, "backend": {"device": "cuda"}},
+                  "backend.device: cuda, but torch sees no CUDA GPU"))
 
 
 @pytest.mark.parametrize("make, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -5,8 +5,8 @@ directory, no Optuna study and no MLflow run behind.
   the model (its directory, config.json, the task it implies, every *.safetensors header, trust_remote_code),
   the metrics against that task, the search space against the model's inventory (built on the `meta`
   device: selectors that match nothing, choices that fit no layer), the calibration / evaluation / label files, the Optuna storage URL
-  (a server storage is opened; SQLite needs no server) and the MLflow tracking URI (an http server must
-  answer). Each failure is a `UserError` naming the key or file and the fix.
+  (a server storage is opened; SQLite needs no server), the MLflow tracking URI (an http server must
+  answer) and `backend.device: cuda` (torch must see a GPU here). Each failure is a `UserError` naming the key or file and the fix.
 """
 
 from __future__ import annotations
@@ -64,6 +64,19 @@ def check_storage(url: str) -> None:
         open_storage(url)
 
 
+def check_device(config: SearchConfig) -> None:
+    """`backend.device: cuda` needs a GPU that torch sees, where the workers run on this machine (the local
+    backend, or the ray backend's embedded cluster); an existing Ray cluster places its GPU actors itself."""
+    b = config.backend
+    if b.device != "cuda" or (b.name == "ray" and b.address is not None):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("backend.device: cuda, but torch sees no CUDA GPU on this machine "
+                        f"(torch {torch.__version__}, torch.cuda.is_available() is False); set backend.device: cpu")
+
+
 def check_tracking(uri: str) -> None:
     """An http(s) MLflow server must answer within ~5 s (the same check `Tracker.open` makes)."""
     if not uri.startswith(("http://", "https://")):
@@ -96,6 +109,7 @@ def preflight(config: SearchConfig) -> str:
     check_data(config)
     check_storage(config.storage)
     check_tracking(config.tracking.uri)
+    check_device(config)
     if config.pick:
         from autocompress.search.pareto import PickRule
 

@@ -58,6 +58,7 @@ class TrialRunner:
         """`reuse_model=False` deep-copies the base model for every trial instead of restoring one working
         copy (the same results; benchmarks compare the two)."""
         from autocompress.data import load_texts, make_batches
+        from autocompress.evaluators._base import to_device
         from autocompress.loading import load_model
         from autocompress.policies import Calibration
         from autocompress.policies.memo import BaseModelMemo
@@ -68,6 +69,7 @@ class TrialRunner:
         self.loaded = load_model(config.model.name, task=config.model.task,
                                  trust_remote_code=config.model.trust_remote_code)
         self.info = self.loaded.info
+        self.device = self._place(config.backend.device)
         self.workspace = ModelWorkspace(self.loaded.model) if reuse_model else None
         tok = self.loaded.tokenizer
         if tok is None:
@@ -75,7 +77,8 @@ class TrialRunner:
 
             raise UserError(f"model {config.model.name!r} has no tokenizer; a search needs one to evaluate")
         calib = load_texts(d.calibration.source, n=d.calibration.n, seed=d.calibration.seed)
-        batches = make_batches(tok, calib, batch_size=min(d.batch_size, 16), max_length=d.max_length)
+        batches = [to_device(b, self.device) for b in
+                   make_batches(tok, calib, batch_size=min(d.batch_size, 16), max_length=d.max_length)]
         self.calibration = Calibration(batches, memo=BaseModelMemo(self.loaded.model))
         self.evaluator = self._evaluator()
         self.pruning, self.subset_evaluator = None, None
@@ -93,6 +96,20 @@ class TrialRunner:
             measured = LATENCY_MODELS.get("measured")
             self.latency = (measured(load_profile(t.profile), self.loaded.model, device=t.device),
                             Workload(t.batch, t.seq_len, t.mode))
+
+    def _place(self, device: str) -> Any:
+        """Move the base model to `device` (config `backend.device`) before anything is derived from it: the
+        working copy, the memo and the evaluators' reference outputs then live there too."""
+        import torch
+
+        if device == "cuda" and not torch.cuda.is_available():
+            from autocompress.errors import UserError
+
+            raise UserError(f"backend.device: cuda, but this worker ({worker_name()}) sees no CUDA GPU; on the ray "
+                            "backend set gpus_per_trial > 0, or set backend.device: cpu")
+        target = torch.device(device)
+        self.loaded.model.to(target)
+        return target
 
     def _evaluator(self, keep: Any = None) -> Any:
         """The task's evaluator on the evaluation texts, or on the first `keep(n)` of the n texts."""

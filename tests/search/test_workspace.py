@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from autocompress.config import SearchConfig
+from autocompress.errors import UserError
 from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan
 from autocompress.policies import Calibration, apply_plan
@@ -125,3 +126,14 @@ def test_a_copy_that_cannot_be_put_back_is_replaced(tmp_path, monkeypatch):
     second = runner.run(plan)
     assert second.error is None and second.metrics == first.metrics
     assert runner.workspace is not broken
+
+
+def test_the_base_model_and_batches_go_to_backend_device(tmp_path):
+    config = make_config(tmp_path)
+    runner = TrialRunner(config.model_copy(update={"backend": config.backend.model_copy(update={"device": "cpu"})}))
+    assert runner.device == torch.device("cpu") and next(runner.workspace.model.parameters()).device.type == "cpu"
+    assert all(t.device.type == "cpu" for b in runner.calibration.batches for t in b.values())
+    if not torch.cuda.is_available():  # a worker that sees no GPU (a Ray actor that reserved none) says so
+        cuda = config.model_copy(update={"backend": config.backend.model_copy(update={"device": "cuda"})})
+        with pytest.raises(UserError, match="sees no CUDA GPU"):
+            TrialRunner(cuda)
