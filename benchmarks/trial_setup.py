@@ -1,8 +1,8 @@
 """Trial set-up: a deep copy of the base model per trial vs one working copy put back in place.
 
-Run:  .venv/bin/python benchmarks/trial_setup.py [--plans 30] [--eval 384 32] [--repeats 30]
-Writes benchmarks/results/trial_setup.json and trial_setup.md.  (issue 8, "GPU: trials per minute": "restore
-weights in place instead of copying the model")
+Run:  .venv/bin/python benchmarks/trial_setup.py [--plans 30] [--eval 384 32] [--repeats 30] [--device cpu|cuda]
+Writes benchmarks/results/trial_setup.json and trial_setup.md (trial_setup_cuda.* with --device cuda).
+(issue 8, "GPU: trials per minute": "restore weights in place instead of copying the model")
 
 Workload, the issue's quickstart-style trial: the real all-MiniLM-L6-v2, per-layer plans (36 Linear units, 4 or
 8-bit RTN weights, one scale per output channel, bits drawn at random with seed 0), fidelity on `--eval`
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import save_results  # noqa: E402
 
 
-def make_config(root: Path, n_eval: int):
+def make_config(root: Path, n_eval: int, device: str = "cpu"):
     from autocompress.config import SearchConfig
 
     return SearchConfig.from_dict({
@@ -42,7 +42,7 @@ def make_config(root: Path, n_eval: int):
         "data": {"calibration": {"source": "builtin", "n": 16, "seed": 1},
                  "evaluation": {"source": "builtin", "n": n_eval, "seed": 0}},
         "space": {"share": "layer", "quantize": {"bits": [4, 8], "group_size": [None], "method": ["rtn"]}},
-        "tracking": {"uri": "none"}, "run_dir": str(root / f"eval{n_eval}"),
+        "tracking": {"uri": "none"}, "backend": {"device": device}, "run_dir": str(root / f"eval{n_eval}"),
         "study_name": f"trial-setup-{n_eval}"}).resolved(root)
 
 
@@ -60,30 +60,39 @@ def summary(xs: list[float]) -> dict:
 
 
 def setup_alone(runner, plan_json: str, repeats: int) -> dict:
-    """ms to get a base-state copy: deepcopy of the base model, or restoring the used working copy."""
+    """ms to get a base-state copy: deepcopy of the base model, or restoring the used working copy (on a GPU,
+    synchronized before each clock reading)."""
+    import torch
+
     from autocompress.plan import CompressionPlan
     from autocompress.policies import apply_plan
+
+    sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
 
     base, plan, workspace = runner.loaded.model, CompressionPlan.from_json(plan_json), runner.workspace
     copies, restores = [], []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fresh = copy.deepcopy(base)
+        sync()
         copies.append(time.perf_counter() - t0)
         del fresh
         apply_plan(workspace.checkout(), plan, info=runner.info)
+        sync()
         t0 = time.perf_counter()
         workspace.restore()
+        sync()
         restores.append(time.perf_counter() - t0)
     assert workspace.matches_base()
     params = sum(p.numel() for p in base.parameters())
     return {"params": params, "deepcopy": summary(copies), "restore": summary(restores)}
 
 
-def trials(root: Path, n_eval: int, n_plans: int) -> dict:
+def trials(root: Path, n_eval: int, n_plans: int, device: str) -> dict:
     from autocompress.search.trial import TrialRunner
 
-    config = make_config(root, n_eval)
+    config = make_config(root, n_eval, device)
     runners = {"deepcopy per trial": TrialRunner(config, reuse_model=False), "working copy restored": TrialRunner(config)}
     plans = rtn_plans(list(runners["working copy restored"].info.layers), n_plans)
     for runner in runners.values():
@@ -112,6 +121,7 @@ def markdown(result: dict) -> str:
     env, setup = result["env"], result["setup"]
     lines = ["# Trial set-up: deep copy vs working copy restored (benchmarks/trial_setup.py)", "",
              f"{env['cpus']} CPU cores ({env['machine']}), torch {env['torch']} with {env['torch_threads']} threads, "
+             f"trials on {env.get('gpu') or env.get('device', 'cpu')}, "
              f"load average before {env['load_before']}, after {env['load_after']}. The real MiniLM "
              f"({setup['params'] / 1e6:.1f}M parameters, fp32), per-layer RTN 4/8-bit plans (36 units).", "",
              "## Set-up alone", "",
@@ -136,22 +146,24 @@ def main() -> int:
     ap.add_argument("--plans", type=int, default=30)
     ap.add_argument("--eval", type=int, nargs="+", default=[384, 32], help="evaluation sentences per trial")
     ap.add_argument("--repeats", type=int, default=30, help="set-up timings of each kind")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend.device of the trials")
     args = ap.parse_args()
     import torch
 
     root = Path(tempfile.mkdtemp(prefix="trial-setup-"))
-    env = {"cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
+    env = {"cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__, "device": args.device,
+           "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
            "torch_threads": torch.get_num_threads(), "load_before": [round(x, 2) for x in os.getloadavg()]}
     rows, setup = [], None
     for n_eval in args.eval:
-        part = trials(root, n_eval, args.plans)
+        part = trials(root, n_eval, args.plans, args.device)
         rows += part["rows"]
         if setup is None:
             setup = setup_alone(part["runner"], part["plans"][0], args.repeats)
             print({"setup": setup}, flush=True)
     env["load_after"] = [round(x, 2) for x in os.getloadavg()]
     result = {"env": env, "args": vars(args), "repeats": args.repeats, "setup": setup, "rows": rows}
-    save_results("trial_setup", result, markdown(result))
+    save_results("trial_setup" if args.device == "cpu" else "trial_setup_cuda", result, markdown(result))
     return 0
 
 
