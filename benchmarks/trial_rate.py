@@ -1,7 +1,7 @@
 """Trials per minute of a search against the floor: the same trial work in a bare loop.
 
-Run:  .venv/bin/python benchmarks/trial_rate.py [--trials 40] [--eval 384]
-Writes benchmarks/results/trial_rate.json and trial_rate.md.  (issue 8, "GPU: trials per minute": the CPU half)
+Run:  .venv/bin/python benchmarks/trial_rate.py [--trials 40] [--eval 384] [--writer-process] [--name trial_rate]
+Writes benchmarks/results/<name>.json and <name>.md.  (issue 8, "GPU: trials per minute": the CPU half)
 
 Workload, the issue's quickstart-style trial: the real all-MiniLM-L6-v2, a per-layer plan (36 Linear units,
 4 or 8-bit RTN weights, one scale per output channel), fidelity on `--eval` builtin sentences. RTN needs no
@@ -11,7 +11,8 @@ evaluate.
 
 1. Search: `run_search` on the local backend (trials in the driver's process, torch's default threads),
    Optuna on SQLite in the run directory, NSGA-II seed 0, `--trials` trials; once with MLflow on a SQLite
-   store (the embedded defaults) and once with MLflow off. Rate = evaluated trials / loop window (first trial
+   store (the embedded defaults) and once with MLflow off; with `--writer-process` also with MLflow logged by
+   the writer child process (`tracking.writer: process`), the setting for short trials. Rate = evaluated trials / loop window (first trial
    start to last trial end; model load and start-up are reported apart), per minute.
 2. Floor: the plans the first search evaluated, in the same order, each given to `TrialRunner.run` in a bare
    loop in this process (a runner built once, as a worker does): no Optuna, no MLflow, no driver.
@@ -49,7 +50,8 @@ def make_config(root: Path, name: str, trials: int, n_eval: int, tracking: str):
         "budget": {"n_trials": trials}, "sampler": {"name": "nsga2", "seed": 0},
         "backend": {"name": "local"}, "run_dir": str(run_dir), "study_name": name,
         "tracking": {"uri": "none" if tracking == "off" else f"sqlite:///{root}/mlflow-{name}.db",
-                     "experiment": "trial-rate"}}).resolved(root)
+                     "experiment": "trial-rate", "writer": "process" if tracking == "process" else "thread"}
+    }).resolved(root)
 
 
 def search(root: Path, trials: int, n_eval: int, tracking: str) -> tuple[dict, list[str]]:
@@ -61,7 +63,8 @@ def search(root: Path, trials: int, n_eval: int, tracking: str) -> tuple[dict, l
     loop = loop_window(config.run_dir)
     evaluated, window = loop.evaluated, loop.window_s
     plans = [Path(t.user_attrs["plan_path"]).read_text() for t in evaluated]
-    row = {"case": f"search, MLflow {tracking}", "trials": len(loop.done), "evaluated": len(evaluated),
+    case = {"on": "search, MLflow on", "off": "search, MLflow off", "process": "search, MLflow on, writer process"}
+    row = {"case": case[tracking], "trials": len(loop.done), "evaluated": len(evaluated),
            "repeats": result.repeats, "startup_s": round(loop.first_start - start, 1), "window_s": round(window, 2),
            "s_per_trial": round(window / len(evaluated), 4), "trials_per_min": round(60 * len(evaluated) / window, 1),
            "work_s_per_trial": round(loop.work_s / len(evaluated), 4)}
@@ -104,7 +107,7 @@ def markdown(result: dict) -> str:
                      f"{r['work_s_per_trial']} | {beyond:.3f} | {r['trials_per_min']} | "
                      f"{beyond / r['s_per_trial']:.1%} | {vs_floor} |")
     lines += ["", "Work = apply + evaluate as the trial times it (`work_s`); what is beyond it is the search's "
-              "cost per trial (ask, sample, size, dispatch, tell, MLflow's writer thread) and, for the floor, the "
+              "cost per trial (ask, sample, size, dispatch, tell, MLflow's writer thread or process) and, for the floor, the "
               "runner's own bookkeeping. The share against the floor's rate also carries any drift of the "
               "machine between the runs (compare the work columns)."]
     return "\n".join(lines) + "\n"
@@ -114,6 +117,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--eval", type=int, default=384, help="evaluation sentences per trial")
+    ap.add_argument("--writer-process", action="store_true", help="also a search with tracking.writer: process")
+    ap.add_argument("--name", default="trial_rate", help="results file stem")
     args = ap.parse_args()
     import logging
 
@@ -127,10 +132,13 @@ def main() -> int:
            "torch_threads": torch.get_num_threads(), "load_before": [round(x, 2) for x in os.getloadavg()]}
     on, plans = search(root, args.trials, args.eval, "on")
     bare = floor(root, plans, args.eval)
-    off, _ = search(root, args.trials, args.eval, "off")
+    rows = [bare, on]
+    if args.writer_process:
+        rows.append(search(root, args.trials, args.eval, "process")[0])
+    rows.append(search(root, args.trials, args.eval, "off")[0])
     env["load_after"] = [round(x, 2) for x in os.getloadavg()]
-    result = {"env": env, "eval": args.eval, "rows": [bare, on, off]}
-    save_results("trial_rate", result, markdown(result))
+    result = {"env": env, "eval": args.eval, "args": vars(args), "rows": rows}
+    save_results(args.name, result, markdown(result))
     return 0
 
 
