@@ -12,7 +12,8 @@ evaluate.
 1. Search: `run_search` on the local backend (trials in the driver's process, torch's default threads),
    Optuna on SQLite in the run directory, NSGA-II seed 0, `--trials` trials; once with MLflow on a SQLite
    store (the embedded defaults) and once with MLflow off; with `--writer-process` also with MLflow logged by
-   the writer child process (`tracking.writer: process`), the setting for short trials. Rate = evaluated trials / loop window (first trial
+   the writer child process (`tracking.writer: process`), the setting for short trials. Rate = evaluated
+   trials / loop window (first trial
    start to last trial end; model load and start-up are reported apart), per minute.
 2. Floor: the plans the first search evaluated, in the same order, each given to `TrialRunner.run` in a bare
    loop in this process (a runner built once, as a worker does): no Optuna, no MLflow, no driver.
@@ -107,8 +108,8 @@ def markdown(result: dict) -> str:
                      f"{r['work_s_per_trial']} | {beyond:.3f} | {r['trials_per_min']} | "
                      f"{beyond / r['s_per_trial']:.1%} | {vs_floor} |")
     lines += ["", "Work = apply + evaluate as the trial times it (`work_s`); what is beyond it is the search's "
-              "cost per trial (ask, sample, size, dispatch, tell, MLflow's writer thread or process) and, for the floor, the "
-              "runner's own bookkeeping. The share against the floor's rate also carries any drift of the "
+              "cost per trial (ask, sample, size, dispatch, tell, MLflow's writer thread or process) and, for the "
+              "floor, the runner's own bookkeeping. The share against the floor's rate also carries any drift of the "
               "machine between the runs (compare the work columns)."]
     return "\n".join(lines) + "\n"
 

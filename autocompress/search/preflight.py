@@ -6,7 +6,8 @@ directory, no Optuna study and no MLflow run behind.
   the metrics against that task, the search space against the model's inventory (built on the `meta`
   device: selectors that match nothing, choices that fit no layer), the calibration / evaluation / label files, the Optuna storage URL
   (a server storage is opened; SQLite needs no server), the MLflow tracking URI (an http server must
-  answer) and `backend.device: cuda` (torch must see a GPU here). Each failure is a `UserError` naming the key or file and the fix.
+  answer) and `backend.device: cuda` (torch must see a GPU here). Each failure is a `UserError` naming the
+  key or file and the fix.
 """
 
 from __future__ import annotations

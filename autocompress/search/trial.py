@@ -5,8 +5,9 @@
 data-aware methods compute on the unchanged base model (calibration Gram matrices, GPTQ-quantized layers:
 policies/memo.py), so a later plan reuses them exactly instead of recomputing, and one working copy of the
 base model (search/workspace.py) that each trial compresses and the next puts back in place, bit for bit,
-instead of deep-copying the base model per trial. `run(plan_json)` takes that copy, applies the plan and its distillation (`apply_and_distill`: the teacher is the base
-model, the data the calibration batches), evaluates, and returns a `TrialOutcome`. With a pruner
+instead of deep-copying the base model per trial; all of it on `backend.device`. `run(plan_json)` takes that
+copy, applies the plan and its distillation (`apply_and_distill`: the teacher is the base model, the data the
+calibration batches), evaluates, and returns a `TrialOutcome`. With a pruner
 (search/pruning.py) and a companion trial number, it reports the quality on a subset of the evaluation
 texts after applying the plan and every `distill.eval_every` steps, and stops when the pruner says so: the
 outcome is then `pruned` and carries the last intermediate metrics; the full evaluation runs only for plans
