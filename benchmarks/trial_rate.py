@@ -13,8 +13,8 @@ evaluate.
    Optuna on SQLite in the run directory, NSGA-II seed 0, `--trials` trials; once with MLflow on a SQLite
    store (the embedded defaults) and once with MLflow off; with `--writer-process` also with MLflow logged by
    the writer child process (`tracking.writer: process`), the setting for short trials. Rate = evaluated
-   trials / loop window (first trial
-   start to last trial end; model load and start-up are reported apart), per minute.
+   trials / loop window (first trial start to last trial end; model load and start-up are reported apart),
+   per minute.
 2. Floor: the plans the first search evaluated, in the same order, each given to `TrialRunner.run` in a bare
    loop in this process (a runner built once, as a worker does): no Optuna, no MLflow, no driver.
 Overhead share = 1 - search rate / floor rate: what the search costs per trial beyond the trial's own work.
