@@ -89,7 +89,8 @@ class ModelWorkspace:
     @torch.no_grad()
     def matches_base(self) -> bool:
         """True when the working copy has the base model's module names and classes, forward hook counts,
-        parameter and buffer names, shapes, dtypes, devices, `requires_grad` and values exactly."""
+        parameter and buffer names, ties (names holding one tensor), shapes, dtypes, devices, `requires_grad`
+        and values exactly."""
         pairs = zip(self.model.named_modules(remove_duplicate=False), self.base.named_modules(remove_duplicate=False))
         if any(a[0] != b[0] or type(a[1]) is not type(b[1]) or _hooks(a[1]) != _hooks(b[1]) for a, b in pairs):
             return False
@@ -98,7 +99,7 @@ class ModelWorkspace:
                              (self.model.named_buffers(remove_duplicate=False),
                               self.base.named_buffers(remove_duplicate=False))):
             a, b = dict(mine), dict(theirs)
-            if a.keys() != b.keys():
+            if a.keys() != b.keys() or _sharing(a) != _sharing(b):
                 return False
             for key, value in a.items():
                 other = b[key]
@@ -107,6 +108,14 @@ class ModelWorkspace:
                         or not torch.equal(value, other)):
                     return False
         return True
+
+
+def _sharing(tensors: dict[str, torch.Tensor]) -> set[frozenset[str]]:
+    """The names grouped by the tensor object they hold: tied weights are one group."""
+    groups: dict[int, set[str]] = {}
+    for name, value in tensors.items():
+        groups.setdefault(id(value), set()).add(name)
+    return {frozenset(g) for g in groups.values()}
 
 
 def _hooks(module: nn.Module) -> int:

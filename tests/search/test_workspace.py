@@ -38,6 +38,20 @@ def test_restore_undoes_every_policy(model_name, calibration_batches, batch):
     assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())  # the base is only read
 
 
+def test_tied_tables_stay_tied(batch):
+    loaded = load_model("random:gpt2")  # lm_head and the token table are one parameter
+    plan = CompressionPlan.from_dict({"version": 1, "layers": {
+        e.tied_to or e.name: {"bits": 4, "group_size": 16} for e in loaded.info.embeddings.values()}})
+    workspace = ModelWorkspace(loaded.model)
+    used = apply_plan(workspace.checkout(), plan, info=loaded.info)
+    fresh = apply_plan(copy.deepcopy(loaded.model), plan, info=loaded.info)
+    assert torch.equal(run(used, batch), run(fresh, batch))
+    workspace.restore()
+    assert workspace.matches_base() and used.lm_head.weight is used.transformer.wte.weight
+    used.lm_head.weight = torch.nn.Parameter(used.lm_head.weight.detach().clone())  # untied, same values
+    assert not workspace.matches_base()  # the check sees ties, not only values
+
+
 def test_restore_undoes_what_a_trial_leaves_behind():
     from torch.nn.utils import parametrize
 
