@@ -15,8 +15,8 @@ that survive. It never raises for a
 trial's own failure: the exception (or non-finite metrics) comes back as `error`, so one bad plan cannot
 take a worker down. Running out of memory (MemoryError, torch.OutOfMemoryError) is such a failure too: the
 error reads "out of memory: ..." and what the trial added to the working copy is freed (and the CUDA cache
-emptied) before the worker takes the next plan. A worker process that is killed instead (the kernel's OOM killer, a lost node)
-is the backend's business: see backends.py.
+emptied) before the worker takes the next plan. A worker process that is killed instead (the kernel's OOM
+killer, a lost node) is the backend's business: see backends.py.
 """
 
 from __future__ import annotations
@@ -186,24 +186,29 @@ class TrialRunner:
         if out_of_memory:  # the exception (and the model copy its frames held) is gone now: give the memory back
             model = None
             if self.workspace is not None:
-                self._working_copy()  # drops what the plan added (factors, packed weights) from the working copy
+                self._put_back()  # drops what the plan added (factors, packed weights) from the working copy
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         return outcome
 
     def _working_copy(self) -> Any:
-        """The working copy in the base model's state, or None (deep-copy per trial) without a workspace. If
-        putting it back fails, a fresh deep copy replaces it, so one bad trial never spoils the next."""
-        from autocompress.search.workspace import ModelWorkspace
-
+        """The working copy in the base model's state, or None (deep-copy per trial) without a workspace."""
         if self.workspace is None:
             return None
+        if self.workspace.dirty:
+            self._put_back()
+        return self.workspace.checkout()
+
+    def _put_back(self) -> None:
+        """Restore the working copy; if that fails, a fresh deep copy replaces it, so one bad trial never
+        spoils the next."""
+        from autocompress.search.workspace import ModelWorkspace
+
         try:
-            return self.workspace.checkout()
+            self.workspace.restore()
         except Exception:
             self.workspace = ModelWorkspace(self.loaded.model)
-            return self.workspace.checkout()
 
     def _apply_pruned(self, plan: Any, reporter: Any) -> Any:
         """`apply_and_distill` with reports to the pruner: the quality on the subset at step 0 (after the

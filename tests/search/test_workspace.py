@@ -151,3 +151,16 @@ def test_the_base_model_and_batches_go_to_backend_device(tmp_path):
         cuda = config.model_copy(update={"backend": config.backend.model_copy(update={"device": "cuda"})})
         with pytest.raises(UserError, match="sees no CUDA GPU"):
             TrialRunner(cuda)
+
+
+def test_out_of_memory_puts_the_copy_back_at_once(tmp_path, monkeypatch):
+    runner = TrialRunner(make_config(tmp_path))
+    plan = plans(runner.info)[1]  # a factorized layer: new modules on the copy
+
+    def exhausted(model):
+        raise MemoryError("no room for the evaluation")
+
+    monkeypatch.setattr(runner.evaluator, "evaluate", exhausted)
+    outcome = runner.run(plan)
+    assert outcome.error.startswith("out of memory: MemoryError")
+    assert not runner.workspace.dirty and runner.workspace.matches_base()  # the factors are freed already
