@@ -195,33 +195,28 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     assert optuna.get_all_study_names(storage) == ["s"]
 
 
+def open_at_once(url: str, n: int) -> list[str]:
+    """Open the storage at `url` from `n` processes released together; what each reported ("ok" or its error)."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=open_in_child, args=(url, barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    return [results.get(timeout=5) for _ in procs]
+
+
 def test_processes_creating_a_fresh_database_schema_at_once(postgres_url):  # noqa: F811
     """Several processes opening an empty database at once race to create Optuna's tables; all succeed."""
     with fresh_postgres_database(postgres_url, "ac_fresh") as url:
-        ctx = multiprocessing.get_context("spawn")
-        barrier, results = ctx.Barrier(3), ctx.Queue()
-        procs = [ctx.Process(target=open_in_child, args=(url, barrier, results)) for _ in range(3)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(timeout=120)
-        assert [results.get(timeout=5) for _ in procs] == ["ok"] * 3
+        assert open_at_once(url, 3) == ["ok"] * 3
 
 
 def test_processes_creating_a_fresh_sqlite_schema_at_once(tmp_path):
     """The same race on a new SQLite file (a search and a script reading its study, say): SQLite reports the
     loser's duplicate table as an OperationalError, which is retried like the server databases' errors."""
-    from tests.search.services import open_in_child
-
-    url = f"sqlite:///{tmp_path}/fresh.db"
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=open_in_child, args=(url, barrier, results)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert [results.get(timeout=5) for _ in procs] == ["ok"] * 4
+    assert open_at_once(f"sqlite:///{tmp_path}/fresh.db", 4) == ["ok"] * 4
 
 
 def test_only_a_lost_schema_race_is_retried(tmp_path, monkeypatch):
