@@ -93,7 +93,8 @@ def trials(root: Path, n_eval: int, n_plans: int, device: str) -> dict:
     from autocompress.search.trial import TrialRunner
 
     config = make_config(root, n_eval, device)
-    runners = {"deepcopy per trial": TrialRunner(config, reuse_model=False), "working copy restored": TrialRunner(config)}
+    runners = {"deepcopy per trial": TrialRunner(config, reuse_model=False),
+               "working copy restored": TrialRunner(config)}
     plans = rtn_plans(list(runners["working copy restored"].info.layers), n_plans)
     for runner in runners.values():
         runner.run(plans[0])  # warm-up
