@@ -11,8 +11,9 @@ KILLED) printed SQLAlchemy's tracebacks or, once in a test suite, waited forever
     iteration (a few ms of storage work);
   - inside `interruptible()` blocks (the backend starting its workers, waiting for trials, running a trial on
     the local backend, the sensitivity measurement) it is raised at once, as without the guard;
-  - a second Ctrl-C while one is deferred is raised at once wherever the driver is (a storage that hangs must
-    not make the search unstoppable);
+  - a second Ctrl-C while one is deferred, or any Ctrl-C once one was raised (the search is stopping: its
+    clean-up writes trials and the MLflow run's status), is raised at once wherever the driver is (a storage or
+    MLflow server that hangs must not make the search unstoppable);
   - inside `deferred()` (code that writes to a storage from within an interruptible block: the pruner's reports
     during a local trial) it waits for the end of that block.
 
@@ -31,16 +32,21 @@ class _State:
     active = False  # a guard is installed
     deferring = False  # a Ctrl-C now is remembered rather than raised
     pending = False  # one was remembered and not raised yet
+    raised = False  # one was raised: the search is stopping
 
 
 _state = _State()
 
 
 def _on_sigint(signum: int, frame: Any) -> None:
-    if _state.deferring and not _state.pending:
+    if _state.deferring and not _state.pending and not _state.raised:
         _state.pending = True
         return
-    _state.pending = False
+    _raise()
+
+
+def _raise() -> None:
+    _state.pending, _state.raised = False, True
     raise KeyboardInterrupt
 
 
@@ -56,12 +62,12 @@ def guard() -> Iterator[None]:
         yield
         return
     previous = signal.signal(signal.SIGINT, _on_sigint)
-    _state.active, _state.deferring, _state.pending = True, True, False
+    _state.active, _state.deferring, _state.pending, _state.raised = True, True, False, False
     try:
         yield
     finally:
         pending = _state.pending
-        _state.active, _state.deferring, _state.pending = False, False, False
+        _state.active, _state.deferring, _state.pending, _state.raised = False, False, False, False
         signal.signal(signal.SIGINT, previous)
     if pending:
         raise KeyboardInterrupt
@@ -70,8 +76,7 @@ def guard() -> Iterator[None]:
 def check() -> None:
     """Raise the deferred Ctrl-C, if there is one."""
     if _state.active and _state.pending and _main_thread():
-        _state.pending = False
-        raise KeyboardInterrupt
+        _raise()
 
 
 @contextlib.contextmanager

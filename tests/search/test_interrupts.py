@@ -33,10 +33,10 @@ def test_deferred_by_default_and_raised_at_the_next_check():
 
 def test_interruptible_blocks_raise_at_once_and_on_entry():
     ran = []
+    with interrupts.guard(), pytest.raises(KeyboardInterrupt), interrupts.interruptible():
+        ctrl_c()
+        ran.append("after the signal")
     with interrupts.guard():
-        with pytest.raises(KeyboardInterrupt), interrupts.interruptible():
-            ctrl_c()
-            ran.append("after the signal")
         ctrl_c()  # deferred here...
         ran.append("deferred")
         with pytest.raises(KeyboardInterrupt), interrupts.interruptible():  # ...raised on entry
@@ -52,6 +52,19 @@ def test_a_second_ctrl_c_is_raised_at_once():
         ctrl_c()
         ran.append("never")
     assert ran == ["first deferred"]
+
+
+def test_once_one_was_raised_the_next_is_raised_at_once():
+    ran = []
+    with interrupts.guard():
+        with pytest.raises(KeyboardInterrupt), interrupts.interruptible():
+            ctrl_c()
+        try:  # the search's clean-up, in the default (deferring) mode
+            ctrl_c()
+            ran.append("never")
+        except KeyboardInterrupt:
+            ran.append("raised at once")
+    assert ran == ["raised at once"]
 
 
 def test_deferred_block_inside_an_interruptible_one_finishes_first():
