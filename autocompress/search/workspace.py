@@ -1,9 +1,9 @@
 """`ModelWorkspace`: one working copy of a base model, put back to the base model's exact state between trials.
 
 A trial compresses a copy of the base model and throws it away. Deep-copying the model for every trial costs
-as much as a third of a fast trial (an H100 measured copy 18 ms of a 40 ms MiniLM trial; on a 2-core CPU a
-MiniLM deepcopy is about 30 ms), while putting a used copy back costs one tensor copy per parameter and
-buffer. A worker therefore deep-copies its base model once, and `restore()` undoes whatever a plan did to
+as much as a third of a fast trial (an H100 measured copy 18 ms of a 40 ms MiniLM trial; on this project's
+2-core CPUs a MiniLM deepcopy took 15-36 ms, a restore 8.5: benchmarks/trial_setup.py), while putting a used
+copy back costs one tensor copy per parameter and buffer. A worker therefore deep-copies its base model once, and `restore()` undoes whatever a plan did to
 that copy:
 
   - the module tree: every module that was in the copy at the start gets back its class (parametrizations
@@ -17,7 +17,7 @@ that copy:
     `requires_grad`: nothing a trial left on a parameter object (a gradient, a gradient hook) survives.
 
 Contract: after `restore()`, `model` has the base model's module classes, attributes, parameter and buffer
-names, shapes, dtypes, devices and values (bit for bit), and `matches_base()` is True; applying a plan to
+names, ties, shapes, dtypes, devices and values (bit for bit), and `matches_base()` is True; applying a plan to
 it gives what applying the plan to a fresh deep copy gives. The base model is only read. Attributes are put
 back by reference: an object a module holds (the copy's own `config`, a plain tensor attribute that is not a
 buffer) gets no field or value restored, so a policy must not change one in place, and none does.
