@@ -1,6 +1,7 @@
 """Trials per minute of a search against the floor: the same trial work in a bare loop.
 
 Run:  .venv/bin/python benchmarks/trial_rate.py [--trials 40] [--eval 384] [--writer-process] [--name trial_rate]
+      [--device cpu|cuda]
 Writes benchmarks/results/<name>.json and <name>.md.  (issue 8, "GPU: trials per minute": the CPU half)
 
 Workload, the issue's quickstart-style trial: the real all-MiniLM-L6-v2, a per-layer plan (36 Linear units,
@@ -19,8 +20,8 @@ evaluate.
    loop in this process (a runner built once, as a worker does): no Optuna, no MLflow, no driver.
 Overhead share = 1 - search rate / floor rate: what the search costs per trial beyond the trial's own work.
 
-The GPU half of the issue (one H100, several workers sharing it) needs trials that run on CUDA; the trial
-runner evaluates on the CPU today, so this script measures the CPU only.
+The GPU half of the issue (one H100, several workers sharing it): `--device cuda` runs every trial there
+(`backend.device: cuda`, one local worker); not run yet, as no GPU was lent to this work.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import loop_window, save_results  # noqa: E402
 
 
+DEVICE = "cpu"  # backend.device of every run (--device)
+
+
 def make_config(root: Path, name: str, trials: int, n_eval: int, tracking: str):
     from autocompress.config import SearchConfig
 
@@ -49,7 +53,7 @@ def make_config(root: Path, name: str, trials: int, n_eval: int, tracking: str):
         "space": {"share": "layer", "quantize": {"bits": [4, 8], "group_size": [None], "method": ["rtn"]}},
         "objectives": ["maximize fidelity", "minimize size_mb"],
         "budget": {"n_trials": trials}, "sampler": {"name": "nsga2", "seed": 0},
-        "backend": {"name": "local"}, "run_dir": str(run_dir), "study_name": name,
+        "backend": {"name": "local", "device": DEVICE}, "run_dir": str(run_dir), "study_name": name,
         "tracking": {"uri": "none" if tracking == "off" else f"sqlite:///{root}/mlflow-{name}.db",
                      "experiment": "trial-rate", "writer": "process" if tracking == "process" else "thread"}
     }).resolved(root)
@@ -95,7 +99,8 @@ def markdown(result: dict) -> str:
     env, rows = result["env"], result["rows"]
     lines = ["# Trials per minute against the floor (benchmarks/trial_rate.py)", "",
              f"{env['cpus']} CPU cores ({env['machine']}), torch {env['torch']} with {env['torch_threads']} "
-             f"threads, load average before {env['load_before']}, after {env['load_after']}. The real MiniLM, "
+             f"threads, trials on {env.get('gpu') or env.get('device', 'cpu')}, load average before "
+             f"{env['load_before']}, after {env['load_after']}. The real MiniLM, "
              f"per-layer RTN 4/8-bit plans (36 units), fidelity on {result['eval']} sentences; local backend, "
              "Optuna on SQLite, NSGA-II seed 0. Floor: the first search's evaluated plans in a bare loop.", "",
              "| case | trials (evaluated) | window s | s / evaluated trial | work s / trial | beyond work s / trial "
@@ -119,8 +124,11 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--eval", type=int, default=384, help="evaluation sentences per trial")
     ap.add_argument("--writer-process", action="store_true", help="also a search with tracking.writer: process")
-    ap.add_argument("--name", default="trial_rate", help="results file stem")
+    ap.add_argument("--name", help="results file stem (default trial_rate, or trial_rate_cuda with --device cuda)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend.device of the trials")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     import logging
 
     import optuna
@@ -129,7 +137,8 @@ def main() -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="trial-rate-"))
-    env = {"cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
+    env = {"cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__, "device": DEVICE,
+           "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else None,
            "torch_threads": torch.get_num_threads(), "load_before": [round(x, 2) for x in os.getloadavg()]}
     on, plans = search(root, args.trials, args.eval, "on")
     bare = floor(root, plans, args.eval)
@@ -139,7 +148,7 @@ def main() -> int:
     rows.append(search(root, args.trials, args.eval, "off")[0])
     env["load_after"] = [round(x, 2) for x in os.getloadavg()]
     result = {"env": env, "eval": args.eval, "args": vars(args), "rows": rows}
-    save_results(args.name, result, markdown(result))
+    save_results(args.name or ("trial_rate" if DEVICE == "cpu" else "trial_rate_cuda"), result, markdown(result))
     return 0
 
 
