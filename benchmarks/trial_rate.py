@@ -1,7 +1,7 @@
 """Trials per minute of a search against the floor: the same trial work in a bare loop.
 
 Run:  .venv/bin/python benchmarks/trial_rate.py [--trials 40] [--eval 384] [--writer-process] [--name trial_rate]
-      [--device cpu|cuda]
+      [--device cpu|cuda] [--workers 1]
 Writes benchmarks/results/<name>.json and <name>.md.  (issue 8, "GPU: trials per minute": the CPU half)
 
 Workload, the issue's quickstart-style trial: the real all-MiniLM-L6-v2, a per-layer plan (36 Linear units,
@@ -21,7 +21,8 @@ evaluate.
 Overhead share = 1 - search rate / floor rate: what the search costs per trial beyond the trial's own work.
 
 The GPU half of the issue (one H100, several workers sharing it): `--device cuda` runs every trial there
-(`backend.device: cuda`, one local worker); not run yet, as no GPU was lent to this work.
+(`backend.device: cuda`), `--workers N` runs the searches on N Ray actors, each reserving 1/N of the GPU; not
+run yet, as no GPU was lent to this work (`--workers 2` was checked on the CPU).
 """
 
 from __future__ import annotations
@@ -39,7 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import loop_window, save_results  # noqa: E402
 
 
-DEVICE = "cpu"  # backend.device of every run (--device)
+DEVICE, WORKERS = "cpu", 1  # backend.device of every run (--device); workers of the searches (--workers)
+
+
+def backend() -> dict:
+    """The searches' backend: local for one worker, else Ray actors sharing the machine (and its one GPU)."""
+    if WORKERS == 1:
+        return {"name": "local", "device": DEVICE}
+    return {"name": "ray", "workers": WORKERS, "device": DEVICE,
+            "gpus_per_trial": round(1 / WORKERS, 4) if DEVICE == "cuda" else 0.0}
 
 
 def make_config(root: Path, name: str, trials: int, n_eval: int, tracking: str):
@@ -53,7 +62,7 @@ def make_config(root: Path, name: str, trials: int, n_eval: int, tracking: str):
         "space": {"share": "layer", "quantize": {"bits": [4, 8], "group_size": [None], "method": ["rtn"]}},
         "objectives": ["maximize fidelity", "minimize size_mb"],
         "budget": {"n_trials": trials}, "sampler": {"name": "nsga2", "seed": 0},
-        "backend": {"name": "local", "device": DEVICE}, "run_dir": str(run_dir), "study_name": name,
+        "backend": backend(), "run_dir": str(run_dir), "study_name": name,
         "tracking": {"uri": "none" if tracking == "off" else f"sqlite:///{root}/mlflow-{name}.db",
                      "experiment": "trial-rate", "writer": "process" if tracking == "process" else "thread"}
     }).resolved(root)
@@ -72,7 +81,7 @@ def search(root: Path, trials: int, n_eval: int, tracking: str) -> tuple[dict, l
     row = {"case": case[tracking], "trials": len(loop.done), "evaluated": len(evaluated),
            "repeats": result.repeats, "startup_s": round(loop.first_start - start, 1), "window_s": round(window, 2),
            "s_per_trial": round(window / len(evaluated), 4), "trials_per_min": round(60 * len(evaluated) / window, 1),
-           "work_s_per_trial": round(loop.work_s / len(evaluated), 4)}
+           "work_s_per_trial": round(loop.work_s / len(evaluated), 4), "workers": WORKERS}
     print(row, flush=True)
     return row, plans
 
@@ -95,19 +104,28 @@ def floor(root: Path, plans: list[str], n_eval: int) -> dict:
     return row
 
 
+def _backend_words(env: dict) -> str:
+    b = env.get("backend") or {"name": "local"}
+    if b["name"] == "local":
+        return "local backend"
+    share = f", {b['gpus_per_trial']} GPU each" if b.get("gpus_per_trial") else ""
+    return f"Ray backend, {b['workers']} workers{share}"
+
+
 def markdown(result: dict) -> str:
     env, rows = result["env"], result["rows"]
     lines = ["# Trials per minute against the floor (benchmarks/trial_rate.py)", "",
              f"{env['cpus']} CPU cores ({env['machine']}), torch {env['torch']} with {env['torch_threads']} "
              f"threads, trials on {env.get('gpu') or env.get('device', 'cpu')}, load average before "
              f"{env['load_before']}, after {env['load_after']}. The real MiniLM, "
-             f"per-layer RTN 4/8-bit plans (36 units), fidelity on {result['eval']} sentences; local backend, "
-             "Optuna on SQLite, NSGA-II seed 0. Floor: the first search's evaluated plans in a bare loop.", "",
+             f"per-layer RTN 4/8-bit plans (36 units), fidelity on {result['eval']} sentences; "
+             f"{_backend_words(env)}, Optuna on SQLite, NSGA-II seed 0. Floor: the first search's evaluated "
+             "plans in a bare loop.", "",
              "| case | trials (evaluated) | window s | s / evaluated trial | work s / trial | beyond work s / trial "
              "| trials / min | overhead share in the run | vs the floor's rate |", "|---|---|---|---|---|---|---|---|---|"]
     base = next(r for r in rows if r["case"].startswith("floor"))
     for r in rows:
-        beyond = r["s_per_trial"] - r["work_s_per_trial"]
+        beyond = r["s_per_trial"] - r["work_s_per_trial"] / r.get("workers", 1)  # workers' trials overlap
         vs_floor = "-" if r is base else f"{1 - r['trials_per_min'] / base['trials_per_min']:.1%}"
         lines.append(f"| {r['case']} | {r['trials']} ({r['evaluated']}) | {r['window_s']} | {r['s_per_trial']} | "
                      f"{r['work_s_per_trial']} | {beyond:.3f} | {r['trials_per_min']} | "
@@ -116,6 +134,10 @@ def markdown(result: dict) -> str:
               "cost per trial (ask, sample, size, dispatch, tell, MLflow's writer thread or process) and, for the "
               "floor, the runner's own bookkeeping. The share against the floor's rate also carries any drift of the "
               "machine between the runs (compare the work columns)."]
+    workers = max(r.get("workers", 1) for r in rows)
+    if workers > 1:
+        lines += ["", f"The searches ran {workers} trials at a time: what is beyond the work is the wall time per "
+                  f"trial less the work per trial / {workers}."]
     return "\n".join(lines) + "\n"
 
 
@@ -126,9 +148,11 @@ def main() -> int:
     ap.add_argument("--writer-process", action="store_true", help="also a search with tracking.writer: process")
     ap.add_argument("--name", help="results file stem (default trial_rate, or trial_rate_cuda with --device cuda)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend.device of the trials")
+    ap.add_argument("--workers", type=int, default=1, help="more than 1: the searches on Ray, that many actors "
+                    "(with --device cuda, each reserving 1/workers of the GPU); the floor stays one bare loop")
     args = ap.parse_args()
-    global DEVICE
-    DEVICE = args.device
+    global DEVICE, WORKERS
+    DEVICE, WORKERS = args.device, args.workers
     import logging
 
     import optuna
@@ -138,7 +162,7 @@ def main() -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="trial-rate-"))
     env = {"cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__, "device": DEVICE,
-           "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else None,
+           "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else None, "backend": backend(),
            "torch_threads": torch.get_num_threads(), "load_before": [round(x, 2) for x in os.getloadavg()]}
     on, plans = search(root, args.trials, args.eval, "on")
     bare = floor(root, plans, args.eval)
