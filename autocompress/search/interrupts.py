@@ -3,8 +3,8 @@
 Python raises KeyboardInterrupt wherever the main thread happens to be, and most of a driver's own time is
 spent inside SQLAlchemy (Optuna's storage, MLflow's store): an interrupt there can leave a cursor half-read or
 a pool lock held, so the clean-up that follows (trials still running marked FAIL, the MLflow parent run marked
-KILLED) printed SQLAlchemy's tracebacks or, once in a test suite, waited forever. So `run_search` runs under
-`guard()`:
+KILLED) printed SQLAlchemy's tracebacks and, once in a test suite, did not end within 120 s (not reproduced;
+an interrupted storage call is the likely cause). So `run_search` runs under `guard()`:
 
   - by default a Ctrl-C is *deferred*: it is remembered and raised as KeyboardInterrupt at the next check
     point (`check()`, or entering an `interruptible()` block), which the driver reaches within one loop
