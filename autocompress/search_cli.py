@@ -92,12 +92,11 @@ def _cmd_auto(args: argparse.Namespace) -> int:
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
     """Measure (or read back) the per-unit sensitivity of a config's space, on its own backend."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from autocompress.config import SearchConfig
     from autocompress.search.artifacts import attach
     from autocompress.search.backends import make_backend
     from autocompress.search.preflight import preflight
+    from autocompress.search.progress import sensitivity_progress
     from autocompress.search.sensitivity import FILE, load_or_measure
     from autocompress.spaces import ConfigSpace
 
@@ -108,15 +107,11 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     if args.force and (run_dir / FILE).exists():
         (run_dir / FILE).unlink()
     backend = make_backend(config)
-    err = _console(stderr=True)
     try:
         info = backend.start()
         space = ConfigSpace(config.space, info)
-        with Progress(TextColumn("sensitivity"), BarColumn(), TextColumn("{task.completed}/{task.total} plans"),
-                      TimeElapsedColumn(), console=err, disable=args.quiet or not err.is_terminal) as bar:
-            task = bar.add_task("sensitivity", total=None)
-            sens, fresh = load_or_measure(config, backend, info, space, run_dir,
-                                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+        with sensitivity_progress(enabled=not args.quiet) as progress:
+            sens, fresh = load_or_measure(config, backend, info, space, run_dir, progress=progress)
     finally:
         backend.close()
     attach(config, run_dir / FILE)

@@ -233,9 +233,10 @@ def _plan_latency_model(config: SearchConfig) -> tuple[Any, Any] | None:
 
 
 def _sensitivity_seeds(config: SearchConfig, study: Any, backend: Any, info: Any, space: Any,
-                       recorder: Any) -> list[tuple[str, dict[str, Any]]]:
+                       recorder: Any, show_progress: bool = False) -> list[tuple[str, dict[str, Any]]]:
     """(label, params) of the plans seeded from per-unit sensitivity, for a fresh study whose config asks
-    for them (measured on this backend, or read from the run directory's cache); else none."""
+    for them (measured on this backend, with a progress bar when `show_progress`, or read from the run
+    directory's cache); else none."""
     s = config.sensitivity
     if s is None or not s.seed or study.get_trials(deepcopy=False):
         return []
@@ -243,9 +244,11 @@ def _sensitivity_seeds(config: SearchConfig, study: Any, backend: Any, info: Any
     from autocompress.search.sensitivity import FILE, load_or_measure, seed_params
 
     from autocompress.search import interrupts
+    from autocompress.search.progress import sensitivity_progress
 
-    with interrupts.interruptible():  # minutes of trial work, nothing written until it ends
-        sens, _ = load_or_measure(config, backend, info, space, Path(config.run_dir))
+    # minutes of trial work before the first trial, nothing written until it ends
+    with interrupts.interruptible(), sensitivity_progress(enabled=show_progress) as progress:
+        sens, _ = load_or_measure(config, backend, info, space, Path(config.run_dir), progress=progress)
     recorder.call("log_text", (Path(config.run_dir) / FILE).read_text(), FILE)
     seeds = seed_params(space, sens, s.thresholds)
     if s.budgets:
@@ -317,7 +320,7 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
         # a fresh study starts from the uniform baselines, so the front is never worse than them: enqueued once
         # however many processes share the study, none left WAITING past the budget; reseeds the sampler
         baselines = list(space.uniform_params().items()) if config.sampler.enqueue_uniform else []
-        baselines += _sensitivity_seeds(config, study, backend, info, space, recorder)
+        baselines += _sensitivity_seeds(config, study, backend, info, space, recorder, show_progress)
         distinct = {}  # one trial per distinct plan, under the first label that asks for it
         for label, params in baselines:
             distinct.setdefault(_key(params), (label, params))

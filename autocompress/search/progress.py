@@ -1,8 +1,10 @@
-"""The search's progress bar: trials done / running / failed, best so far per objective, ETA."""
+"""The search's progress bars: trials done / running / failed, best so far per objective, ETA; and the
+per-unit sensitivity measurement's plans done, which a fresh seeded study runs before its first trial."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Callable, Iterator, Sequence
 
 
 class SearchProgress:
@@ -45,3 +47,19 @@ class SearchProgress:
     def __exit__(self, *exc: Any) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc)
+
+
+@contextlib.contextmanager
+def sensitivity_progress(enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A bar on stderr for the sensitivity measurement ("sensitivity ━━━ 12/75 plans 0:00:31"); yields the
+    `progress(done, total)` callback that `search.sensitivity.load_or_measure` takes. Draws nothing when not
+    `enabled` or when stderr is not a terminal (the callback still works)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from autocompress.terminal import console
+
+    err = console(stderr=True)
+    with Progress(TextColumn("[bold]sensitivity"), BarColumn(), MofNCompleteColumn(), TextColumn("plans"),
+                  TimeElapsedColumn(), console=err, disable=not enabled or not err.is_terminal) as bar:
+        task = bar.add_task("sensitivity", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)

@@ -131,3 +131,25 @@ def test_the_sensitivity_command_prints_a_table_and_json(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert set(next(iter(data["layers"].values()))) == {
         f"quantize bits=4 group_size={g} act_bits={a}" for g in (32, 128) for a in (8, None)}
+
+
+def test_a_seeded_search_reports_the_measurement_as_it_goes(tmp_path, monkeypatch):
+    """With the progress bar on, the measurement before the first trial reports each plan done to the bar's
+    callback (the bar itself draws only on a terminal)."""
+    import autocompress.search.sensitivity as sensitivity
+    from autocompress.search.driver import run_search
+
+    seen, real = [], sensitivity.load_or_measure
+
+    def watched(*args, progress=None, **kwargs):
+        def report(done, total):
+            seen.append((done, total))
+            progress(done, total)  # the bar's own callback, which must accept it
+        return real(*args, progress=report, **kwargs)
+
+    monkeypatch.setattr(sensitivity, "load_or_measure", watched)
+    config = make_config(tmp_path, space=SPACE, budget={"n_trials": 4}, backend={"name": "local"},
+                         tracking={"uri": "none"}, sensitivity={"thresholds": [0.0]})
+    run_search(config, show_progress=True)
+    total = seen[-1][1]
+    assert total > 0 and [d for d, _ in seen] == list(range(1, total + 1))
