@@ -22,6 +22,32 @@ def save_results(stem: str | Path, result: dict, text: str) -> None:
     print(text)
 
 
+def machine_env(device: str = "cpu") -> dict[str, Any]:
+    """The machine a benchmark runs on, and its load now: cpus, machine, torch, device (the GPU's name with
+    cuda), torch_threads, load_before. Set `load_after` (`load_average()`) when the run ends."""
+    import os
+    import platform
+
+    import torch
+
+    return {"cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__, "device": device,
+            "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+            "torch_threads": torch.get_num_threads(), "load_before": load_average()}
+
+
+def load_average() -> list[float]:
+    import os
+
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def env_words(env: dict[str, Any]) -> str:
+    """`machine_env` (with load_after) as the opening of a results file's first paragraph."""
+    return (f"{env['cpus']} CPU cores ({env['machine']}), torch {env['torch']} with {env['torch_threads']} threads, "
+            f"trials on {env.get('gpu') or env.get('device', 'cpu')}, load average before {env['load_before']}, "
+            f"after {env['load_after']}.")
+
+
 def quickstart_config(root: Path, name: str, trials: int, backend: dict[str, Any], tracking_uri: str,
                       experiment: str) -> Any:
     """examples/quickstart.yaml with `trials` trials, run directory and study ROOT/NAME, the given backend

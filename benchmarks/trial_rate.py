@@ -28,8 +28,6 @@ run yet, as no GPU was lent to this work (`--workers 2` was checked on the CPU).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import loop_window, save_results  # noqa: E402
+from benchmarks.common import env_words, load_average, loop_window, machine_env, save_results  # noqa: E402
 
 
 DEVICE, WORKERS = "cpu", 1  # backend.device of every run (--device); workers of the searches (--workers)
@@ -115,9 +113,7 @@ def _backend_words(env: dict) -> str:
 def markdown(result: dict) -> str:
     env, rows = result["env"], result["rows"]
     lines = ["# Trials per minute against the floor (benchmarks/trial_rate.py)", "",
-             f"{env['cpus']} CPU cores ({env['machine']}), torch {env['torch']} with {env['torch_threads']} "
-             f"threads, trials on {env.get('gpu') or env.get('device', 'cpu')}, load average before "
-             f"{env['load_before']}, after {env['load_after']}. The real MiniLM, "
+             f"{env_words(env)} The real MiniLM, "
              f"per-layer RTN 4/8-bit plans (36 units), fidelity on {result['eval']} sentences; "
              f"{_backend_words(env)}, Optuna on SQLite, NSGA-II seed 0. Floor: the first search's evaluated "
              "plans in a bare loop.", "",
@@ -156,21 +152,18 @@ def main() -> int:
     import logging
 
     import optuna
-    import torch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="trial-rate-"))
-    env = {"cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__, "device": DEVICE,
-           "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else None, "backend": backend(),
-           "torch_threads": torch.get_num_threads(), "load_before": [round(x, 2) for x in os.getloadavg()]}
+    env = {**machine_env(DEVICE), "backend": backend()}
     on, plans = search(root, args.trials, args.eval, "on")
     bare = floor(root, plans, args.eval)
     rows = [bare, on]
     if args.writer_process:
         rows.append(search(root, args.trials, args.eval, "process")[0])
     rows.append(search(root, args.trials, args.eval, "off")[0])
-    env["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    env["load_after"] = load_average()
     result = {"env": env, "eval": args.eval, "args": vars(args), "rows": rows}
     save_results(args.name or ("trial_rate" if DEVICE == "cpu" else "trial_rate_cuda"), result, markdown(result))
     return 0

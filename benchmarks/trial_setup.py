@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import random
 import statistics
 import sys
@@ -31,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import save_results  # noqa: E402
+from benchmarks.common import env_words, load_average, machine_env, save_results  # noqa: E402
 
 
 def make_config(root: Path, n_eval: int, device: str = "cpu"):
@@ -121,9 +119,7 @@ def trials(root: Path, n_eval: int, n_plans: int, device: str) -> dict:
 def markdown(result: dict) -> str:
     env, setup = result["env"], result["setup"]
     lines = ["# Trial set-up: deep copy vs working copy restored (benchmarks/trial_setup.py)", "",
-             f"{env['cpus']} CPU cores ({env['machine']}), torch {env['torch']} with {env['torch_threads']} threads, "
-             f"trials on {env.get('gpu') or env.get('device', 'cpu')}, "
-             f"load average before {env['load_before']}, after {env['load_after']}. The real MiniLM "
+             f"{env_words(env)} The real MiniLM "
              f"({setup['params'] / 1e6:.1f}M parameters, fp32), per-layer RTN 4/8-bit plans (36 units).", "",
              "## Set-up alone", "",
              f"Over {result['repeats']} repeats, after an RTN plan was applied to the working copy:", "",
@@ -149,12 +145,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=30, help="set-up timings of each kind")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="backend.device of the trials")
     args = ap.parse_args()
-    import torch
-
     root = Path(tempfile.mkdtemp(prefix="trial-setup-"))
-    env = {"cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__, "device": args.device,
-           "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-           "torch_threads": torch.get_num_threads(), "load_before": [round(x, 2) for x in os.getloadavg()]}
+    env = machine_env(args.device)
     rows, setup = [], None
     for n_eval in args.eval:
         part = trials(root, n_eval, args.plans, args.device)
@@ -162,7 +154,7 @@ def main() -> int:
         if setup is None:
             setup = setup_alone(part["runner"], part["plans"][0], args.repeats)
             print({"setup": setup}, flush=True)
-    env["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    env["load_after"] = load_average()
     result = {"env": env, "args": vars(args), "repeats": args.repeats, "setup": setup, "rows": rows}
     save_results("trial_setup" if args.device == "cpu" else "trial_setup_cuda", result, markdown(result))
     return 0
