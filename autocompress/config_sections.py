@@ -52,8 +52,8 @@ class QuantizeSpace(_Selectable):
 
 
 class EmbeddingSpace(_Selectable):
-    """Weight quantization of the embedding tables (RTN; groups run along each token's vector). With
-    `share: group` all selected tables are one decision unit named `embeddings`, else one unit per table."""
+    """Weight quantization of the embedding tables (RTN; groups run along each token's vector). Every
+    selected table is a decision unit of its own (named by the table), whatever `space.share` says."""
 
     bits: list[Literal[2, 3, 4, 5, 6, 7, 8] | None] = Field([8, 4, None], min_length=1)
     group_size: list[int | None] = Field([128], min_length=1)

@@ -13,9 +13,12 @@ With --gptq the space is quantization only, with GPTQ: weight bits {3, 4, 8, off
 activations {on, off} per layer group (24 units), no structured pruning. Every plan then quantizes the
 unchanged base model, so a worker's memo (autocompress/policies/memo.py) runs GPTQ once per (layer, bits,
 group size) and an evaluation costs about what an RTN one does; results go to search_quality_gptq*.
-With --embeddings the space also quantizes the embedding tables (one unit: bits {8, 4, off}, group size
-32; the uniform 3/4/8-bit baselines then take the tables to 4/8 bits too, where that is a choice), and the
-results go to search_quality_embeddings.{json,md}.
+With --embeddings the space also quantizes the embedding tables (one unit per table: bits {8, 4, off}, group
+size 32; the uniform 3/4/8-bit baselines then take the tables to 4/8 bits too, where that is a choice), and the
+results go to search_quality_embeddings.{json,md}. (Until 2026-12-02 the tables were ONE unit under share:
+group; the results files written before then are from that space.)
+With --wide the weight bits are {3, 4, 5, 6, 8, off} and, with --embeddings, the tables' bits {8, 6, 5, 4, off}
+with group size {32, 128}: the choices between 4 and 8 bits that the corners of uniform_corners.md call for.
 Two objective settings, each a separate study:
   size     maximize fidelity, minimize size_mb (the packed size, embeddings included)
   latency  maximize fidelity, minimize latency_ms predicted for the device profile `cpu-local` (the table
@@ -68,7 +71,9 @@ SPACE = {"share": "group",
 GPTQ_SPACE = {"share": "group",  # --gptq: quantization only, GPTQ
               "quantize": {"bits": [3, 4, 8, None], "group_size": [32, 128], "act_bits": [8, None],
                            "method": ["gptq"]}}
-EMBEDDINGS = {"bits": [8, 4, None], "group_size": [32]}  # --embeddings: the tables as one more unit
+EMBEDDINGS = {"bits": [8, 4, None], "group_size": [32]}  # --embeddings: the tables as more units (one per table)
+WIDE_BITS = [3, 4, 5, 6, 8, None]  # --wide: weight bits of the Linear layers
+WIDE_TABLES = {"bits": [8, 6, 5, 4, None], "group_size": [32, 128]}  # --wide with --embeddings
 SETTINGS = {"size": "size_mb", "latency": "latency_ms"}
 ARMS = {"search": "search", "seeded": "search + sensitivity seeding"}  # the NSGA-II arms
 
@@ -157,6 +162,16 @@ def at_8bit(uniform: list[dict], found: list[dict], metric: str, info, tolerance
     return out
 
 
+def at_each_8bit(uniform: list[dict], found: list[dict], metric: str) -> dict:
+    """For every uniform 8-bit plan (one per activation format), the best ratio (its metric / the plan's) among
+    the found plans at least as faithful as it: {label: {"fidelity", "ratio", "best_trial"}}."""
+    out = {}
+    for u in (p for p in uniform if p["label"].split(" act_bits=")[0] == "quantize bits=8"):
+        best = min((p for p in found if p["fidelity"] >= u["fidelity"]), key=lambda p: p[metric], default=u)
+        out[u["label"]] = {"fidelity": u["fidelity"], "ratio": u[metric] / best[metric], "best_trial": best.get("trial")}
+    return out
+
+
 def spread(values: list[float]) -> dict:
     return {"values": values, "mean": statistics.fmean(values),
             "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "min": min(values), "max": max(values)}
@@ -174,6 +189,7 @@ def search_arm(trials: list, uniform: list[dict], metric: str, objectives, refer
     by = {u["label"]: dominated(u, found, metric) for u in strong}
     return {"curve": curve, "hv": curve[-1],
             "baselines_dominated": {k: (f"#{v['trial']} ({v['label']})" if v else None) for k, v in by.items()},
+            "at_each_8bit": at_each_8bit(uniform, found, metric),
             "at_8bit": at_8bit(uniform, found, metric, info), "near_8bit": at_8bit(uniform, found, metric, info,
                                                                                  TOLERANCE),
             "front": [{k: p[k] for k in ("trial", "label", "fidelity", metric)} for p in found
@@ -256,6 +272,11 @@ def write(result: dict) -> str:
                       + (f" (Linear layers' bytes: {fmt(x['linear_ratio_at_8bit'], 2)})" if m == "size_mb" else "")
                       + f"; within {TOLERANCE} of it: {fmt(x['ratio_near_8bit'], 2)}"
                       + (f" (Linear: {fmt(x['linear_ratio_near_8bit'], 2)})" if m == "size_mb" else "")]
+        for label, x in r["runs"][0]["arms"][arms[0]]["at_each_8bit"].items():
+            per_arm = "; ".join(f"{ARMS[a]} " + ", ".join(f"{run['arms'][a]['at_each_8bit'][label]['ratio']:.2f}x"
+                                                            for run in r["runs"]) for a in arms)
+            lines.append(f"- {m} ratio at the fidelity of `{label}` ({x['fidelity']:.5f}) or better, per seed: "
+                         + per_arm)
         lines.append("- Uniform baselines at fidelity >= 0.95 and the trial that dominates each, per seed:")
         for u in r["uniform"]:
             if u["fidelity"] >= DOMINATE_FROM:
@@ -280,13 +301,18 @@ def main() -> int:
                         help=f"add space.embeddings {EMBEDDINGS} (default --out: search_quality_embeddings)")
     parser.add_argument("--gptq", action="store_true",
                         help=f"the space {GPTQ_SPACE} instead (default --out: search_quality_gptq)")
+    parser.add_argument("--wide", action="store_true",
+                        help=f"weight bits {WIDE_BITS} and, with --embeddings, tables {WIDE_TABLES} (suffix _wide)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     global SPACE
     SPACE = GPTQ_SPACE if args.gptq else SPACE
+    if args.wide:
+        SPACE = {**SPACE, "quantize": {**SPACE["quantize"], "bits": WIDE_BITS}}
     if args.embeddings:
-        SPACE = {**SPACE, "embeddings": EMBEDDINGS}
-    name = "search_quality" + ("_gptq" if args.gptq else "") + ("_embeddings" if args.embeddings else "")
+        SPACE = {**SPACE, "embeddings": WIDE_TABLES if args.wide else EMBEDDINGS}
+    name = "search_quality" + ("_gptq" if args.gptq else "") + ("_embeddings" if args.embeddings else "") + \
+        ("_wide" if args.wide else "")
     args.out = args.out or str(RESULTS / name)
     import optuna
     import torch

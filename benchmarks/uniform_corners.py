@@ -1,13 +1,14 @@
-"""Hand-built plans around the uniform corners of the search_quality --gptq --embeddings space: which plans
-beat the uniform baselines at all, and is "1.5x smaller at uniform 8-bit's fidelity" reachable in that space?
+"""Hand-built plans around the uniform corners of the search_quality --gptq --embeddings --wide space: which
+plans beat the uniform baselines at all, and is "1.5x smaller at uniform 8-bit's fidelity" reachable there?
 
 Run:  .venv/bin/python benchmarks/uniform_corners.py
 Writes benchmarks/results/uniform_corners.{json,md}.  (issue 8, the two targets the search has not met)
 
 Setup: the real all-MiniLM-L6-v2 and the data of benchmarks/search_quality.py (calibration n 64 seed 1,
-evaluation n 128 seed 0, builtin texts); the space of `search_quality.py --gptq --embeddings` (per layer
-group: GPTQ weight bits {3, 4, 8, off}, group size {32, 128}, int8 activations {on, off}; the embedding tables
-as one unit: bits {8, 4, off}, group size 32). Each plan is built with `ConfigSpace.replay` (so it is a plan
+evaluation n 128 seed 0, builtin texts); the space of `search_quality.py --gptq --embeddings --wide` (per
+layer group: GPTQ weight bits {3, 4, 5, 6, 8, off}, group size {32, 128}, int8 activations {on, off}; each
+embedding table its own unit: bits {8, 6, 5, 4, off}, group size {32, 128}). Before 2026-12-02 the space had
+bits {3, 4, 8, off} and the tables were one unit; the rows kept from then are the same plans. Each plan is built with `ConfigSpace.replay` (so it is a plan
 the search can sample), applied and evaluated by a `TrialRunner` (local, 1 torch thread), and sized with
 `plan_size` (the packed bytes `export` writes). The uniform baselines are the ones the search starts from
 (`ConfigSpace.uniform_params`: int8 activations and group size 32, the first choices).
@@ -25,7 +26,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import save_results  # noqa: E402
-from benchmarks.search_quality import EMBEDDINGS, GPTQ_SPACE  # noqa: E402
+from benchmarks.search_quality import GPTQ_SPACE, WIDE_BITS, WIDE_TABLES  # noqa: E402
 
 
 def is_ffn(unit: str) -> bool:
@@ -33,13 +34,15 @@ def is_ffn(unit: str) -> bool:
 
 
 def corner_plans(space: Any) -> dict[str, Any]:
-    """Name -> plan. `bits_of(unit)` decides each layer group's weight bits; the rest is uniform."""
+    """Name -> plan. `bits_of(unit)` decides each layer group's weight bits; `tables` the bits of every table,
+    `word` (when given) the word table's instead; `table_group` the tables' group size; the rest is uniform."""
 
     def plan(bits_of: Callable[[str], int | None], act: int | None = None, tables: int | None = 4,
-             group: int = 32) -> Any:
+             group: int = 32, word: int | None | str = "same", table_group: int = 32) -> Any:
         def pick(unit: str, field: str, choices: list) -> Any:
-            if unit == "embeddings":
-                return tables if field == "bits" else choices[0]
+            if unit.startswith("embeddings."):
+                bits = word if "word" in unit and word != "same" else tables
+                return {"bits": bits, "group_size": table_group}.get(field, choices[0])
             return {"bits": bits_of(unit), "act_bits": act, "group_size": group}.get(field, choices[0])
 
         return space.replay(pick)[1]
@@ -48,19 +51,35 @@ def corner_plans(space: Any) -> dict[str, Any]:
         "uniform W8A8, tables 8 (baseline)": plan(lambda u: 8, act=8, tables=8),
         "uniform W4A8, tables 4 (baseline)": plan(lambda u: 4, act=8, tables=4),
         "uniform W3A8, tables 4 (baseline)": plan(lambda u: 3, act=8, tables=4),
-        "W8, tables 8": plan(lambda u: 8, tables=8),
+        "uniform W8, tables 8 (baseline)": plan(lambda u: 8, tables=8),
         "W8, tables 8, group 128": plan(lambda u: 8, tables=8, group=128),
         "W8, tables 4": plan(lambda u: 8, tables=4),
         "Linear off (fp32), tables 4": plan(lambda u: None, tables=4),
         "W4, tables 8": plan(lambda u: 4, tables=8),
         "W3, tables 8": plan(lambda u: 3, tables=8),
         "W3, tables 8, group 128": plan(lambda u: 3, tables=8, group=128),
-        "W4, tables 4": plan(lambda u: 4, tables=4),
+        "uniform W4, tables 4 (baseline)": plan(lambda u: 4, tables=4),
         "W4, tables 4, group 128": plan(lambda u: 4, tables=4, group=128),
         "attention W8 / FFN W4, tables 4": plan(lambda u: 4 if is_ffn(u) else 8, tables=4),
         "attention W4 / FFN W8, tables 4": plan(lambda u: 8 if is_ffn(u) else 4, tables=4),
         "attention W8 / FFN W4, tables 8": plan(lambda u: 4 if is_ffn(u) else 8, tables=8),
         "W8, tables off (fp32)": plan(lambda u: 8, tables=None),
+        # the tables apart (one unit each since 2026-12-02), and 5/6-bit choices (the --wide space)
+        "Linear off (fp32), word table 4, other tables 8": plan(lambda u: None, tables=8, word=4),
+        "W8, word table 4, other tables 8": plan(lambda u: 8, tables=8, word=4),
+        "W8, word table 6, other tables 8": plan(lambda u: 8, tables=8, word=6),
+        "W8, word table 8 g128, other tables 8": plan(lambda u: 8, tables=8, table_group=128),
+        "W6, tables 8": plan(lambda u: 6, tables=8),
+        "W6, word table 5, other tables 8": plan(lambda u: 6, tables=8, word=5),
+        "W6, word table 5, other tables 8, all group 128": plan(lambda u: 6, tables=8, word=5, group=128,
+                                                                table_group=128),
+        "W6 group 128, word table 5, other tables 8": plan(lambda u: 6, tables=8, word=5, group=128),
+        "W6, word table 4, other tables 8": plan(lambda u: 6, tables=8, word=4),
+        "W5, word table 5, other tables 8": plan(lambda u: 5, tables=8, word=5),
+        "attention W8 / FFN W6, word table 5, other tables 8, all group 128":
+            plan(lambda u: 6 if is_ffn(u) else 8, tables=8, word=5, group=128, table_group=128),
+        "attention W6 / FFN W5, word table 5, other tables 8, all group 128":
+            plan(lambda u: 5 if is_ffn(u) else 6, tables=8, word=5, group=128, table_group=128),
     }
 
 
@@ -78,7 +97,8 @@ def main() -> int:
         "model": {"name": "all-MiniLM-L6-v2"},
         "data": {"calibration": {"source": "builtin", "n": 64, "seed": 1},
                  "evaluation": {"source": "builtin", "n": 128, "seed": 0}},
-        "space": {**GPTQ_SPACE, "embeddings": EMBEDDINGS}, "objectives": ["maximize fidelity", "minimize size_mb"],
+        "space": {**GPTQ_SPACE, "quantize": {**GPTQ_SPACE["quantize"], "bits": WIDE_BITS},
+                  "embeddings": WIDE_TABLES}, "objectives": ["maximize fidelity", "minimize size_mb"],
         "backend": {"name": "local"}, "tracking": {"uri": "none"}, "run_dir": str(work)}).resolved(work.parent)
     runner = TrialRunner(config)
     space = ConfigSpace(config.space, runner.info)
@@ -94,7 +114,7 @@ def main() -> int:
         print(json.dumps(rows[-1]), flush=True)
     base8 = next(r for r in rows if r["plan"].startswith("uniform W8A8"))
     lines = ["# Plans around the uniform corners (benchmarks/uniform_corners.py)", "",
-             "The real all-MiniLM-L6-v2; the space of `search_quality.py --gptq --embeddings`; GPTQ, one torch "
+             "The real all-MiniLM-L6-v2; the space of `search_quality.py --gptq --embeddings --wide`; GPTQ, one torch "
              "thread. \"Dominates\" names the uniform baselines (fidelity >= 0.95) this plan is at least as good "
              "as on both axes and better on one.", "",
              "| plan | fidelity | size_mb | dominates |", "|---|---|---|---|"]
@@ -105,12 +125,16 @@ def main() -> int:
                  (r["fidelity"] > b["fidelity"] or r["size_mb"] < b["size_mb"])]
         lines.append(f"| {r['plan']} | {r['fidelity']:.5f} | {r['size_mb']:.2f} | {', '.join(beats) or '-'} |")
     target = base8["size_mb"] / 1.5
+    meets = [r for r in rows if r["size_mb"] <= target and r["fidelity"] >= base8["fidelity"]]
+    w8 = next(r for r in rows if r["plan"].startswith("uniform W8, tables 8"))
+    beats_w8 = [r for r in rows if r is not w8 and r["fidelity"] >= w8["fidelity"] and r["size_mb"] <= w8["size_mb"]]
     lines += ["", f"1.5x smaller than uniform W8A8 (tables 8) means <= {target:.2f} MB at fidelity >= "
-              f"{base8['fidelity']:.5f}. Tables at 4 bits cost more fidelity than that on their own (with every Linear "
-              "layer left in fp32 the plan stays below it); tables at 8 bits "
-              "leave too few bytes (every Linear group at 3 bits, group 128, is still larger); tables off "
-              "(fp32) are larger still. So no plan of this space meets that target: it needs a smaller "
-              "faithful table format (or a model whose bytes are not half embeddings)."]
+              f"{base8['fidelity']:.5f}: " + ("; ".join(f"{r['plan']} ({r['fidelity']:.5f}, {r['size_mb']:.2f} MB, "
+                                                     f"{base8['size_mb'] / r['size_mb']:.2f}x)" for r in meets)
+                                           or "no plan here meets it") + ".",
+              "", f"At least uniform W8's fidelity ({w8['fidelity']:.5f}) at no more than its {w8['size_mb']:.2f} MB: "
+              + ("; ".join(f"{r['plan']} ({r['fidelity']:.5f}, {r['size_mb']:.2f} MB)" for r in beats_w8)
+                 or "no plan here") + "."]
     save_results("uniform_corners", {"rows": rows, "target_size_mb": round(target, 3)}, "\n".join(lines) + "\n")
     return 0
 

@@ -6,7 +6,9 @@ gate/up) that are all selected form ONE unit named by the group (`encoder.layer.
 share its settings; every other layer is a unit of its own. With `share: layer` every layer is its own unit.
 Structured pruning decides per structure (heads or FFN neurons); grouped-query attention heads are left out
 (they cannot be pruned). `space.embeddings` picks embedding tables (`select_embeddings`; default: every table
-not tied to a Linear): with `share: group` all of them are ONE unit named `embeddings`, else one per table.
+not tied to a Linear), each table its own unit, named by the table, whatever `share` says: tables differ too much
+to share a setting (MiniLM's 4-bit position table, 0.2M values, costs twice the fidelity of its 4-bit word table,
+11.7M values: benchmarks/results/uniform_corners.md).
 
 Optuna params are named `"<unit>.<field>"` with the `LayerPlan` field names: bits, group_size, symmetric,
 quant_method, act_bits, sparsity, pattern, prune_method, rank, rank_method; all are categorical over the
@@ -60,7 +62,6 @@ FIELDS = {"lowrank": {"rank", "rank_method"}, "quantize": {"bits", "group_size",
           "prune": {"pattern", "sparsity", "prune_method"}, "structured": {"sparsity", "prune_method"}}
 Pick = Callable[[str, str, Sequence[Any]], Any]  # (unit, field, choices) -> value
 COMPANIONS = {"quantize": ("quantize", "embeddings")}  # techniques a uniform baseline of the key also sets
-EMBEDDINGS_UNIT = "embeddings"
 
 
 def _fmt(value: Any) -> str:
@@ -90,8 +91,7 @@ class ConfigSpace(SearchSpace):
         if space.embeddings is not None:
             e = space.embeddings
             tables = select_embeddings(info, e.targets, e.ignore)
-            self.technique_units["embeddings"] = ({EMBEDDINGS_UNIT: tuple(tables)} if space.share == "group"
-                                                  else {n: (n,) for n in tables})
+            self.technique_units["embeddings"] = {n: (n,) for n in tables}
         if space.structured is not None:
             st = space.structured
             names = [n for n in select_layers(info, st.targets, st.ignore, structures=True, where="space.structured")

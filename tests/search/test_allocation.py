@@ -71,7 +71,8 @@ def test_each_format_combination_is_measured_with_activations_off(measured):
     expected = {f"quantize bits={b} group_size={g} act_bits={a}" for b in (2, 4, 8) for g in (32, 128)
                 for a in (8, None)}
     assert {u: set(d) for u, d in sens.layers.items()} == {
-        **{u: expected for u in space.technique_units["quantize"]}, "embeddings": {"embeddings bits=8"}}
+        **{u: expected for u in space.technique_units["quantize"]},
+        **{t: {"embeddings bits=8"} for t in space.technique_units["embeddings"]}}
     plans = jobs(space)
     assert plans[("", "reference")].is_empty  # bits and act_bits off everywhere
     unit, label = next(k for k in plans if k[1].endswith("act_bits=8"))
@@ -102,8 +103,9 @@ def test_budget_plans_fit_each_uniform_baseline_at_no_more_predicted_drop(measur
             quantize = sum(sens.layers[u][f"quantize bits={e.bits} group_size={e.group_size} act_bits={e.act_bits}"]
                            for u, members in space.technique_units["quantize"].items()
                            for e in [p.layers.get(members[0])] if e is not None and e.bits is not None)
-            table = p.layers.get(space.technique_units["embeddings"]["embeddings"][0])
-            return quantize + (sens.layers["embeddings"]["embeddings bits=8"] if table is not None else 0.0)
+            tables = sum(sens.layers[t]["embeddings bits=8"] for t in space.technique_units["embeddings"]
+                         if p.layers.get(t) is not None)
+            return quantize + tables
 
         assert predicted(plan) <= predicted(limits[limit]) + 1e-12
 
