@@ -47,6 +47,10 @@ def corner_plans(space: Any) -> dict[str, Any]:
 
         return space.replay(pick)[1]
 
+    def only_table(kind: str) -> Any:  # one table at 4 bits (groups of 32), nothing else compressed
+        return space.replay(lambda unit, field, choices: {"bits": 4 if unit == f"embeddings.{kind}_embeddings" else None,
+                                                          "group_size": 32, "act_bits": None}.get(field, choices[0]))[1]
+
     return {
         "uniform W8A8, tables 8 (baseline)": plan(lambda u: 8, act=8, tables=8),
         "uniform W4A8, tables 4 (baseline)": plan(lambda u: 4, act=8, tables=4),
@@ -66,6 +70,7 @@ def corner_plans(space: Any) -> dict[str, Any]:
         "W8, tables off (fp32)": plan(lambda u: 8, tables=None),
         # the tables apart (one unit each since 2026-12-02), and 5/6-bit choices (the --wide space)
         "Linear off (fp32), word table 4, other tables 8": plan(lambda u: None, tables=8, word=4),
+        **{f"Linear off (fp32), only the {t} table at 4 bits": only_table(t) for t in ("word", "position", "token_type")},
         "W8, word table 4, other tables 8": plan(lambda u: 8, tables=8, word=4),
         "W8, word table 6, other tables 8": plan(lambda u: 8, tables=8, word=6),
         "W8, word table 8 g128, other tables 8": plan(lambda u: 8, tables=8, table_group=128),

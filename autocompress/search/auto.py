@@ -23,8 +23,9 @@ _QUALITY = {
 def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: str,
                 backend: str = "ray", workers: int = 2, target: str | None = None) -> dict[str, Any]:
     """A complete config for `model`: a joint space over every block Linear (grouped by role per block:
-    q/k/v share a setting) of weight bits with GPTQ, int8 activations (W8A8), the embedding tables' bits (one
-    decision), plus whole heads / FFN neurons removed; quality against predicted latency on the `target`
+    q/k/v share a setting) of weight bits with GPTQ (3, 4, 5, 6, 8 or off), int8 activations (W8A8), each
+    embedding table's bits and group size, plus whole heads / FFN neurons removed (the 5/6-bit and per-table
+    choices: benchmarks/results/search_quality_gptq_embeddings_wide.md); quality against predicted latency on the `target`
     device profile (against packed size without a target); `max_drop` as the quality constraint and in the
     pick rule.
 
@@ -44,9 +45,9 @@ def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: 
                  "evaluation": {"source": "builtin", "n": 128, "seed": 0}},
         "space": {
             "share": "group",
-            "quantize": {"bits": [3, 4, 8, None], "group_size": [32, 128], "method": ["gptq"],
+            "quantize": {"bits": [3, 4, 5, 6, 8, None], "group_size": [32, 128], "method": ["gptq"],
                          "act_bits": [8, None] if target else [None]},
-            "embeddings": {"bits": [8, 4, None], "group_size": [32]},
+            "embeddings": {"bits": [8, 6, 5, 4, None], "group_size": [32, 128]},
             "structured": {"sparsity": [0.0, 0.125, 0.25], "method": ["wanda"]},
         },
         "objectives": [objective, f"minimize {cost}"],

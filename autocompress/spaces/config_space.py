@@ -7,8 +7,8 @@ share its settings; every other layer is a unit of its own. With `share: layer` 
 Structured pruning decides per structure (heads or FFN neurons); grouped-query attention heads are left out
 (they cannot be pruned). `space.embeddings` picks embedding tables (`select_embeddings`; default: every table
 not tied to a Linear), each table its own unit, named by the table, whatever `share` says: tables differ too much
-to share a setting (MiniLM's 4-bit position table, 0.2M values, costs twice the fidelity of its 4-bit word table,
-11.7M values: benchmarks/results/uniform_corners.md).
+to share a setting (alone at 4 bits, MiniLM's 2 x 384 token-type table costs more fidelity than its 30522 x 384
+word table: benchmarks/results/uniform_corners.md).
 
 Optuna params are named `"<unit>.<field>"` with the `LayerPlan` field names: bits, group_size, symmetric,
 quant_method, act_bits, sparsity, pattern, prune_method, rank, rank_method; all are categorical over the

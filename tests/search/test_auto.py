@@ -18,7 +18,8 @@ def test_auto_config_is_a_valid_complete_config(tmp_path, task, objective, const
     assert config.objectives == [objective, "minimize size_mb"] and config.constraints == [constraint]
     assert config.pick == f"minimize size_mb where {constraint}" and config.budget.n_trials == 40
     assert config.space.quantize and config.space.structured and config.space.share == "group"
-    assert config.space.embeddings.bits == [8, 4, None]  # the tables are one decision
+    assert config.space.quantize.bits == [3, 4, 5, 6, 8, None]
+    assert config.space.embeddings.bits == [8, 6, 5, 4, None]  # one decision per table
     assert open(path).read().startswith("# Written by `autocompress auto`")
 
 
