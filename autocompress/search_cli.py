@@ -83,7 +83,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
 
         load_profile(args.target)  # an unknown device fails here, listing the known ones
     data = auto_config(args.model, task, args.max_drop, args.trials, run_dir, args.backend, args.workers,
-                       target=args.target)
+                       target=args.target, seed_sensitivity=args.seed_sensitivity)
     path = write_auto_config(data, run_dir)
     _console(stderr=True).print(f"wrote {path}: edit it and run `autocompress search {path}` to change the search")
     return _run_and_report(SearchConfig.from_yaml(path), args)
@@ -165,6 +165,9 @@ def add_search_commands(sub: Any) -> None:
     p.add_argument("--backend", choices=("local", "ray"), default="ray")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--run-dir", help="where the config and results go (default runs/auto-<model>)")
+    p.add_argument("--seed-sensitivity", action="store_true",
+                   help="measure each unit's sensitivity first and start the study from the plans it suggests "
+                        "(better fronts; costs one evaluation per unit and choice)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary last")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_auto)

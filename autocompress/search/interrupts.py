@@ -18,6 +18,8 @@ an interrupted storage call is the likely cause). So `run_search` runs under `gu
     during a local trial) it waits for the end of that block.
 
 Outside `guard()`, or off the main thread (where Python delivers no signals), every function here does nothing.
+Nor does `guard()` when SIGINT is ignored (SIG_IGN: the process was started as a background job without job
+control, or told to ignore it): it leaves the signal ignored rather than start catching Ctrl-C.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def _main_thread() -> bool:
 def guard() -> Iterator[None]:
     """Defer Ctrl-C for the block (see the module docstring); the previous SIGINT handler is put back after it.
     A Ctrl-C still deferred when the block ends normally is raised then."""
-    if _state.active or not _main_thread():
+    if _state.active or not _main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield
         return
     previous = signal.signal(signal.SIGINT, _on_sigint)

@@ -52,6 +52,22 @@ def test_auto_with_a_target_optimizes_latency(tmp_path):
     assert config.space.quantize.act_bits == [8, None] and config.pick.startswith("minimize latency_ms")
 
 
+def test_auto_seed_sensitivity_seeds_the_study_from_measured_plans(tmp_path, monkeypatch):
+    import optuna
+
+    assert "sensitivity" not in auto_config("random:bert", "embedding", 0.01, 20, str(tmp_path / "r"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["auto", "random:bert", "--trials", "10", "--backend", "local", "--quiet", "--seed-sensitivity"]) == 0
+    path = tmp_path / "runs" / "auto-random-bert" / "auto.yaml"
+    assert SearchConfig.from_yaml(path).sensitivity is not None
+    run = tmp_path / "runs" / "auto-random-bert"
+    assert (run / "sensitivity.json").is_file()
+    study = optuna.load_study(study_name="auto-random-bert", storage=f"sqlite:///{run / 'optuna.db'}")
+    labels = [t.user_attrs.get("baseline", "") for t in study.trials if t.state.is_finished()]
+    assert len(labels) == 10 and labels[0].startswith("quantize")  # the uniform plans first (7 here)
+    assert any(label.startswith("sensitivity") for label in labels)  # then the seeds
+
+
 def test_auto_unknown_target_exits_2(capsys):
     assert main(["auto", "random:bert", "--target", "nope", "--quiet"]) == 2
     assert "shipped profiles" in capsys.readouterr().err

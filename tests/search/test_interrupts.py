@@ -19,6 +19,24 @@ from tests.search.test_driver import children, make_config, stored_trials
 ctrl_c = lambda: signal.raise_signal(signal.SIGINT)  # noqa: E731  (delivered before the next statement)
 
 
+@pytest.fixture(autouse=True)
+def python_default_sigint():
+    """Python's own SIGINT handler during each test, whatever the test process inherited (a suite started as
+    a background job without job control has SIGINT ignored), and the inherited one put back after."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
+def test_an_ignored_sigint_stays_ignored():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with interrupts.guard():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        ctrl_c()  # ignored, as the process was told
+        interrupts.check()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
 def test_deferred_by_default_and_raised_at_the_next_check():
     ran = []
     with pytest.raises(KeyboardInterrupt):
