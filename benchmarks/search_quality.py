@@ -146,17 +146,26 @@ def linear_mb(plan_path: str, info) -> float:
     return sum(b for name, b in report.per_layer.items() if name in info.layers) / 1e6
 
 
+def uniform_8bit(uniform: list[dict]) -> list[dict]:
+    """The uniform 8-bit plans among the baselines (one per activation format)."""
+    return [p for p in uniform if p["label"].split(" act_bits=")[0] == "quantize bits=8"]
+
+
+def smallest_as_faithful(u: dict, found: list[dict], metric: str, tolerance: float = 0.0) -> dict:
+    """The found plan of least `metric` at least as faithful as `u` (less `tolerance`); `u` itself if none."""
+    return min((p for p in found if p["fidelity"] >= u["fidelity"] - tolerance), key=lambda p: p[metric], default=u)
+
+
 def at_8bit(uniform: list[dict], found: list[dict], metric: str, info, tolerance: float = 0.0) -> dict:
     """Best ratio (uniform 8-bit / plan) among the plans at least as faithful as uniform 8-bit (less
     `tolerance`); ratio 1.0 when only uniform 8-bit itself qualifies. With several uniform 8-bit plans (one per
     activation format), "uniform 8-bit" is the one a user would take for this metric: the smallest / fastest,
     then the most faithful (size: W8 weight-only; latency on cpu-local: W8A8, the int8 kernel)."""
-    u8 = min((p for p in uniform if p["label"].split(" act_bits=")[0] == "quantize bits=8"),
-             key=lambda p: (round(p[metric], 6), -p["fidelity"]))
-    best = min((p for p in found if p["fidelity"] >= u8["fidelity"] - tolerance), key=lambda p: p[metric],
-               default=u8)
-    out = {"uniform_8bit": {"label": u8["label"], "fidelity": u8["fidelity"], metric: u8[metric]}, "best_trial": best.get("trial"),
-           "best": {"fidelity": best["fidelity"], metric: best[metric]}, "ratio": u8[metric] / best[metric]}
+    u8 = min(uniform_8bit(uniform), key=lambda p: (round(p[metric], 6), -p["fidelity"]))
+    best = smallest_as_faithful(u8, found, metric, tolerance)
+    out = {"uniform_8bit": {"label": u8["label"], "fidelity": u8["fidelity"], metric: u8[metric]},
+           "best_trial": best.get("trial"), "best": {"fidelity": best["fidelity"], metric: best[metric]},
+           "ratio": u8[metric] / best[metric]}
     if metric == "size_mb":
         out["linear_ratio"] = linear_mb(u8["plan"], info) / linear_mb(best["plan"], info)
     return out
@@ -166,8 +175,8 @@ def at_each_8bit(uniform: list[dict], found: list[dict], metric: str) -> dict:
     """For every uniform 8-bit plan (one per activation format), the best ratio (its metric / the plan's) among
     the found plans at least as faithful as it: {label: {"fidelity", "ratio", "best_trial"}}."""
     out = {}
-    for u in (p for p in uniform if p["label"].split(" act_bits=")[0] == "quantize bits=8"):
-        best = min((p for p in found if p["fidelity"] >= u["fidelity"]), key=lambda p: p[metric], default=u)
+    for u in uniform_8bit(uniform):
+        best = smallest_as_faithful(u, found, metric)
         out[u["label"]] = {"fidelity": u["fidelity"], "ratio": u[metric] / best[metric], "best_trial": best.get("trial")}
     return out
 

@@ -8,8 +8,8 @@ Setup: the real all-MiniLM-L6-v2 and the data of benchmarks/search_quality.py (c
 evaluation n 128 seed 0, builtin texts); the space of `search_quality.py --gptq --embeddings --wide` (per
 layer group: GPTQ weight bits {3, 4, 5, 6, 8, off}, group size {32, 128}, int8 activations {on, off}; each
 embedding table its own unit: bits {8, 6, 5, 4, off}, group size {32, 128}). Before 2026-12-02 the space had
-bits {3, 4, 8, off} and the tables were one unit; the rows kept from then are the same plans. Each plan is built with `ConfigSpace.replay` (so it is a plan
-the search can sample), applied and evaluated by a `TrialRunner` (local, 1 torch thread), and sized with
+bits {3, 4, 8, off} and the tables were one unit; the rows kept from then are the same plans. Each plan is
+built with `ConfigSpace.replay` (so it is a plan the search can sample), applied and evaluated by a `TrialRunner` (local, 1 torch thread), and sized with
 `plan_size` (the packed bytes `export` writes). The uniform baselines are the ones the search starts from
 (`ConfigSpace.uniform_params`: int8 activations and group size 32, the first choices).
 """
@@ -35,21 +35,18 @@ def is_ffn(unit: str) -> bool:
 
 def corner_plans(space: Any) -> dict[str, Any]:
     """Name -> plan. `bits_of(unit)` decides each layer group's weight bits; `tables` the bits of every table,
-    `word` (when given) the word table's instead; `table_group` the tables' group size; the rest is uniform."""
+    `table_bits` ({"word": 4, ...}, by table kind) some tables' bits instead; `table_group` the tables' group
+    size; the rest is uniform."""
 
     def plan(bits_of: Callable[[str], int | None], act: int | None = None, tables: int | None = 4,
-             group: int = 32, word: int | None | str = "same", table_group: int = 32) -> Any:
+             group: int = 32, table_bits: dict[str, int | None] | None = None, table_group: int = 32) -> Any:
         def pick(unit: str, field: str, choices: list) -> Any:
             if unit.startswith("embeddings."):
-                bits = word if "word" in unit and word != "same" else tables
-                return {"bits": bits, "group_size": table_group}.get(field, choices[0])
+                kind = unit.removeprefix("embeddings.").removesuffix("_embeddings")
+                return {"bits": (table_bits or {}).get(kind, tables), "group_size": table_group}.get(field, choices[0])
             return {"bits": bits_of(unit), "act_bits": act, "group_size": group}.get(field, choices[0])
 
         return space.replay(pick)[1]
-
-    def only_table(kind: str) -> Any:  # one table at 4 bits (groups of 32), nothing else compressed
-        return space.replay(lambda unit, field, choices: {"bits": 4 if unit == f"embeddings.{kind}_embeddings" else None,
-                                                          "group_size": 32, "act_bits": None}.get(field, choices[0]))[1]
 
     return {
         "uniform W8A8, tables 8 (baseline)": plan(lambda u: 8, act=8, tables=8),
@@ -69,22 +66,23 @@ def corner_plans(space: Any) -> dict[str, Any]:
         "attention W8 / FFN W4, tables 8": plan(lambda u: 4 if is_ffn(u) else 8, tables=8),
         "W8, tables off (fp32)": plan(lambda u: 8, tables=None),
         # the tables apart (one unit each since 2026-12-02), and 5/6-bit choices (the --wide space)
-        "Linear off (fp32), word table 4, other tables 8": plan(lambda u: None, tables=8, word=4),
-        **{f"Linear off (fp32), only the {t} table at 4 bits": only_table(t) for t in ("word", "position", "token_type")},
-        "W8, word table 4, other tables 8": plan(lambda u: 8, tables=8, word=4),
-        "W8, word table 6, other tables 8": plan(lambda u: 8, tables=8, word=6),
+        "Linear off (fp32), word table 4, other tables 8": plan(lambda u: None, tables=8, table_bits={"word": 4}),
+        **{f"Linear off (fp32), only the {t} table at 4 bits": plan(lambda u: None, tables=None, table_bits={t: 4})
+           for t in ("word", "position", "token_type")},
+        "W8, word table 4, other tables 8": plan(lambda u: 8, tables=8, table_bits={"word": 4}),
+        "W8, word table 6, other tables 8": plan(lambda u: 8, tables=8, table_bits={"word": 6}),
         "W8, word table 8 g128, other tables 8": plan(lambda u: 8, tables=8, table_group=128),
         "W6, tables 8": plan(lambda u: 6, tables=8),
-        "W6, word table 5, other tables 8": plan(lambda u: 6, tables=8, word=5),
-        "W6, word table 5, other tables 8, all group 128": plan(lambda u: 6, tables=8, word=5, group=128,
-                                                                table_group=128),
-        "W6 group 128, word table 5, other tables 8": plan(lambda u: 6, tables=8, word=5, group=128),
-        "W6, word table 4, other tables 8": plan(lambda u: 6, tables=8, word=4),
-        "W5, word table 5, other tables 8": plan(lambda u: 5, tables=8, word=5),
+        "W6, word table 5, other tables 8": plan(lambda u: 6, tables=8, table_bits={"word": 5}),
+        "W6, word table 5, other tables 8, all group 128":
+            plan(lambda u: 6, tables=8, table_bits={"word": 5}, group=128, table_group=128),
+        "W6 group 128, word table 5, other tables 8": plan(lambda u: 6, tables=8, table_bits={"word": 5}, group=128),
+        "W6, word table 4, other tables 8": plan(lambda u: 6, tables=8, table_bits={"word": 4}),
+        "W5, word table 5, other tables 8": plan(lambda u: 5, tables=8, table_bits={"word": 5}),
         "attention W8 / FFN W6, word table 5, other tables 8, all group 128":
-            plan(lambda u: 6 if is_ffn(u) else 8, tables=8, word=5, group=128, table_group=128),
+            plan(lambda u: 6 if is_ffn(u) else 8, tables=8, table_bits={"word": 5}, group=128, table_group=128),
         "attention W6 / FFN W5, word table 5, other tables 8, all group 128":
-            plan(lambda u: 5 if is_ffn(u) else 6, tables=8, word=5, group=128, table_group=128),
+            plan(lambda u: 5 if is_ffn(u) else 6, tables=8, table_bits={"word": 5}, group=128, table_group=128),
     }
 
 

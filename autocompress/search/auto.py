@@ -25,12 +25,12 @@ def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: 
                 seed_sensitivity: bool = False) -> dict[str, Any]:
     """A complete config for `model`: a joint space over every block Linear (grouped by role per block:
     q/k/v share a setting) of weight bits with GPTQ (3, 4, 5, 6, 8 or off), int8 activations (W8A8), each
-    embedding table's bits and group size, plus whole heads / FFN neurons removed (the 5/6-bit and per-table
-    choices: benchmarks/results/search_quality_gptq_embeddings_wide.md); quality against predicted latency on the `target`
-    device profile (against packed size without a target); `max_drop` as the quality constraint and in the
-    pick rule. `seed_sensitivity` adds `sensitivity: {}`: the study also starts from the plans built from each
-    unit's measured sensitivity (measured once, before the first trial; what met issue 8's search-quality
-    targets in benchmarks/results/search_quality_gptq_embeddings_wide.md).
+    embedding table's bits and group size, plus whole heads / FFN neurons removed; quality against predicted
+    latency on the `target` device profile (against packed size without a target); `max_drop` as the quality
+    constraint and in the pick rule. `seed_sensitivity` adds `sensitivity: {}`: the study also starts from the
+    plans built from each unit's measured sensitivity (measured once, before the first trial). The 5/6-bit and
+    per-table choices and the seeding are what benchmarks/results/search_quality_gptq_embeddings_wide.md
+    measured best.
 
     `max_drop` is the quality a user can give up: 0.01 means fidelity >= 0.99 for an encoder, perplexity at
     most 1% above the original for a causal LM."""

@@ -3,8 +3,8 @@
 A trial compresses a copy of the base model and throws it away. Deep-copying the model for every trial costs
 as much as a third of a fast trial (an H100 measured copy 18 ms of a 40 ms MiniLM trial; on this project's
 2-core CPUs a MiniLM deepcopy took 15-36 ms, a restore 8.5: benchmarks/trial_setup.py), while putting a used
-copy back costs one tensor copy per parameter and buffer. A worker therefore deep-copies its base model once, and `restore()` undoes whatever a plan did to
-that copy:
+copy back costs one tensor copy per parameter and buffer. A worker therefore deep-copies its base model
+once, and `restore()` undoes whatever a plan did to that copy:
 
   - the module tree: every module that was in the copy at the start gets back its class (parametrizations
     change it), its attributes (head counts a structured policy wrote, hooks a quantize policy registered,
