@@ -1,0 +1,57 @@
+"""benchmarks/readme_results.py: the README's results table is what benchmarks/results/ says."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from benchmarks import readme_results as rr
+
+
+def test_readme_table_matches_the_results_files():
+    text = rr.README.read_text()
+    assert rr.BEGIN in text and rr.END in text
+    assert rr.replace_block(text, rr.table()) == text, "run: python benchmarks/readme_results.py --write"
+
+
+def test_every_row_names_a_results_file_that_exists_or_says_not_measured():
+    for line in rr.table().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        source = cells[-1].strip("`")
+        assert (rr.RESULTS / source).is_file() or cells[3] == "not measured", line
+
+
+def test_a_changed_figure_changes_the_table_and_its_verdict(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(rr.RESULTS, results)
+    data = json.loads((results / "orchestration.json").read_text())
+    local = next(r for r in data["real"] if r["backend"] == "local" and r["storage"] == "sqlite"
+                 and r["writer"] == "thread")
+    local["overhead_share"] = 0.071
+    (results / "orchestration.json").write_text(json.dumps(data))
+    row = next(line for line in rr.table(results).splitlines() if "local backend" in line)
+    assert "7.1%" in row and "| not met |" in row
+    assert rr.table(results) != rr.table()
+
+
+def test_missing_files_give_not_measured_rows(tmp_path):
+    rows = rr.table(tmp_path).splitlines()[2:]
+    assert rows and all("| not measured |" in row for row in rows)
+
+
+def test_a_gpu_result_is_judged_on_the_search_not_the_bare_loop(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "trial_rate_cuda.json").write_text(json.dumps({"rows": [
+        {"case": "floor (bare loop)", "trials_per_min": 1500.0},
+        {"case": "search, MLflow on", "trials_per_min": 700.0},
+        {"case": "search, MLflow on, writer process", "trials_per_min": 900.0}]}))
+    row = next(line for line in rr.table(results).splitlines() if "H100" in line)
+    assert "900 (search, MLflow on, writer process)" in row and "| not met |" in row
+
+
+def test_a_readme_without_markers_is_refused():
+    with pytest.raises(ValueError, match="no"):
+        rr.replace_block("# no table here\n", "| x |")
