@@ -1,7 +1,9 @@
 """Do predicted latencies agree with measured ones? Random plans, predicted vs timed with real kernels.
 
 Run:  .venv/bin/python benchmarks/latency_fidelity.py [--n-plans 30] [--seed 0] [--no-calibrate --profile P]
-Writes benchmarks/results/latency_fidelity_<device>_seed<seed>.json and .md.
+      [--device cuda --profile h100-sxm] [--model DIR --mode decode --seq-len 512 --tag llama1b-decode]
+Writes benchmarks/results/latency_fidelity_<device>_seed<seed>[_<tag>].json and .md. On a GPU the spec-sheet
+row is the roofline of `--profile` (datasheet figures) instead of this CPU's.
 
 By default the machine is calibrated (`autocompress.evaluators.latency.calibrate`) right before the plans are
 measured, because a profile describes the machine as it is when measured (this VM's speed drifts by 20-30%
@@ -44,9 +46,16 @@ SPACE = {
     "share": "group",
     "quantize": {"bits": [8, None], "act_bits": [8, None]},
     "structured": {"sparsity": [0.0, 0.25, 0.5], "method": ["magnitude"]},
-    "lowrank": {"rank": [None, 0.25, 0.5], "method": ["svd"], "targets": ["re:(intermediate|output).dense$"],
+    "lowrank": {"rank": [None, 0.25, 0.5], "method": ["svd"],
+                "targets": ["re:(intermediate|output).dense$", "re:mlp.(up|down)_proj$"],
                 "ignore": ["re:attention"]},
 }
+
+
+def spec_sheet(args) -> DeviceProfile:
+    """The uncalibrated spec-sheet profile: `--profile` on a GPU (the shipped profiles are datasheet figures),
+    this CPU's own figures on the CPU."""
+    return load_profile(args.profile) if args.device.startswith("cuda") else spec_profile_of_this_cpu()
 
 
 def spec_profile_of_this_cpu() -> DeviceProfile:
@@ -99,6 +108,9 @@ def main() -> int:
     parser.add_argument("--n-plans", type=int, default=30)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--mode", choices=("prefill", "decode"), default="prefill",
+                        help="decode: one new token after seq_len - 1 cached ones (causal LMs)")
+    parser.add_argument("--tag", default="", help="appended to the results file stem (another model or mode)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (fastest kept)")
     parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
@@ -106,7 +118,7 @@ def main() -> int:
     args = parser.parse_args()
 
     loaded = load_model(args.model)
-    info, workload = loaded.info, Workload(args.batch, args.seq_len)
+    info, workload = loaded.info, Workload(args.batch, args.seq_len, args.mode)
     if args.calibrate:  # calibrate now: this VM's speed drifts by 20-30% over minutes
         from autocompress.evaluators.latency.calibrate import calibrate
 
@@ -116,7 +128,7 @@ def main() -> int:
         profile = load_profile(args.profile)
     predictors = {"table (calibrated)": LATENCY_MODELS.get("table")(profile),
                   "roofline (calibrated)": LATENCY_MODELS.get("roofline")(profile),
-                  "roofline (spec sheet)": LATENCY_MODELS.get("roofline")(spec_profile_of_this_cpu())}
+                  "roofline (spec sheet)": LATENCY_MODELS.get("roofline")(spec_sheet(args))}
     space = ConfigSpace(SpaceSection.model_validate(SPACE), info)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     plans = [space.sample(study.ask()) for _ in range(args.n_plans)]
@@ -146,13 +158,15 @@ def main() -> int:
     measured = [r["measured_ms"] for r in rows]
     summary = {name: agreement([r[name] for r in rows], measured) for name in rows[0] if name not in ("plan", "measured_ms")}
     env = dict(dense_ms=dense_ms, anchors=anchors, model=args.model, profile="calibrated in this run" if args.calibrate else args.profile,
-               device=args.device, batch=args.batch, seq_len=args.seq_len,
+               device=args.device, batch=args.batch, seq_len=args.seq_len, mode=args.mode,
                n_plans=args.n_plans, rounds=args.rounds, torch=torch.__version__, threads=torch.get_num_threads(),
-               machine=platform.processor() or platform.machine(), spec=spec_profile_of_this_cpu().description)
+               machine=platform.processor() or platform.machine(), spec=spec_sheet(args).description,
+               gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else None)
     RESULTS.mkdir(exist_ok=True)
-    stem = f"latency_fidelity_{args.device}_seed{args.seed}"
+    stem = f"latency_fidelity_{args.device}_seed{args.seed}" + (f"_{args.tag}" if args.tag else "")
     (RESULTS / f"{stem}.json").write_text(json.dumps({"env": env, "summary": summary, "rows": rows}, indent=2) + "\n")
-    lines = [f"{args.model}, batch {args.batch}, {args.seq_len} tokens, {args.n_plans} random plans, "
+    lines = [f"{args.model}, {args.mode}, batch {args.batch}, {args.seq_len} tokens, {args.n_plans} random plans, "
+             + (f"on {env['gpu']}, " if env["gpu"] else "") +
              f"torch {env['torch']}, {env['threads']} threads; measured range {min(measured):.1f}-{max(measured):.1f} ms.",
              "", "| predictor | within +-10% | within +-25% | median abs error | Spearman |", "|---|---|---|---|---|"]
     for name, s in summary.items():
