@@ -52,9 +52,8 @@ def search_rows(data: dict | None, setting: str, source: str) -> list[tuple[str,
     r = data["settings"][setting]
     s, runs = r["summary"], r["runs"]
     arms = [a for a in ("search", "seeded") if a in s]
-    label = {"search": "search", "seeded": "seeded"}
     random_k = data["setup"]["trials"] * data["setup"]["random_factor"]
-    hv = "; ".join(f"{label[a]} {pm(s[a]['hv'])}" for a in arms) + f"; random at {random_k}: {pm(s['random_xk'])}"
+    hv = "; ".join(f"{a} {pm(s[a]['hv'])}" for a in arms) + f"; random at {random_k}: {pm(s['random_xk'])}"
     beats = min(s[a]["beats_random_xk_in"] for a in arms)
     rows = [(f"{setting}: hypervolume, 50 trials vs random search at {random_k}", hv,
              f"search at 50 > random at {random_k}", ("met, " if beats == len(runs) else "not met, ")
@@ -65,8 +64,8 @@ def search_rows(data: dict | None, setting: str, source: str) -> list[tuple[str,
     every = {a: all(all(v is not None for v in run["arms"][a]["baselines_dominated"].values()) for run in runs)
              for a in arms}
     rows.append((f"{setting}: uniform plans at fidelity >= 0.95 dominated (fewest over seeds)",
-                 "; ".join(f"{label[a]} {counts[a]} of {len(strong)}" for a in arms), "all of them",
-                 "met (" + ", ".join(label[a] for a in arms if every[a]) + ")" if any(every.values()) else "not met",
+                 "; ".join(f"{a} {counts[a]} of {len(strong)}" for a in arms), "all of them",
+                 "met (" + ", ".join(a for a in arms if every[a]) + ")" if any(every.values()) else "not met",
                  source))
     for u8, name in ((W8A8, "uniform W8A8"), (W8, "uniform W8 weight-only")):
         ratios = {a: [run["arms"][a]["at_each_8bit"][u8]["ratio"] for run in runs] for a in arms
@@ -77,8 +76,8 @@ def search_rows(data: dict | None, setting: str, source: str) -> list[tuple[str,
         best = max(ratios, key=lambda a: min(ratios[a]))
         met = min(ratios[best]) >= TARGET_RATIO
         rows.append((f"{setting}: {what} than {name} at its fidelity ({fid:.5f})",
-                     "; ".join(f"{label[a]} {min(v):.2f}x" for a, v in ratios.items()) + " (least over seeds)",
-                     f">= {TARGET_RATIO}x", f"met ({label[best]}, every seed)" if met else "not met", source))
+                     "; ".join(f"{a} {min(v):.2f}x" for a, v in ratios.items()) + " (least over seeds)",
+                     f">= {TARGET_RATIO}x", f"met ({best}, every seed)" if met else "not met", source))
     return rows
 
 
