@@ -24,7 +24,7 @@ export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" RAY_AUTH_MODE=disa
        RAY_USAGE_STATS_ENABLED=0
 OUT=${OUT:-/tmp/gpu-out}; DEVICE=${DEVICE:-cuda}; TRIALS=${TRIALS:-300}; PLANS=${PLANS:-30}; LLAMA=${LLAMA:-1}
 PY=${PY:-python3}; SETUP_ARGS=${SETUP_ARGS:-}; WORKERS=${WORKERS:-4}
-BUDGET=${BUDGET:-560}  # seconds for all steps: run 2's timeout_s (590) less the packing at the end
+BUDGET=${BUDGET:-560}  # seconds for all steps: run 2's timeout_s (590) less a margin for the last packing
 LOGS=/tmp/gpu-session-logs; rm -rf "$LOGS"; mkdir -p "$LOGS" "$OUT"
 touch "$LOGS/.start"
 profile=$([ "$DEVICE" = cuda ] && echo h100-sxm || echo cpu-local)

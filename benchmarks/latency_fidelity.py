@@ -126,9 +126,10 @@ def main() -> int:
         profile = calibrate(loaded.model, info, args.device, workload, model_name=args.model)
     else:
         profile = load_profile(args.profile)
+    spec = spec_sheet(args)
     predictors = {"table (calibrated)": LATENCY_MODELS.get("table")(profile),
                   "roofline (calibrated)": LATENCY_MODELS.get("roofline")(profile),
-                  "roofline (spec sheet)": LATENCY_MODELS.get("roofline")(spec_sheet(args))}
+                  "roofline (spec sheet)": LATENCY_MODELS.get("roofline")(spec)}
     space = ConfigSpace(SpaceSection.model_validate(SPACE), info)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     plans = [space.sample(study.ask()) for _ in range(args.n_plans)]
@@ -160,7 +161,7 @@ def main() -> int:
     env = dict(dense_ms=dense_ms, anchors=anchors, model=args.model, profile="calibrated in this run" if args.calibrate else args.profile,
                device=args.device, batch=args.batch, seq_len=args.seq_len, mode=args.mode,
                n_plans=args.n_plans, rounds=args.rounds, torch=torch.__version__, threads=torch.get_num_threads(),
-               machine=platform.processor() or platform.machine(), spec=spec_sheet(args).description,
+               machine=platform.processor() or platform.machine(), spec=spec.description,
                gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else None)
     RESULTS.mkdir(exist_ok=True)
     stem = f"latency_fidelity_{args.device}_seed{args.seed}" + (f"_{args.tag}" if args.tag else "")
