@@ -205,14 +205,23 @@ def gguf_config(path: str, spec: str) -> Any:
         config = transformers.AutoConfig.from_pretrained(folder, gguf_file=name)
     except ImportError:
         raise UserError(f"model {spec!r}: reading a GGUF file needs the gguf package; {SETUP_HINT}") from None
-    except (ValueError, KeyError) as exc:
+    except Exception as exc:  # ValueError for an unknown architecture; anything else the header walk missed
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if "not supported" in first or isinstance(exc, KeyError):
             raise UserError(f"model {spec!r}: {path} holds GGUF architecture {architecture!r}, which transformers "
                             f"{transformers.__version__} cannot read; give a GGUF of a supported architecture "
-                            "(llama, mistral, qwen2, qwen3, gemma, phi3, ...) or a Hugging Face model directory"
-                            ) from None
+                            f"({_supported_architectures()}) or a Hugging Face model directory") from None
         raise UserError(f"model {spec!r}: {path} could not be read as a GGUF model ({first}); download or "
                         "copy it again") from None
     config.architectures = [model_class_name(config)]
     return config
+
+
+def _supported_architectures() -> str:
+    """The GGUF architectures the installed transformers maps, for an error message."""
+    try:
+        from transformers.integrations.gguf import GGUF_CONFIG_ARCHS
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    except ImportError:
+        return "see transformers' GGUF documentation"
+    return ", ".join(sorted((set(GGUF_SUPPORTED_ARCHITECTURES) | set(GGUF_CONFIG_ARCHS)) - {"general", "tokenizer"}))

@@ -107,8 +107,9 @@ def _model_path(spec: str) -> str:
     elif is_gguf_path(path):
         return path  # checked by gguf_source when its config is read
     elif os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1:
-        raise UserError(f"model {spec!r} does not exist or is not a model directory; give a Hugging Face model "
-                        "directory, a .gguf file, all-MiniLM-L6-v2, SmolLM2-135M-Instruct, or random:bert|llama|gpt2")
+        raise UserError(f"model {spec!r} does not exist or is not a model directory; give a Hugging Face "
+                        "model directory, a .gguf file, all-MiniLM-L6-v2, SmolLM2-135M-Instruct, or "
+                        "random:bert|llama|gpt2")
     return path
 
 
