@@ -84,7 +84,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         for col in ("table", "rows", "dim", "params", "tied to"):
             et.add_column(col, justify="left" if col in ("table", "tied to") else "right")
         for n, e in info.embeddings.items():
-            et.add_row(n, str(e.num_embeddings), str(e.embedding_dim), f"{e.params:,}", e.tied_to or "-")
+            tied = f"{e.tied_to} (one weight: the table's bits go on {e.tied_to})" if e.tied_to else "-"
+            et.add_row(n, str(e.num_embeddings), str(e.embedding_dim), f"{e.params:,}", tied)
         console.print(et)
     if info.groups:
         console.print(f"groups (one setting for all members): {len(info.groups)}, e.g. "
