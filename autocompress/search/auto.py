@@ -36,8 +36,9 @@ def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: 
     Every choice list runs from the mildest setting down (8 bits before 3, activations unquantized before int8),
     because the uniform baselines the study starts from follow that order: a budget of a few trials runs the
     plans most likely to meet `max_drop` first. `info` (the model's inventory) leaves out the sections the model
-    cannot take: `space.embeddings` without embedding tables, `space.structured` without a prunable structure;
-    without it both are written.
+    cannot take (`space.embeddings` without embedding tables, `space.structured` without a prunable structure)
+    and fits the group sizes to its widths (`_group_sizes`); without it every section is written, with groups
+    of 32 and 128.
 
     `max_drop` is the quality a user can give up: 0.01 means fidelity >= 0.99 for an encoder, perplexity at
     most 1% above the original for a causal LM."""
@@ -51,11 +52,11 @@ def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: 
     cost = "latency_ms" if target else "size_mb"
     space: dict[str, Any] = {
         "share": "group",
-        "quantize": {"bits": [8, 6, 5, 4, 3, None], "group_size": [32, 128], "method": ["gptq"],
-                     "act_bits": [None, 8] if target else [None]},
+        "quantize": {"bits": [8, 6, 5, 4, 3, None], "group_size": _group_sizes(info, tables=False),
+                     "method": ["gptq"], "act_bits": [None, 8] if target else [None]},
     }
     if info is None or info.embeddings:
-        space["embeddings"] = {"bits": [8, 6, 5, 4, None], "group_size": [32, 128]}
+        space["embeddings"] = {"bits": [8, 6, 5, 4, None], "group_size": _group_sizes(info, tables=True)}
     if info is None or any(s.kv_groups == 1 for s in info.structures.values()):
         space["structured"] = {"sparsity": [0.0, 0.125, 0.25], "method": ["wanda"]}
     config: dict[str, Any] = {
@@ -77,6 +78,24 @@ def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: 
     if seed_sensitivity:
         config["sensitivity"] = {}
     return config
+
+
+def _group_sizes(info: ModelInfo | None, tables: bool) -> list[int]:
+    """Group sizes 32 and 128, each replaced by the largest of 64 or 32 not above it that divides every width
+    the groups run along (the block Linears' inputs, or the tables' vectors) when it does not. Any group size
+    is valid (the last group of a row is then shorter), but the packed export's int4 CPU kernel needs groups
+    that divide the inputs: SmolLM2's hidden size 576 takes 64, not 128."""
+    if info is None:
+        return [32, 128]
+    widths = ({e.embedding_dim for e in info.embeddings.values()} if tables
+              else {info.layers[n].in_features for n in info.targets_by_default()})
+    sizes: list[int] = []
+    for wanted in (32, 128):
+        fits = [g for g in (wanted, 64, 32) if g <= wanted and all(w % g == 0 for w in widths)]
+        size = fits[0] if fits else wanted
+        if size not in sizes:
+            sizes.append(size)
+    return sizes
 
 
 def write_auto_config(config: dict[str, Any], run_dir: str) -> str:

@@ -140,3 +140,26 @@ def test_auto_with_two_trials_ends_with_a_feasible_pick(tmp_path, monkeypatch, s
     assert labels == ["quantize bits=8", "quantize bits=6"]
     tied_plan = json.loads((tmp_path / "run" / "plans" / "trial-0001.json").read_text())
     assert tied_plan["layers"]["lm_head"]["bits"] == 6  # the tied table / head is in the plan
+
+
+def test_auto_fits_group_sizes_to_the_widths(tmp_path):
+    """SmolLM2's widths (hidden 576, FFN 1536; built on the meta device, two blocks): 128 does not divide 576,
+    so auto offers groups of 64 instead (the int4 kernel needs groups dividing the inputs); MiniLM-like widths
+    keep 128."""
+    import torch
+    import transformers
+
+    from autocompress.models import inspect_model
+
+    def info_of(**shape):
+        config = transformers.LlamaConfig(num_hidden_layers=2, vocab_size=49152, tie_word_embeddings=True, **shape)
+        with torch.device("meta"):
+            return inspect_model(transformers.AutoModelForCausalLM.from_config(config), "causal-lm")
+
+    smol = info_of(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3)
+    space = auto_config("m", "causal-lm", 0.01, 2, str(tmp_path), info=smol)["space"]
+    assert space["quantize"]["group_size"] == [32, 64] and space["embeddings"]["group_size"] == [32, 64]
+    wide = info_of(hidden_size=384, intermediate_size=1536, num_attention_heads=6, num_key_value_heads=6)
+    space = auto_config("m", "causal-lm", 0.01, 2, str(tmp_path), info=wide)["space"]
+    assert space["quantize"]["group_size"] == [32, 128] and space["embeddings"]["group_size"] == [32, 128]
+    assert auto_config("m", "causal-lm", 0.01, 2, "r")["space"]["quantize"]["group_size"] == [32, 128]  # no info
