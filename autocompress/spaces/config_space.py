@@ -330,8 +330,8 @@ class ConfigSpace(SearchSpace):
                 if any(linear in members for members in self.technique_units.get(tech, {}).values()):
                     raise UserError(f"space.embeddings and space.{tech} both select {linear!r}, which holds the "
                                     f"tied table {name!r} (one weight, two decisions); add {linear!r} to "
-                                    f"space.{tech}.ignore, or {name!r} to space.embeddings.ignore (or drop space.embeddings when "
-                                    "it is the only table)")
+                                    f"space.{tech}.ignore, or {name!r} to space.embeddings.ignore (or drop "
+                                    "space.embeddings when it is the only table)")
             if (linear,) not in units.values():  # tables sharing one weight (T5's shared/encoder/decoder): one unit
                 units[name] = (linear,)
         return units
