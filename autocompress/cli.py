@@ -84,7 +84,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         for col in ("table", "rows", "dim", "params", "tied to"):
             et.add_column(col, justify="left" if col in ("table", "tied to") else "right")
         for n, e in info.embeddings.items():
-            et.add_row(n, str(e.num_embeddings), str(e.embedding_dim), f"{e.params:,}", e.tied_to or "-")
+            tied = f"{e.tied_to} (one weight: the table's bits go on {e.tied_to})" if e.tied_to else "-"
+            et.add_row(n, str(e.num_embeddings), str(e.embedding_dim), f"{e.params:,}", tied)
         console.print(et)
     if info.groups:
         console.print(f"groups (one setting for all members): {len(info.groups)}, e.g. "
@@ -169,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("model", help="model directory, all-MiniLM-L6-v2, or random:bert|llama|gpt2")
+        p.add_argument("model", help="model directory, .gguf file, all-MiniLM-L6-v2, SmolLM2-135M-Instruct, or random:bert|llama|llama-tied|gpt2")
         p.add_argument("--task", default="auto", help="auto, embedding, causal-lm or sequence-classification")
         p.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (off by default)")
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")

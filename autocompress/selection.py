@@ -6,8 +6,8 @@ A selector is one of
   - a module class name (`Linear`, `Conv1D`);
   - `re:<pattern>`, matched with `re.search` against the full module name (`re:attention\\.self\\.(query|key)`).
 Default targets are the Linear layers inside the repeated blocks (`ModelInfo.targets_by_default`).
-Embedding tables are chosen apart, by `select_embeddings` (class name `Embedding`; default: every table not
-tied to a Linear layer).
+Embedding tables are chosen apart, by `select_embeddings` (class name `Embedding`; default: every table, tied
+ones included: a table tied to a Linear is quantized through that Linear, see `spaces.config_space`).
 """
 
 from __future__ import annotations
@@ -72,18 +72,17 @@ def select_layers(info: ModelInfo, targets: Sequence[str] | None = None, ignore:
 def select_embeddings(info: ModelInfo, targets: Sequence[str] | None = None, ignore: Sequence[str] = (),
                       where: str = "space.embeddings") -> list[str]:
     """Names (in model order) of the embedding tables that match any of `targets` (default: all) and none of
-    `ignore`, leaving out tables tied to a Linear layer (they are compressed through that layer). Raises
-    `UserError` when a selector is malformed or nothing is selected."""
+    `ignore`, tied tables included (selected by the table's name; `EmbeddingInfo.tied_to` names the Linear
+    that holds the shared weight). Raises `UserError` when a selector is malformed or nothing is selected."""
     for sel in [*(targets or []), *ignore]:
         _check_regex(sel, where)
-    pool = info.untied_tables()
+    pool = list(info.embeddings)
     chosen = {n for n in pool if not targets or any(_matches(t, n, "Embedding") for t in targets)}
     chosen -= {n for n in pool if any(_matches(i, n, "Embedding") for i in ignore)}
     if not chosen:
-        tied = [f"{n} (tied to {e.tied_to})" for n, e in info.embeddings.items() if e.tied_to is not None]
-        why = f"; tied tables are quantized through their Linear: {', '.join(tied)}" if tied else ""
+        have = f"the model's tables: {', '.join(pool)}" if pool else "the model has no embedding tables"
         raise UserError(f"{where}: found no embedding tables to compress (targets={list(targets or [])}, "
-                        f"ignore={list(ignore)}){why}; check the names with `autocompress inspect MODEL`")
+                        f"ignore={list(ignore)}; {have}); check the names with `autocompress inspect MODEL`")
     return [n for n in pool if n in chosen]
 
 

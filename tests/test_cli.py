@@ -32,6 +32,13 @@ def test_inspect_json(capsys):
                                                        "tied_to": None}
 
 
+def test_inspect_shows_where_a_tied_tables_bits_go(capsys):
+    assert main(["inspect", "random:llama-tied"]) == 0
+    assert "lm_head (one weight: the table's bits go on lm_head)" in capsys.readouterr().out
+    assert main(["inspect", "random:llama-tied", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["embeddings"]["model.embed_tokens"]["tied_to"] == "lm_head"
+
+
 def test_apply_prints_metrics(tmp_path, capsys):
     plan = write_plan(tmp_path, {Q: {"bits": 4, "group_size": 16},
                                  "encoder.layer.0.intermediate": {"sparsity": 0.5, "pattern": "structured"}})

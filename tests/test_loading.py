@@ -37,7 +37,7 @@ def test_model_task_reads_the_config_only():
         model_task("random:t5")
 
 
-@pytest.mark.parametrize("spec", ["random:bert", "random:llama", "random:gpt2"])
+@pytest.mark.parametrize("spec", ["random:bert", "random:llama", "random:llama-tied", "random:gpt2"])
 def test_meta_inventory_is_the_loaded_inventory(spec):
     """Built from the config on the meta device, without weights: the same ModelInfo, ties included."""
     assert meta_inventory(spec) == load_model(spec).info

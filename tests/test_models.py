@@ -44,3 +44,8 @@ def test_embedding_tables_and_ties():
     assert gpt2.embeddings["transformer.wte"].tied_to == "lm_head"  # one weight: compressed as the Linear
     assert gpt2.embeddings["transformer.wpe"].tied_to is None
     assert load_model("random:llama").info.embeddings["model.embed_tokens"].tied_to is None
+    tied = load_model("random:llama-tied")  # as SmolLM2: the table is lm_head's weight, grouped-query attention
+    assert tied.model.lm_head.weight is tied.model.model.embed_tokens.weight
+    assert tied.info.embeddings["model.embed_tokens"].tied_to == "lm_head"
+    assert tied.info.structures["model.layers.0.self_attn"].kv_groups == 2
+    assert tied.info.total_params == load_model("random:llama").info.total_params - 30522 * 64 - 2 * 2 * 32 * 64

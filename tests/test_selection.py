@@ -43,3 +43,21 @@ def test_nothing_selected_and_bad_regex_are_user_errors(info):
         uniform_plan(info, LayerPlan(bits=4), targets=["re:nothing_here"])
     with pytest.raises(UserError, match="not a valid regular expression"):
         select_layers(info, ["re:("])
+
+
+def test_select_embeddings_includes_tied_tables(info):
+    from autocompress.selection import select_embeddings
+
+    assert select_embeddings(info) == list(info.embeddings)  # BERT: three untied tables, model order
+    assert select_embeddings(info, ["re:word|position"], ["re:position"]) == ["embeddings.word_embeddings"]
+    tied = load_model("random:llama-tied").info
+    assert select_embeddings(tied) == ["model.embed_tokens"]  # tied to lm_head, selected by the table's name
+    assert select_embeddings(tied, ["Embedding"]) == ["model.embed_tokens"]
+    gpt2 = load_model("random:gpt2").info
+    assert select_embeddings(gpt2, ["transformer.wte"]) == ["transformer.wte"]
+    assert select_embeddings(gpt2, ignore=["transformer.wte"]) == ["transformer.wpe"]
+    with pytest.raises(UserError, match=r"space.embeddings: found no embedding tables.*"
+                                        r"the model's tables: model.embed_tokens"):
+        select_embeddings(tied, ignore=["model.embed_tokens"])
+    with pytest.raises(UserError, match="not a valid regular expression"):
+        select_embeddings(tied, ["re:("])

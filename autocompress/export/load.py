@@ -6,7 +6,8 @@ apply the plan's shape changes to that skeleton (structured entries keep the fir
 tensors are ordered; low-rank layers become `LowRankLinear` of the stored rank); unpack every tensor
 (`safetensors.torch.load_file`, no pickle) and `load_state_dict(strict=True)`; re-tie tied weights; re-add
 the int8 activation hooks of act_bits=8 layers; with `kernels=True`, swap in the real CPU kernels of
-`kernels.py` and keep quantized embedding tables packed (`embedding.PackedEmbedding`); eval mode.
+`kernels.py` and keep quantized embedding tables packed (`embedding.PackedEmbedding`; a table tied to a Linear
+that runs a kernel too, from the same integers); eval mode.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from autocompress.models import inspect_model
 from autocompress.loading import _auto_class
 from autocompress.modules import in_out_features, set_module
 from autocompress.plan import CompressionPlan
-from autocompress.policies.quantize import add_act_quant
+from autocompress.policies.quantize import QuantGrid, add_act_quant
 from autocompress.policies.lowrank import low_rank_module
 from autocompress.policies.structured import prune_units
 
@@ -148,6 +149,24 @@ def _apply_kernels(model: nn.Module, packed: PackedModel) -> dict[str, str]:
             if kind is not None:
                 set_module(model, prefix, K.kernel_module(q, grid, module.bias, kind))
                 used[prefix] = kind
+                used.update(_pack_tied_tables(model, packed, prefix, q, grid))
+    return used
+
+
+def _pack_tied_tables(model: nn.Module, packed: PackedModel, prefix: str, q: torch.Tensor,
+                      grid: QuantGrid) -> dict[str, str]:
+    """The embedding tables tied to the Linear `prefix`, which now runs a kernel, made `PackedEmbedding`s of the
+    same integers (a tied table holds the Linear's [out, in] weight as [rows, dim]): the float weight is held by
+    nothing any more, and a lookup gives exactly the rows of the dequantized head."""
+    used = {}
+    for alias, key in packed.tied.items():
+        owner = alias.removesuffix(".weight")
+        if key != f"{prefix}.weight" or owner == alias:
+            continue
+        table = model.get_submodule(owner)
+        if isinstance(table, nn.Embedding) and tuple(table.weight.shape) == tuple(q.shape):
+            set_module(model, owner, PackedEmbedding(q, grid, table.weight.dtype))
+            used[owner] = f"table{grid.bits}"
     return used
 
 

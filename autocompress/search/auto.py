@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from autocompress.errors import UserError
+from autocompress.models import ModelInfo
 
 # objective on quality per task, the constraint it gets from --max-drop, and the pick rule's condition
 _QUALITY = {
@@ -22,15 +23,22 @@ _QUALITY = {
 
 def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: str,
                 backend: str = "ray", workers: int = 2, target: str | None = None,
-                seed_sensitivity: bool = False) -> dict[str, Any]:
+                seed_sensitivity: bool = False, info: ModelInfo | None = None) -> dict[str, Any]:
     """A complete config for `model`: a joint space over every block Linear (grouped by role per block:
-    q/k/v share a setting) of weight bits with GPTQ (3, 4, 5, 6, 8 or off), int8 activations (W8A8), each
-    embedding table's bits and group size, plus whole heads / FFN neurons removed; quality against predicted
-    latency on the `target` device profile (against packed size without a target); `max_drop` as the quality
-    constraint and in the pick rule. `seed_sensitivity` adds `sensitivity: {}`: the study also starts from the
-    plans built from each unit's measured sensitivity (measured once, before the first trial). The 5/6-bit and
-    per-table choices and the seeding are what benchmarks/results/search_quality_gptq_embeddings_wide.md
-    measured best.
+    q/k/v share a setting) of weight bits with GPTQ (8, 6, 5, 4, 3 or off), int8 activations (W8A8), each
+    embedding table's bits and group size (a table tied to the LM head included: its bits go on that head),
+    plus whole FFN neurons / heads removed (not grouped-query heads); quality against predicted latency on the
+    `target` device profile (against packed size without a target); `max_drop` as the quality constraint and in
+    the pick rule. `seed_sensitivity` adds `sensitivity: {}`: the study also starts from the plans built from
+    each unit's measured sensitivity (measured once, before the first trial). The 5/6-bit and per-table choices
+    and the seeding are what benchmarks/results/search_quality_gptq_embeddings_wide.md measured best.
+
+    Every choice list runs from the mildest setting down (8 bits before 3, activations unquantized before int8),
+    because the uniform baselines the study starts from follow that order: a budget of a few trials runs the
+    plans most likely to meet `max_drop` first. `info` (the model's inventory) leaves out the sections the model
+    cannot take (`space.embeddings` without embedding tables, `space.structured` without a prunable structure)
+    and fits the group sizes to its widths (`_group_sizes`); without it every section is written, with groups
+    of 32 and 128.
 
     `max_drop` is the quality a user can give up: 0.01 means fidelity >= 0.99 for an encoder, perplexity at
     most 1% above the original for a causal LM."""
@@ -42,17 +50,20 @@ def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: 
     objective, constraint = _QUALITY[task]
     condition = constraint(max_drop)
     cost = "latency_ms" if target else "size_mb"
+    space: dict[str, Any] = {
+        "share": "group",
+        "quantize": {"bits": [8, 6, 5, 4, 3, None], "group_size": _group_sizes(info, tables=False),
+                     "method": ["gptq"], "act_bits": [None, 8] if target else [None]},
+    }
+    if info is None or info.embeddings:
+        space["embeddings"] = {"bits": [8, 6, 5, 4, None], "group_size": _group_sizes(info, tables=True)}
+    if info is None or any(s.kv_groups == 1 for s in info.structures.values()):
+        space["structured"] = {"sparsity": [0.0, 0.125, 0.25], "method": ["wanda"]}
     config: dict[str, Any] = {
         "model": {"name": model, "task": task},
         "data": {"calibration": {"source": "builtin", "n": 64, "seed": 1},
                  "evaluation": {"source": "builtin", "n": 128, "seed": 0}},
-        "space": {
-            "share": "group",
-            "quantize": {"bits": [3, 4, 5, 6, 8, None], "group_size": [32, 128], "method": ["gptq"],
-                         "act_bits": [8, None] if target else [None]},
-            "embeddings": {"bits": [8, 6, 5, 4, None], "group_size": [32, 128]},
-            "structured": {"sparsity": [0.0, 0.125, 0.25], "method": ["wanda"]},
-        },
+        "space": space,
         "objectives": [objective, f"minimize {cost}"],
         "constraints": [condition],
         "budget": {"n_trials": n_trials},
@@ -67,6 +78,24 @@ def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: 
     if seed_sensitivity:
         config["sensitivity"] = {}
     return config
+
+
+def _group_sizes(info: ModelInfo | None, tables: bool) -> list[int]:
+    """Group sizes 32 and 128, each replaced by the largest of 64 or 32 not above it that divides every width
+    the groups run along (the block Linears' inputs, or the tables' vectors) when it does not. Any group size
+    is valid (the last group of a row is then shorter), but the packed export's int4 CPU kernel needs groups
+    that divide the inputs: SmolLM2's hidden size 576 takes 64, not 128."""
+    if info is None:
+        return [32, 128]
+    widths = ({e.embedding_dim for e in info.embeddings.values()} if tables
+              else {info.layers[n].in_features for n in info.targets_by_default()})
+    sizes: list[int] = []
+    for wanted in (32, 128):
+        fits = [g for g in (wanted, 64, 32) if g <= wanted and all(w % g == 0 for w in widths)]
+        size = fits[0] if fits else wanted
+        if size not in sizes:
+            sizes.append(size)
+    return sizes
 
 
 def write_auto_config(config: dict[str, Any], run_dir: str) -> str:

@@ -5,10 +5,14 @@ the Linear layers inside the blocks). With `share: group`, layers of one `ModelI
 gate/up) that are all selected form ONE unit named by the group (`encoder.layer.0.attention.self.qkv`) and
 share its settings; every other layer is a unit of its own. With `share: layer` every layer is its own unit.
 Structured pruning decides per structure (heads or FFN neurons); grouped-query attention heads are left out
-(they cannot be pruned). `space.embeddings` picks embedding tables (`select_embeddings`; default: every table
-not tied to a Linear), each table its own unit, named by the table, whatever `share` says: tables differ too much
-to share a setting (alone at 4 bits, MiniLM's 2 x 384 token-type table costs more fidelity than its 30522 x 384
-word table: benchmarks/results/uniform_corners.md).
+(they cannot be pruned). `space.embeddings` picks embedding tables (`select_embeddings`; default: every table),
+each table its own unit, named by the table, whatever `share` says: tables differ too much to share a setting
+(alone at 4 bits, MiniLM's 2 x 384 token-type table costs more fidelity than its 30522 x 384 word table:
+benchmarks/results/uniform_corners.md). A table tied to a Linear (SmolLM2's `model.embed_tokens` and `lm_head`,
+GPT-2's `transformer.wte`) is such a unit too, still named (and its params named) by the table, but its plan
+entry goes on the Linear (`lm_head`): that weight is the table, [vocab, hidden] in both, so quantizing the
+Linear quantizes the table and a group along the Linear's inputs is a group along each token's vector. A space
+whose quantize or lowrank section also selects that Linear is refused (one weight, two decisions).
 
 Optuna params are named `"<unit>.<field>"` with the `LayerPlan` field names: bits, group_size, symmetric,
 quant_method, act_bits, sparsity, pattern, prune_method, rank, rank_method; all are categorical over the
@@ -90,8 +94,7 @@ class ConfigSpace(SearchSpace):
                 self.technique_units[tech] = self._group(names)
         if space.embeddings is not None:
             e = space.embeddings
-            tables = select_embeddings(info, e.targets, e.ignore)
-            self.technique_units["embeddings"] = {n: (n,) for n in tables}
+            self.technique_units["embeddings"] = self._table_units(select_embeddings(info, e.targets, e.ignore))
         if space.structured is not None:
             st = space.structured
             names = [n for n in select_layers(info, st.targets, st.ignore, structures=True, where="space.structured")
@@ -304,6 +307,33 @@ class ConfigSpace(SearchSpace):
         for name in names:
             unit = owner.get(name, name)
             units.setdefault(unit, self.info.groups[unit] if unit in owner.values() else (name,))
+        return units
+
+    def _table_units(self, tables: list[str]) -> dict[str, tuple[str, ...]]:
+        """Each table a unit named by itself, holding itself, or for a table tied to a Linear that Linear (see
+        the module docstring). `UserError` when the Linear does not hold the table in its [out, in] layout (a
+        group would then run across tokens) or when space.quantize or space.lowrank also selects it."""
+        units: dict[str, tuple[str, ...]] = {}
+        for name in tables:
+            emb = self.info.embeddings[name]
+            linear = emb.tied_to
+            if linear is None:
+                units[name] = (name,)
+                continue
+            li = self.info.layers[linear]
+            if (li.out_features, li.in_features) != (emb.num_embeddings, emb.embedding_dim):
+                raise UserError(f"space.embeddings: the table {name!r} is tied to {linear!r}, which holds it "
+                                f"transposed ({li.out_features} x {li.in_features}), so its groups would run "
+                                f"across tokens; add {name!r} to space.embeddings.ignore and quantize "
+                                f"{linear!r} through space.quantize")
+            for tech in ("quantize", "lowrank"):
+                if any(linear in members for members in self.technique_units.get(tech, {}).values()):
+                    raise UserError(f"space.embeddings and space.{tech} both select {linear!r}, which holds the "
+                                    f"tied table {name!r} (one weight, two decisions); add {linear!r} to "
+                                    f"space.{tech}.ignore, or {name!r} to space.embeddings.ignore (or drop "
+                                    "space.embeddings when it is the only table)")
+            if (linear,) not in units.values():  # tables sharing one weight (T5's shared/encoder/decoder): one unit
+                units[name] = (linear,)
         return units
 
     def _shapes(self, name: str) -> set[tuple[int, int]]:

@@ -180,3 +180,19 @@ def test_tied_table_is_counted_once_as_its_linear():
     r = size(gpt2, {"lm_head": LayerPlan(bits=8, group_size=None)})
     assert "transformer.wte" not in r.per_layer and r.per_layer["lm_head"] == 30522 * 64 + 30522 * 2
     assert r.total_bytes == r.original_bytes - 30522 * 64 * 4 + r.per_layer["lm_head"]
+
+
+def test_a_tied_table_chosen_in_space_embeddings_is_counted_once_at_its_bits():
+    """random:llama-tied: model.embed_tokens is lm_head's weight. space.embeddings decides it as the table and
+    puts the entry on lm_head; the shared [30522, 64] weight is counted once, at those bits."""
+    from autocompress.config import SpaceSection
+    from autocompress.spaces import ConfigSpace
+
+    info = load_model("random:llama-tied").info
+    cs = ConfigSpace(SpaceSection.model_validate({"embeddings": {"bits": [4, None], "group_size": [32]}}), info)
+    plan = cs.plan_from_params({"model.embed_tokens.bits": 4})
+    r = plan_size(plan, info)
+    head = 30522 * 64 // 2 + 30522 * 2 * 2  # 4-bit values + 2 fp16 scales per row (hidden 64, groups of 32)
+    assert set(plan.layers) == {"lm_head"} and r.per_layer["lm_head"] == head
+    assert "model.embed_tokens" not in r.per_layer
+    assert r.total_bytes == r.original_bytes - 30522 * 64 * 4 + head  # no second copy of the table anywhere

@@ -54,6 +54,12 @@ PLANS = {
         "lm_head": LayerPlan(bits=8, group_size=None),
         "model.embed_tokens": LayerPlan(bits=5, group_size=64, symmetric=False),
     },
+    "random:llama-tied": {  # model.embed_tokens is tied to lm_head: the table's entry, as space.embeddings writes it
+        "model.layers.0.self_attn.q_proj": LayerPlan(bits=4, group_size=32, quant_method="gptq"),
+        "model.layers.1.mlp": LayerPlan(sparsity=0.25, pattern="structured"),
+        "model.layers.1.mlp.up_proj": LayerPlan(bits=6, group_size=32),
+        "lm_head": LayerPlan(bits=4, group_size=32, symmetric=False),
+    },
 }
 
 

@@ -99,6 +99,31 @@ def test_causal_lms_with_kernels(exported, spec, expected):
     assert ((out - ref).norm() / ref.norm()) < 0.02
 
 
+def test_a_tied_head_on_a_kernel_packs_its_table_from_the_same_integers(tmp_path):
+    """lm_head (tied to model.embed_tokens) at 8 bits per channel runs the int8 kernel; the table, which no
+    longer shares a float weight with it, becomes a PackedEmbedding of the same integers: its lookups stay
+    exactly the rows of the dequantized head and no float copy of the 30522 x 64 weight is left."""
+    if not has_kernel("int8"):
+        pytest.skip("torch here has no int8 kernel")
+    from autocompress.export.embedding import PackedEmbedding
+    from autocompress.loading import load_model
+
+    lm = load_model("random:llama-tied")
+    plan = CompressionPlan({"lm_head": LayerPlan(bits=8, group_size=None, symmetric=False)})
+    model = apply_plan(copy.deepcopy(lm.model), plan, info=lm.info)
+    save_compressed(model, plan, lm.info, str(tmp_path), tokenizer=lm.tokenizer)
+    cm = load_compressed(str(tmp_path), kernels=True)
+    assert cm.kernels == {"lm_head": "int8", "model.embed_tokens": "table8"}
+    table = cm.model.model.embed_tokens
+    assert isinstance(table, PackedEmbedding) and table.zeros is not None
+    assert not any(p.numel() >= 30522 * 64 for p in cm.model.parameters())  # the float weight is gone
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(table(x), model.lm_head.weight[x])
+        ref, out = model(input_ids=x).logits, cm.model(input_ids=x).logits
+    assert ((out - ref).norm() / ref.norm()) < 0.02
+
+
 @pytest.mark.slow
 def test_minilm_kernels_keep_fidelity(minilm, tmp_path):
     if minilm.tokenizer is None:

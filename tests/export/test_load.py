@@ -48,6 +48,22 @@ def test_gpt2_lm_head_stays_tied(exported):
     assert cm.model.transformer.h[1].attn.c_attn.up.weight.shape[0] == 3 * 48  # 3 of 4 heads kept
 
 
+def test_a_tied_llama_head_stays_tied_and_exact(exported):
+    """The head's 4-bit entry quantizes the shared weight: stored once under lm_head, reloaded as one
+    parameter, so the table's lookups are exactly the rows of the quantized head."""
+    e = exported["random:llama-tied"]
+    cm = load_compressed(e.path)
+    table, head = cm.model.model.embed_tokens, cm.model.lm_head
+    assert head.weight is table.weight and cm.info["tied"] == {"model.embed_tokens.weight": "lm_head.weight"}
+    assert torch.equal(head.weight, e.model.lm_head.weight)  # the quantized values, exactly
+    assert not torch.equal(head.weight, e.loaded.model.lm_head.weight)  # (which differ from the original)
+    rows = head.weight[:, :32]  # one 4-bit asymmetric group per row: at most 16 values in each
+    assert max(len(r.unique()) for r in rows[:100]) <= 16
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(table(x), e.model.lm_head.weight[x])
+
+
 def _copy(exported, tmp_path):
     path = tmp_path / "export"
     shutil.copytree(exported["random:bert"].path, path)

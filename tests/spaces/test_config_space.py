@@ -322,11 +322,79 @@ def test_embedding_tables_are_one_unit_each_whatever_share_says(infos):
     assert max(seen) > 1  # the tables are decided apart: some trial gives them different bits
     per_table = ConfigSpace(space("layer", embeddings={"targets": ["re:word|position"]}), info)
     assert per_table.technique_units["embeddings"] == {t: (t,) for t in tables[:2]}
-    gpt2 = ConfigSpace(space(embeddings={}), infos["gpt2"])  # wte is tied to lm_head: only wpe
-    assert gpt2.technique_units["embeddings"] == {"transformer.wpe": ("transformer.wpe",)}
-    with pytest.raises(UserError, match="no embedding tables.*tied tables are quantized through their Linear: "
-                                        r"transformer.wte \(tied to lm_head\)"):
-        ConfigSpace(space(embeddings={"targets": ["transformer.wte"]}), infos["gpt2"])
+    gpt2 = ConfigSpace(space(embeddings={}), infos["gpt2"])  # wte is tied to lm_head: its entry goes there
+    assert gpt2.technique_units["embeddings"] == {"transformer.wte": ("lm_head",),
+                                                  "transformer.wpe": ("transformer.wpe",)}
+    with pytest.raises(UserError, match=r"no embedding tables.*the model's tables: transformer.wte, transformer.wpe"):
+        ConfigSpace(space(embeddings={"targets": ["wte"]}), infos["gpt2"])
+
+
+def _llama_tied():
+    return load_model("random:llama-tied").info
+
+
+def test_a_tied_table_is_one_unit_whose_entry_lands_on_its_linear(infos):
+    info = _llama_tied()
+    assert info.embeddings["model.embed_tokens"].tied_to == "lm_head" and info.untied_tables() == []
+    cs = ConfigSpace(space(quantize={"bits": [8, 4, None]}, embeddings={"bits": [8, 4, None], "group_size": [32, 128]}),
+                     info)
+    assert cs.technique_units["embeddings"] == {"model.embed_tokens": ("lm_head",)}
+    assert "lm_head" not in {m for ms in cs.technique_units["quantize"].values() for m in ms}  # default targets
+    head = info.layers["lm_head"]  # the Linear holds the table in its own layout: groups run along each token
+    assert (head.out_features, head.in_features) == (30522, 64)
+    seen = set()
+    for trial, plan in trials(cs, n=40):
+        validate_plan(plan, info)
+        assert "model.embed_tokens" not in plan.layers  # a tied table is never a plan key of its own
+        bits = trial.params["model.embed_tokens.bits"]  # params named by the table, as for untied tables
+        entry = plan.layers.get("lm_head")
+        if bits is None:
+            assert entry is None and "model.embed_tokens.group_size" not in trial.params
+        else:
+            gs = trial.params["model.embed_tokens.group_size"]
+            assert (entry.bits, entry.group_size, entry.quant_method, entry.act_bits) == (bits, gs, "rtn", None)
+        assert cs.plan_from_params(trial.params) == plan
+        seen.add(bits)
+    assert seen == {8, 4, None}
+    plans, params = cs.uniform_plans(), cs.uniform_params()
+    assert plans["quantize bits=4"].layers["lm_head"].bits == 4  # uniform: every quantizable weight, head too
+    assert all(cs.plan_from_params(params[label]) == plan for label, plan in plans.items())
+    gpt2 = ConfigSpace(space(embeddings={"targets": ["transformer.wte"], "bits": [4, None]}), infos["gpt2"])
+    plan = gpt2.plan_from_params({"transformer.wte.bits": 4})
+    assert set(plan.layers) == {"lm_head"} and plan.layers["lm_head"].bits == 4
+
+
+@pytest.mark.parametrize("tech", ["quantize", "lowrank"])
+def test_a_tied_linear_selected_twice_is_refused(tech):
+    info = _llama_tied()
+    section = {"targets": ["lm_head"]} if tech == "quantize" else {"targets": ["lm_head"], "rank": [None, 8]}
+    with pytest.raises(UserError, match=rf"space.embeddings and space.{tech} both select 'lm_head'.*"
+                                        rf"'model.embed_tokens'.*space.{tech}.ignore.*space.embeddings.ignore"):
+        ConfigSpace(space(**{tech: section, "embeddings": {}}), info)
+    ConfigSpace(space(**{tech: {**section, "ignore": ["lm_head"], "targets": None}, "embeddings": {}}), info)  # fix
+    gpt2 = load_model("random:gpt2").info  # the other fix, where another table remains
+    ConfigSpace(space(**{tech: section, "embeddings": {"ignore": ["transformer.wte"]}}), gpt2)
+    with pytest.raises(UserError, match=f"space.{tech} both select 'lm_head'"):
+        ConfigSpace(space(**{tech: section, "embeddings": {}}), gpt2)
+
+
+def test_a_table_its_linear_holds_transposed_is_refused():
+    import dataclasses
+
+    info = _llama_tied()  # as if the head were a GPT-2 Conv1D: [in, out] = [vocab, hidden], groups across tokens
+    head = dataclasses.replace(info.layers["lm_head"], in_features=30522, out_features=64)
+    turned = dataclasses.replace(info, layers={**info.layers, "lm_head": head})
+    with pytest.raises(UserError, match="tied to 'lm_head', which holds it transposed.*quantize 'lm_head' through "
+                                        "space.quantize"):
+        ConfigSpace(space(embeddings={}), turned)
+
+
+def test_a_model_without_tables_still_says_so(infos):
+    import dataclasses
+
+    bare = dataclasses.replace(infos["bert"], embeddings={})
+    with pytest.raises(UserError, match="found no embedding tables.*the model has no embedding tables"):
+        ConfigSpace(space(embeddings={}), bare)
 
 
 def test_uniform_quantize_baselines_take_the_embedding_tables_along(infos):
@@ -342,3 +410,20 @@ def test_uniform_quantize_baselines_take_the_embedding_tables_along(infos):
     assert {"embeddings bits=8", "embeddings bits=4"} <= set(cs.main_choices())  # sensitivity measures them
     alone = ConfigSpace(space(embeddings={"bits": [4, None]}), info)
     assert set(alone.uniform_plans()) == {"embeddings bits=4"}
+
+
+def test_uniform_baselines_follow_the_configs_order(infos):
+    """The study runs the baselines in this order: a config listing bits from 8 down (as `auto` writes it)
+    runs the mildest plans first; the quickstart's [4, 8] keeps its order."""
+    from pathlib import Path
+
+    import yaml
+
+    info = infos["bert"]
+    down = ConfigSpace(space(quantize={"bits": [8, 6, 4, None]}, embeddings={"bits": [8, 4, None]}), info)
+    assert list(down.uniform_params()) == ["quantize bits=8", "quantize bits=6", "quantize bits=4"]
+    with open(Path(__file__).parents[2] / "examples" / "quickstart.yaml", encoding="utf-8") as fh:
+        quick = SpaceSection.model_validate(yaml.safe_load(fh)["space"])
+    assert list(ConfigSpace(quick, info).uniform_params()) == [
+        "quantize bits=4 act_bits=8", "quantize bits=4 act_bits=None", "quantize bits=8 act_bits=8",
+        "quantize bits=8 act_bits=None"]
