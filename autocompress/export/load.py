@@ -157,9 +157,9 @@ def _apply_kernels(model: nn.Module, packed: PackedModel) -> dict[str, str]:
     return used
 
 
-def _add_act_hooks(model: nn.Module, packed: PackedModel, kernels: dict[str, str]) -> None:
-    """Smoothing hooks, then int8 activation hooks (so the int8 grid sees x / s), where no w8a8 kernel does
-    both itself."""
+def _add_act_hooks(model: nn.Module, packed: PackedModel, kernels: dict[str, str], device: str = "cpu") -> None:
+    """Smoothing hooks (s on `device`, where the model will run), then int8 activation hooks (so the int8 grid
+    sees x / s), where no w8a8 kernel does both itself."""
     smooth = smoothing_vectors(packed)
     for name, record in packed.layers.items():
         if record["act_bits"] is None and name not in smooth:
@@ -168,7 +168,7 @@ def _add_act_hooks(model: nn.Module, packed: PackedModel, kernels: dict[str, str
             if kernels.get(prefix) == "w8a8":  # the dynamic int8 kernel smooths and quantizes its input itself
                 continue
             if name in smooth:
-                add_smoothing(module, smooth[name])
+                add_smoothing(module, smooth[name].to(device))
             if record["act_bits"] is not None:
                 add_act_quant(module, record["act_bits"])
 
@@ -194,7 +194,7 @@ def load_compressed(path: str, kernels: bool = False, device: str = "cpu") -> Co
                         "export the model again") from None
     _retie(model, packed.tied)
     used = _apply_kernels(model, packed) if kernels and str(device) == "cpu" else {}
-    _add_act_hooks(model, packed, used)
+    _add_act_hooks(model, packed, used, device)
     model.to(device)
     tokenizer = None
     if os.path.isfile(os.path.join(path, "tokenizer_config.json")):
