@@ -49,6 +49,16 @@ class QuantizeSpace(_Selectable):
     symmetric: list[bool] = Field([True], min_length=1)
     method: list[Literal["rtn", "gptq"]] = Field(["rtn"], min_length=1)
     act_bits: list[Literal[8] | None] = Field([None], min_length=1)
+    smooth: list[float | None] = Field([None], min_length=1, description="SmoothQuant migration strengths in "
+                                       "(0, 1], null for none; drawn only for units with act_bits 8")
+
+    @field_validator("smooth")
+    @classmethod
+    def _alpha(cls, v: list[float | None]) -> list[float | None]:
+        if any(a is not None and not 0.0 < a <= 1.0 for a in v):
+            raise ValueError("each smooth must be a migration strength in (0, 1] (0.5 is SmoothQuant's default), "
+                             "or null for no smoothing")
+        return v
 
 
 class EmbeddingSpace(_Selectable):

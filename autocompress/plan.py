@@ -36,6 +36,10 @@ class LayerPlan:
       symmetric: symmetric grid (zero at 0) or asymmetric (min/max with an integer zero point).
       quant_method: "rtn" (round to nearest) or "gptq" (error-correcting, needs calibration data).
       act_bits: 8 for dynamic per-token int8 activations (W8A8), or None to keep activations as they are.
+      smooth: SmoothQuant's migration strength alpha in (0, 1], or None: before quantization each input
+        channel j of the layer is divided by s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) (from calibration
+        data) and the weight's column j multiplied by it, so the int8 activations see fewer outliers. Needs
+        act_bits 8 and no rank (see policies/smooth.py).
     Pruning:
       sparsity: share of weights removed, 0..0.95 (for "structured", the share of heads/neurons removed).
       pattern: "unstructured", "N:M" such as "2:4" (N kept in every M; sparsity is then 1 - N/M),
@@ -56,10 +60,13 @@ class LayerPlan:
     prune_method: str = "magnitude"
     rank: int | float | None = None
     rank_method: str = "svd"
+    smooth: float | None = None  # last, so that positional construction keeps its meaning
 
     def __post_init__(self) -> None:
         _check_layer_plan(self)
         object.__setattr__(self, "sparsity", float(self.sparsity))
+        if self.smooth is not None:
+            object.__setattr__(self, "smooth", float(self.smooth))
         nm = self.n_m
         if nm is not None:
             object.__setattr__(self, "sparsity", 1.0 - nm[0] / nm[1])
@@ -109,6 +116,15 @@ def _check_layer_plan(p: LayerPlan) -> None:
         bad(f"quant_method={p.quant_method!r} is unknown; use one of {', '.join(QUANT_METHODS)}")
     if p.act_bits not in (None, 8):
         bad(f"act_bits={p.act_bits!r} is not supported; use 8 (dynamic int8 activations) or null")
+    if p.smooth is not None:
+        if isinstance(p.smooth, bool) or not isinstance(p.smooth, (int, float)) or not 0.0 < p.smooth <= 1.0:
+            bad(f"smooth={p.smooth!r} must be a migration strength in (0, 1] (0.5 is SmoothQuant's default), "
+                "or null for no smoothing")
+        if p.act_bits != 8:
+            bad(f"smooth={p.smooth!r} needs act_bits 8: smoothing moves activation outliers into the weights, "
+                "which only pays when activations are quantized; set act_bits: 8 or drop smooth")
+        if p.rank is not None:
+            bad(f"smooth={p.smooth!r} and rank on one layer: a factorized layer is not smoothed; choose one")
     if isinstance(p.sparsity, bool) or not isinstance(p.sparsity, (int, float)) or math.isnan(p.sparsity):
         bad(f"sparsity={p.sparsity!r} must be a number 0..{MAX_SPARSITY}")
     if p.pattern not in ("unstructured", "structured") and not _NM.match(str(p.pattern)):
@@ -249,7 +265,8 @@ class CompressionPlan:
         return flat
 
     def summary(self) -> str:
-        """One line: how many layers get each setting, e.g. "bits 3x6 4x12 8x6; structured 25%x3", then the
+        """One line: how many layers get each setting, e.g. "bits 3x6 4x12 8x6; act int8x6; smooth 0.5x6;
+        structured 25%x3", then the
         distillation if any (e.g. "; distill 200 steps lr 0.0001")."""
         if self.distill is not None:
             return f"{CompressionPlan(self.layers).summary()}; {self.distill.summary()}"
@@ -266,17 +283,19 @@ class CompressionPlan:
                 count("bits", str(p.bits))
             if p.act_bits is not None:
                 count("act", f"int{p.act_bits}")
+            if p.smooth is not None:
+                count("smooth", f"{p.smooth:g}")
             if p.prunes:
                 kind = "structured" if p.pattern == "structured" else "sparsity"
                 count(kind, p.pattern if p.n_m else f"{p.sparsity:.0%}")
             if p.factorizes:
                 count("rank", str(p.rank))
-        order = ("bits", "act", "sparsity", "structured", "rank")
+        order = ("bits", "act", "smooth", "sparsity", "structured", "rank")
         return "; ".join(f"{kind} " + " ".join(f"{v}x{n}" for v, n in sorted(parts[kind].items()))
                          for kind in order if kind in parts)
 
     # ---- display -------------------------------------------------------------------------------------
-    _COLUMNS = ("layer", "bits", "group", "sym", "quant", "act", "sparsity", "pattern", "prune", "rank")
+    _COLUMNS = ("layer", "bits", "group", "sym", "quant", "act", "smooth", "sparsity", "pattern", "prune", "rank")
 
     def rows(self) -> list[tuple[str, ...]]:
         """One row of display strings per layer, in `_COLUMNS` order ("-" where nothing is done)."""
@@ -290,6 +309,7 @@ class CompressionPlan:
                 ("sym" if p.symmetric else "asym") if q else "-",
                 p.quant_method if q else "-",
                 f"int{p.act_bits}" if p.act_bits else "-",
+                f"{p.smooth:g}" if p.smooth is not None else "-",
                 f"{p.sparsity:.0%}" if p.prunes else "-",
                 p.pattern if p.prunes else "-",
                 p.prune_method if p.prunes else "-",

@@ -13,8 +13,8 @@ def validate_plan(plan: CompressionPlan, info: ModelInfo) -> None:
 
     Checks: every key is a layer, a structure or an embedding table of the model; structure keys carry only
     structured pruning and Linear keys never do; embedding keys carry only RTN weight quantization (bits,
-    group_size, symmetric) and are not tied to a Linear layer; a rank fits its layer and does not grow it;
-    head pruning is not asked of grouped-query attention.
+    group_size, symmetric) and are not tied to a Linear layer; a Linear tied to a table is not smoothed; a rank
+    fits its layer and does not grow it; head pruning is not asked of grouped-query attention.
     """
     for name, entry in plan.layers.items():
         if name in info.structures:
@@ -33,6 +33,10 @@ def validate_plan(plan: CompressionPlan, info: ModelInfo) -> None:
             raise UserError(f"plan layer {name!r} is not a layer of this {info.model_type} model"
                             + suggest(name, [*info.layers, *info.structures, *info.embeddings]))
         li = info.layers[name]
+        tables = [e.name for e in info.embeddings.values() if e.tied_to == name]
+        if entry.smooth is not None and tables:
+            raise UserError(f"plan layer {name!r}: smooth would rescale the embedding table {tables[0]!r} that "
+                            "shares its weight; drop smooth on this layer")
         if entry.pattern == "structured":
             owners = [s.name for s in info.structures.values() if name in (*s.producers, s.consumer)]
             hint = f"; put it on the structure {owners[0]!r}" if owners else "; this layer has no structure"
@@ -56,8 +60,8 @@ def _check_embedding(name: str, entry: LayerPlan, info: ModelInfo) -> None:
     if emb.tied_to is not None:
         raise UserError(f"plan layer {name!r} is an embedding table tied to the Linear {emb.tied_to!r} (one "
                         f"weight); quantize {emb.tied_to!r} instead, which quantizes both")
-    extra = [f for f, v in (("act_bits", entry.act_bits), ("sparsity", entry.prunes), ("rank", entry.factorizes))
-             if v]
+    extra = [f for f, v in (("act_bits", entry.act_bits), ("smooth", entry.smooth), ("sparsity", entry.prunes),
+                            ("rank", entry.factorizes)) if v]
     if extra:
         raise UserError(f"plan layer {name!r} is an embedding table; it takes only bits, group_size and "
                         f"symmetric (drop {', '.join(extra)})")

@@ -103,6 +103,24 @@ def test_summary_counts_settings():
     assert CompressionPlan({}).summary() == "empty"
 
 
+def test_optional_smooth_field():
+    old = '{"autocompress_plan": 1, "layers": {"x": {"bits": 8, "act_bits": 8}}}'
+    plan = CompressionPlan.from_json(old)
+    assert plan.layers["x"].smooth is None and json.loads(plan.to_json()) == json.loads(old)  # written as before
+    smoothed = CompressionPlan({"x": LayerPlan(bits=8, act_bits=8, smooth=0.5), "y": LayerPlan(act_bits=8, smooth=1)})
+    data = json.loads(smoothed.to_json())
+    assert data["autocompress_plan"] == PLAN_VERSION and data["layers"]["x"]["smooth"] == 0.5
+    again = CompressionPlan.from_json(smoothed.to_json())
+    assert again == smoothed and again.layers["y"].smooth == 1.0 and again != plan
+    assert smoothed.flatten()["x.smooth"] == 0.5
+    assert smoothed.summary() == "bits 8x1; act int8x2; smooth 0.5x1 1x1"
+    text = str(smoothed)
+    assert text.splitlines()[0].split() == ["layer", "bits", "group", "sym", "quant", "act", "smooth"]
+    assert text.splitlines()[2].split()[-2:] == ["int8", "0.5"] and "smooth" not in str(sample_plan())
+    with pytest.raises(UserError, match="layer 'x'.*smooth.*act_bits 8"):
+        CompressionPlan.from_json('{"layers": {"x": {"bits": 8, "smooth": 0.5}}}')
+
+
 def test_optional_distill_field():
     from autocompress.distill import DistillConfig
 

@@ -20,6 +20,8 @@ The packed format counted here (an exporter writes exactly this):
     (rounded up to whole bytes per matrix). A sparse layout is used only when it is smaller than the dense
     one; otherwise the matrix is stored dense (`SizeReport.formats` says which).
   - Biases keep `dtype_bytes` per value. act_bits changes nothing stored.
+  - A smoothed layer (`smooth`, SmoothQuant) also stores its smoothing vector: in_features (after structured
+    pruning) fp16 values, 2 bytes each, counted in the layer's bytes.
   - An embedding table [num_embeddings, dim] is a weight matrix like the above (rows = tokens, groups along
     dim), always dense. A table tied to a Linear layer is counted once, as that layer.
 """
@@ -86,6 +88,11 @@ def matrix_bytes(rows: int, cols: int, entry: LayerPlan | None, dtype_bytes: int
     return (packed, layout) if packed < dense else (dense, "dense")
 
 
+def smooth_bytes(in_features: int, entry: LayerPlan | None) -> int:
+    """Bytes of a layer's stored smoothing vector: in_features fp16 values when it is smoothed, else 0."""
+    return 2 * in_features if entry is not None and entry.smooth is not None else 0
+
+
 def pruned_shapes(plan: CompressionPlan, info: ModelInfo) -> dict[str, tuple[int, int]]:
     """(out_features, in_features) of every Linear layer after the plan's structured pruning."""
     shapes = {name: [li.out_features, li.in_features] for name, li in info.layers.items()}
@@ -123,7 +130,7 @@ def plan_size(plan: CompressionPlan, info: ModelInfo) -> SizeReport:
             per_layer[name], formats[name] = down + up + bias, "lowrank"
         else:
             weight, formats[name] = matrix_bytes(out, inp, entry, db)
-            per_layer[name] = weight + bias
+            per_layer[name] = weight + bias + smooth_bytes(inp, entry)
     total = sum(per_layer.values()) + other
     return SizeReport(total_bytes=total, original_bytes=original, ratio=total / original if original else 1.0,
                       size_mb=total / 1e6, per_layer=per_layer, other_bytes=other, formats=formats)

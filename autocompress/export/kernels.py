@@ -5,6 +5,7 @@
         input per tensor (asymmetric uint8, 7 bits on x86); `W8A8Linear` scales each token to absmax 1 first
         (and the output back), which makes that per token, as the search's fake quantization is: on MiniLM,
         uniform W8A8 fidelity 0.9954 against 0.9975 fake-quantized, where the plain per-tensor call gave 0.975.
+        A smoothed layer's kernel (`smooth`, policies/smooth.py) divides its input by s first.
   int8  bits 8, one scale per output channel, without int8 activations (or on an asymmetric grid):
         `torch._weight_int8pack_mm` (x @ q^T, then times the float32 scales). An asymmetric grid runs as
         q - 128 plus the per-row offset (128 - zero) * scale times sum(x).
@@ -138,10 +139,12 @@ class W8A8Linear(nn.Module):
     kernel and its output row multiplied back, so the kernel's per-tensor uint8 quantization of that input
     is a per-token one, like the search's int8 fake quantization. `reduce_range` is passed to the kernel:
     True (torch's default on x86) quantizes to 7 bits, which rules out int16 overflow on CPUs without VNNI;
-    False uses all 8 bits and may saturate there. The bias is added in float32 after the kernel."""
+    False uses all 8 bits and may saturate there. The bias is added in float32 after the kernel. With `smooth`
+    (a SmoothQuant vector s [in], the weights `q` already multiplied by it) the input is divided by s before
+    the per-token scaling."""
 
     def __init__(self, q: torch.Tensor, grid: QuantGrid, bias: torch.Tensor | None,
-                 reduce_range: bool = True) -> None:
+                 reduce_range: bool = True, smooth: torch.Tensor | None = None) -> None:
         from autocompress.evaluators.latency.kernels import real_linear
 
         super().__init__()
@@ -155,9 +158,12 @@ class W8A8Linear(nn.Module):
             q.to(torch.int8), grid.scale[:, 0].double(), torch.zeros(self.out_features, dtype=torch.long), 0)
         self.inner.set_weight_bias(qweight, None)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.register_buffer("smooth", None if smooth is None else smooth.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features).float()
+        if self.smooth is not None:
+            x2 = x2 / self.smooth
         s = x2.abs().amax(-1, keepdim=True)
         s = torch.where(s > 0, s, torch.ones_like(s))
         y = torch.ops.quantized.linear_dynamic((x2 / s).contiguous(), self.inner._packed_params._packed_params,
@@ -170,9 +176,12 @@ class W8A8Linear(nn.Module):
 KERNELS = {"w8a8": W8A8Linear, "int8": Int8WeightOnlyLinear, "int4": Int4WeightOnlyLinear}
 
 
-def kernel_module(q: torch.Tensor, grid: QuantGrid, bias: torch.Tensor | None, kind: str) -> nn.Module:
+def kernel_module(q: torch.Tensor, grid: QuantGrid, bias: torch.Tensor | None, kind: str,
+                  smooth: torch.Tensor | None = None) -> nn.Module:
     """The `kind` kernel module computing x @ dequantize(q, grid)^T + bias (up to its rounding); the
-    weight-only kernels compute in `KERNEL_DTYPE`."""
+    weight-only kernels compute in `KERNEL_DTYPE`. `smooth` (w8a8 only): (x / smooth) @ dequantize(q, grid)^T."""
     if kind == "w8a8":
-        return W8A8Linear(q, grid, bias)
+        return W8A8Linear(q, grid, bias, smooth=smooth)
+    if smooth is not None:
+        raise ValueError(f"the {kind} kernel takes no smoothing vector; put a smoothing hook in front of it")
     return KERNELS[kind](q, grid, bias, KERNEL_DTYPE)

@@ -4,10 +4,11 @@ Steps: check the directory (export.json, config.json, plan.json, model.safetenso
 build the architecture from config.json with the task's Auto class `from_config` (never trust_remote_code);
 apply the plan's shape changes to that skeleton (structured entries keep the first n units, as the stored
 tensors are ordered; low-rank layers become `LowRankLinear` of the stored rank); unpack every tensor
-(`safetensors.torch.load_file`, no pickle) and `load_state_dict(strict=True)`; re-tie tied weights; re-add
-the int8 activation hooks of act_bits=8 layers; with `kernels=True`, swap in the real CPU kernels of
-`kernels.py` and keep quantized embedding tables packed (`embedding.PackedEmbedding`; a table tied to a Linear
-that runs a kernel too, from the same integers); eval mode.
+(`safetensors.torch.load_file`, no pickle) and `load_state_dict(strict=True)`; re-tie tied weights; with
+`kernels=True`, swap in the real CPU kernels of `kernels.py` and keep quantized embedding tables packed
+(`embedding.PackedEmbedding`; a table tied to a Linear that runs a kernel too, from the same integers); re-add,
+in this order, the smoothing hooks of smoothed layers (the input divided by the stored s) and the int8
+activation hooks of act_bits=8 layers, except on a w8a8 kernel, which does both itself; eval mode.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from autocompress.errors import UserError
 from autocompress.export import kernels as K
 from autocompress.export.embedding import PackedEmbedding
 from autocompress.export.matrix import unpack_int
-from autocompress.export.packed import SUFFIXES, PackedModel, unpack_state_dict, weight_parts
+from autocompress.export.packed import SUFFIXES, PackedModel, smoothing_vectors, unpack_state_dict, weight_parts
 from autocompress.export.save import FORMAT_NAME, FORMAT_VERSION
 from autocompress.models import inspect_model
 from autocompress.loading import _auto_class
@@ -32,6 +33,7 @@ from autocompress.modules import in_out_features, set_module
 from autocompress.plan import CompressionPlan
 from autocompress.policies.quantize import QuantGrid, add_act_quant
 from autocompress.policies.lowrank import low_rank_module
+from autocompress.policies.smooth import add_smoothing
 from autocompress.policies.structured import prune_units
 
 REQUIRED = ("export.json", "config.json", "plan.json", "model.safetensors")
@@ -131,8 +133,10 @@ def _retie(model: nn.Module, tied: dict[str, str]) -> None:
 
 
 def _apply_kernels(model: nn.Module, packed: PackedModel) -> dict[str, str]:
-    """Swap every packed weight module whose format has a real CPU kernel; {module name: kernel}."""
+    """Swap every packed weight module whose format has a real CPU kernel; {module name: kernel}. A w8a8
+    kernel takes its layer's smoothing vector."""
     used = {}
+    smooth = smoothing_vectors(packed)
     for name, record in packed.layers.items():
         for prefix, module in weight_parts(model, name):
             meta = record["matrices"][f"{prefix}.weight"]
@@ -147,7 +151,8 @@ def _apply_kernels(model: nn.Module, packed: PackedModel) -> dict[str, str]:
                 continue
             kind = K.kernel_kind(grid, tuple(q.shape), record["act_bits"])
             if kind is not None:
-                set_module(model, prefix, K.kernel_module(q, grid, module.bias, kind))
+                s = smooth.get(name) if kind == "w8a8" else None
+                set_module(model, prefix, K.kernel_module(q, grid, module.bias, kind, smooth=s))
                 used[prefix] = kind
                 used.update(_pack_tied_tables(model, packed, prefix, q, grid))
     return used
@@ -170,12 +175,20 @@ def _pack_tied_tables(model: nn.Module, packed: PackedModel, prefix: str, q: tor
     return used
 
 
-def _add_act_hooks(model: nn.Module, packed: PackedModel, kernels: dict[str, str]) -> None:
+def _add_act_hooks(model: nn.Module, packed: PackedModel, kernels: dict[str, str], device: str = "cpu") -> None:
+    """Smoothing hooks (s on `device`, where the model will run), then int8 activation hooks (so the int8 grid
+    sees x / s), where no w8a8 kernel does both itself."""
+    smooth = smoothing_vectors(packed)
     for name, record in packed.layers.items():
-        if record["act_bits"] is not None:
-            for prefix, module in weight_parts(model, name):
-                if kernels.get(prefix) != "w8a8":  # the dynamic int8 kernel quantizes its input itself
-                    add_act_quant(module, record["act_bits"])
+        if record["act_bits"] is None and name not in smooth:
+            continue
+        for prefix, module in weight_parts(model, name):
+            if kernels.get(prefix) == "w8a8":  # the dynamic int8 kernel smooths and quantizes its input itself
+                continue
+            if name in smooth:
+                add_smoothing(module, smooth[name].to(device))
+            if record["act_bits"] is not None:
+                add_act_quant(module, record["act_bits"])
 
 
 def load_compressed(path: str, kernels: bool = False, device: str = "cpu") -> CompressedModel:
@@ -199,7 +212,7 @@ def load_compressed(path: str, kernels: bool = False, device: str = "cpu") -> Co
                         "export the model again") from None
     _retie(model, packed.tied)
     used = _apply_kernels(model, packed) if kernels and str(device) == "cpu" else {}
-    _add_act_hooks(model, packed, used)
+    _add_act_hooks(model, packed, used, device)
     model.to(device)
     tokenizer = None
     if os.path.isfile(os.path.join(path, "tokenizer_config.json")):

@@ -8,9 +8,14 @@ itself (not quantized and dense: native layout, model dtype) or packed by `matri
 back on unpacking). Biases and every other parameter are stored as they are; a parameter tied to another
 (GPT-2's lm_head and wte) is stored once, under the Linear layer's key, and `tied` maps the alias to it.
 
+A smoothed layer (`LayerPlan.smooth`, policies/smooth.py) also stores its smoothing vector s as
+`<layer>.smooth_scales` (fp16 [in]); its weight is stored already multiplied by s, and a loader divides the
+layer's input by s (`smoothing_vectors`). Exports without smoothed layers hold no such tensor.
+
 `layers[name]` (JSON-able) = {"layout": dense | bitmask | N:M | lowrank, "bytes": stored bytes of the layer
-(weights + bias), "predicted_bytes" and "predicted_layout" from `plan_size`, "rank" (low rank only),
-"act_bits", "matrices": {weight key: matrix metadata + "stored": "native" | "packed", "transposed": bool}}.
+(weights + bias + smoothing vector), "predicted_bytes" and "predicted_layout" from `plan_size`, "rank" (low
+rank only), "act_bits", "smooth" (smoothed layers only: the plan's alpha), "matrices": {weight key: matrix
+metadata + "stored": "native" | "packed", "transposed": bool}}.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from autocompress.models import ModelInfo
 from autocompress.modules import LowRankLinear, is_conv1d, weight_matrix
 from autocompress.plan import CompressionPlan
 from autocompress.policies.quantize import GRID_ATTR
+from autocompress.policies.smooth import SMOOTH_ATTR
 
 SUFFIXES = ("qweight", "scales", "zeros", "values", "mask", "nm_index")
+SMOOTH_SUFFIX = "smooth_scales"
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -114,6 +121,11 @@ def pack_model(model: nn.Module, plan: CompressionPlan, info: ModelInfo) -> Pack
                 total += _nbytes(module.bias)
         if low_rank:
             record["rank"] = parts[0][1].out_features
+        if entry is not None and entry.smooth is not None:
+            vector = _smoothing_vector(parts[0][1], name)
+            tensors[f"{name}.{SMOOTH_SUFFIX}"] = vector
+            total += _nbytes(vector)
+            record["smooth"] = entry.smooth
         record["bytes"] = total
         layers[name] = record
     tied = tied_aliases(model, handled)
@@ -123,10 +135,30 @@ def pack_model(model: nn.Module, plan: CompressionPlan, info: ModelInfo) -> Pack
     return PackedModel(tensors, layers, tied, str(dtype).removeprefix("torch."))
 
 
+def _smoothing_vector(module: nn.Module, name: str) -> torch.Tensor:
+    """The fp16 smoothing vector the smooth policy recorded on `module`; ValueError if there is none or it does
+    not fit the layer."""
+    s = getattr(module, SMOOTH_ATTR, None)
+    if s is None:
+        raise ValueError(f"layer {name!r}: the plan smooths it but it has no recorded smoothing vector "
+                         f"({SMOOTH_ATTR}); export the model that apply_plan returned")
+    s = s.detach().cpu()
+    if s.shape != (weight_matrix(module).shape[1],) or not torch.equal(s.to(torch.float16).float(), s.float()):
+        raise ValueError(f"layer {name!r}: its smoothing vector does not fit the layer or is not float16-exact")
+    return s.to(torch.float16).contiguous()
+
+
+def smoothing_vectors(packed: PackedModel) -> dict[str, torch.Tensor]:
+    """Layer name -> its smoothing vector s (float32 [in]) for every smoothed layer of `packed`."""
+    return {name: packed.tensors[f"{name}.{SMOOTH_SUFFIX}"].float()
+            for name, record in packed.layers.items() if record.get("smooth") is not None}
+
+
 def unpack_state_dict(packed: PackedModel) -> dict[str, torch.Tensor]:
-    """The full state_dict (every key, tied aliases included, native layouts) that `packed` describes."""
+    """The full state_dict (every key, tied aliases included, native layouts) that `packed` describes
+    (smoothing vectors are not state: see `smoothing_vectors`)."""
     dtype = getattr(torch, packed.dtype)
-    used = set()
+    used = {f"{name}.{SMOOTH_SUFFIX}" for name in smoothing_vectors(packed)}
     state: dict[str, torch.Tensor] = {}
     for record in packed.layers.values():
         for key, meta in record["matrices"].items():

@@ -1,6 +1,7 @@
 """`save_compressed`: write a compressed model as a self-contained packed export directory.
 
-The directory (FORMAT_VERSION 2; version 2 added packed embedding tables, version 1 exports still load):
+The directory (FORMAT_VERSION 3; version 2 added packed embedding tables, version 3 the smoothing vectors of
+smoothed layers; version 1 and 2 exports still load):
   model.safetensors  every tensor (see `packed.py`), the per-layer metadata as JSON in `__metadata__`
                      ("format", "format_version", "dtype", "layers", "tied")
   config.json        the original model config (the policies never change `model.config`)
@@ -28,7 +29,7 @@ from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan
 
 FORMAT_NAME = "autocompress.packed"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 FILES = ("model.safetensors", "config.json", "plan.json", "README.md", "export.json")
 
 

@@ -3,7 +3,7 @@
 Importing this package registers every policy in `POLICIES`; `apply_plan` composes them in `ORDER`.
 """
 
-from autocompress.policies import lowrank, quantize, sparsify, structured  # noqa: F401  (register)
+from autocompress.policies import lowrank, quantize, smooth, sparsify, structured  # noqa: F401  (register)
 from autocompress.policies._base import ORDER, POLICIES, Calibration, Policy
 from autocompress.policies.apply import apply_plan
 

@@ -3,7 +3,8 @@
 A policy is one compression technique. `apply(model, plan, calibration)` changes `model` in place for the
 plan entries the policy `handles`, and for no others. `apply_plan` runs the registered policies in
 `ORDER`, each on the model as the previous ones left it. Data-aware methods (GPTQ, Wanda, whitened SVD,
-activation-aware structured pruning) read input statistics through `Calibration.input_grams`, gathered
+activation-aware structured pruning) read input statistics through `Calibration.input_grams` (SmoothQuant
+through `Calibration.input_absmax`), gathered
 on the model as it stands at that stage (and kept in `Calibration.memo`, when there is one, while the model
 is still exactly the base model: see memo.py).
 """
@@ -57,8 +58,9 @@ class Policy:
 
 POLICIES: Registry[type[Policy]] = Registry("policy")
 
-# structured removal first (shapes shrink), then zeros, then factorization, then the integer grid last
-ORDER = ("structured", "sparsify", "lowrank", "quantize")
+# structured removal first (shapes shrink), then zeros, then factorization, then activation smoothing (which
+# rescales the weights the grid is fitted to), then the integer grid last
+ORDER = ("structured", "sparsify", "lowrank", "smooth", "quantize")
 
 
 @dataclass
@@ -123,6 +125,53 @@ class Calibration:
         if missing:
             raise RuntimeError(f"calibration never reached {missing[0]!r}: is it used in the forward pass?")
         return {n: grams[n] / max(counts[n], 1) for n in modules}
+
+    @torch.no_grad()
+    def input_absmax(self, model: nn.Module, modules: Mapping[str, nn.Module],
+                     pristine: bool | None = None) -> dict[str, torch.Tensor]:
+        """For each named Linear-like module, max |x_j| (float32, [in]) of its inputs per input feature over
+        all unmasked tokens (SmoothQuant's activation range; 0 for a feature never activated). Memoized on a
+        pristine model like `input_grams` (the memo's `absmax` table)."""
+        if pristine is None:
+            pristine = self.pristine(model)
+        known = {n: self.memo.absmax[n] for n in modules if n in self.memo.absmax} if pristine else {}
+        missing = {n: m for n, m in modules.items() if n not in known}
+        fresh = self._gather_absmax(model, missing) if missing else {}
+        if pristine:
+            for n, a in fresh.items():
+                self.memo.store_absmax(n, a)
+        return {n: known[n] if n in known else fresh[n] for n in modules}
+
+    def _gather_absmax(self, model: nn.Module, modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+        """`input_absmax` by one pass over the batches, with a hook on each module."""
+        peaks: dict[str, torch.Tensor] = {}
+        state: dict[str, torch.Tensor | None] = {"mask": None}
+
+        def hook(name: str):
+            def fn(_mod: nn.Module, args: tuple) -> None:
+                x = args[0].detach()
+                mask = state["mask"]
+                if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
+                    x = x[mask]
+                x = x.reshape(-1, x.shape[-1])
+                if x.shape[0]:
+                    peak = x.abs().amax(0).float()
+                    peaks[name] = torch.maximum(peaks[name], peak) if name in peaks else peak
+            return fn
+
+        handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
+        try:
+            for batch in self.batches:
+                mask = batch.get("attention_mask")
+                state["mask"] = mask.bool() if mask is not None else None
+                model(**batch)
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [n for n in modules if n not in peaks]
+        if missing:
+            raise RuntimeError(f"calibration never reached {missing[0]!r}: is it used in the forward pass?")
+        return dict(peaks)
 
 
 def input_norms(grams: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

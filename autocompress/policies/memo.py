@@ -3,10 +3,11 @@
 A search applies many plans to fresh copies of one base model. Whenever a policy meets the model still
 exactly as the base model (no earlier stage of the plan changed it), what it derives from the model and the
 calibration batches is the same for every such plan: the calibration Gram matrices of `Calibration.input_grams`,
-and every per-layer result that depends only on the layer's weight, its Gram matrix and its plan entry (a
-GPTQ-quantized weight). A worker keeps one memo beside its base model (`Calibration(batches, memo=...)`),
-so GPTQ, Wanda, whitened SVD and activation-aware structured pruning gather statistics once per worker
-instead of once per trial, and GPTQ quantizes each (layer, bits, group size, symmetric) once.
+the activation ranges of `Calibration.input_absmax` (SmoothQuant), and every per-layer result that depends
+only on the layer's weight, its Gram matrix and its plan entry (a GPTQ-quantized weight). A worker keeps one
+memo beside its base model (`Calibration(batches, memo=...)`), so GPTQ, Wanda, whitened SVD, activation-aware
+structured pruning and smoothing gather statistics once per worker instead of once per trial, and GPTQ
+quantizes each (layer, bits, group size, symmetric) once.
 
 Contract:
   - `matches(model)` is True only when `model` holds the base model's state exactly (the same state_dict
@@ -33,14 +34,16 @@ def _hook_count(model: nn.Module) -> int:
 
 
 class BaseModelMemo:
-    """See the module docstring. `grams` maps module name -> Gram matrix; `results` maps any hashable key
-    (a policy's choice, e.g. ("quantize", layer, "gptq", bits, group_size, symmetric)) -> a tuple of tensors."""
+    """See the module docstring. `grams` maps module name -> Gram matrix; `absmax` module name -> per-input
+    max |x|; `results` maps any hashable key (a policy's choice, e.g. ("quantize", layer, "gptq", bits,
+    group_size, symmetric)) -> a tuple of tensors."""
 
     def __init__(self, base: nn.Module, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._state = base.state_dict(keep_vars=False)
         self._hooks = _hook_count(base)
         self.max_bytes, self.stored_bytes = max_bytes, 0
         self.grams: dict[str, torch.Tensor] = {}
+        self.absmax: dict[str, torch.Tensor] = {}
         self.results: dict[Hashable, tuple[torch.Tensor, ...]] = {}
         self.hits = self.misses = 0
 
@@ -69,6 +72,10 @@ class BaseModelMemo:
     def store_gram(self, name: str, gram: torch.Tensor) -> None:
         if name not in self.grams and self._fits((gram,)):
             self.grams[name] = gram
+
+    def store_absmax(self, name: str, absmax: torch.Tensor) -> None:
+        if name not in self.absmax and self._fits((absmax,)):
+            self.absmax[name] = absmax
 
     def result(self, key: Hashable, compute: Callable[[], tuple[torch.Tensor, ...]]) -> tuple[Any, ...]:
         """The stored result for `key`, or `compute()` (stored when it fits). Call only on a matching model."""

@@ -47,7 +47,8 @@ def plan_violations(model: nn.Module, plan: CompressionPlan, before: ModelInfo) 
     """Every way `model` differs from what `plan` demands of the model described by `before`
     (its inventory taken before compression). An empty list means the plan is realized exactly:
     every quantized group has at most 2**bits values, every pruned row/group its zeros, every factorized
-    layer its rank, every structure its planned number of units, and W8A8 layers their activation hook."""
+    layer its rank, every structure its planned number of units, W8A8 layers their activation hook, and
+    smoothed layers their smoothing vector."""
     problems: list[str] = []
     after = inspect_model(model, before.task)
     for name, entry in plan.layers.items():
@@ -83,4 +84,6 @@ def plan_violations(model: nn.Module, plan: CompressionPlan, before: ModelInfo) 
             parts = weight_modules(module)
             if not all(getattr(p, "_autocompress_act_bits", None) == entry.act_bits for p in parts):
                 problems.append(f"{name}: no int{entry.act_bits} activation quantization")
+        if entry.smooth is not None and getattr(module, "_autocompress_smooth", None) is None:
+            problems.append(f"{name}: not smoothed (no recorded smoothing vector)")
     return problems

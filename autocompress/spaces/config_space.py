@@ -15,11 +15,16 @@ Linear quantizes the table and a group along the Linear's inputs is a group alon
 whose quantize or lowrank section also selects that Linear is refused (one weight, two decisions).
 
 Optuna params are named `"<unit>.<field>"` with the `LayerPlan` field names: bits, group_size, symmetric,
-quant_method, act_bits, sparsity, pattern, prune_method, rank, rank_method; all are categorical over the
-config's choices (None kept as None). A field with a single choice is a constant and is never suggested, so
+quant_method, act_bits, smooth, sparsity, pattern, prune_method, rank, rank_method; all are categorical over
+the config's choices (None kept as None). A field with a single choice is a constant and is never suggested, so
 the sampler sees only real decisions. Conditional (define-by-run), in this order per trial:
   lowrank    rank (choices filtered per unit, see below); rank_method only when the rank is not None.
-  quantize   bits; group_size, symmetric, quant_method only when bits is not None; act_bits always.
+  quantize   bits; group_size, symmetric, quant_method only when bits is not None; act_bits always; smooth
+             (SmoothQuant's alpha, `quantize.smooth`) only when act_bits is 8 and some layer of the unit can
+             be smoothed (only those get it: not a factorized layer, nor one whose weight an embedding
+             table shares, such as a tied lm_head). The default [null]
+             is a constant, so configs without `smooth` draw exactly the params they drew before; the
+             uniform baselines take the first choice.
   embeddings bits; group_size, symmetric only when bits is not None (always RTN).
   prune      skipped for a unit's layers that got a rank (a sparse matrix's factors are dense); then
              pattern, then for "unstructured" the sparsity among the config's choices; an N:M pattern
@@ -61,7 +66,8 @@ from autocompress.selection import select_embeddings, select_layers
 from autocompress.spaces._base import SearchSpace
 
 TECHNIQUES = ("lowrank", "quantize", "embeddings", "prune", "structured")  # the order decisions are drawn in
-FIELDS = {"lowrank": {"rank", "rank_method"}, "quantize": {"bits", "group_size", "symmetric", "quant_method", "act_bits"},
+FIELDS = {"lowrank": {"rank", "rank_method"},
+          "quantize": {"bits", "group_size", "symmetric", "quant_method", "act_bits", "smooth"},
           "embeddings": {"bits", "group_size", "symmetric"},
           "prune": {"pattern", "sparsity", "prune_method"}, "structured": {"sparsity", "prune_method"}}
 Pick = Callable[[str, str, Sequence[Any]], Any]  # (unit, field, choices) -> value
@@ -103,6 +109,7 @@ class ConfigSpace(SearchSpace):
                 raise UserError("space.structured: the selected structures are all grouped-query attention heads, "
                                 "which cannot be pruned; target the FFN neurons instead")
             self.technique_units["structured"] = {n: (n,) for n in names}
+        self._tied = {e.tied_to for e in info.embeddings.values() if e.tied_to is not None}  # never smoothed
         self._ranks = {u: self._fitting_ranks(m) for u, m in self.technique_units.get("lowrank", {}).items()}
         patterns = list(space.prune.pattern) if space.prune else []
         if space.prune and 0.0 in space.prune.sparsity and "unstructured" not in patterns:
@@ -256,8 +263,12 @@ class ConfigSpace(SearchSpace):
                               symmetric=pick(unit, "symmetric", q.symmetric),
                               quant_method=pick(unit, "quant_method", q.method))
             fields["act_bits"] = pick(unit, "act_bits", q.act_bits)
+            smoothable = [n for n in members if out[n].get("rank") is None and n not in self._tied]
+            smooth = pick(unit, "smooth", q.smooth) if fields["act_bits"] == 8 and smoothable else None
             for name in members:
                 out[name].update(fields)
+                if smooth is not None and name in smoothable:
+                    out[name]["smooth"] = smooth
 
     def _embeddings(self, pick: Pick, units: dict, out: dict) -> None:
         e = self.space.embeddings

@@ -63,6 +63,16 @@ def test_asymmetric_adds_one_zero_point_per_group(info):
     assert act == sym  # act_bits changes nothing stored
 
 
+def test_a_smoothed_layer_stores_its_vector_in_fp16(info):
+    w8a8 = size(info, {OUT: LayerPlan(bits=8, group_size=None, act_bits=8)}).per_layer[OUT]
+    smoothed = size(info, {OUT: LayerPlan(bits=8, group_size=None, act_bits=8, smooth=0.5)})
+    assert smoothed.per_layer[OUT] - w8a8 == 256 * 2  # one fp16 value per input channel
+    assert sum(smoothed.per_layer.values()) + smoothed.other_bytes == smoothed.total_bytes
+    pruned = size(info, {OUT: LayerPlan(act_bits=8, smooth=0.5),
+                         L0 + "intermediate": LayerPlan(sparsity=0.25, pattern="structured")})
+    assert pruned.per_layer[OUT] == (64 * 192 + 64) * 4 + 192 * 2  # the vector of the pruned input width
+
+
 def test_structured_removal_of_neurons_and_heads(info):
     base = size(info, {}).total_bytes
     neurons = size(info, {L0 + "intermediate": LayerPlan(sparsity=0.25, pattern="structured")})

@@ -1,5 +1,5 @@
-"""Compressed random models exported once per session: every layout, RTN and GPTQ, sym and asym, and
-quantized embedding tables."""
+"""Compressed random models exported once per session: every layout, RTN and GPTQ, sym and asym, quantized
+embedding tables, and smoothed (SmoothQuant) W8A8 layers."""
 
 from __future__ import annotations
 
@@ -40,12 +40,16 @@ PLANS = {
         "transformer.h.1.attn": LayerPlan(sparsity=0.25, pattern="structured"),
         "transformer.h.1.mlp": LayerPlan(sparsity=0.25, pattern="structured"),
         "transformer.h.1.attn.c_attn": LayerPlan(rank=0.25),
+        "transformer.h.1.attn.c_proj": LayerPlan(bits=8, group_size=None, act_bits=8, smooth=0.5),  # Conv1D, pruned
         "lm_head": LayerPlan(bits=4, group_size=32),  # tied to transformer.wte
         "transformer.wpe": LayerPlan(bits=3, group_size=16),
     },
     "random:llama": {
         "model.layers.0.self_attn.q_proj": LayerPlan(bits=4, group_size=32, symmetric=False, quant_method="gptq"),
         "model.layers.0.self_attn.k_proj": LayerPlan(bits=6, group_size=16),
+        "model.layers.0.self_attn.v_proj": LayerPlan(bits=8, group_size=None, act_bits=8, smooth=0.5),
+        "model.layers.0.self_attn.o_proj": LayerPlan(act_bits=8, smooth=0.8),
+        "model.layers.0.mlp.down_proj": LayerPlan(bits=8, group_size=None, symmetric=False, act_bits=8, smooth=0.5),
         "model.layers.0.mlp.gate_proj": LayerPlan(sparsity=0.5, bits=4, group_size=32),
         "model.layers.0.mlp.up_proj": LayerPlan(pattern="2:4", quant_method="gptq", bits=5, group_size=None),
         "model.layers.1.mlp": LayerPlan(sparsity=0.25, pattern="structured"),

@@ -10,7 +10,10 @@ from autocompress.export import load_compressed, save_compressed
 from autocompress.export.kernels import KERNELS, has_kernel, kernel_kind, kernel_module
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.policies import apply_plan
-from autocompress.policies.quantize import ACT_ATTR, QuantGrid, dequantize, quantize_int, quantize_rtn
+from autocompress.policies.quantize import (
+    ACT_ATTR, QuantGrid, act_quant_hook, dequantize, quantize_int, quantize_rtn,
+)
+from autocompress.policies.smooth import smooth_hook
 from tests.export.conftest import ids
 
 
@@ -49,6 +52,22 @@ def test_kernel_matches_its_dequantized_linear(kind, bits, group_size, symmetric
             assert (exact(x) - y_ref).abs().max() <= 1e-4 * y_ref.abs().max()
 
 
+def test_w8a8_kernel_divides_by_the_smoothing_vector():
+    if not has_kernel("w8a8"):
+        pytest.skip("torch here has no w8a8 kernel")
+    q, grid, fq = _grid(8, None, True)
+    s = torch.rand(256, generator=torch.Generator().manual_seed(3)) * 4 + 0.25
+    x = torch.randn(3, 7, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = kernel_module(q, grid, None, "w8a8", smooth=s)(x)
+        assert torch.equal(y, kernel_module(q, grid, None, "w8a8")(x / s))  # s divides before the per-token scale
+        y_ref = (x / s) @ fq.T
+    # uneven s widens the per-token ranges; the kernel's 7-bit activations (reduce_range) round more
+    assert ((y - y_ref).norm() / y_ref.norm()).item() < 0.05
+    with pytest.raises(ValueError, match="smoothing"):
+        kernel_module(q, grid, None, "int8", smooth=s)
+
+
 def test_kernel_choice():
     per_channel = QuantGrid(8, None, True, torch.ones(32, 1), torch.zeros(32, 1))
     assert kernel_kind(per_channel, (32, 64), 8) == "w8a8"
@@ -84,8 +103,10 @@ def test_load_with_kernels(exported):
 
 @pytest.mark.parametrize("spec,expected", [
     ("random:gpt2", {"transformer.h.0.attn.c_attn": "int4", "transformer.h.0.mlp.c_fc": "int8",
+                     "transformer.h.1.attn.c_proj": "w8a8",
                      "transformer.h.1.mlp.c_proj": "int4", "transformer.wpe": "table3"}),  # lm_head: 30522 rows
     ("random:llama", {"model.layers.0.self_attn.q_proj": "int4", "model.layers.0.mlp.gate_proj": "int4",
+                      "model.layers.0.self_attn.v_proj": "w8a8", "model.layers.0.mlp.down_proj": "int8",
                       "model.layers.1.mlp.down_proj.down": "w8a8", "model.layers.1.mlp.down_proj.up": "w8a8",
                       "lm_head": "int8", "model.embed_tokens": "table5"}),
 ])
@@ -93,6 +114,15 @@ def test_causal_lms_with_kernels(exported, spec, expected):
     e = exported[spec]
     cm = load_compressed(e.path, kernels=True)
     assert cm.kernels == expected
+    for name, entry in e.plan.layers.items():  # smoothing: inside a w8a8 kernel, else a hook before int8
+        if entry.smooth is not None:
+            module = cm.model.get_submodule(name)
+            want = e.model.get_submodule(name)._autocompress_smooth
+            if expected.get(name) == "w8a8":
+                assert torch.equal(module.smooth, want) and not module._forward_pre_hooks
+            else:
+                assert torch.equal(module._autocompress_smooth, want)
+                assert list(module._forward_pre_hooks.values()) == [smooth_hook, act_quant_hook]
     x = ids()
     with torch.no_grad():
         ref, out = e.model(input_ids=x).logits, cm.model(input_ids=x).logits

@@ -8,7 +8,8 @@ import torch
 from autocompress.errors import UserError
 from autocompress.export import load_compressed
 from autocompress.modules import LowRankLinear
-from autocompress.policies.quantize import ACT_ATTR
+from autocompress.policies.quantize import ACT_ATTR, act_quant_hook
+from autocompress.policies.smooth import smooth_hook
 from tests.export.conftest import PLANS, ids
 
 
@@ -40,6 +41,10 @@ def test_outputs_match_the_searched_model(exported, spec):
         if entry.act_bits == 8:
             parts = [module.down, module.up] if isinstance(module, LowRankLinear) else [module]
             assert all(getattr(p, ACT_ATTR, None) == 8 for p in parts)
+        if entry.smooth is not None:  # the stored s, divided before the int8 activations
+            assert torch.equal(module._autocompress_smooth, e.model.get_submodule(name)._autocompress_smooth)
+            assert list(module._forward_pre_hooks.values()) == [smooth_hook, act_quant_hook]
+    assert any(entry.smooth is not None for entry in e.plan.layers.values()) == (spec != "random:bert")
 
 
 def test_gpt2_lm_head_stays_tied(exported):
@@ -102,6 +107,17 @@ def test_newer_format_version(exported, tmp_path):
     (path / "export.json").write_text("{not json")
     with pytest.raises(UserError, match="export.json"):
         load_compressed(str(path))
+
+
+def test_an_export_of_format_version_2_still_loads(exported, tmp_path):
+    path = _copy(exported, tmp_path)  # BERT's plan has no smoothed layer: its files are what version 2 wrote
+    info = json.loads((path / "export.json").read_text())
+    info["format_version"] = 2
+    (path / "export.json").write_text(json.dumps(info))
+    cm = load_compressed(str(path))
+    x = ids()
+    assert torch.equal(_last_hidden(cm.model, x)[0], _last_hidden(load_compressed(exported["random:bert"].path).model,
+                                                                  x)[0])
 
 
 def test_weights_that_do_not_fit_the_config(exported, tmp_path):

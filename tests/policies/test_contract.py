@@ -21,6 +21,7 @@ VARIANTS = {
     "rtn-3bit-channel-asym": ("quantize", [Rule(LayerPlan(bits=3, group_size=None, symmetric=False))]),
     "gptq-3bit-g16": ("quantize", [Rule(LayerPlan(bits=3, group_size=16, quant_method="gptq"))]),
     "w8a8": ("quantize", [Rule(LayerPlan(bits=8, act_bits=8))]),
+    "w8a8-smooth": ("smooth", [Rule(LayerPlan(bits=8, group_size=None, act_bits=8, smooth=0.5))]),
     "magnitude-50": ("sparsify", [Rule(LayerPlan(sparsity=0.5))]),
     "wanda-50": ("sparsify", [Rule(LayerPlan(sparsity=0.5, prune_method="wanda"))]),
     "2:4": ("sparsify", [Rule(LayerPlan(pattern="2:4"))]),

@@ -14,6 +14,8 @@ from autocompress.errors import UserError
 from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan
 from autocompress.policies import Calibration, apply_plan
+from autocompress.policies.quantize import ACT_ATTR
+from autocompress.policies.smooth import SMOOTH_ATTR
 from autocompress.search.trial import TrialRunner
 from autocompress.search.workspace import ModelWorkspace
 from autocompress.selection import build_plan
@@ -35,6 +37,7 @@ def test_restore_undoes_every_policy(model_name, calibration_batches, batch):
         workspace.restore()
         assert workspace.matches_base(), variant
         assert torch.equal(run(workspace.model, batch), run(base, batch)), variant
+        assert not any(hasattr(m, SMOOTH_ATTR) or hasattr(m, ACT_ATTR) for m in workspace.model.modules()), variant
     assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())  # the base is only read
 
 
@@ -93,7 +96,7 @@ def make_config(tmp_path: Path) -> SearchConfig:
 
 def plans(info) -> list[str]:
     """Plans that change the copy every way a trial can: grids and masks trained under parametrizations and
-    gradient hooks, resized and factorized layers, activation hooks."""
+    gradient hooks, resized and factorized layers, activation hooks, smoothed weights and smoothing hooks."""
     distill = {"steps": 3, "batch_size": 4, "max_length": 32}
     layers = list(info.layers)
     q, k = layers[0], layers[1]
@@ -104,6 +107,7 @@ def plans(info) -> list[str]:
         {"version": 1, "layers": {n: {"sparsity": 0.25, "pattern": "structured"} for n in info.structures},
          "distill": distill},
         {"version": 1, "layers": {n: {"bits": 4, "group_size": 16, "quant_method": "gptq"} for n in layers}},
+        {"version": 1, "layers": {n: {"bits": 8, "group_size": None, "act_bits": 8, "smooth": 0.5} for n in layers}},
     )]
 
 

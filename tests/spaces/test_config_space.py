@@ -427,3 +427,57 @@ def test_uniform_baselines_follow_the_configs_order(infos):
     assert list(ConfigSpace(quick, info).uniform_params()) == [
         "quantize bits=4 act_bits=8", "quantize bits=4 act_bits=None", "quantize bits=8 act_bits=8",
         "quantize bits=8 act_bits=None"]
+
+
+# ---- SmoothQuant in the space -------------------------------------------------------------------------------
+def test_smooth_is_drawn_only_for_units_with_int8_activations(infos):
+    info = infos["llama"]
+    cs = ConfigSpace(space(quantize={"bits": [8, None], "group_size": [None], "act_bits": [None, 8],
+                                     "smooth": [None, 0.5, 0.85]},
+                           lowrank={"rank": [None, 0.25]}), info)
+    seen = set()
+    for trial, plan in trials(cs, n=120):
+        validate_plan(plan, info)
+        assert cs.plan_from_params(trial.params) == plan
+        p = trial.params
+        for unit, members in cs.technique_units["quantize"].items():
+            factorized = [m for m in members if m in plan.layers and plan.layers[m].factorizes]
+            drawn = p.get(f"{unit}.act_bits") == 8 and len(factorized) < len(members)
+            assert (f"{unit}.smooth" in p) == drawn, unit
+            for m in members:
+                entry = plan.layers.get(m, LayerPlan())
+                want = p.get(f"{unit}.smooth") if drawn and m not in factorized else None
+                assert entry.smooth == want, m
+                seen.add(entry.smooth)
+    assert seen == {None, 0.5, 0.85}
+    for trial, _ in trials(ConfigSpace(space(), info), n=40):  # no `smooth` in the config: no such param
+        assert not any(name.endswith(".smooth") for name in trial.params)
+
+
+def test_uniform_baselines_take_the_first_smooth_choice(infos):
+    info = infos["llama"]
+    cs = ConfigSpace(space(quantize={"bits": [8, None], "group_size": [None], "act_bits": [None, 8],
+                                     "smooth": [0.5, None]}), info)
+    plans, params = cs.uniform_plans(), cs.uniform_params()
+    assert {lp.smooth for lp in plans["quantize bits=8 act_bits=8"].layers.values()} == {0.5}
+    assert {lp.smooth for lp in plans["quantize bits=8 act_bits=None"].layers.values()} == {None}
+    for label, p in params.items():
+        assert cs.plan_from_params(p) == plans[label]
+
+
+def test_a_tied_lm_head_is_never_smoothed(infos):
+    info = infos["gpt2"]
+    cs = ConfigSpace(space("layer", quantize={"targets": ["lm_head", "re:c_fc$"], "bits": [8], "group_size": [None],
+                                              "act_bits": [8], "smooth": [0.5, 0.7]}), info)
+    for trial, plan in trials(cs, n=10):
+        validate_plan(plan, info)
+        assert "lm_head.smooth" not in trial.params and plan.layers["lm_head"].smooth is None
+        assert all(lp.smooth is not None for n, lp in plan.layers.items() if n != "lm_head")
+
+
+@pytest.mark.parametrize("bad", [[0.0], [1.5], [None, -0.5]])
+def test_smooth_choices_out_of_range_are_refused(bad):
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match="smooth"):
+        space(quantize={"act_bits": [8], "smooth": bad})
