@@ -18,12 +18,13 @@ from torch import nn
 
 from autocompress.evaluators._base import evaluation, model_device
 
+# short factual questions: an instruction-tuned model answers them, a base model continues the text
 DEFAULT_PROMPTS = (
-    "The capital of France is",
-    "Water boils at sea level at a temperature of",
-    "The largest planet in the solar system is",
-    "The author of Romeo and Juliet is",
-    "Two plus two equals",
+    "What is the capital of France?",
+    "At what temperature does water boil at sea level?",
+    "What is the chemical symbol for gold?",
+    "How many days are in a week?",
+    "Who wrote Romeo and Juliet?",
 )
 
 

@@ -30,9 +30,9 @@ def test_greedy_completions_are_deterministic_and_new(llama):
         model.train()
         text = tok.decode(whole[0], skip_special_tokens=True)
         new = tok.decode(whole[0, ids.shape[1]:], skip_special_tokens=True).strip()
-        assert completion == new and completion and text.endswith(completion)
+        assert completion == new and completion  # the new tokens only (WordPiece may glue them to the prompt)
         assert prompt.lower() not in completion.lower() and text.startswith(prompt.lower())
-        assert whole.shape[1] - ids.shape[1] <= 6
+        assert 0 < whole.shape[1] - ids.shape[1] <= 6
     model.eval()
 
 
@@ -40,7 +40,7 @@ def test_plain_prompts_without_a_chat_template(llama):
     tok = llama.tokenizer
     assert not getattr(tok, "chat_template", None)
     assert prompt_ids(tok, "Two plus two equals").tolist() == tok("Two plus two equals", return_tensors="pt")[
-        "input_ids"].tolist()
+        "input_ids"].tolist()  # the plain text, with the tokenizer's own special tokens
     (only,) = generate_samples(llama.model, tok, ["Hello"], max_new_tokens=3)
     assert only[0] == "Hello" and only[1]
     with pytest.raises(ValueError, match="max_new_tokens"):
@@ -50,7 +50,8 @@ def test_plain_prompts_without_a_chat_template(llama):
 @pytest.mark.slow
 def test_smollm2_knows_the_capital_of_france(smollm2):
     model, tok = smollm2
-    ids = prompt_ids(tok, "The capital of France is")
-    assert "<|im_start|>user" in tok.decode(ids[0])  # through the chat template
-    ((prompt, completion),) = generate_samples(model, tok, ["The capital of France is"], max_new_tokens=16)
-    assert "Paris" in completion and "<|im_start|>" not in completion
+    france = DEFAULT_PROMPTS[0]
+    assert "France" in france
+    assert "<|im_start|>user" in tok.decode(prompt_ids(tok, france)[0])  # through the chat template
+    ((prompt, completion),) = generate_samples(model, tok, [france], max_new_tokens=16)
+    assert "Paris" in completion and "<|im_start|>" not in completion and not completion.startswith(france)
