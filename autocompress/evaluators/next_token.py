@@ -182,6 +182,7 @@ def predicted_rows(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
 
 
 def count_predicted(batches: Sequence[dict[str, torch.Tensor]]) -> int:
+    """How many positions `predicted_rows` yields for `batches`."""
     return sum(int((b["attention_mask"][:, :-1] * b["attention_mask"][:, 1:]).sum()) for b in batches)
 
 
