@@ -34,8 +34,8 @@ from autocompress.config_sections import (  # noqa: F401  (re-exported: the conf
 from autocompress.data import TEXT_SOURCES
 from autocompress.errors import UserError
 
-_CONSTRAINT = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
-_OBJECTIVE = re.compile(r"^\s*(maximize|minimize)\s+([a-z_]+)\s*$")
+_CONSTRAINT = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+_OBJECTIVE = re.compile(r"^\s*(maximize|minimize)\s+([a-z_][a-z0-9_]*)\s*$")
 
 
 class ModelSection(_Strict):
