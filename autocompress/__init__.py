@@ -28,6 +28,8 @@ _LAZY = {
     "plan_size": "autocompress.evaluators.size",
     "FidelityEvaluator": "autocompress.evaluators.fidelity",
     "PerplexityEvaluator": "autocompress.evaluators.perplexity",
+    "NextTokenEvaluator": "autocompress.evaluators.next_token",
+    "generate_samples": "autocompress.evaluators.generation",
     "AccuracyEvaluator": "autocompress.evaluators.accuracy",
     "load_texts": "autocompress.data",
     "make_batches": "autocompress.data",

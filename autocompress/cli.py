@@ -1,7 +1,8 @@
 """The `autocompress` command line.
 
   autocompress inspect MODEL [--task T] [--json]
-  autocompress apply MODEL PLAN.json [--eval fidelity,size] [--texts builtin|FILE] [--labels FILE] [--json]
+  autocompress apply MODEL PLAN.json [--eval fidelity,size] [--texts builtin|python-docs|FILE] [--labels FILE]
+                     [--json]
   autocompress search CONFIG.yaml [--trials N] [--backend local|ray] [--workers N] [--run-dir DIR] [--json]
   autocompress auto MODEL [--target DEVICE] [--max-drop 0.01] [--trials N] [--run-dir DIR]
   autocompress export RUN_DIR [--trial N | --pick RULE] --out DIR [--force]
@@ -28,8 +29,8 @@ from typing import Any, Iterator
 from autocompress.errors import UserError
 from autocompress.terminal import console as _console
 
-EVALS = ("fidelity", "perplexity", "accuracy", "size")
-DEFAULT_EVAL = {"embedding": "fidelity", "causal-lm": "perplexity", "sequence-classification": "accuracy"}
+EVALS = ("fidelity", "next_token", "perplexity", "accuracy", "size")
+DEFAULT_EVAL = {"embedding": "fidelity", "causal-lm": "next_token", "sequence-classification": "accuracy"}
 
 
 @contextmanager
@@ -120,7 +121,12 @@ def _evaluate(args: argparse.Namespace, loaded: Any, reference: Any, model: Any,
 
         texts = load_texts(args.texts, n=args.n_eval, seed=args.seed)
         metrics.update(FidelityEvaluator(reference, loaded.tokenizer, texts).evaluate(model))
-    if "perplexity" in wanted:
+    if "next_token" in wanted:  # KL, top-1 agreement, and the perplexity metrics from the same pass
+        from autocompress.evaluators.next_token import NextTokenEvaluator
+
+        texts = load_texts(args.texts, n=args.n_eval, seed=args.seed)
+        metrics.update(NextTokenEvaluator(reference, loaded.tokenizer, texts).evaluate(model))
+    elif "perplexity" in wanted:
         from autocompress.evaluators.perplexity import PerplexityEvaluator
 
         texts = load_texts(args.texts, n=args.n_eval, seed=args.seed)
@@ -183,9 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("plan", help="a CompressionPlan JSON file")
     p.add_argument("--eval", help=f"comma list of {', '.join(EVALS)} (default: by task, plus size)")
-    p.add_argument("--texts", default="builtin", help="evaluation texts: builtin or a .txt/.jsonl file")
+    p.add_argument("--texts", default="builtin",
+                   help="evaluation texts: builtin, python-docs or a .txt/.jsonl file")
     p.add_argument("--labels", help="labeled .jsonl/.csv (text,label) for --eval accuracy")
-    p.add_argument("--calibration", default="builtin", help="calibration texts: builtin or a .txt/.jsonl file")
+    p.add_argument("--calibration", default="builtin",
+                   help="calibration texts: builtin, python-docs or a .txt/.jsonl file")
     p.add_argument("--n-eval", type=int, default=256, help="evaluation texts to use (default 256)")
     p.add_argument("--n-calibration", type=int, default=64, help="calibration texts (default 64)")
     p.add_argument("--seed", type=int, default=0)

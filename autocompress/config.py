@@ -31,10 +31,11 @@ from autocompress.config_sections import (  # noqa: F401  (re-exported: the conf
     _check_metric,
     _Strict,
 )
+from autocompress.data import TEXT_SOURCES
 from autocompress.errors import UserError
 
-_CONSTRAINT = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
-_OBJECTIVE = re.compile(r"^\s*(maximize|minimize)\s+([a-z_]+)\s*$")
+_CONSTRAINT = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+_OBJECTIVE = re.compile(r"^\s*(maximize|minimize)\s+([a-z_][a-z0-9_]*)\s*$")
 
 
 class ModelSection(_Strict):
@@ -237,7 +238,7 @@ class SearchConfig(_Strict):
     def resolved(self, base: Path, default_name: str = "search") -> "SearchConfig":
         """Fill the defaults that depend on where the config lives: study name, run dir, storage."""
         def local(p: str | None) -> str | None:
-            if p is None or p == "builtin" or os.path.isabs(p):
+            if p is None or p in TEXT_SOURCES or os.path.isabs(p):
                 return p
             candidate = base / p
             return str(candidate) if candidate.exists() else p

@@ -17,12 +17,13 @@ from autocompress.errors import UserError
 METRICS = {
     "fidelity": "max", "fidelity_min": "max", "topk_agreement": "max",
     "perplexity": "min", "perplexity_ratio": "min", "nll": "min", "accuracy": "max",
+    "kl": "min", "kl_p99": "min", "top1_agreement": "max",
     "size_mb": "min", "size_ratio": "min", "latency_ms": "min",
 }
 PLAN_METRICS = frozenset({"size_mb", "size_ratio"})  # plus latency_ms when the latency model is not `measured`
 TASK_METRICS = {
     "embedding": {"fidelity", "fidelity_min", "topk_agreement"},
-    "causal-lm": {"perplexity", "perplexity_ratio", "nll"},
+    "causal-lm": {"perplexity", "perplexity_ratio", "nll", "kl", "kl_p99", "top1_agreement"},
     "sequence-classification": {"accuracy"},
 }
 

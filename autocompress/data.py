@@ -5,8 +5,10 @@ Python standard-library modules (and of their public functions, classes and meth
 6..40 words with code-like pieces dropped, deduplicated and sorted (corpus.py). The set (about 2,100
 sentences) is read in a clean interpreter, so it is the same in every process of a given Python version,
 whatever that process has imported; a sample from it is fixed by its seed. Files give one text per
-non-empty line (.txt) or a "text" field per line (.jsonl). Every bad input raises `UserError` naming the
-file and the fix. This module imports torch only inside `make_batches`.
+non-empty line (.txt) or a "text" field per line (.jsonl). `load_texts("python-docs")` gives longer texts
+for language-model context: prose passages of 200..400 words from the Python Language Reference that ships
+with CPython (python_docs.py; about 180 passages, PSF License). Every bad input raises `UserError` naming
+the file and the fix. This module imports torch only inside `make_batches`.
 """
 
 from __future__ import annotations
@@ -74,13 +76,28 @@ def _jsonl_records(path: str, text: str, fields: Sequence[str]) -> list[dict[str
     return records
 
 
-def load_texts(source: str = "builtin", n: int | None = None, seed: int = 0) -> list[str]:
-    """Texts from `source`: "builtin" (see the module docstring), a .txt file or a .jsonl file.
+TEXT_SOURCES = ("builtin", "python-docs")  # the named sources; any other source is a file
 
-    With `n` None every text is returned (builtin: sorted; files: in file order). With `n` given,
-    `random.Random(seed).sample` picks `min(n, available)` texts; if `n` exceeds what is available, all
-    texts are returned in sampled order (no error). Raises `UserError` for a missing, non-UTF-8, empty or
-    malformed file, an unsupported extension, or `n < 1`.
+
+@functools.lru_cache(maxsize=1)
+def python_docs_passages() -> tuple[str, ...]:
+    """The python-docs passages (python_docs.py), in topic order. `UserError` when this Python lacks them."""
+    from autocompress import python_docs
+
+    try:
+        return tuple(python_docs.passages())
+    except ImportError:
+        raise UserError("the python-docs source needs the standard library's pydoc_data module, which this "
+                        "Python lacks; use builtin or a .txt/.jsonl file of texts") from None
+
+
+def load_texts(source: str = "builtin", n: int | None = None, seed: int = 0) -> list[str]:
+    """Texts from `source`: "builtin" or "python-docs" (see the module docstring), a .txt file or a .jsonl file.
+
+    With `n` None every text is returned (builtin: sorted; python-docs: in topic order; files: in file
+    order). With `n` given, `random.Random(seed).sample` picks `min(n, available)` texts; if `n` exceeds what
+    is available, all texts are returned in sampled order (no error). Raises `UserError` for a missing,
+    non-UTF-8, empty or malformed file, an unsupported extension, or `n < 1`.
     """
     if n is not None and (type(n) is not int or n < 1):
         raise UserError(f"number of texts n={n!r} must be a positive integer")
@@ -89,11 +106,14 @@ def load_texts(source: str = "builtin", n: int | None = None, seed: int = 0) -> 
         if not texts:
             raise UserError("the builtin corpus is empty (Python runs with -OO, which strips docstrings); "
                             "give a .txt or .jsonl file of texts instead")
+    elif source == "python-docs":
+        texts = list(python_docs_passages())
     else:
         ext = os.path.splitext(source)[1].lower()
         if ext not in (".txt", ".jsonl"):
             raise UserError(f"text file {source!r}: unsupported extension {ext or '(none)'!r}; use builtin, "
-                            "a .txt file (one text per line) or a .jsonl file (a \"text\" field per line)")
+                            "python-docs, a .txt file (one text per line) or a .jsonl file (a \"text\" field per "
+                            "line)")
         raw = _read_text(source, "text")
         if ext == ".txt":
             texts = [ln.strip() for ln in raw.splitlines() if ln.strip()]

@@ -47,11 +47,17 @@ def test_apply_prints_metrics(tmp_path, capsys):
     assert 0.0 < metrics["fidelity"] < 1.0 and metrics["size_ratio"] < 1.0
 
 
-def test_apply_perplexity_for_causal_lm(tmp_path, capsys):
+def test_apply_next_token_metrics_for_causal_lm(tmp_path, capsys):
     plan = write_plan(tmp_path, {"model.layers.0.mlp.up_proj": {"bits": 3}})
     assert main(["apply", "random:llama", plan, "--n-eval", "8", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)["metrics"]
-    assert metrics["perplexity"] > 1.0 and "size_mb" in metrics
+    assert set(metrics) == {"kl", "kl_p99", "top1_agreement", "perplexity", "nll", "perplexity_ratio", "size_mb",
+                            "size_ratio"}
+    assert metrics["perplexity"] > 1.0 and metrics["kl"] > 0.0 and 0.0 < metrics["top1_agreement"] <= 1.0
+    assert main(["apply", "random:llama", plan, "--n-eval", "8", "--eval", "perplexity", "--json"]) == 0
+    alone = json.loads(capsys.readouterr().out)["metrics"]  # PerplexityEvaluator: the same perplexity
+    assert set(alone) == {"perplexity", "nll", "perplexity_ratio"}
+    assert alone["perplexity"] == pytest.approx(metrics["perplexity"], rel=1e-6)
 
 
 @pytest.mark.parametrize("layers, message", [

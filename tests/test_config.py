@@ -89,6 +89,16 @@ def test_metrics_checked_against_the_task():
         c.check_task("embedding")
 
 
+def test_next_token_metrics_with_digits_in_their_names_parse():
+    c = cfg(objectives=["minimize kl_p99", "maximize top1_agreement", "minimize kl"],
+            constraints=["kl_p99 <= 0.5", "top1_agreement>=0.9"], pick="minimize kl where top1_agreement >= 0.95")
+    c.check_task("causal-lm")
+    with pytest.raises(UserError, match="'kl_p99' is not produced for a model of task 'embedding'"):
+        c.check_task("embedding")
+    with pytest.raises(UserError, match="unknown metric 'kl_p9'"):
+        cfg(objectives=["minimize kl_p9"])
+
+
 def test_target_profile_must_exist_and_latency_needs_a_target():
     with pytest.raises(UserError, match="device profile 'nope' does not exist; shipped profiles"):
         cfg(target={"profile": "nope"})

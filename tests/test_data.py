@@ -166,3 +166,34 @@ def test_make_batches_without_pad_token_matches_padded(tokenizer):
     assert torch.equal(got["attention_mask"], ref["attention_mask"])
     mask = ref["attention_mask"].bool()
     assert torch.equal(got["input_ids"][mask], ref["input_ids"][mask])
+
+
+def test_python_docs_source_samples_passages_like_builtin(monkeypatch):
+    from autocompress import data, python_docs
+
+    everything = load_texts("python-docs")
+    assert everything == python_docs.passages() and len(everything) >= 150
+    sample = load_texts("python-docs", n=20, seed=4)
+    assert len(sample) == 20 and len(set(sample)) == 20 and set(sample) <= set(everything)
+    assert sample == load_texts("python-docs", n=20, seed=4) != load_texts("python-docs", n=20, seed=5)
+    assert sorted(load_texts("python-docs", n=10_000, seed=0)) == sorted(everything)
+
+    def missing():
+        raise ImportError("No module named 'pydoc_data'")
+
+    monkeypatch.setattr(python_docs, "passages", missing)
+    data.python_docs_passages.cache_clear()
+    try:
+        assert "pydoc_data" in _error(load_texts, "python-docs")
+    finally:
+        data.python_docs_passages.cache_clear()
+
+
+def test_named_sources_are_not_resolved_as_paths(tmp_path):
+    from autocompress.config import SearchConfig
+
+    (tmp_path / "python-docs").mkdir()  # a folder of that name beside the config does not shadow the source
+    config = SearchConfig.from_dict({"model": {"name": "random:llama"}, "space": {"quantize": {}},
+                                     "data": {"calibration": {"source": "python-docs"},
+                                              "evaluation": {"source": "python-docs"}}}).resolved(tmp_path)
+    assert config.data.calibration.source == config.data.evaluation.source == "python-docs"

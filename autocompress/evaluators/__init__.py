@@ -3,11 +3,13 @@
 from autocompress.evaluators._base import EVALUATORS, Evaluator
 from autocompress.evaluators.accuracy import AccuracyEvaluator, resolve_labels
 from autocompress.evaluators.fidelity import FidelityEvaluator, embed, mean_pool
+from autocompress.evaluators.generation import DEFAULT_PROMPTS, generate_samples
+from autocompress.evaluators.next_token import NextTokenEvaluator
 from autocompress.evaluators.perplexity import PerplexityEvaluator, mean_nll
 from autocompress.evaluators.size import SizeEvaluator, SizeReport, matrix_bytes, plan_size, pruned_shapes
 
 __all__ = [
-    "EVALUATORS", "AccuracyEvaluator", "Evaluator", "FidelityEvaluator", "PerplexityEvaluator", "SizeEvaluator",
-    "SizeReport", "embed", "matrix_bytes", "mean_nll", "mean_pool", "plan_size", "pruned_shapes",
-    "resolve_labels",
+    "DEFAULT_PROMPTS", "EVALUATORS", "AccuracyEvaluator", "Evaluator", "FidelityEvaluator", "NextTokenEvaluator",
+    "PerplexityEvaluator", "SizeEvaluator", "SizeReport", "embed", "generate_samples", "matrix_bytes", "mean_nll",
+    "mean_pool", "plan_size", "pruned_shapes", "resolve_labels",
 ]

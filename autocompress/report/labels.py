@@ -20,12 +20,15 @@ METRIC_LABELS: dict[str, tuple[str, str]] = {
     "perplexity_ratio": ("perplexity ratio", "compressed / original, 1 = same"),
     "nll": ("negative log-likelihood", "nats per token"),
     "accuracy": ("accuracy", "share of labels right"),
+    "kl": ("next-token KL divergence", "nats per token, 0 = same"),
+    "kl_p99": ("99th-percentile next-token KL", "nats, 0 = same"),
+    "top1_agreement": ("top-1 agreement", "share of next tokens predicted as the original, 1 = same"),
     "size_mb": ("packed size", "MB"),
     "size_ratio": ("size ratio", "packed / original"),
     "latency_ms": ("latency", "ms"),
 }
 # metrics that sit near 1 and differ in the 4th-6th digit: printed with more digits
-_NEAR_ONE = {"fidelity", "fidelity_min", "topk_agreement", "accuracy", "perplexity_ratio"}
+_NEAR_ONE = {"fidelity", "fidelity_min", "topk_agreement", "accuracy", "perplexity_ratio", "top1_agreement"}
 
 
 def latency_unit(target: Any) -> str:

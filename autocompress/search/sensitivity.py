@@ -32,7 +32,8 @@ from typing import Any, Callable, Sequence
 
 from autocompress.config import SearchConfig, parse_objective
 
-QUALITY = {"fidelity": "maximize", "accuracy": "maximize", "perplexity": "minimize", "perplexity_ratio": "minimize"}
+QUALITY = {"fidelity": "maximize", "accuracy": "maximize", "perplexity": "minimize", "perplexity_ratio": "minimize",
+           "kl": "minimize", "kl_p99": "minimize", "top1_agreement": "maximize"}
 TASK_QUALITY = {"embedding": "fidelity", "causal-lm": "perplexity", "sequence-classification": "accuracy"}
 _MAIN = {"bits", "sparsity", "pattern", "rank"}
 _MILD = _MAIN | {"act_bits"}  # fields a plan not told otherwise takes at their mildest setting

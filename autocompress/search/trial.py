@@ -123,12 +123,11 @@ class TrialRunner:
 
             texts = cut(load_texts(d.evaluation.source, n=d.evaluation.n, seed=d.evaluation.seed))
             return FidelityEvaluator(base, tok, texts, batch_size=d.batch_size, max_length=d.max_length)
-        if task == "causal-lm":
-            from autocompress.evaluators.perplexity import PerplexityEvaluator
+        if task == "causal-lm":  # KL, top-1 agreement and perplexity from one forward pass per batch
+            from autocompress.evaluators.next_token import NextTokenEvaluator
 
             texts = cut(load_texts(d.evaluation.source, n=d.evaluation.n, seed=d.evaluation.seed))
-            return PerplexityEvaluator(tok, texts, max_length=d.max_length, batch_size=d.batch_size,
-                                       reference_model=base)
+            return NextTokenEvaluator(base, tok, texts, batch_size=d.batch_size, max_length=d.max_length)
         from autocompress.errors import UserError
         from autocompress.evaluators.accuracy import AccuracyEvaluator
 

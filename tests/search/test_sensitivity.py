@@ -153,3 +153,14 @@ def test_a_seeded_search_reports_the_measurement_as_it_goes(tmp_path, monkeypatc
     run_search(config, show_progress=True)
     total = seen[-1][1]
     assert total > 0 and [d for d, _ in seen] == list(range(1, total + 1))
+
+
+def test_quality_metric_follows_a_next_token_objective(tmp_path):
+    from autocompress.search.sensitivity import quality_metric
+
+    llm = {"model": {"name": "random:llama"}, "tracking": {"uri": "none"}}
+    assert quality_metric(make_config(tmp_path, **llm, objectives=["minimize size_mb", "minimize kl"]),
+                          "causal-lm") == "kl"
+    assert quality_metric(make_config(tmp_path, **llm, objectives=["maximize top1_agreement", "minimize size_mb"]),
+                          "causal-lm") == "top1_agreement"
+    assert quality_metric(make_config(tmp_path, **llm, objectives=["minimize size_mb"]), "causal-lm") == "perplexity"
