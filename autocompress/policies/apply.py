@@ -22,7 +22,8 @@ def apply_plan(model: nn.Module, plan: CompressionPlan,
     Policies run in `ORDER` = structured -> sparsify -> lowrank -> quantize, so on one layer the weights are
     pruned first, then factorized, and the integer grid is applied last (to the factors where the layer is
     factorized). Data-aware methods gather their input statistics on the model as the earlier stages left
-    it. `calibration` is a `Calibration` or a list of tokenized batches; it is only required by plans that
+    it (with `Calibration(sequential=True)`, GPTQ block by block through the blocks it already quantized:
+    sequential.py). `calibration` is a `Calibration` or a list of tokenized batches; it is only required by plans that
     use gptq, wanda or whitened SVD. An empty plan leaves the model unchanged.
     """
     validate_plan(plan, info or inspect_model(model))

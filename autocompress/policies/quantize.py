@@ -38,6 +38,7 @@ QUANTIZERS: Registry = Registry("quant_method")
 ACT_ATTR = "_autocompress_act_bits"
 GRID_ATTR = "_autocompress_grid"
 FP16_MIN, FP16_MAX = 2.0 ** -24, 65504.0  # float16's smallest positive (subnormal) and largest finite values
+GPTQ_ACT_ORDER = False  # whether the policy's GPTQ rounds columns in act-order (benchmarks/gptq_llm.py measures it)
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,7 +206,8 @@ def _rtn(w: torch.Tensor, entry: LayerPlan, gram: torch.Tensor | None) -> tuple[
 
 @QUANTIZERS.register("gptq")
 def _gptq(w: torch.Tensor, entry: LayerPlan, gram: torch.Tensor | None) -> tuple[torch.Tensor, QuantGrid]:
-    q, scale, zero = quantize_gptq(w, gram, entry.bits, entry.group_size, entry.symmetric, return_params=True)
+    q, scale, zero = quantize_gptq(w, gram, entry.bits, entry.group_size, entry.symmetric, return_params=True,
+                                   act_order=GPTQ_ACT_ORDER)
     return q, QuantGrid(entry.bits, entry.group_size, entry.symmetric, scale, zero)
 
 
