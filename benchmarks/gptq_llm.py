@@ -124,12 +124,15 @@ def main() -> None:
                "perplexity_ratio": round(metrics["perplexity_ratio"], 4), "apply_s": round(apply_s, 1)}
         rows.append(row)
         print(row, flush=True)
-        torch.manual_seed(0)
+        save(args, source, evaluator.reference_perplexity, env, rows)  # after every case: a long run keeps what it did
 
+
+def save(args, source, base_perplexity, env, new_rows) -> None:
+    """Merge `new_rows` over the saved ones and write the JSON and the markdown table."""
     path = Path(f"{args.stem}.json") if "/" in args.stem else RESULTS / f"{args.stem}.json"
-    rows = merge_rows(path, rows, list(CASES))
-    env["load_after"] = load_average()
-    result = {"model": source, "base_perplexity": round(evaluator.reference_perplexity, 3), "n_eval": args.n_eval,
+    rows = merge_rows(path, new_rows, list(CASES))
+    env = {**env, "load_after": load_average()}
+    result = {"model": source, "base_perplexity": round(base_perplexity, 3), "n_eval": args.n_eval,
               "max_length": args.max_length, "env": env, "rows": rows}
     lines = [f"# GPTQ on SmolLM2-135M-Instruct (`{source}`)", "",
              f"Perplexity on {args.n_eval} builtin sentences (max_length {args.max_length}); the float model: "
@@ -143,7 +146,6 @@ def main() -> None:
         lines.append(f"| {r['case']} | {r['calibration_texts'] or '-'} | {r['calibration_tokens'] or '-'} | "
                      f"{r['perplexity']} | {r['perplexity_ratio']} | {r['apply_s']} |")
     save_results(args.stem, result, "\n".join(lines) + "\n")
-
 
 if __name__ == "__main__":
     main()

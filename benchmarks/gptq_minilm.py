@@ -1,5 +1,6 @@
-"""Sequential vs one-pass GPTQ on the real all-MiniLM-L6-v2: what the block-by-block Hessians cost and gain on
-the quickstart's encoder (where `data.calibration.sequential: null` keeps the one-pass GPTQ).
+"""Sequential vs one-pass GPTQ, with and without act-order, on the real all-MiniLM-L6-v2: what the block-by-block
+Hessians cost and gain on the quickstart's encoder (where `data.calibration.sequential: null` keeps the
+one-pass GPTQ).
 
 Run:  PYTHONPATH=. .venv/bin/python benchmarks/gptq_minilm.py [--n-eval 128] [--stem gptq_minilm]
 Writes benchmarks/results/gptq_minilm.json and gptq_minilm.md.
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import load_average, machine_env, save_results  # noqa: E402
@@ -41,7 +44,7 @@ def main() -> None:
     from autocompress.evaluators.fidelity import FidelityEvaluator
     from autocompress.loading import load_model
     from autocompress.plan import LayerPlan
-    from autocompress.policies import Calibration, apply_plan
+    from autocompress.policies import Calibration, apply_plan, quantize
     from autocompress.selection import Rule, build_plan
 
     torch.set_num_threads(args.threads)
@@ -55,12 +58,15 @@ def main() -> None:
     rows = []
     for grid_name, grid in GRIDS.items():
         plan = build_plan(lm.info, [Rule(LayerPlan(**grid, quant_method="gptq"))])
-        for sequential in (False, True):
+        for sequential, act_order in itertools.product((False, True), (False, True)):
             start = time.perf_counter()
-            model = apply_plan(copy.deepcopy(lm.model), plan, Calibration(batches, sequential=sequential), info=lm.info)
+            with mock.patch.object(quantize, "GPTQ_ACT_ORDER", act_order):
+                model = apply_plan(copy.deepcopy(lm.model), plan, Calibration(batches, sequential=sequential),
+                                   info=lm.info)
             apply_s = time.perf_counter() - start
             metrics = evaluator.evaluate(model)
-            row = {"case": f"{grid_name} GPTQ {'sequential' if sequential else 'one-pass'}", "sequential": sequential,
+            row = {"case": f"{grid_name} GPTQ {'sequential' if sequential else 'one-pass'}"
+                           f"{' act-order' if act_order else ''}", "sequential": sequential, "act_order": act_order,
                    "fidelity": round(metrics["fidelity"], 5), "fidelity_min": round(metrics["fidelity_min"], 5),
                    "apply_s": round(apply_s, 2)}
             rows.append(row)
