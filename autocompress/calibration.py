@@ -3,12 +3,14 @@
 Data-aware methods (GPTQ, Wanda, whitened SVD, activation-aware structured pruning) read the Gram matrix
 X^T X / tokens of each layer's inputs. For a layer of `in` inputs it has rank at most the number of tokens, so
 fewer tokens than inputs leave GPTQ a singular Hessian held up only by its damping (on SmolLM2-135M, 64
-builtin sentences give 1,117 tokens for down_proj's 1,536 inputs, and 3-bit GPTQ came out worse than RTN).
+builtin sentences give about 1,150 tokens for down_proj's 1,536 inputs, and 3-bit GPTQ came out worse than RTN).
 The calibration set must therefore hold at least `TOKENS_PER_INPUT` x the widest layer's inputs in unmasked
-tokens. Two per input is a floor, not a target: it makes the sample Gram full-rank with its smallest
-eigenvalues no longer at zero (for independent samples, Marchenko-Pastur puts the smallest at about
-(1 - sqrt(1/2))^2 of the true one), while the GPTQ paper calibrates with 128 x 2048 tokens, tens of times the
-width of the models it quantizes; more texts (`data.calibration.n`) are always allowed.
+tokens. One token per input is the least for full rank; with two, the smallest eigenvalues of the sample Gram
+are still about (1 - sqrt(1/2))^2 = 0.09 of the true ones (Marchenko-Pastur, for independent samples; the tokens
+of one text are not independent), and the GPTQ paper (Frantar et al., 2022) calibrates with 128 x 2048 tokens, tens of times the width of the models it
+quantizes. Measured on SmolLM2-135M (benchmarks/results/gptq_llm.md, 3-bit group-128 sequential GPTQ,
+perplexity; float 93): 1,153 tokens 916, 3,095 tokens (2 per input) 452, 6,153 tokens (4 per input) 282. So the
+floor is four per input; more texts (`data.calibration.n`) are always allowed.
 
 `calibration_texts` takes the seeded sample of n texts (`load_texts(source, n, seed)`, unchanged) and, when it
 is short of tokens, extends it deterministically with further texts of the same source (the rest of the source
@@ -22,7 +24,7 @@ from typing import Any, Sequence
 
 from autocompress.errors import UserError
 
-TOKENS_PER_INPUT = 2
+TOKENS_PER_INPUT = 4
 DATA_AWARE_METHODS = frozenset({"gptq", "wanda", "whitened"})  # space method names that read calibration Grams
 
 

@@ -9,7 +9,7 @@ grid, which none of the settings here coincides with. Every plan quantizes the 2
 blocks (the tied embedding / LM head stays float). Perplexity: on `--n-eval` builtin sentences (seed 0,
 max_length 128). Calibration: builtin sentences disjoint from the evaluation ones (seed 1), the first n of
 them, or as many as give the named number of unmasked tokens (`autocompress.calibration.calibration_texts`,
-the helper a search uses); down_proj's 1,536 inputs make 3,072 tokens the search's floor.
+the helper a search uses); down_proj's 1,536 inputs make 6,144 tokens (4 per input) the search's floor.
 `--only` runs the named cases and replaces just their rows in the results.
 """
 
@@ -44,6 +44,9 @@ CASES = {
     "W3 g128 GPTQ one-pass, 6144 tokens": (W3, "gptq", "6144t", False, False),
     "W3 g128 GPTQ sequential, 6144 tokens": (W3, "gptq", "6144t", True, False),
     "W3 g128 GPTQ sequential act-order, 6144 tokens": (W3, "gptq", "6144t", True, True),
+    # the default algorithm (sequential, act-order) with 2 tokens per input instead of the search's 4
+    "W4 per-channel GPTQ sequential act-order, 3072 tokens": (W4, "gptq", "3072t", True, True),
+    "W3 g128 GPTQ sequential act-order, 3072 tokens": (W3, "gptq", "3072t", True, True),
 }
 
 

@@ -7,8 +7,8 @@ Writes benchmarks/results/gptq_minilm.json and gptq_minilm.md.
 
 Every plan quantizes the 36 Linear layers of the 6 encoder blocks with GPTQ (symmetric). Fidelity: mean
 cosine of mean-pooled embeddings to the float model's on `--n-eval` builtin sentences (seed 0). Calibration:
-what a search builds (`data.calibration` defaults: 64 builtin sentences, seed 1, extended to 2 tokens per input
-of the widest layer, 3,072 tokens, max_length 128). `apply_s` is one application's wall time, without a memo
+what a search builds (`data.calibration` defaults: 64 builtin sentences, seed 1, extended to 4 tokens per input
+of the widest layer, 6,144 tokens, max_length 128). `apply_s` is one application's wall time, without a memo
 (a search worker's memo spares the one-pass GPTQ its passes and its GPTQ calls on later plans; the sequential
 one only where the earlier blocks' entries match).
 """
@@ -76,7 +76,7 @@ def main() -> None:
               "n_eval": args.n_eval, "env": env, "rows": rows}
     lines = ["# Sequential vs one-pass GPTQ on all-MiniLM-L6-v2", "",
              f"Fidelity on {args.n_eval} builtin sentences; calibration {len(texts)} texts, {tokens} tokens (the "
-             f"search's default, sized to 2 tokens per input). {env['cpus']} shared CPU cores, torch {env['torch']} "
+             f"search's default, sized to 4 tokens per input). {env['cpus']} shared CPU cores, torch {env['torch']} "
              f"({env['torch_threads']} threads); seconds from a contended machine are only indicative.", "",
              "| case | fidelity | fidelity_min | apply s |", "|---|---|---|---|"]
     lines += [f"| {r['case']} | {r['fidelity']} | {r['fidelity_min']} | {r['apply_s']} |" for r in rows]

@@ -48,7 +48,7 @@ def test_a_source_too_small_raises_naming_the_field(tmp_path, tokenizer):
 
 
 def test_the_rules():
-    assert min_tokens([64, 1536, 576]) == TOKENS_PER_INPUT * 1536 == 3072 and min_tokens([]) == 0
+    assert min_tokens([64, 1536, 576]) == TOKENS_PER_INPUT * 1536 == 6144 and min_tokens([]) == 0
     assert resolve_sequential(None, "causal-lm") and not resolve_sequential(None, "embedding")
     assert resolve_sequential(True, "embedding") and not resolve_sequential(False, "causal-lm")
     space = lambda **s: SearchConfig.from_dict({"model": {"name": "random:bert"}, "space": s}).space  # noqa: E731
