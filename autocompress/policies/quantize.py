@@ -39,7 +39,7 @@ ACT_ATTR = "_autocompress_act_bits"
 GRID_ATTR = "_autocompress_grid"
 FP16_MIN, FP16_MAX = 2.0 ** -24, 65504.0  # float16's smallest positive (subnormal) and largest finite values
 # the policy's GPTQ rounds columns in act-order with static groups: on SmolLM2-135M it cut the perplexity of W4
-# per-channel from 125 to 99 and of W3 group 128 from 282 to 211 (float: 93), and raised every MiniLM fidelity
+# per-channel from 125 to 99 and of W3 group 128 from 282 to 211 (float: 93), and raised every MiniLM mean fidelity
 # measured (benchmarks/results/gptq_llm.md, gptq_minilm.md); the benchmarks turn it off to compare
 GPTQ_ACT_ORDER = True
 
