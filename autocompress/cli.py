@@ -141,10 +141,11 @@ def _evaluate(args: argparse.Namespace, loaded: Any, reference: Any, model: Any,
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from autocompress.data import load_texts, make_batches
+    from autocompress.calibration import calibration_texts, min_tokens, resolve_sequential
+    from autocompress.data import make_batches
     from autocompress.loading import load_model
     from autocompress.plan import CompressionPlan
-    from autocompress.policies import apply_plan
+    from autocompress.policies import ORDER, POLICIES, Calibration, apply_plan
     from autocompress.validation import validate_plan
 
     plan = CompressionPlan.load(args.plan)
@@ -154,8 +155,14 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     validate_plan(plan, loaded.info)
     calibration = None
     if loaded.tokenizer is not None:
-        calib_texts = load_texts(args.calibration, n=args.n_calibration, seed=args.seed + 1)
-        calibration = make_batches(loaded.tokenizer, calib_texts, batch_size=16, max_length=128)
+        aware = any(POLICIES.get(p)().needs_calibration(e) for p in ORDER for e in plan.layers.values()
+                    if POLICIES.get(p)().handles(e))
+        need = min_tokens([li.in_features for li in loaded.info.layers.values()]) if aware else 0
+        calib_texts = calibration_texts(loaded.tokenizer, args.calibration, args.n_calibration, args.seed + 1, 128,
+                                        need, field="--n-calibration")
+        sequential = {"auto": None, "on": True, "off": False}[args.sequential]
+        calibration = Calibration(make_batches(loaded.tokenizer, calib_texts, batch_size=16, max_length=128),
+                                  sequential=resolve_sequential(sequential, loaded.task))
     reference = copy.deepcopy(loaded.model)
     with _step(f"applying the plan to {len(plan)} layers"):
         model = apply_plan(loaded.model, plan, calibration, info=loaded.info)
@@ -195,7 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default="builtin",
                    help="calibration texts: builtin, python-docs or a .txt/.jsonl file")
     p.add_argument("--n-eval", type=int, default=256, help="evaluation texts to use (default 256)")
-    p.add_argument("--n-calibration", type=int, default=64, help="calibration texts (default 64)")
+    p.add_argument("--n-calibration", type=int, default=64,
+                   help="calibration texts (default 64; more are taken when they hold fewer tokens than twice the "
+                        "widest layer's inputs and the plan has a data-aware method)")
+    p.add_argument("--sequential", choices=("auto", "on", "off"), default="auto",
+                   help="GPTQ block by block through the quantized blocks (auto: on for causal LMs, as a search's "
+                        "data.calibration.sequential: null)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_apply)
 

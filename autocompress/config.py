@@ -50,8 +50,17 @@ class TextSet(_Strict):
     seed: int = 0
 
 
+class CalibrationSet(TextSet):
+    """`data.calibration`: the texts data-aware methods read (extended to enough tokens: calibration.py)."""
+
+    sequential: bool | None = Field(
+        None, description="GPTQ quantizes the blocks one after another, each from the outputs of the blocks "
+        "before it as already quantized (true), or from one pass over the unquantized model (false); null: true "
+        "for causal-lm models, false otherwise")
+
+
 class DataSection(_Strict):
-    calibration: TextSet = TextSet(n=64, seed=1)
+    calibration: CalibrationSet = CalibrationSet(n=64, seed=1)
     evaluation: TextSet = TextSet(n=128, seed=0)
     labels: str | None = None
     batch_size: int = Field(32, ge=1, le=4096)

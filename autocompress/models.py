@@ -94,7 +94,7 @@ class ModelInfo:
 # ---- inventory -----------------------------------------------------------------------------------------
 
 
-def _find_blocks(model: nn.Module) -> tuple[str | None, int]:
+def find_blocks(model: nn.Module) -> tuple[str | None, int]:
     """The ModuleList of repeated transformer blocks: the one holding the most Linear-like layers."""
     best, best_count, n_blocks = None, 0, 0
     for name, mod in model.named_modules():
@@ -155,7 +155,7 @@ def _structures(model: nn.Module, block_of) -> dict[str, StructureInfo]:
 
 def inspect_model(model: nn.Module, task: str = "embedding") -> ModelInfo:
     """Take the inventory of `model`: every Linear-like layer, prunable structures, role groups."""
-    prefix, _ = _find_blocks(model)
+    prefix, _ = find_blocks(model)
 
     def block_of(name: str) -> int | None:
         if prefix is None or not name.startswith(prefix + "."):

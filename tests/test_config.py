@@ -105,3 +105,14 @@ def test_target_profile_must_exist_and_latency_needs_a_target():
     c = cfg(objectives=["maximize fidelity", "minimize latency_ms"])
     with pytest.raises(UserError, match="needs a target"):
         c.check_task("embedding")
+
+
+def test_calibration_sequential_is_true_false_or_null():
+    assert cfg().data.calibration.sequential is None and cfg().data.calibration.n == 64
+    assert cfg(data={"calibration": {"sequential": False}}).data.calibration.sequential is False
+    with pytest.raises(UserError, match="data.calibration.sequential"):
+        cfg(data={"calibration": {"sequential": "sometimes"}})
+    with pytest.raises(UserError, match="did you mean 'sequential'"):
+        cfg(data={"calibration": {"sequental": True}})
+    with pytest.raises(UserError, match="unknown key 'data.evaluation.sequential'"):
+        cfg(data={"evaluation": {"sequential": True}})  # a calibration setting only

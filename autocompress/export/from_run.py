@@ -5,27 +5,28 @@ format, reload the written files, measure them again, write the model card, log 
   source: a `SearchResult` (from `run_search`) or a run directory path.
   trial / pick: which trial (see `RunDir.choose`); default: the config's pick rule.
 "Exactly": the rebuild and the measurement run with the torch thread count the trial's worker had (user attr
-`torch_threads`; a Ray worker has `backend.cpus_per_trial`), because GPTQ's Cholesky factorization sums in
+`torch_threads`: `backend.cpus_per_trial` on either backend), because GPTQ's Cholesky factorization sums in
 a thread-dependent order and a changed sum can flip a rounding; with the same count the exported weights are
-the searched ones bit for bit, and the metrics match.
+the searched ones bit for bit, and the metrics match. The calibration is the search's too: the TrialRunner
+builds it from the run's config (the same texts, extended to the same token count, the same
+`data.calibration.sequential`).
 The output directory is written under a temporary name next to it and renamed when complete, so an
 interrupted export leaves nothing half-written behind; an existing `out_dir` is refused unless `force`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autocompress.errors import UserError
+from autocompress.threads import torch_threads  # noqa: F401  (re-exported)
 
 FIDELITY_TOLERANCE = 1e-4  # the exported model's metrics match the searched model's to this
 
@@ -93,20 +94,6 @@ def searched_threads(run: Any, chosen: Any) -> int | None:
         if t.user_attrs.get("torch_threads"):
             return int(t.user_attrs["torch_threads"])
     return None
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """torch's intra-op thread count set to `n` inside the block (None: left as it is), restored after."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _rebuild_and_write(run: Any, chosen: Any, plan: Any, out: Path, say: Any, threads: int | None) -> ExportResult:

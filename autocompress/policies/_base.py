@@ -19,6 +19,7 @@ from torch import nn
 
 from autocompress.errors import UserError
 from autocompress.modules import is_linear_like, weight_matrix
+from autocompress.policies.grams import GramHooks
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.registry import Registry
 
@@ -66,10 +67,15 @@ ORDER = ("structured", "sparsify", "lowrank", "smooth", "quantize")
 @dataclass
 class Calibration:
     """Tokenized batches fed as `model(**batch)`; padded positions are masked out of every statistic.
-    `memo` (optional, one per base model) keeps what is computed on the unchanged base model (memo.py)."""
+    `memo` (optional, one per base model) keeps what is computed on the unchanged base model (memo.py).
+    `sequential`: GPTQ quantizes the transformer blocks one after another, each block's Hessians gathered
+    from the outputs of the blocks before it as already quantized (quantize.py, blockwise.py), as the
+    reference GPTQ does; False gathers every Hessian in one pass over the model before any is quantized.
+    The config's `data.calibration.sequential` decides it for a search (null: True for causal LMs)."""
 
     batches: list[Mapping[str, torch.Tensor]]
     memo: "BaseModelMemo | None" = None
+    sequential: bool = False
 
     def pristine(self, model: nn.Module) -> bool:
         """True when there is a memo and `model` is still exactly its base model (memo entries apply)."""
@@ -96,35 +102,12 @@ class Calibration:
 
     def _gather(self, model: nn.Module, modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
         """`input_grams` by one pass over the batches, with a hook on each module."""
-        grams: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-        state: dict[str, torch.Tensor | None] = {"mask": None}
-
-        def hook(name: str):
-            def fn(_mod: nn.Module, args: tuple) -> None:
-                x = args[0].detach()
-                mask = state["mask"]
-                if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
-                    x = x[mask]
-                x = x.reshape(-1, x.shape[-1]).float()
-                g = x.T @ x
-                grams[name] = grams[name] + g if name in grams else g
-                counts[name] = counts.get(name, 0) + x.shape[0]
-            return fn
-
-        handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
-        try:
+        with GramHooks(modules) as hooks:
             for batch in self.batches:
                 mask = batch.get("attention_mask")
-                state["mask"] = mask.bool() if mask is not None else None
+                hooks.mask = mask.bool() if mask is not None else None
                 model(**batch)
-        finally:
-            for h in handles:
-                h.remove()
-        missing = [n for n in modules if n not in grams]
-        if missing:
-            raise RuntimeError(f"calibration never reached {missing[0]!r}: is it used in the forward pass?")
-        return {n: grams[n] / max(counts[n], 1) for n in modules}
+        return hooks.result()
 
     @torch.no_grad()
     def input_absmax(self, model: nn.Module, modules: Mapping[str, nn.Module],

@@ -22,9 +22,10 @@ def apply_plan(model: nn.Module, plan: CompressionPlan,
     Policies run in `ORDER` = structured -> sparsify -> lowrank -> smooth -> quantize, so on one layer the
     weights are pruned first, then factorized, then smoothed (SmoothQuant), and the integer grid is applied
     last (to the factors where the layer is factorized). Data-aware methods gather their input statistics
-    on the model as the earlier stages left it. `calibration` is a `Calibration` or a list of tokenized
-    batches; it is only required by plans that use gptq, wanda, whitened SVD or smooth. An empty plan
-    leaves the model unchanged.
+    on the model as the earlier stages left it (with `Calibration(sequential=True)`, GPTQ block by block
+    through the blocks it already quantized: sequential.py). `calibration` is a `Calibration` or a list of
+    tokenized batches; it is only required by plans that use gptq, wanda, whitened SVD or smooth. An empty
+    plan leaves the model unchanged.
     """
     validate_plan(plan, info or inspect_model(model))
     if calibration is not None and not isinstance(calibration, Calibration):

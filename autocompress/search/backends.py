@@ -22,6 +22,7 @@ from autocompress.config import SearchConfig
 from autocompress.errors import UserError
 from autocompress.search.inflight import Attempt, InFlight
 from autocompress.search.trial import TrialOutcome, TrialRunner
+from autocompress.threads import torch_threads, trial_threads
 
 READY_TIMEOUT_S = 600  # the longest a replacement worker may take to load the model
 
@@ -29,8 +30,9 @@ READY_TIMEOUT_S = 600  # the longest a replacement worker may take to load the m
 class LocalBackend:
     """Runs trials one at a time on this machine (no cluster; what tests and laptops use).
 
-    Without `budget.trial_timeout_s` the trials run in this process: nothing to start, nothing can stop a hung
-    one. With it they run in one child process (procworker.py) that is killed and replaced when a trial runs
+    Each trial runs with `backend.cpus_per_trial` torch threads (rounded down, at least 1), as a Ray actor does;
+    the process's own count is restored after it. Without `budget.trial_timeout_s` the trials run in this
+    process: nothing to start, nothing can stop a hung one. With it they run in one child process (procworker.py) that is killed and replaced when a trial runs
     out of time, and replaced (the trial retried) when it dies mid-trial, as a Ray actor is.
     """
 
@@ -74,7 +76,9 @@ class LocalBackend:
             if not self.queue:
                 return []
             number, plan_json = self.queue.popleft()
-            return [(number, self.runner.run(plan_json, number=number, pruning=self.pruning.pop(number, None)))]
+            with torch_threads(trial_threads(self.config.backend.cpus_per_trial)):
+                outcome = self.runner.run(plan_json, number=number, pruning=self.pruning.pop(number, None))
+            return [(number, outcome)]
         from autocompress.search.procworker import WorkerLost
 
         while True:
@@ -295,7 +299,7 @@ class _TrialActor:
     def __init__(self, config: SearchConfig) -> None:
         import torch
 
-        torch.set_num_threads(max(1, int(config.backend.cpus_per_trial)))
+        torch.set_num_threads(trial_threads(config.backend.cpus_per_trial))
         self.runner = TrialRunner(config)
 
     def info(self) -> Any:

@@ -89,6 +89,7 @@ class ProcessWorker:
 def _serve(conn: Any) -> None:
     """The child's main loop: the config, then one plan at a time until the socket closes."""
     from autocompress.search.trial import TrialRunner
+    from autocompress.threads import torch_threads, trial_threads
 
     try:
         config = conn.recv()
@@ -108,7 +109,9 @@ def _serve(conn: Any) -> None:
             number, attempt, plan_json, pruning = conn.recv()
         except (EOFError, OSError):  # the driver closed the pipe or died
             return
-        conn.send(("outcome", runner.run(plan_json, number=number, attempt=attempt, pruning=pruning)))
+        with torch_threads(trial_threads(config.backend.cpus_per_trial)):
+            outcome = runner.run(plan_json, number=number, attempt=attempt, pruning=pruning)
+        conn.send(("outcome", outcome))
 
 
 if __name__ == "__main__":

@@ -58,15 +58,11 @@ class TrialRunner:
     def __init__(self, config: SearchConfig, reuse_model: bool = True) -> None:
         """`reuse_model=False` deep-copies the base model for every trial instead of restoring one working
         copy (the same results; benchmarks compare the two)."""
-        from autocompress.data import load_texts, make_batches
-        from autocompress.evaluators._base import to_device
+        from autocompress.calibration import search_calibration
         from autocompress.loading import load_model
-        from autocompress.policies import Calibration
-        from autocompress.policies.memo import BaseModelMemo
         from autocompress.search.workspace import ModelWorkspace
 
         self.config = config
-        d = config.data
         self.loaded = load_model(config.model.name, task=config.model.task,
                                  trust_remote_code=config.model.trust_remote_code)
         self.info = self.loaded.info
@@ -77,10 +73,7 @@ class TrialRunner:
             from autocompress.errors import UserError
 
             raise UserError(f"model {config.model.name!r} has no tokenizer; a search needs one to evaluate")
-        calib = load_texts(d.calibration.source, n=d.calibration.n, seed=d.calibration.seed)
-        batches = [to_device(b, self.device) for b in
-                   make_batches(tok, calib, batch_size=min(d.batch_size, 16), max_length=d.max_length)]
-        self.calibration = Calibration(batches, memo=BaseModelMemo(self.loaded.model))
+        self.calibration = search_calibration(config, tok, self.info, self.loaded.model, self.device)
         self.evaluator = self._evaluator()
         self.pruning, self.subset_evaluator = None, None
         if config.pruner.name != "none":  # nothing of this without a pruner

@@ -32,3 +32,33 @@ def test_ray_sends_the_waiting_plan_before_collect_returns(tmp_path):
         assert finished == [1, 2] and backend.in_flight() == 0
     finally:
         backend.close()
+
+
+def test_local_trials_run_with_cpus_per_trial_torch_threads(tmp_path):
+    import torch
+
+    from autocompress.search.backends import LocalBackend
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        # in this process, and (with a trial time limit) in the child process that runs the trials
+        for cpus, inside, limit in ((1.0, 1, None), (3.5, 3, None), (0.5, 1, None), (1.0, 1, 600)):
+            config = SearchConfig.from_dict({
+                "model": {"name": "random:bert"}, "data": {"calibration": {"n": 4}, "evaluation": {"n": 8}},
+                "space": {"quantize": {"bits": [4, 8]}}, "backend": {"cpus_per_trial": cpus},
+                "budget": {"n_trials": 1, "trial_timeout_s": limit},
+                "tracking": {"uri": "none"}, "run_dir": str(tmp_path / "run")}).resolved(tmp_path)
+            backend = LocalBackend(config)
+            try:
+                info = backend.start()
+                plan = CompressionPlan({n: LayerPlan(bits=4) for n in info.targets_by_default()})
+                backend.submit(0, plan.to_json(indent=None))
+                [(number, outcome)] = backend.collect()
+                assert number == 0 and outcome.error is None
+                assert outcome.torch_threads == inside  # counted inside the trial
+                assert torch.get_num_threads() == 2  # and the driver's own count is back
+            finally:
+                backend.close()
+    finally:
+        torch.set_num_threads(before)
