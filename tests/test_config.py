@@ -95,3 +95,13 @@ def test_target_profile_must_exist_and_latency_needs_a_target():
     c = cfg(objectives=["maximize fidelity", "minimize latency_ms"])
     with pytest.raises(UserError, match="needs a target"):
         c.check_task("embedding")
+
+
+def test_memory_mb_is_a_plan_metric_that_needs_a_target():
+    for where, task in (({"objectives": ["minimize perplexity", "minimize memory_mb"]}, "causal-lm"),
+                        ({"constraints": ["memory_mb <= 100"]}, "embedding")):  # an encoder: the weights alone
+        with pytest.raises(UserError, match="'memory_mb' needs a target.*seq_len"):
+            cfg(**where).check_task(task)
+        cfg(**where, target={"profile": "cpu-local", "seq_len": 2048}).check_task(task)
+    with pytest.raises(UserError, match="decided by the plan"):
+        cfg(pruner={"name": "median", "metric": "memory_mb"})
