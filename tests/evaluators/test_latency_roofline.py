@@ -112,3 +112,22 @@ def test_roofline_and_measured_model_agree_on_which_layers_run_a_kernel(llama):
     assert seen[True] and seen[False]
     total = RooflineLatency(profile).predict(plan, info, DECODE).total_ms
     assert total < RooflineLatency(profile).predict(CompressionPlan({}), info, DECODE).total_ms
+
+
+def test_int8_activations_without_w8a8_add_an_unscaled_activation_quantization(llama):
+    from autocompress.hardware.profile import Calibration
+
+    names = llama.info.targets_by_default()
+    plan = CompressionPlan({names[0]: LayerPlan(bits=4, group_size=32, act_bits=8),
+                            names[1]: LayerPlan(bits=8, group_size=None, act_bits=8),
+                            names[2]: LayerPlan(rank=8, act_bits=8)})
+    ops = plan_ops(plan, llama.info, DECODE)
+    act = [op for op in ops if op.kind == "act_quant"]
+    assert [op.layer for op in act] == [names[0], names[2], names[2]]  # W8A8 quantizes its own input
+    k = llama.info.layers[names[0]].in_features
+    assert act[0].elements == 4.0 * 1 * k
+    calib = Calibration(machine="m", date="d", torch="t", threads=1,
+                        workloads={"decode": {"model": "x", "batch": 1, "seq_len": 128, "rest_scale": 9.0}})
+    profile = _cpu().model_copy(update={"calibration": calib, "overhead_us": 5.0})
+    assert op_time(act[0], profile, "decode")[0] == pytest.approx(op_time(act[0], _cpu().model_copy(
+        update={"overhead_us": 5.0}), "decode")[0])  # counted launches: no rest scale

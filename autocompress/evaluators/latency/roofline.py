@@ -5,8 +5,8 @@ Formats follow the profile's kernel table, layer by layer (`DeviceProfile.kernel
 weight layouts it takes): a format with a fast kernel runs in its own compute type and moves its own weight
 bytes (bits / 8 per weight, plus `SCALE_BYTES_PER_GROUP` per group of `group_size` inputs, or per output row);
 a format without one runs dense (dequantized at load) or, with `fallback: dequant`, dense plus a pass over the
-packed and the dequantized weights on every call. Non-GEMM operators are scaled by the profile's calibrated
-`rest_scale` of the workload's mode.
+packed and the dequantized weights on every call. Non-GEMM operators (except an activation quantization, whose
+launches are counted) are scaled by the profile's calibrated `rest_scale` of the workload's mode.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def op_time(op: Op, profile: DeviceProfile, mode: str = "prefill") -> tuple[floa
     else:
         t_compute = op.flops / (profile.peak(profile.dtype) * 1e12 * profile.efficiency.compute)
         bytes_ = op.elements * a * 2
-        scale = rest
+        scale = 1.0 if op.kind == "act_quant" else rest  # its launches are counted, the others' estimated
     t_memory = bytes_ / bw
     body = max(t_compute, t_memory)
     bottleneck = "overhead" if launch > body else ("compute" if t_compute >= t_memory else "memory")
