@@ -63,7 +63,8 @@ def has_kernel(kind: str) -> bool:
 # module kind of each format; the weight-only kernels compute with bfloat16 activations
 CPU_KERNELS: dict[str, Kernel] = {
     "w8a8": Kernel(fast=True, compute="int8", per_channel=True,
-                   note="torch.ao dynamic int8 Linear fed per token (export.kernels.W8A8Linear), measured in the table"),
+                   note="torch.ao dynamic int8 Linear fed per token (export.kernels.W8A8Linear), measured in the "
+                        "table"),
     # in_multiple 16: `_weight_int8pack_mm` reads in_features in blocks of 16; other widths read past the row
     # (wrong values for one token, a crash for several: torch 2.13 on an AVX-512 CPU)
     "w8": Kernel(fast=True, compute="bf16", per_channel=True, in_multiple=16,

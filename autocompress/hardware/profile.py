@@ -14,10 +14,11 @@ dense cost) or `dequant` (dequantized on every call: the dense cost plus reading
 
 A weight format's kernel takes only some weight layouts (`Kernel.takes`): one scale per output channel
 (`per_channel`), and/or groups of the sizes in `groups` (each dividing the layer's in_features), with
-out_features a multiple of `out_multiple` and in_features a multiple of `in_multiple`. A layer whose layout the kernel does not take runs as its fallback
-(`DeviceProfile.kernel_for`): e.g. a 4-bit layer with one scale per output channel on a kernel that takes
-groups 32..256 only runs dense. The same rule picks the real CPU kernels of the packed export
-(`autocompress.export.kernels.kernel_kind`), so a profile measured here prices what the export runs.
+out_features a multiple of `out_multiple` and in_features a multiple of `in_multiple`. A layer whose layout
+the kernel does not take runs as its fallback (`DeviceProfile.kernel_for`): e.g. a 4-bit layer with one
+scale per output channel on a kernel that takes groups 32..256 only runs dense. The same rule picks the real
+CPU kernels of the packed export (`autocompress.export.kernels.kernel_kind`), so a profile measured here
+prices what the export runs.
 
 A calibrated profile records, per workload it was calibrated for (`prefill`, `decode`), the model, batch,
 sequence length and the non-GEMM `rest_scale` measured there (`Calibration.workloads`); its `table` holds both

@@ -9,11 +9,11 @@ Micro-benchmarks, all timed with `time_ms` (warm-up, then the median of repeats)
              with a real kernel here (`layouts`: dense, and each format of `available_formats`, a grouped one
              once per group size its kernel takes, on the shapes it takes), as `real_linear` of an
              `nn.Linear(k, n)` on an input [m, k] (the packed export's kernel modules on the CPU), cycling
-             through enough weight copies
-             to exceed the last-level cache twice (weights come from memory, as in the model; timing one
-             hot copy under-priced fp32 layers by up to 20% against whole-model timing). Timed in interleaved sweeps, keeping
-             the fastest median (another process taking the cores only slows a sweep down); a GEMM slower than a
-             larger one of its format and m is timed again;
+             through enough weight copies to exceed the last-level cache twice (weights come from memory, as
+             in the model; timing one hot copy under-priced fp32 layers by up to 20% against whole-model
+             timing). Timed in interleaved sweeps, keeping the fastest median (another process taking the
+             cores only slows a sweep down); a GEMM slower than a larger one of its layout and m is timed
+             again;
   peaks      the best FLOP rate the table achieved, per compute type (the kernel entry's: dense -> the dense
              dtype, w8a8 -> int8, the CPU weight-only kernels -> bf16): the peaks ARE achieved rates, so the
              profile's efficiency is 1.0;
@@ -232,7 +232,8 @@ def calibrate(base_model: nn.Module, info: ModelInfo, device: str = "cpu", workl
     start = time.perf_counter()
 
     times = _time_table(jobs, device, repeats, min_total_s, passes, report, total)
-    table = [TableEntry(format=f, group=g, m=m, k=k, n=n, ms=float(f"{ms:.6g}")) for (f, g, m, k, n), ms in times.items()]
+    table = [TableEntry(format=f, group=g, m=m, k=k, n=n, ms=float(f"{ms:.6g}"))
+             for (f, g, m, k, n), ms in times.items()]
     kernels = kernel_entries(device)
     peaks: dict[str, float] = {}
     for e in table:
@@ -280,7 +281,8 @@ def calibrate(base_model: nn.Module, info: ModelInfo, device: str = "cpu", workl
 
 
 def _description(machine: str, calib: Calibration) -> str:
-    runs = "; ".join(f"{w.model} at batch {w.batch} seq_len {w.seq_len} ({mode})" for mode, w in calib.workloads.items())
+    runs = "; ".join(f"{w.model} at batch {w.batch} seq_len {w.seq_len} ({mode})"
+                     for mode, w in calib.workloads.items())
     return (f"{machine}, measured by `autocompress latency calibrate` on {calib.date} with torch {calib.torch}, "
             f"{calib.threads} threads, {runs}")
 
