@@ -154,7 +154,7 @@ class TrackingSection(_Strict):
 
 
 class TargetSection(_Strict):
-    """The device the plans are for; gives the `latency_ms` metric."""
+    """The device the plans are for; gives the `latency_ms` and `memory_mb` metrics."""
 
     profile: str
     latency_model: Literal["roofline", "table", "measured"] | None = None
@@ -278,6 +278,10 @@ class SearchConfig(_Strict):
             if metric == "latency_ms" and not self.target:
                 raise UserError("metric 'latency_ms' needs a target: add `target: {profile: NAME}` "
                                 "(shipped profiles: `autocompress latency profiles`)")
+            if metric == "memory_mb" and not self.target:
+                raise UserError("metric 'memory_mb' needs a target (its batch and seq_len size the KV cache, its "
+                                "profile's dtype the bytes per value): add `target: {profile: NAME, batch: 1, "
+                                "seq_len: 2048}` (shipped profiles: `autocompress latency profiles`)")
             if metric not in available:
                 raise UserError(f"metric {metric!r} is not produced for a model of task {task!r}; "
                                 f"use one of {', '.join(sorted(available))}")

@@ -18,9 +18,10 @@ METRICS = {
     "fidelity": "max", "fidelity_min": "max", "topk_agreement": "max",
     "perplexity": "min", "perplexity_ratio": "min", "nll": "min", "accuracy": "max",
     "kl": "min", "kl_p99": "min", "top1_agreement": "max",
-    "size_mb": "min", "size_ratio": "min", "latency_ms": "min",
+    "size_mb": "min", "size_ratio": "min", "latency_ms": "min", "memory_mb": "min",
 }
-PLAN_METRICS = frozenset({"size_mb", "size_ratio"})  # plus latency_ms when the latency model is not `measured`
+# plus latency_ms when the latency model is not `measured`; memory_mb needs a target (batch, seq_len, dtype)
+PLAN_METRICS = frozenset({"size_mb", "size_ratio", "memory_mb"})
 TASK_METRICS = {
     "embedding": {"fidelity", "fidelity_min", "topk_agreement"},
     "causal-lm": {"perplexity", "perplexity_ratio", "nll", "kl", "kl_p99", "top1_agreement"},

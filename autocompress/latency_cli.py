@@ -26,8 +26,17 @@ def _cmd_latency_calibrate(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise UserError(f"--device {args.device}: no CUDA GPU is visible here (torch.cuda.is_available() is "
                             "False); run the calibration on the GPU machine, or use --device cpu")
-    from autocompress.evaluators.latency.calibrate import calibrate, save_profile
+    from autocompress.evaluators.latency.calibrate import calibrate, merge_profiles, save_profile
 
+    old = None
+    if args.update:  # refused before minutes of measuring, not after
+        from autocompress.hardware.profile import load_profile
+
+        old = load_profile(args.update)
+        kind = "gpu" if args.device.startswith("cuda") else "cpu"
+        if old.calibration is None or old.kind != kind:
+            raise UserError(f"--update {args.update}: not a profile calibrated on a {kind} (a spec-sheet profile, or "
+                            "another kind of device); calibrate into a new file (drop --update)")
     with _step(f"loading {args.model}"):
         loaded = load_model(args.model, task=args.task, trust_remote_code=args.trust_remote_code)
     err = _console(stderr=True)
@@ -40,20 +49,24 @@ def _cmd_latency_calibrate(args: argparse.Namespace) -> int:
             bar.update(task, advance=advance, total=total, description=description)
 
         profile = calibrate(loaded.model, loaded.info, device=args.device,
-                            workload=Workload(batch=args.batch, seq_len=args.seq_len), model_name=args.model,
-                            progress=progress, name=args.name)
+                            workload=Workload(batch=args.batch, seq_len=args.seq_len, mode=args.mode),
+                            model_name=args.model, progress=progress, name=args.name)
     elapsed = time.perf_counter() - start
+    if old is not None:
+        profile = merge_profiles(old, profile)
     path = save_profile(profile, args.out)
     out = _console()
-    formats = sorted({e.format for e in profile.table})
-    counts = ", ".join(f"{f} {sum(e.format == f for e in profile.table)}" for f in formats)
+    layouts = sorted({(e.format, e.group or 0) for e in profile.table})
+    counts = ", ".join(f"{f}{f' g{g}' if g else ''} {sum((e.format, e.group or 0) == (f, g) for e in profile.table)}"
+                       for f, g in layouts)
+    rest = ", ".join(f"{mode} {w.rest_scale:.4g}" for mode, w in profile.calibration.workloads.items())
     peaks = ", ".join(f"{k} {v * 1e3:.4g} G{'OP' if k.startswith('int') else 'FLOP'}/s"
                       for k, v in profile.peak_tflops.items())
     out.print(f"profile {profile.name}: {profile.description}")
     out.print(f"  peaks: {peaks}")
     out.print(f"  bandwidth: {profile.bandwidth_gbs:.4g} GB/s; overhead: {profile.overhead_us:.4g} us/op; "
               f"cache: {profile.cache_mb:g} MB")
-    out.print(f"  table: {len(profile.table)} GEMMs ({counts}); rest_scale: {profile.calibration.rest_scale:.4g}")
+    out.print(f"  table: {len(profile.table)} GEMMs ({counts}); rest_scale: {rest}")
     out.print(f"wrote {path} (calibrated in {elapsed:.0f} s); use it with --profile {path}")
     return 0
 
@@ -144,7 +157,13 @@ def add_latency_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, help="the profile YAML to write")
     p.add_argument("--name", help="the profile's name (default cpu-local or gpu-local)")
     p.add_argument("--batch", type=int, default=1, help="sequences per call (default 1)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument("--seq-len", type=int, default=128,
+                   help="tokens per sequence (prefill), or KV-cache positions a decode step attends over (default 128)")
+    p.add_argument("--mode", choices=("prefill", "decode"), default="prefill",
+                   help="prefill: a forward over seq_len tokens; decode: one new token per sequence (causal LMs)")
+    p.add_argument("--update", metavar="PROFILE.yaml",
+                   help="add this calibration to a profile calibrated here before (e.g. decode to a prefill one): "
+                        "its other workloads and GEMMs are kept; written to --out")
     p.add_argument("--task", default="auto", help="auto, embedding, causal-lm or sequence-classification")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (off by default)")
     p.set_defaults(func=_cmd_latency_calibrate)

@@ -204,7 +204,11 @@ def _architecture(config: Any, prefix: str | None, model: nn.Module) -> dict[str
         return next((getattr(config, n) for n in names if getattr(config, n, None) is not None), None)
 
     blocks = len(model.get_submodule(prefix)) if prefix else 0
-    return {"hidden_size": get("hidden_size", "n_embd"), "num_blocks": blocks,
-            "num_heads": get("num_attention_heads", "n_head"), "vocab_size": get("vocab_size"),
-            "causal": bool(get("is_decoder")) or "CausalLM" in type(model).__name__
-            or "LMHead" in type(model).__name__}
+    hidden, heads = get("hidden_size", "n_embd"), get("num_attention_heads", "n_head")
+    causal = bool(get("is_decoder")) or "CausalLM" in type(model).__name__ or "LMHead" in type(model).__name__
+    # the KV cache of a causal LM: per position and block, num_kv_heads x head_dim keys and as many values
+    # (Llama: num_key_value_heads, head_dim; GPT-2: every head); an encoder keeps no cache (None)
+    kv_heads = get("num_key_value_heads", "num_attention_heads", "n_head") if causal else None
+    head_dim = (get("head_dim") or (hidden // heads if hidden and heads else None)) if causal else None
+    return {"hidden_size": hidden, "num_blocks": blocks, "num_heads": heads, "vocab_size": get("vocab_size"),
+            "causal": causal, "num_kv_heads": kv_heads, "head_dim": head_dim}

@@ -1,55 +1,78 @@
 """Do predicted latencies agree with measured ones? Random plans, predicted vs timed with real kernels.
 
 Run:  .venv/bin/python benchmarks/latency_fidelity.py [--n-plans 30] [--seed 0] [--no-calibrate --profile P]
-      [--device cuda --profile h100-sxm] [--model DIR --mode decode --seq-len 512 --tag llama1b-decode]
+      [--device cuda --profile h100-sxm] [--model DIR|FILE.gguf --mode decode --seq-len 128 --tag smollm2-decode]
 Writes benchmarks/results/latency_fidelity_<device>_seed<seed>[_<tag>].json and .md. On a GPU the spec-sheet
 row is the roofline of `--profile` (datasheet figures) instead of this CPU's.
 
-By default the machine is calibrated (`autocompress.evaluators.latency.calibrate`) right before the plans are
-measured, because a profile describes the machine as it is when measured (this VM's speed drifts by 20-30%
-over minutes); `--no-calibrate --profile cpu-local` uses a stored profile instead.
+By default the machine is calibrated (`autocompress.evaluators.latency.calibrate`, at the run's workload) right
+before the plans are measured; `--no-calibrate --profile cpu-local` uses a stored profile instead. `--model`
+takes what `autocompress.loading.load_model` takes, or a .gguf file (loaded by transformers, dequantized to
+float32, as a causal LM).
 
-For N random plans from a space over the model (W8A8 or not per layer group, 0/25/50% of heads and FFN
-neurons removed per block, FFN low rank or not; a space whose formats have real kernels on this CPU), each
-plan is priced by the calibrated `table` and `roofline` models of `--profile`, and by an uncalibrated
-spec-sheet roofline of this CPU (cores x clock x FLOPs per cycle from /proc/cpuinfo, DDR4-3200 dual channel,
-no launch overhead), then built with the real kernels and timed (warm-up, median of repeats), in `--rounds` interleaved rounds
-over all plans, keeping each plan's fastest median (the protocol calibration uses too).
-Reported per predictor: share within +-10% and +-25% of measured, median absolute error, Spearman rank
-correlation. "+ dense anchor" rows scale a calibrated predictor by one factor: the dense model's time measured
-in the same rounds over its predicted time (the dense model is not one of the test plans).
+For N random plans from a space over the model (per layer group: 4 or 8-bit weights or none, one scale per
+output channel or groups of 32 / 128 inputs, int8 activations or not; 0/25/50% of heads (where the attention
+allows it) and FFN neurons removed per block; FFN low rank or not), each plan is priced by the calibrated
+`table` and `roofline` models of `--profile` and by an uncalibrated spec-sheet roofline of this CPU (cores x
+clock x FLOPs per cycle from /proc/cpuinfo, DDR4-3200 dual channel, no launch overhead), then built with the
+real kernels the packed export runs (`build_real_model`) and timed.
+
+Measurement that survives a busy machine: each plan is timed INTERLEAVED with a dense anchor model in the same
+process (anchor call, plan call, anchor call, ... `--pairs` pairs per round, `--rounds` rounds over all plans,
+each plan's model built anew per round so that only one plan model is in memory at a time). Another process
+slowing the machine slows both calls of a pair alike, so the plan's time RELATIVE to the anchor's (the median
+of the pairs' ratios) is what a predictor is judged on first: its predicted plan / predicted anchor against
+the measured ratio ("ratio" columns). The absolute errors (predicted ms against the plan's median measured ms)
+are reported too; they carry whatever the machine's speed was during the run.
+Reported per predictor: share within +-10% and +-25%, median absolute error, Spearman rank correlation.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import torch
 
 from autocompress.config import SpaceSection
 from autocompress.evaluators.latency import LATENCY_MODELS, Workload
-from autocompress.evaluators.latency.kernels import build_real_model
-from autocompress.evaluators.latency.measured import measure_model
+from autocompress.evaluators.latency.kernels import available_formats, build_real_model
+from autocompress.evaluators.latency.measured import model_step
 from autocompress.hardware import DeviceProfile, load_profile
-from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan
 from autocompress.spaces import ConfigSpace
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import env_words, load_average, machine_env, save_results  # noqa: E402
+
 SPACE = {
     "share": "group",
-    "quantize": {"bits": [8, None], "act_bits": [8, None]},
+    "quantize": {"bits": [4, 8, None], "group_size": [None, 32, 128], "act_bits": [8, None]},
     "structured": {"sparsity": [0.0, 0.25, 0.5], "method": ["magnitude"]},
     "lowrank": {"rank": [None, 0.25, 0.5], "method": ["svd"],
                 "targets": ["re:(intermediate|output).dense$", "re:mlp.(up|down)_proj$"],
                 "ignore": ["re:attention"]},
 }
+
+
+def load(spec: str):
+    """(model, info) of `spec`: a .gguf file through transformers (a causal LM in float32), else `load_model`."""
+    if spec.endswith(".gguf"):
+        from transformers import AutoModelForCausalLM
+
+        from autocompress.models import inspect_model
+
+        path = Path(spec)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        return SimpleNamespace(model=model.eval(), info=inspect_model(model, task="causal-lm"))
+    from autocompress.loading import load_model
+
+    return load_model(spec)
 
 
 def spec_sheet(args) -> DeviceProfile:
@@ -59,7 +82,10 @@ def spec_sheet(args) -> DeviceProfile:
 
 
 def spec_profile_of_this_cpu() -> DeviceProfile:
-    """A spec-sheet roofline for this machine: nothing measured, only what the CPU says it is."""
+    """A spec-sheet roofline for this machine: nothing measured, only what the CPU says it is (the export's
+    CPU kernels that torch has here, with the layouts they take)."""
+    from autocompress.export.kernels import CPU_KERNELS
+
     mhz = 2000.0
     try:
         for line in open("/proc/cpuinfo"):
@@ -74,8 +100,8 @@ def spec_profile_of_this_cpu() -> DeviceProfile:
         name="spec-this-cpu", kind="cpu", dtype="fp32",
         description=f"{cores} cores x {mhz:.0f} MHz x 32 FLOP/cycle; DDR4-3200 x 2 channels; no overhead",
         sources=["/proc/cpuinfo; AVX2 FMA throughput; DDR4-3200 = 25.6 GB/s per channel"],
-        peak_tflops={"fp32": fp32, "int8": 4 * fp32}, bandwidth_gbs=51.2, cache_mb=0, overhead_us=0.0,
-        kernels={"w8a8": {"fast": True, "compute": "int8"}})
+        peak_tflops={"fp32": fp32, "bf16": fp32, "int8": 4 * fp32}, bandwidth_gbs=51.2, cache_mb=0, overhead_us=0.0,
+        kernels={f: k for f, k in CPU_KERNELS.items() if f in available_formats("cpu")})
 
 
 def ranks(values: list[float]) -> list[float]:
@@ -100,9 +126,21 @@ def agreement(predicted: list[float], measured: list[float]) -> dict[str, float]
             "median_abs_error_pct": 100 * statistics.median(errors), "spearman": spearman(predicted, measured)}
 
 
+def time_pairs(anchor, plan_step, pairs: int, warmup: int = 2) -> tuple[list[float], list[float]]:
+    """(anchor ms, plan ms) of `pairs` alternating calls, after `warmup` pairs."""
+    a, p = [], []
+    with torch.inference_mode():
+        for i in range(warmup + pairs):
+            ta, tp = anchor(), plan_step()
+            if i >= warmup:
+                a.append(ta)
+                p.append(tp)
+    return a, p
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--model", default="all-MiniLM-L6-v2", help="a model load_model takes, or a .gguf file")
     parser.add_argument("--profile", default="cpu-local")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n-plans", type=int, default=30)
@@ -112,18 +150,22 @@ def main() -> int:
                         help="decode: one new token after seq_len - 1 cached ones (causal LMs)")
     parser.add_argument("--tag", default="", help="appended to the results file stem (another model or mode)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (fastest kept)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over all plans (each plan built anew)")
+    parser.add_argument("--pairs", type=int, default=15, help="anchor/plan call pairs per plan and round")
+    parser.add_argument("--calibrate-passes", type=int, default=3, help="sweeps of the calibration's GEMM table")
     parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                         help="use --profile as it is instead of calibrating right before measuring")
     args = parser.parse_args()
 
-    loaded = load_model(args.model)
+    env = machine_env(args.device)
+    loaded = load(args.model)
     info, workload = loaded.info, Workload(args.batch, args.seq_len, args.mode)
-    if args.calibrate:  # calibrate now: this VM's speed drifts by 20-30% over minutes
+    if args.calibrate:  # a profile describes the machine as it is when measured
         from autocompress.evaluators.latency.calibrate import calibrate
 
         print("calibrating this machine ...", flush=True)
-        profile = calibrate(loaded.model, info, args.device, workload, model_name=args.model)
+        profile = calibrate(loaded.model, info, args.device, workload, model_name=args.model,
+                            passes=args.calibrate_passes)
     else:
         profile = load_profile(args.profile)
     spec = spec_sheet(args)
@@ -133,48 +175,57 @@ def main() -> int:
     space = ConfigSpace(SpaceSection.model_validate(SPACE), info)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     plans = [space.sample(study.ask()) for _ in range(args.n_plans)]
-    models = [build_real_model(loaded.model, plan, args.device) for plan in plans]
-    dense_model = build_real_model(loaded.model, CompressionPlan({}), args.device)
-    dense_ms = float("inf")
-    # interleaved rounds, fastest median per plan: a drift of the machine's speed during the run (seen here:
-    # 30% within a minute on this VM) hits every plan alike instead of the plans measured during it
-    measured = [float("inf")] * len(plans)
+    anchor_model = build_real_model(loaded.model, CompressionPlan({}), args.device)
+    anchor = model_step(anchor_model, workload, args.device)
+    anchor_ms: list[list[float]] = [[] for _ in plans]
+    plan_ms: list[list[float]] = [[] for _ in plans]
     for round_ in range(args.rounds):
-        dense_ms = min(dense_ms, measure_model(dense_model, workload, args.device))
-        for i, model in enumerate(models):
-            measured[i] = min(measured[i], measure_model(model, workload, args.device))
+        for i, plan in enumerate(plans):
+            model = build_real_model(loaded.model, plan, args.device)
+            a, p = time_pairs(anchor, model_step(model, workload, args.device), args.pairs)
+            anchor_ms[i] += a
+            plan_ms[i] += p
+            del model
         print(f"round {round_ + 1}/{args.rounds} measured", flush=True)
-    # the dense model, timed in the same rounds, anchors the absolute scale (it is not one of the test plans)
-    anchors = {name: dense_ms / model.predict(CompressionPlan({}), info, workload).total_ms
-               for name, model in predictors.items() if "calibrated" in name}
+
+    pred_anchor = {name: m.predict(CompressionPlan({}), info, workload).total_ms for name, m in predictors.items()}
     rows = []
     for i, plan in enumerate(plans):
-        row = {"plan": plan.summary(), "measured_ms": measured[i]}
-        row.update({name: model.predict(plan, info, workload).total_ms for name, model in predictors.items()})
-        row.update({f"{name} + dense anchor": row[name] * anchors[name] for name in anchors})
+        ratio = statistics.median(p / a for p, a in zip(plan_ms[i], anchor_ms[i]))
+        row = {"plan": plan.summary(), "measured_ms": statistics.median(plan_ms[i]),
+               "anchor_ms": statistics.median(anchor_ms[i]), "measured_ratio": ratio}
+        for name, m in predictors.items():
+            row[name] = m.predict(plan, info, workload).total_ms
+            row[f"{name} ratio"] = row[name] / pred_anchor[name]
         rows.append(row)
-        print(f"plan {i:2d}: measured {row['measured_ms']:7.2f} ms  " + "  ".join(
-            f"{n.split()[0]}{'*' if 'spec' in n else ''} {row[n]:7.2f}" for n in predictors) + f"  [{row['plan']}]",
-            flush=True)
-    measured = [r["measured_ms"] for r in rows]
-    summary = {name: agreement([r[name] for r in rows], measured) for name in rows[0] if name not in ("plan", "measured_ms")}
-    env = dict(dense_ms=dense_ms, anchors=anchors, model=args.model, profile="calibrated in this run" if args.calibrate else args.profile,
-               device=args.device, batch=args.batch, seq_len=args.seq_len, mode=args.mode,
-               n_plans=args.n_plans, rounds=args.rounds, torch=torch.__version__, threads=torch.get_num_threads(),
-               machine=platform.processor() or platform.machine(), spec=spec.description,
-               gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else None)
-    RESULTS.mkdir(exist_ok=True)
-    stem = f"latency_fidelity_{args.device}_seed{args.seed}" + (f"_{args.tag}" if args.tag else "")
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"env": env, "summary": summary, "rows": rows}, indent=2) + "\n")
+        print(f"plan {i:2d}: measured {row['measured_ms']:8.3f} ms, x{ratio:.3f} of the anchor  " + "  ".join(
+            f"{n.split()[0]}{'*' if 'spec' in n else ''} x{row[f'{n} ratio']:.3f}" for n in predictors)
+            + f"  [{row['plan']}]", flush=True)
+    env["load_after"] = load_average()
+    ratio_summary = {name: agreement([r[f"{name} ratio"] for r in rows], [r["measured_ratio"] for r in rows])
+                     for name in predictors}
+    abs_summary = {name: agreement([r[name] for r in rows], [r["measured_ms"] for r in rows]) for name in predictors}
+    anchors = [r["anchor_ms"] for r in rows]
+    result = {"env": {**env, "model": args.model, "mode": args.mode, "batch": args.batch, "seq_len": args.seq_len,
+                      "n_plans": args.n_plans, "rounds": args.rounds, "pairs": args.pairs, "seed": args.seed,
+                      "profile": "calibrated in this run" if args.calibrate else args.profile,
+                      "spec": spec.description, "predicted_anchor_ms": pred_anchor},
+              "ratio": ratio_summary, "absolute": abs_summary, "rows": rows}
     lines = [f"{args.model}, {args.mode}, batch {args.batch}, {args.seq_len} tokens, {args.n_plans} random plans, "
-             + (f"on {env['gpu']}, " if env["gpu"] else "") +
-             f"torch {env['torch']}, {env['threads']} threads; measured range {min(measured):.1f}-{max(measured):.1f} ms.",
+             f"each timed in {args.rounds} x {args.pairs} calls alternating with the dense model (the anchor); "
+             + env_words(env), "",
+             f"Dense anchor: measured {min(anchors):.3f}-{max(anchors):.3f} ms over the plans (median per plan); "
+             + ", ".join(f"{n} predicts {v:.3f} ms" for n, v in pred_anchor.items()) + ".", "",
+             "Relative to the anchor (predicted plan / predicted anchor against measured plan / measured anchor):",
              "", "| predictor | within +-10% | within +-25% | median abs error | Spearman |", "|---|---|---|---|---|"]
-    for name, s in summary.items():
-        lines.append(f"| {name} | {s['within_10pct']:.0%} | {s['within_25pct']:.0%} | "
-                     f"{s['median_abs_error_pct']:.1f}% | {s['spearman']:.3f} |")
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines += [f"| {n} | {s['within_10pct']:.0%} | {s['within_25pct']:.0%} | {s['median_abs_error_pct']:.1f}% | "
+              f"{s['spearman']:.3f} |" for n, s in ratio_summary.items()]
+    lines += ["", "Absolute (predicted ms against the plan's median measured ms):", "",
+              "| predictor | within +-10% | within +-25% | median abs error | Spearman |", "|---|---|---|---|---|"]
+    lines += [f"| {n} | {s['within_10pct']:.0%} | {s['within_25pct']:.0%} | {s['median_abs_error_pct']:.1f}% | "
+              f"{s['spearman']:.3f} |" for n, s in abs_summary.items()]
+    stem = f"latency_fidelity_{args.device}_seed{args.seed}" + (f"_{args.tag}" if args.tag else "")
+    save_results(stem, result, "\n".join(lines) + "\n")
     return 0
 
 

@@ -116,3 +116,13 @@ def test_calibration_sequential_is_true_false_or_null():
         cfg(data={"calibration": {"sequental": True}})
     with pytest.raises(UserError, match="unknown key 'data.evaluation.sequential'"):
         cfg(data={"evaluation": {"sequential": True}})  # a calibration setting only
+
+
+def test_memory_mb_is_a_plan_metric_that_needs_a_target():
+    for where, task in (({"objectives": ["minimize perplexity", "minimize memory_mb"]}, "causal-lm"),
+                        ({"constraints": ["memory_mb <= 100"]}, "embedding")):  # an encoder: the weights alone
+        with pytest.raises(UserError, match="'memory_mb' needs a target.*seq_len"):
+            cfg(**where).check_task(task)
+        cfg(**where, target={"profile": "cpu-local", "seq_len": 2048}).check_task(task)
+    with pytest.raises(UserError, match="decided by the plan"):
+        cfg(pruner={"name": "median", "metric": "memory_mb"})

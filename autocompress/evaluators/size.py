@@ -24,6 +24,12 @@ The packed format counted here (an exporter writes exactly this):
     pruning) fp16 values, 2 bytes each, counted in the layer's bytes.
   - An embedding table [num_embeddings, dim] is a weight matrix like the above (rows = tokens, groups along
     dim), always dense. A table tied to a Linear layer is counted once, as that layer.
+
+Memory at deployment (`plan_memory`, the `memory_mb` metric) is the packed weights above plus, for a causal
+LM, its KV cache at a batch and context: batch x seq_len positions, each holding a key and a value vector per
+block (2 x num_kv_heads x head_dim values per block, fewer heads where structured pruning removed some), each
+value in the deployment dtype's bytes (`kv_value_bytes`). An encoder keeps no cache: its memory is the weights
+alone. Activations and the runtime's own buffers are not counted.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from autocompress.evaluators._base import EVALUATORS, Evaluator
+from autocompress.hardware.profile import DTYPE_BYTES
 from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
 from autocompress.validation import validate_plan
@@ -134,6 +141,49 @@ def plan_size(plan: CompressionPlan, info: ModelInfo) -> SizeReport:
     total = sum(per_layer.values()) + other
     return SizeReport(total_bytes=total, original_bytes=original, ratio=total / original if original else 1.0,
                       size_mb=total / 1e6, per_layer=per_layer, other_bytes=other, formats=formats)
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Bytes a deployed model holds: packed weights (`SizeReport.total_bytes`) and its KV cache (0 for an
+    encoder); `memory_mb` is their sum in MB (1e6 bytes)."""
+
+    weights_bytes: int
+    kv_cache_bytes: int
+
+    @property
+    def memory_mb(self) -> float:
+        return (self.weights_bytes + self.kv_cache_bytes) / 1e6
+
+
+def kv_value_bytes(plan: CompressionPlan, dtype: str) -> float:
+    """Bytes per cached key or value under `plan` on a device whose deployment dtype is `dtype` ("fp32",
+    "bf16", ...): the dtype's bytes. The one place a quantized KV cache (a plan field such as `kv_bits`) would
+    change the bytes per value."""
+    return DTYPE_BYTES[dtype]
+
+
+def kv_cache_values(plan: CompressionPlan, info: ModelInfo, batch: int, seq_len: int) -> int:
+    """Keys and values a causal LM caches for `batch` sequences of `seq_len` positions: per position and
+    block, 2 x kv heads kept x head_dim (`ModelInfo.extra` num_kv_heads, head_dim). 0 for a model without a
+    cache (an encoder: num_kv_heads None)."""
+    kv_heads, head_dim = info.extra.get("num_kv_heads"), info.extra.get("head_dim")
+    if not kv_heads or not head_dim:
+        return 0
+    heads = {block: kv_heads for block in range(info.extra.get("num_blocks") or 0)}
+    for name, s in info.structures.items():
+        entry = plan.layers.get(name)
+        if s.kind == "heads" and s.block in heads and entry is not None and entry.pattern == "structured":
+            heads[s.block] -= min(round(entry.sparsity * s.units), s.units - 1) // s.kv_groups
+    return 2 * batch * seq_len * head_dim * sum(heads.values())
+
+
+def plan_memory(plan: CompressionPlan, info: ModelInfo, batch: int, seq_len: int, dtype: str) -> MemoryReport:
+    """The `MemoryReport` of `info`'s model compressed by `plan`, serving `batch` sequences of `seq_len`
+    positions on a device whose deployment dtype is `dtype` (see the module docstring). Raises `UserError` for
+    a plan that does not fit the model."""
+    kv = kv_cache_values(plan, info, batch, seq_len) * kv_value_bytes(plan, dtype)
+    return MemoryReport(weights_bytes=plan_size(plan, info).total_bytes, kv_cache_bytes=round(kv))
 
 
 @EVALUATORS.register("size")

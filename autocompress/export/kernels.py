@@ -1,13 +1,14 @@
 """Real CPU kernels for packed layers: the loaded model runs these instead of a dequantized float Linear.
 
   w8a8  bits 8, one scale per output channel, symmetric, act_bits 8: torch's dynamic int8 Linear
-        (`real_linear(..., "w8a8", "cpu")`) holding exactly the exported integers and scales. It quantizes its
+        (`dynamic_int8_linear`) holding exactly the exported integers and scales. It quantizes its
         input per tensor (asymmetric uint8, 7 bits on x86); `W8A8Linear` scales each token to absmax 1 first
         (and the output back), which makes that per token, as the search's fake quantization is: on MiniLM,
         uniform W8A8 fidelity 0.9954 against 0.9975 fake-quantized, where the plain per-tensor call gave 0.975.
         A smoothed layer's kernel (`smooth`, policies/smooth.py) divides its input by s first.
-  int8  bits 8, one scale per output channel, without int8 activations (or on an asymmetric grid):
-        `torch._weight_int8pack_mm` (x @ q^T, then times the float32 scales). An asymmetric grid runs as
+  int8  bits 8, one scale per output channel, without int8 activations (or on an asymmetric grid), in_features
+        a multiple of 16 (other widths make the op read past each row): `torch._weight_int8pack_mm` (x @ q^T, then
+        times the float32 scales). An asymmetric grid runs as
         q - 128 plus the per-row offset (128 - zero) * scale times sum(x).
   int4  bits 4, group_size 32/64/128/256 dividing in_features, out_features a multiple of 16 (what the packing
         op takes): `aten._weight_int4pack_mm_for_cpu`, which computes w = (u - 8) * scale + offset per group
@@ -20,6 +21,11 @@ and offsets in bfloat16. Each kernel module takes any leading dimensions and ret
 drop-in replacement for an nn.Linear or GPT-2 Conv1D of the same function. A layer with act_bits 8 whose kernel
 is not w8a8 keeps the int8 activation hook in front of its kernel. Everything else (other bit widths, other
 group sizes, sparsity without 8-bit per-channel or 4-bit group-wise integers) runs dequantized.
+
+Which layer runs which kernel is one rule (`cpu_kernel`): the profile kernel entries `CPU_KERNELS` say which
+weight layouts each kernel takes (`Kernel.takes`). `autocompress latency calibrate` writes these entries into
+the profile it measures, and the latency models decide with the same `Kernel.takes`, so they price exactly the
+layers this module runs with a kernel.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import functools
 import torch
 from torch import nn
 
+from autocompress.hardware.profile import Kernel, format_of
 from autocompress.policies.quantize import QuantGrid, dequantize
 
 INT4_GROUPS = (32, 64, 128, 256)
@@ -53,18 +60,43 @@ def has_kernel(kind: str) -> bool:
         return False
 
 
-def kernel_kind(grid: QuantGrid, shape: tuple[int, int], act_bits: int | None) -> str | None:
-    """The kernel for a weight [out, in] = `shape` on `grid`, or None (runs dequantized)."""
+# the layouts the real CPU kernels take, as device-profile kernel entries (format -> Kernel), and the kernel
+# module kind of each format; the weight-only kernels compute with bfloat16 activations
+CPU_KERNELS: dict[str, Kernel] = {
+    "w8a8": Kernel(fast=True, compute="int8", per_channel=True,
+                   note="torch.ao dynamic int8 Linear fed per token (export.kernels.W8A8Linear), measured in the "
+                        "table"),
+    # in_multiple 16: `_weight_int8pack_mm` reads in_features in blocks of 16; other widths read past the row
+    # (wrong values for one token, a crash for several: torch 2.13 on an AVX-512 CPU)
+    "w8": Kernel(fast=True, compute="bf16", per_channel=True, in_multiple=16,
+                 note="torch._weight_int8pack_mm, bfloat16 activations (export.kernels.Int8WeightOnlyLinear), "
+                      "measured in the table"),
+    "w4": Kernel(fast=True, compute="bf16", per_channel=False, groups=INT4_GROUPS, out_multiple=16,
+                 note="aten._weight_int4pack_mm_for_cpu, bfloat16 activations (export.kernels.Int4WeightOnlyLinear), "
+                      "measured in the table per group size"),
+}
+KIND_OF_FORMAT = {"w8a8": "w8a8", "w8": "int8", "w4": "int4"}
+
+
+def cpu_kernel(bits: int | None, group_size: int | None, symmetric: bool, act_bits: int | None,
+               shape: tuple[int, int]) -> str | None:
+    """The real CPU kernel ("w8a8", "int8", "int4") for a weight [out, in] = `shape` with `bits` integers in
+    groups of `group_size` inputs (None: one scale per output channel), or None (runs dequantized): the
+    format's entry in `CPU_KERNELS` must take the layout (`Kernel.takes`) and torch here must have the kernel.
+    Without the w8a8 kernel, W8A8 weights run the int8 weight-only kernel (the activation hook in front)."""
     out_features, in_features = shape
-    per_channel = grid.group_size is None or grid.group_size >= in_features
-    if grid.bits == 8 and per_channel:
-        if act_bits == 8 and grid.symmetric and has_kernel("w8a8"):
-            return "w8a8"
-        return "int8" if has_kernel("int8") else None
-    if grid.bits == 4 and grid.group_size in INT4_GROUPS and in_features % grid.group_size == 0 \
-            and out_features % 16 == 0:
-        return "int4" if has_kernel("int4") else None
-    return None
+    fmt = format_of(bits, act_bits, None, symmetric)
+    if fmt == "w8a8" and not has_kernel("w8a8"):
+        fmt = "w8"
+    kernel = CPU_KERNELS.get(fmt)
+    if kernel is None or not kernel.takes(group_size, in_features, out_features):
+        return None
+    return KIND_OF_FORMAT[fmt] if has_kernel(KIND_OF_FORMAT[fmt]) else None
+
+
+def kernel_kind(grid: QuantGrid, shape: tuple[int, int], act_bits: int | None) -> str | None:
+    """The kernel for a weight [out, in] = `shape` on `grid`, or None (runs dequantized): `cpu_kernel`."""
+    return cpu_kernel(grid.bits, grid.group_size, grid.symmetric, act_bits, shape)
 
 
 class _Kernel(nn.Module):
@@ -134,7 +166,7 @@ class Int4WeightOnlyLinear(_Kernel):
 
 
 class W8A8Linear(nn.Module):
-    """torch's dynamic int8 Linear (built by `real_linear`, then given exactly the integers `q` and scales of
+    """torch's dynamic int8 Linear (built by `dynamic_int8_linear`, then given exactly the integers `q` and scales of
     `grid`: symmetric, one scale per output row) fed per-token: each token is divided by its absmax before the
     kernel and its output row multiplied back, so the kernel's per-tensor uint8 quantization of that input
     is a per-token one, like the search's int8 fake quantization. `reduce_range` is passed to the kernel:
@@ -145,7 +177,7 @@ class W8A8Linear(nn.Module):
 
     def __init__(self, q: torch.Tensor, grid: QuantGrid, bias: torch.Tensor | None,
                  reduce_range: bool = True, smooth: torch.Tensor | None = None) -> None:
-        from autocompress.evaluators.latency.kernels import real_linear
+        from autocompress.evaluators.latency.kernels import dynamic_int8_linear
 
         super().__init__()
         self.out_features, self.in_features = q.shape
@@ -153,7 +185,7 @@ class W8A8Linear(nn.Module):
         lin = nn.Linear(self.in_features, self.out_features, bias=False)
         with torch.no_grad():
             lin.weight.copy_(dequantize(q, grid.scale, grid.zero, grid.group_size))
-        self.inner = real_linear(lin, "w8a8", "cpu")
+        self.inner = dynamic_int8_linear(lin)
         qweight = torch._make_per_channel_quantized_tensor(
             q.to(torch.int8), grid.scale[:, 0].double(), torch.zeros(self.out_features, dtype=torch.long), 0)
         self.inner.set_weight_bias(qweight, None)

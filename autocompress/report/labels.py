@@ -26,6 +26,7 @@ METRIC_LABELS: dict[str, tuple[str, str]] = {
     "size_mb": ("packed size", "MB"),
     "size_ratio": ("size ratio", "packed / original"),
     "latency_ms": ("latency", "ms"),
+    "memory_mb": ("memory", "MB, packed weights + KV cache"),
 }
 # metrics that sit near 1 and differ in the 4th-6th digit: printed with more digits
 _NEAR_ONE = {"fidelity", "fidelity_min", "topk_agreement", "accuracy", "perplexity_ratio", "top1_agreement"}
@@ -46,6 +47,8 @@ def latency_unit(target: Any) -> str:
 def unit(metric: str, target: Any = None) -> str:
     if metric == "latency_ms":
         return latency_unit(target)
+    if metric == "memory_mb" and target is not None:
+        return f"MB, packed weights + KV cache at batch {target.batch}, seq {target.seq_len}"
     return METRIC_LABELS.get(metric, (metric, ""))[1]
 
 

@@ -51,6 +51,7 @@ class _Search:
         self.constraints = [parse_constraint(c) for c in config.constraints]
         self.running: dict[int, tuple[Any, Any, float, dict]] = {}  # number -> (trial, plan, start, plan metrics)
         self.latency = _plan_latency_model(config)
+        self.memory = _memory_target(config)
         self.known: dict[str, dict[str, float]] = {}
         for t in study.get_trials(deepcopy=False):
             if t.state.name == "COMPLETE" and "metrics" in t.user_attrs:
@@ -71,11 +72,14 @@ class _Search:
         return out
 
     def plan_metrics(self, plan: Any) -> dict[str, float]:
-        """What the plan alone decides: packed size, and latency when the latency model is analytic."""
-        from autocompress.evaluators.size import plan_size
+        """What the plan alone decides: packed size; with a target, memory (weights + KV cache), and latency
+        when the latency model is analytic."""
+        from autocompress.evaluators.size import plan_memory, plan_size
 
         size = plan_size(plan, self.info)
         out = {"size_mb": size.size_mb, "size_ratio": size.ratio}
+        if self.memory is not None:
+            out["memory_mb"] = plan_memory(plan, self.info, *self.memory).memory_mb
         if self.latency is not None:
             model, workload = self.latency
             out["latency_ms"] = model.predict(plan, self.info, workload).total_ms
@@ -230,6 +234,16 @@ def _plan_latency_model(config: SearchConfig) -> tuple[Any, Any] | None:
     from autocompress.hardware import load_profile
 
     return LATENCY_MODELS.get(t.model_name)(load_profile(t.profile)), Workload(t.batch, t.seq_len, t.mode)
+
+
+def _memory_target(config: SearchConfig) -> tuple[int, int, str] | None:
+    """(batch, seq_len, deployment dtype) the `memory_mb` metric is computed at: the target's; None without one."""
+    t = config.target
+    if t is None:
+        return None
+    from autocompress.hardware import load_profile
+
+    return t.batch, t.seq_len, load_profile(t.profile).dtype
 
 
 def _sensitivity_seeds(config: SearchConfig, study: Any, backend: Any, info: Any, space: Any,

@@ -13,11 +13,27 @@ from autocompress.evaluators.latency._base import Op, Workload, plan_ops
 from autocompress.evaluators.latency.calibrate import calibrate, gemm_shapes, save_profile
 from autocompress.evaluators.latency.roofline import op_time
 from autocompress.evaluators.latency.table import TableLatency
-from autocompress.hardware.profile import Calibration, DeviceProfile, Kernel, TableEntry, load_profile
+from autocompress.evaluators.latency.kernels import available_formats
+from autocompress.export.kernels import CPU_KERNELS
+from autocompress.hardware.profile import Calibration, DeviceProfile, Kernel, TableEntry, group_key, load_profile
 from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan, LayerPlan
 
 WORKLOAD = Workload(batch=1, seq_len=16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quick_timing():
+    """One intra-op thread and few weight copies per GEMM: on a shared, busy machine two threads stall each
+    other for milliseconds per GEMM, and these tests check what is measured, not how fast."""
+    from autocompress.evaluators.latency import calibrate as module
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(module, "MAX_COPIES", 2)
+        yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -44,24 +60,54 @@ def _profile(table: list[TableEntry], **kw) -> DeviceProfile:
     return DeviceProfile(**base)
 
 
+def _keys(profile: DeviceProfile) -> set[tuple]:
+    return {(e.format, e.group, e.m, e.k, e.n) for e in profile.table}
+
+
+def _expected_layouts(k: int, n: int) -> set[tuple[str, int | None]]:
+    """The (format, group) entries a shape [k, n] must have on this CPU: the export's kernels that take it."""
+    out = {("dense", None)}
+    for fmt in available_formats("cpu"):
+        kernel = CPU_KERNELS.get(fmt)
+        if kernel is None:
+            continue
+        for g in ([None] if kernel.per_channel else []) + list(kernel.groups):
+            if kernel.takes(g, k, n):
+                out.add((fmt, group_key(g, k)))
+    return out
+
+
 def test_calibrate_returns_a_valid_profile(calibrated, bert):
     profile, calls = calibrated
     assert profile.name == "cpu-local" and profile.kind == "cpu" and profile.dtype == "fp32"
-    assert {e.format for e in profile.table} == {"dense", "w8a8"}
-    keys = {(e.format, e.m, e.k, e.n) for e in profile.table}
+    formats = available_formats("cpu")
+    assert {e.format for e in profile.table} == set(formats)
+    keys = _keys(profile)
     assert len(keys) == len(profile.table)  # deduplicated
     for m, k, n in gemm_shapes(bert.info, WORKLOAD):
-        assert ("dense", m, k, n) in keys and ("w8a8", m, k, n) in keys
+        for fmt, group in _expected_layouts(k, n):
+            assert (fmt, group, m, k, n) in keys, (fmt, group, m, k, n)
+    # only layouts a kernel takes: no 4-bit per-channel entry from a 4-bit shape that no group fits
+    kernels = {f: CPU_KERNELS[f] for f in formats[1:]}
+    assert all(f == "dense" or kernels[f].takes(k if g is None else g, k, n) for f, g, m, k, n in keys)
+    if "w4" in formats:
+        assert any(f == "w4" and g == 32 for f, g, *_ in keys)
     dense_ops = [op for op in plan_ops(CompressionPlan({}), bert.info, WORKLOAD) if op.kind == "gemm"]
-    assert all(("dense", op.m, op.k, op.n) in keys for op in dense_ops)
+    assert all(("dense", None, op.m, op.k, op.n) in keys for op in dense_ops)
     assert all(e.ms > 0 for e in profile.table)
     assert profile.peak_tflops["fp32"] > 0 and profile.peak_tflops["int8"] > 0
     assert profile.bandwidth_gbs > 0 and profile.overhead_us > 0
     assert profile.efficiency.compute == 1.0 and profile.efficiency.memory == 1.0
-    assert list(profile.kernels) == ["w8a8"]
-    assert profile.kernels["w8a8"].fast and profile.kernels["w8a8"].compute == "int8"
+    assert list(profile.kernels) == formats[1:]  # the export's CPU kernels, with the layouts each takes
+    for fmt in formats[1:]:
+        assert profile.kernels[fmt].fast and profile.kernels[fmt].groups == CPU_KERNELS[fmt].groups
+    assert profile.kernels["w8a8"].compute == "int8"
+    if "w4" in formats:
+        assert profile.kernels["w4"].compute == "bf16" and profile.peak_tflops["bf16"] > 0
     c = profile.calibration
-    assert c.rest_scale > 0 and c.batch == 1 and c.seq_len == 16 and c.model == "random:bert"
+    assert list(c.workloads) == ["prefill"]
+    w = c.workloads["prefill"]
+    assert w.rest_scale > 0 and w.batch == 1 and w.seq_len == 16 and w.model == "random:bert"
     assert c.threads == torch.get_num_threads() and c.torch == torch.__version__
     assert "measured by autocompress latency calibrate" in profile.sources[0]
     total = calls[0][1]
@@ -83,18 +129,22 @@ def test_table_exact_at_measured_shapes(calibrated, bert):
         "encoder.layer.1.intermediate": LayerPlan(sparsity=0.5, pattern="structured"),
         "encoder.layer.1.attention.self": LayerPlan(sparsity=0.5, pattern="structured"),
     })
-    table = {(e.format, e.m, e.k, e.n): e.ms for e in profile.table}
+    table = {(e.format, e.group, e.m, e.k, e.n): e.ms for e in profile.table}
+
+    def key(op):
+        return op.fmt, group_key(op.group_size, op.k), op.m, op.k, op.n
+
     ops = plan_ops(plan, bert.info, WORKLOAD)
     gemms = [op for op in ops if op.kind == "gemm"]
-    assert all((op.fmt, op.m, op.k, op.n) in table for op in gemms)
-    expected = (sum(table[(op.fmt, op.m, op.k, op.n)] for op in gemms)
+    assert all(key(op) in table for op in gemms)
+    expected = (sum(table[key(op)] for op in gemms)
                 + sum(op_time(op, profile)[0] for op in ops if op.kind != "gemm"))
     report = TableLatency(profile).predict(plan, bert.info, WORKLOAD)
     assert report.model == "table"
     assert report.total_ms == pytest.approx(expected, rel=1e-9)
     for o in report.ops:
         if o.op.kind == "gemm":
-            assert o.ms == table[(o.op.fmt, o.op.m, o.op.k, o.op.n)]
+            assert o.ms == table[key(o.op)]
             assert o.bottleneck in ("compute", "memory", "overhead")
 
 
@@ -145,7 +195,7 @@ def test_missing_format_falls_back_to_dense():
     assert model.gemm_ms(Op("x", "gemm", 16, 64, 64, "w8a8")) == 0.005
     # fallback: dequant adds a pass over the packed and the dequantized weights
     prof = _profile(dense, kernels={"w4": Kernel(fast=False, fallback="dequant")})
-    extra = 64 * 64 * (0.5 + 2 / 128 + 4) / 10e9 * 1e3
+    extra = 64 * 64 * (0.5 + 4 / 64 + 4) / 10e9 * 1e3  # 4-bit values, a 4-byte scale per row of 64, fp32
     assert TableLatency(prof).gemm_ms(Op("x", "gemm", 16, 64, 64, "w4")) == pytest.approx(0.01 + extra)
 
 
@@ -188,12 +238,122 @@ def test_cli_calibrate_cuda_without_gpu_exits_2(tmp_path, capsys):
     assert not (tmp_path / "gpu.yaml").exists()
 
 
-def test_cli_calibrate_writes_a_profile(tmp_path, capsys):
+@pytest.fixture
+def quick_calibrate(monkeypatch):
+    """The CLI's calibration with few, short timings (the measurements' count and kinds are the same)."""
+    import functools
+
+    from autocompress.evaluators.latency import calibrate as module
+
+    monkeypatch.setattr(module, "calibrate", functools.partial(module.calibrate, repeats=3, min_total_s=0.005,
+                                                               passes=1, bandwidth_mb=16))
+
+
+def test_cli_calibrate_writes_a_profile(tmp_path, capsys, quick_calibrate):
     out = tmp_path / "mine.yaml"
     code = main(["latency", "calibrate", "--model", "random:bert", "--out", str(out), "--seq-len", "8",
                  "--name", "mine"])
     text = capsys.readouterr().out
     assert code == 0 and out.is_file()
     profile = load_profile(str(out))
-    assert profile.name == "mine" and profile.calibration.seq_len == 8
+    assert profile.name == "mine" and profile.calibration.workloads["prefill"].seq_len == 8
     assert "rest_scale" in text and "bandwidth" in text and str(out) in text
+
+
+DECODE = Workload(batch=1, seq_len=16, mode="decode")
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return load_model("random:llama")
+
+
+@pytest.fixture(scope="module")
+def decode_profile(llama):
+    return calibrate(llama.model, llama.info, device="cpu", workload=DECODE, model_name="random:llama",
+                     repeats=3, min_total_s=0.005, passes=1, bandwidth_mb=16)
+
+
+def test_calibrate_decode_measures_every_m_batch_gemm_in_every_layout(decode_profile, llama):
+    keys = _keys(decode_profile)
+    assert {m for _, _, m, _, _ in keys} == {DECODE.batch}  # a decode step: one token per sequence
+    gemms = [op for op in plan_ops(CompressionPlan({}), llama.info, DECODE) if op.kind == "gemm"]
+    assert any(op.layer == "lm_head" for op in gemms)  # the LM head runs for the new position
+    for op in gemms:
+        for fmt, group in _expected_layouts(op.k, op.n):
+            assert (fmt, group, op.m, op.k, op.n) in keys, (fmt, group, op.layer)
+    if "w4" in available_formats("cpu"):
+        assert ("w4", 32, 1, 64, 192) in keys  # gate/up [192, 64]: 4-bit, 32 inputs per scale
+        assert not any(f == "w4" and (k, n) == (64, 30522) for f, _, _, k, n in keys)  # vocab % 16 != 0
+    c = decode_profile.calibration
+    assert list(c.workloads) == ["decode"] and c.workloads["decode"].seq_len == 16 and c.rest_scale("decode") > 0
+
+
+def test_calibrate_decode_refuses_an_encoder(bert):
+    with pytest.raises(UserError, match="causal"):
+        calibrate(bert.model, bert.info, workload=DECODE, passes=1)
+
+
+def test_decode_prices_int4_groups_with_the_kernel_and_per_channel_4bit_dense(decode_profile, llama):
+    if "w4" not in available_formats("cpu"):
+        pytest.skip("torch here has no int4 CPU kernel")
+    model = TableLatency(decode_profile)
+    name = "model.layers.0.mlp.up_proj"
+    table = {(e.format, e.group, e.m, e.k, e.n): e.ms for e in decode_profile.table}
+
+    def op_of(plan):
+        return next(o for o in model.predict(plan, llama.info, DECODE).ops if o.op.layer == name)
+
+    g32 = op_of(CompressionPlan({name: LayerPlan(bits=4, group_size=32)}))
+    assert g32.op.fmt == "w4" and g32.op.group_size == 32 and model.runs_kernel(g32.op)
+    assert g32.ms == table[("w4", 32, 1, 64, 192)]
+    per_channel = op_of(CompressionPlan({name: LayerPlan(bits=4, group_size=None)}))
+    assert not model.runs_kernel(per_channel.op)
+    assert per_channel.ms == table[("dense", None, 1, 64, 192)]
+    g16 = op_of(CompressionPlan({name: LayerPlan(bits=4, group_size=16)}))  # a group size the kernel does not take
+    assert g16.ms == table[("dense", None, 1, 64, 192)]
+    w8 = op_of(CompressionPlan({name: LayerPlan(bits=8, group_size=None)}))
+    assert w8.ms == table[("w8", None, 1, 64, 192)]
+    # the roofline agrees on which layers run a kernel: 4-bit bytes for g32, fp32 bytes for per channel
+    roof_g32, _ = op_time(g32.op, decode_profile, "decode")
+    roof_dense, _ = op_time(per_channel.op, decode_profile, "decode")
+    assert roof_g32 < roof_dense
+
+
+def test_merge_keeps_both_workloads_and_tables(calibrated, decode_profile, tmp_path):
+    from autocompress.evaluators.latency.calibrate import merge_profiles
+
+    prefill, _ = calibrated
+    merged = merge_profiles(prefill, decode_profile)
+    assert set(merged.calibration.workloads) == {"prefill", "decode"}
+    assert merged.calibration.rest_scale("prefill") == prefill.calibration.rest_scale("prefill")
+    assert merged.calibration.rest_scale("decode") == decode_profile.calibration.rest_scale("decode")
+    assert _keys(merged) == _keys(prefill) | _keys(decode_profile)
+    assert all(merged.peak_tflops[k] >= max(prefill.peak_tflops.get(k, 0), decode_profile.peak_tflops.get(k, 0))
+               for k in merged.peak_tflops)
+    path = save_profile(merged, tmp_path / "both.yaml")
+    assert load_profile(str(path)) == merged
+    text = path.read_text()
+    assert "# prefill: random:bert" in text and "# decode: random:llama" in text
+    spec = load_profile("h100-sxm")
+    with pytest.raises(UserError, match="calibrated"):
+        merge_profiles(spec, decode_profile)
+
+
+def test_cli_calibrate_decode_updates_a_profile(tmp_path, capsys, quick_calibrate):
+    first = tmp_path / "p.yaml"
+    assert main(["latency", "calibrate", "--model", "random:bert", "--out", str(first), "--seq-len", "8"]) == 0
+    both = tmp_path / "both.yaml"
+    code = main(["latency", "calibrate", "--model", "random:llama", "--mode", "decode", "--seq-len", "16",
+                 "--update", str(first), "--out", str(both)])
+    text = capsys.readouterr().out
+    assert code == 0
+    profile = load_profile(str(both))
+    assert set(profile.calibration.workloads) == {"prefill", "decode"}
+    assert "decode" in text and "prefill" in text
+    # an encoder cannot decode; a spec-sheet profile cannot be updated: exit 2, nothing written
+    assert main(["latency", "calibrate", "--model", "random:bert", "--mode", "decode", "--out",
+                 str(tmp_path / "x.yaml")]) == 2
+    assert main(["latency", "calibrate", "--model", "random:llama", "--update", "h100-sxm", "--out",
+                 str(tmp_path / "y.yaml")]) == 2
+    assert not (tmp_path / "x.yaml").exists() and not (tmp_path / "y.yaml").exists()

@@ -206,3 +206,57 @@ def test_a_tied_table_chosen_in_space_embeddings_is_counted_once_at_its_bits():
     assert set(plan.layers) == {"lm_head"} and r.per_layer["lm_head"] == head
     assert "model.embed_tokens" not in r.per_layer
     assert r.total_bytes == r.original_bytes - 30522 * 64 * 4 + head  # no second copy of the table anywhere
+
+
+# ---- memory at deployment: packed weights + KV cache -------------------------------------------------
+
+
+def test_memory_of_a_causal_lm_is_weights_plus_kv_cache():
+    from autocompress.evaluators.size import kv_cache_values, plan_memory
+
+    for kind in ("llama", "gpt2"):
+        info = load_model(f"random:{kind}").info
+        assert info.extra["num_kv_heads"] == 4 and info.extra["head_dim"] == 16 and info.extra["num_blocks"] == 2
+        plan = CompressionPlan({n: LayerPlan(bits=4) for n in info.targets_by_default()})
+        r = plan_memory(plan, info, batch=2, seq_len=128, dtype="fp32")
+        # 2 (key, value) x 2 blocks x 4 kv heads x 16 head_dim per position; 2 x 128 positions; 4 bytes each
+        assert kv_cache_values(plan, info, 2, 128) == 2 * 2 * 4 * 16 * 2 * 128
+        assert r.kv_cache_bytes == 2 * 2 * 4 * 16 * 2 * 128 * 4
+        assert r.weights_bytes == plan_size(plan, info).total_bytes
+        assert r.memory_mb == pytest.approx((r.weights_bytes + r.kv_cache_bytes) / 1e6)
+        assert plan_memory(plan, info, 2, 128, "bf16").kv_cache_bytes == r.kv_cache_bytes // 2
+
+
+def test_memory_of_grouped_query_attention_counts_the_kv_heads():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from autocompress.evaluators.size import plan_memory
+    from autocompress.models import inspect_model
+
+    config = LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         num_hidden_layers=3, intermediate_size=128, vocab_size=1000)
+    with torch.device("meta"):
+        info = inspect_model(LlamaForCausalLM(config), task="causal-lm")
+    assert info.extra["num_kv_heads"] == 2 and info.extra["head_dim"] == 16
+    r = plan_memory(CompressionPlan({}), info, batch=1, seq_len=1000, dtype="fp32")
+    assert r.kv_cache_bytes == 2 * 3 * 2 * 16 * 1000 * 4
+
+
+def test_memory_counts_the_heads_structured_pruning_keeps():
+    from autocompress.evaluators.size import plan_memory
+
+    info = load_model("random:gpt2").info
+    heads = [s for s in info.structures.values() if s.kind == "heads"]
+    plan = CompressionPlan({heads[0].name: LayerPlan(sparsity=0.5, pattern="structured")})
+    r = plan_memory(plan, info, batch=1, seq_len=10, dtype="fp32")
+    assert r.kv_cache_bytes == 2 * (2 + 4) * 16 * 10 * 4  # block 0 keeps 2 of its 4 heads
+
+
+def test_memory_of_an_encoder_is_the_weights_alone(info):
+    from autocompress.evaluators.size import plan_memory
+
+    assert info.extra["num_kv_heads"] is None
+    plan = CompressionPlan({Q: LayerPlan(bits=4)})
+    r = plan_memory(plan, info, batch=8, seq_len=512, dtype="fp32")
+    assert r.kv_cache_bytes == 0 and r.weights_bytes == plan_size(plan, info).total_bytes

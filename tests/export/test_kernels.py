@@ -72,6 +72,9 @@ def test_kernel_choice():
     per_channel = QuantGrid(8, None, True, torch.ones(32, 1), torch.zeros(32, 1))
     assert kernel_kind(per_channel, (32, 64), 8) == "w8a8"
     assert kernel_kind(per_channel, (32, 64), None) == "int8"
+    # torch's int8 weight-only op reads in_features in blocks of 16: other widths run dequantized (not a crash)
+    assert kernel_kind(QuantGrid(8, None, True, torch.ones(32, 1), torch.zeros(32, 1)), (32, 40), None) is None
+    assert kernel_kind(QuantGrid(8, None, True, torch.ones(32, 1), torch.zeros(32, 1)), (32, 40), 8) == "w8a8"
     asym = QuantGrid(8, None, False, torch.ones(32, 1), torch.zeros(32, 1))
     assert kernel_kind(asym, (32, 64), 8) == "int8"  # no asymmetric dynamic kernel: int8 weights + the hook
     g32 = QuantGrid(4, 32, False, torch.ones(32, 2), torch.zeros(32, 2))

@@ -138,8 +138,18 @@ def test_latency_budget_plans_are_no_slower_than_their_baseline(measured, tmp_pa
     from autocompress.search.driver import _plan_latency_model
     from tests.search.test_driver import make_config
 
+    import yaml
+
+    from autocompress.hardware.profile import PROFILE_DIR
+
     space, sens = measured
-    model, workload = _plan_latency_model(make_config(tmp_path, space=FORMATS, target={"profile": "cpu-local"}))
+    # cpu-local with an int8 kernel that also takes FORMATS' groups of 32 and 128 inputs (the real one takes one
+    # scale per output channel only: grouped W8A8 would run dense, and no baseline would be faster)
+    data = yaml.safe_load((PROFILE_DIR / "cpu-local.yaml").read_text())
+    data["kernels"]["w8a8"]["groups"] = [32, 128]
+    (tmp_path / "grouped.yaml").write_text(yaml.safe_dump(data))
+    model, workload = _plan_latency_model(make_config(tmp_path, space=FORMATS,
+                                                      target={"profile": str(tmp_path / "grouped.yaml")}))
     seeds = {k: v for k, v in budget_params(space, sens, space.info, (model, workload)).items() if "latency" in k}
     assert seeds, "int8 activations make some uniform baselines faster than the reference"
     for label, params in seeds.items():

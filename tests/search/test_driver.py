@@ -263,6 +263,11 @@ def test_latency_target_is_an_objective_decided_before_model_work(tmp_path):
     assert all("latency_ms" in t.user_attrs["metrics"] and "fidelity" not in t.user_attrs["metrics"] for t in pruned)
     assert all(t.user_attrs["metrics"]["latency_ms"] <= dense_ms * 0.8 for t in done)
     assert all(set(p.values) == {"fidelity", "latency_ms"} for p in result.pareto)
+    # with a target, memory_mb is decided by the plan too (an encoder: the packed weights alone) and logged
+    assert all(t.user_attrs["metrics"]["memory_mb"] == pytest.approx(t.user_attrs["metrics"]["size_mb"])
+               for t in trials)
+    _, kids = children(config.tracking.uri)
+    assert kids and all("memory_mb" in k.data.metrics for k in kids)
 
 
 def test_best_values_are_the_extremes_of_optunas_feasible_pareto_set():

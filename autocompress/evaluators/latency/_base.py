@@ -1,7 +1,9 @@
 """The latency contract: a plan + a model inventory + a workload -> operators -> predicted milliseconds.
 
 `plan_ops` turns a plan into the operators one forward pass runs: every Linear as a GEMM (m tokens x k in
-x n out) in the kernel format its plan gives it, shrunk by structured pruning and split in two by low rank;
+x n out) in the kernel format its plan gives it (with its quantization group size: whether a device's kernel
+takes the layer is decided per GEMM, `DeviceProfile.kernel_for`), shrunk by structured pruning and split in
+two by low rank, behind an element-wise activation quantization when it has int8 activations outside W8A8;
 plus per block the attention core (scores and context, over the heads kept) and the element-wise work
 (norms, activation, residuals), and the embeddings. Latency models price these operators:
 `roofline` from the device profile's peaks, `table` from measured operators, `measured` by timing the real
@@ -17,8 +19,11 @@ from typing import Any, Callable, ClassVar, Literal
 
 from autocompress.hardware.profile import DeviceProfile, format_of
 from autocompress.models import ModelInfo
-from autocompress.plan import CompressionPlan, resolve_rank
+from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
 from autocompress.registry import Registry
+
+
+ACT_QUANT_KERNELS = 10  # element-wise launches of one per-token int8 activation fake-quantization
 
 
 @dataclass(frozen=True)
@@ -37,15 +42,19 @@ class Workload:
 
 @dataclass(frozen=True)
 class Op:
-    """One operator. GEMMs: [m, k] x [k, n] in `fmt`. attention: `flops` over `elements` of scores.
-    elementwise: `elements` values read and written by `kernels` launches."""
+    """One operator. GEMMs: [m, k] x [k, n] in `fmt`, a weight format's integers in groups of `group_size`
+    input channels per scale (None: one scale per output channel). attention: `flops` over `elements` of
+    scores. elementwise: `elements` values read and written by `kernels` launches (an estimate per block,
+    which calibration scales). act_quant: the same, for one activation fake-quantization whose launches are
+    counted (not scaled)."""
 
     layer: str
-    kind: Literal["gemm", "attention", "elementwise"]
+    kind: Literal["gemm", "attention", "elementwise", "act_quant"]
     m: int = 0
     k: int = 0
     n: int = 0
     fmt: str = "dense"
+    group_size: int | None = None
     flops: float = 0.0
     elements: float = 0.0
     kernels: int = 1
@@ -114,6 +123,12 @@ def _shapes(plan: CompressionPlan, info: ModelInfo) -> tuple[dict[str, list[int]
     return dims, heads, ffn
 
 
+def layer_format(entry: LayerPlan) -> tuple[str, int | None]:
+    """(kernel format, group size) of one Linear's plan entry; the group size only for integer weights."""
+    fmt = format_of(entry.bits, entry.act_bits, entry.pattern if entry.prunes else None, entry.symmetric)
+    return fmt, entry.group_size if entry.bits is not None else None
+
+
 def plan_ops(plan: CompressionPlan, info: ModelInfo, workload: Workload) -> list[Op]:
     """The operators of one forward pass of the compressed model (see the module docstring)."""
     dims, heads, ffn = _shapes(plan, info)
@@ -128,13 +143,18 @@ def plan_ops(plan: CompressionPlan, info: ModelInfo, workload: Workload) -> list
         if info.task == "causal-lm" and li.block is None and workload.mode == "prefill":
             m = b  # the LM head: generation needs the last position's logits only
         entry = plan.layers.get(name)
-        fmt = "dense" if entry is None else format_of(entry.bits, entry.act_bits,
-                                                      entry.pattern if entry.prunes else None)
+        fmt, group = ("dense", None) if entry is None else layer_format(entry)
         if entry is not None and entry.rank is not None:
             r = resolve_rank(entry.rank, n, k)
-            ops += [Op(name, "gemm", m, k, r, fmt), Op(name, "gemm", m, r, n, fmt)]
+            gemms = [Op(name, "gemm", m, k, r, fmt, group), Op(name, "gemm", m, r, n, fmt, group)]
         else:
-            ops.append(Op(name, "gemm", m, k, n, fmt))
+            gemms = [Op(name, "gemm", m, k, n, fmt, group)]
+        for g in gemms:
+            if entry is not None and entry.act_bits is not None and fmt != "w8a8":
+                # int8 activations without the W8A8 kernel: the input is fake-quantized per token in front
+                # of the GEMM (absmax, scale, round, clamp: ~10 element-wise launches over m x k values)
+                ops.append(Op(name, "act_quant", elements=4.0 * g.m * g.k, kernels=ACT_QUANT_KERNELS))
+            ops.append(g)
     for block in range(extra.get("num_blocks") or 0):
         h, d = heads.get(block, (extra.get("num_heads") or 1, hidden // max(extra.get("num_heads") or 1, 1)))
         scores = float(b * h * q_len * workload.seq_len)

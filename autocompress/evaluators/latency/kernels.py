@@ -1,17 +1,22 @@
 """The real kernels this machine has, per weight format, and the compressed model built with them.
 
 What runs for real (`available_formats`):
-  cpu   dense: fp32 `nn.Linear`; w8a8: `torch.ao.nn.quantized.dynamic.Linear` (int8 weights, per output
-        channel; activations quantized per call; the engine is `torch.backends.quantized.engine`).
+  cpu   the packed export's kernels (`autocompress.export.kernels`, which says which layer takes which):
+        dense: fp32 `nn.Linear`; w8a8: torch's dynamic int8 Linear fed per token (`W8A8Linear`; int8 weights
+        per output channel, activations quantized per call); w8: int8 weights per output channel through
+        `torch._weight_int8pack_mm`; w4: 4-bit weights in groups of 32/64/128/256 through
+        `aten._weight_int4pack_mm_for_cpu` (out_features a multiple of 16); the weight-only kernels compute with
+        bfloat16 activations. Each where torch here has it (`export.kernels.has_kernel`).
   cuda  dense: bf16 `nn.Linear`; 2:4: `torch.sparse.to_sparse_semi_structured` weights, when the GPU and
         this torch build support it (probed once on a tiny tensor).
-Weight-only integers (w2..w8) have no fast built-in kernel in eager torch on either device: they run as the
-dense Linear (weights dequantized once at load, the profile's `fallback: dense`), as does every format a
-device lacks. Unstructured sparsity runs dense everywhere.
+A layer whose format or weight layout has no kernel here (other bit widths, 4-bit with one scale per output
+channel, grouped 8-bit, ...) runs as the dense Linear (weights dequantized once at load, the profile's
+`fallback: dense`), exactly as the export runs it. Unstructured sparsity runs dense everywhere.
 
 `build_real_model` applies only what changes shapes (structured pruning, low rank) and then swaps in the
-real kernel of each layer's format, so timing it measures what the plan would cost when deployed with
-stock torch. The weights' values are not the plan's (no calibration, magnitude/SVD only): only speed counts.
+real kernel of each layer (`export.kernels.cpu_kernel` on the layer's shape, bits, group size, symmetry and
+activation bits), so timing it measures what the packed export would run. The weights' values are not the
+plan's (no calibration: magnitude/SVD, round-to-nearest integers): only speed counts.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import warnings
 import torch
 from torch import nn
 
-from autocompress.hardware.profile import format_of
+from autocompress.evaluators.latency._base import layer_format
 from autocompress.modules import LowRankLinear, as_linear, is_linear_like, set_module
 from autocompress.plan import CompressionPlan, LayerPlan
 
@@ -73,11 +78,14 @@ def _cuda_has_2_4(device: str) -> bool:
 
 
 def available_formats(device: str) -> list[str]:
-    """The formats with a real fast kernel on `device` ("cpu", "cuda", "cuda:N"); always starts with "dense"."""
+    """The formats with a real fast kernel on `device` ("cpu", "cuda", "cuda:N"); always starts with "dense".
+    A weight format's kernel takes only some layouts (`export.kernels.CPU_KERNELS`)."""
     if _is_cuda(device):
         return ["dense"] + (["2:4"] if _cuda_has_2_4(str(device)) else [])
     if str(device) == "cpu":
-        return ["dense", "w8a8"]
+        from autocompress.export.kernels import CPU_KERNELS, KIND_OF_FORMAT, has_kernel
+
+        return ["dense"] + [f for f in CPU_KERNELS if has_kernel(KIND_OF_FORMAT[f])]
     return ["dense"]
 
 
@@ -85,31 +93,69 @@ def _dense(linear: nn.Linear, device: str) -> nn.Linear:
     return copy.deepcopy(linear).to(device=device, dtype=dense_dtype(device))
 
 
-def real_linear(linear: nn.Linear, fmt: str, device: str) -> nn.Module:
+def dynamic_int8_linear(linear: nn.Linear) -> nn.Module:
+    """torch's dynamic int8 Linear of `linear` on the CPU: int8 weights per output channel (symmetric),
+    activations quantized per call (the engine is `torch.backends.quantized.engine`)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    src = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+    with torch.no_grad():
+        src.weight.copy_(linear.weight.detach().float().cpu())
+        if linear.bias is not None:
+            src.bias.copy_(linear.bias.detach().float().cpu())
+    src.qconfig = per_channel_dynamic_qconfig
+    with warnings.catch_warnings():  # torch >= 2.10 flags quantized tensor creation as deprecated
+        warnings.filterwarnings("ignore", message=".*quantize_per_.*deprecated", category=UserWarning)
+        return DynamicQuantLinear.from_float(src)
+
+
+def _bits_of(fmt: str) -> tuple[int, int | None]:
+    """(weight bits, activation bits) of a weight format."""
+    return (8, 8) if fmt == "w8a8" else (int(fmt[1:]), None)
+
+
+def cpu_kernel_of(linear: nn.Linear, fmt: str, group_size: int | None = None, symmetric: bool = True) -> str | None:
+    """The export's CPU kernel kind for `linear` in weight format `fmt` (`export.kernels.cpu_kernel`), or None."""
+    from autocompress.export.kernels import cpu_kernel
+
+    if not fmt.startswith("w"):
+        return None
+    bits, act_bits = _bits_of(fmt)
+    return cpu_kernel(bits, group_size, symmetric, act_bits, (linear.out_features, linear.in_features))
+
+
+def export_kernel_module(linear: nn.Linear, kind: str, bits: int, group_size: int | None,
+                         symmetric: bool) -> nn.Module:
+    """The packed export's `kind` kernel module for `linear`, its weights rounded to the nearest point of the
+    `bits` grid (groups of `group_size`, or per output channel)."""
+    from autocompress.export.kernels import kernel_module
+    from autocompress.policies.quantize import QuantGrid, quant_params, quantize_int
+
+    w = linear.weight.detach().float().cpu()
+    scale, zero = quant_params(w, bits, group_size, symmetric)
+    q = quantize_int(w, scale, zero, bits, group_size, symmetric)
+    bias = None if linear.bias is None else linear.bias.detach().float().cpu()
+    return kernel_module(q, QuantGrid(bits, group_size, symmetric, scale, zero), bias, kind)
+
+
+def real_linear(linear: nn.Linear, fmt: str, device: str, group_size: int | None = None,
+                symmetric: bool = True) -> nn.Module:
     """A module computing `linear`'s function (up to the format's rounding) with the real kernel of `fmt` on
-    `device`, or the dense Linear in `dense_dtype(device)` where there is none (the fallback). Never
-    modifies `linear`."""
+    `device` (for weight formats: integers in groups of `group_size` inputs, None = per output channel), as the
+    packed export runs it; or the dense Linear in `dense_dtype(device)` where there is none (the fallback).
+    Never modifies `linear`."""
     if fmt not in available_formats(device) or fmt == "dense":
         return _dense(linear, device)
-    if fmt == "w8a8":  # cpu: int8 weights per output channel, activations quantized dynamically per call
-        from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
-        from torch.ao.quantization import per_channel_dynamic_qconfig
-
-        src = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        with torch.no_grad():
-            src.weight.copy_(linear.weight.detach().float().cpu())
-            if linear.bias is not None:
-                src.bias.copy_(linear.bias.detach().float().cpu())
-        src.qconfig = per_channel_dynamic_qconfig
-        with warnings.catch_warnings():  # torch >= 2.10 flags quantized tensor creation as deprecated
-            warnings.filterwarnings("ignore", message=".*quantize_per_.*deprecated", category=UserWarning)
-            return DynamicQuantLinear.from_float(src)
     if fmt == "2:4":
         try:
             return _sparse_2_4_linear(linear, device)
         except Exception:  # noqa: BLE001  (a shape the sparse kernel does not take: runs dense)
             return _dense(linear, device)
-    return _dense(linear, device)
+    kind = cpu_kernel_of(linear, fmt, group_size, symmetric) if str(device) == "cpu" else None
+    if kind is None:
+        return _dense(linear, device)
+    return export_kernel_module(linear, kind, _bits_of(fmt)[0], group_size, symmetric)
 
 
 def shape_plan(plan: CompressionPlan) -> CompressionPlan:
@@ -124,15 +170,31 @@ def shape_plan(plan: CompressionPlan) -> CompressionPlan:
     return CompressionPlan(layers)
 
 
-def layer_format(entry: LayerPlan) -> str:
-    """The kernel format of one Linear's plan entry (as `plan_ops` prices it)."""
-    return format_of(entry.bits, entry.act_bits, entry.pattern if entry.prunes else None)
+def _as_exported(module: nn.Module, entry: LayerPlan, device: str) -> nn.Module:
+    """One Linear-like `module` as the export runs it under `entry`: the real kernel module where the layer's
+    format and weight layout have one on `device`, else `module` itself (dense); with the int8 activation hook
+    in front when the entry has act_bits and the kernel is not w8a8 (which quantizes its input itself)."""
+    from autocompress.policies.quantize import add_act_quant
+
+    fmt, _ = layer_format(entry)
+    out, kind = module, None
+    if fmt == "2:4" and fmt in available_formats(device):
+        out = real_linear(as_linear(module), fmt, device)
+    elif fmt.startswith("w") and fmt in available_formats(device) and str(device) == "cpu":
+        linear = as_linear(module)
+        kind = cpu_kernel_of(linear, fmt, entry.group_size, entry.symmetric)
+        if kind is not None:
+            out = export_kernel_module(linear, kind, _bits_of(fmt)[0], entry.group_size, entry.symmetric)
+    if entry.act_bits is not None and kind != "w8a8":
+        add_act_quant(out, entry.act_bits)
+    return out
 
 
 def build_real_model(base_model: nn.Module, plan: CompressionPlan, device: str) -> nn.Module:
     """A deep copy of `base_model` (left untouched) with `plan`'s shapes applied (`shape_plan`), on `device`
-    in `dense_dtype(device)`, every planned layer whose format has a real kernel on `device` replaced by
-    `real_linear` (both factors of a LowRankLinear; a GPT-2 Conv1D becomes an nn.Linear), in eval mode."""
+    in `dense_dtype(device)`, every planned Linear-like layer as the export runs it (`_as_exported`: the real
+    kernel where its format and weight layout have one on `device`, both factors of a LowRankLinear each on its
+    own shape; a GPT-2 Conv1D with a kernel becomes that kernel's module), in eval mode."""
     from autocompress.policies import apply_plan
 
     model = copy.deepcopy(base_model)
@@ -140,15 +202,16 @@ def build_real_model(base_model: nn.Module, plan: CompressionPlan, device: str) 
     if not shapes.is_empty:
         apply_plan(model, shapes)
     model.to(device=device, dtype=dense_dtype(device))
-    fast = set(available_formats(device)) - {"dense"}
     for name, entry in plan.layers.items():
-        fmt = layer_format(entry)
-        if fmt not in fast:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
             continue
-        module = model.get_submodule(name)
         if isinstance(module, LowRankLinear):
-            module.down = real_linear(as_linear(module.down), fmt, device)
-            module.up = real_linear(as_linear(module.up), fmt, device)
+            module.down = _as_exported(module.down, entry, device)
+            module.up = _as_exported(module.up, entry, device)
         elif is_linear_like(module):
-            set_module(model, name, real_linear(as_linear(module), fmt, device))
+            swapped = _as_exported(module, entry, device)
+            if swapped is not module:
+                set_module(model, name, swapped)
     return model.eval()

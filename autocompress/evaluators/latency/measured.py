@@ -64,7 +64,7 @@ def _inputs(model: nn.Module, batch: int, length: int, device: str, seed: int = 
     return {"input_ids": ids.to(device), "attention_mask": torch.ones(batch, length, dtype=torch.long, device=device)}
 
 
-def _time_decode(model: nn.Module, workload: Workload, device: str, warmup: int, repeats: int) -> float:
+def _decode_step(model: nn.Module, workload: Workload, device: str) -> Callable[[], float]:
     context = max(workload.seq_len - 1, 1)
     prompt = _inputs(model, workload.batch, context, device)
     step_ids = _inputs(model, workload.batch, 1, device, seed=1)["input_ids"]
@@ -73,45 +73,54 @@ def _time_decode(model: nn.Module, workload: Workload, device: str, warmup: int,
         cache = model(**prompt, use_cache=True).past_key_values
     if cache is None or not hasattr(cache, "crop"):
         raise UserError(f"{type(model).__name__} returned no croppable KV cache; decode cannot be timed")
-    samples: list[float] = []
 
-    def step() -> None:
+    def step() -> float:
         _sync(device)
         t0 = time.perf_counter()
         model(input_ids=step_ids, attention_mask=mask, past_key_values=cache, use_cache=True)
         _sync(device)
-        samples.append((time.perf_counter() - t0) * 1e3)
+        ms = (time.perf_counter() - t0) * 1e3
         cache.crop(-1)  # drop the token just added: the next step sees the same context (negative = remove)
+        return ms
 
-    time_ms(step, warmup=warmup, repeats=repeats)
-    return statistics.median(samples[warmup:])
+    return step
 
 
-def measure_model(model: nn.Module, workload: Workload, device: str = "cpu", warmup: int = 3,
-                  repeats: int = 15) -> float:
-    """Median milliseconds of one `workload` call of `model` (already on `device`, in eval mode), timed with
-    `time_ms`. decode needs a causal LM with a KV cache; anything else raises `UserError`."""
+def model_step(model: nn.Module, workload: Workload, device: str = "cpu") -> Callable[[], float]:
+    """A function that runs one `workload` call of `model` (already on `device`, in eval mode) and returns its
+    milliseconds (see the module docstring for what a call is; decode's cache is prepared here, outside the
+    timed calls, and cropped back after each). Call it under `torch.inference_mode()`. decode needs a causal
+    LM with a KV cache; anything else raises `UserError`."""
     if workload.mode == "decode":
         if not _is_causal(model):
             raise UserError(f"workload mode decode needs a causal language model; {type(model).__name__} is an "
                             "encoder (use mode: prefill)")
-        return _time_decode(model, workload, device, warmup, repeats)
+        return _decode_step(model, workload, device)
     inputs: dict[str, Any] = _inputs(model, workload.batch, workload.seq_len, device)
     if _is_causal(model):
         inputs["use_cache"] = False
         if _accepts(model, "logits_to_keep"):
             inputs["logits_to_keep"] = 1
 
-    def call() -> None:
+    def step() -> float:
+        _sync(device)
+        t0 = time.perf_counter()
         model(**inputs)
+        _sync(device)
+        return (time.perf_counter() - t0) * 1e3
 
-    fn: Callable[[], None] = call
-    if str(device).startswith("cuda"):
-        def fn() -> None:
-            _sync(device)
-            call()
-            _sync(device)
-    return time_ms(fn, warmup=warmup, repeats=repeats)
+    return step
+
+
+def measure_model(model: nn.Module, workload: Workload, device: str = "cpu", warmup: int = 3,
+                  repeats: int = 15) -> float:
+    """Median milliseconds of one `workload` call of `model` (already on `device`, in eval mode): `model_step`
+    timed with `time_ms`'s protocol (warm-up, then at least `repeats` calls). decode needs a causal LM with a
+    KV cache; anything else raises `UserError`."""
+    step = model_step(model, workload, device)
+    samples: list[float] = []
+    time_ms(lambda: samples.append(step()), warmup=warmup, repeats=repeats)
+    return statistics.median(samples[warmup:])
 
 
 @LATENCY_MODELS.register("measured")

@@ -1,23 +1,27 @@
 """The `table` latency model: GEMMs priced from operators measured on the device itself.
 
 `autocompress latency calibrate` times every GEMM shape of a model at a workload, in every kernel format the
-device runs (plus the shapes a search produces: low-rank factors and structurally pruned layers), and stores
-them in the profile's `table`. This model prices a GEMM as follows:
+device runs (a grouped weight format once per group size its kernel takes; plus the shapes a search produces:
+low-rank factors and structurally pruned layers), and stores them in the profile's `table`. This model prices
+a GEMM as follows:
 
-  1. exact hit: the (format, m, k, n) was measured -> its median time;
-  2. otherwise interpolate among the entries of the same format: piecewise-linear in log(ms) over log(FLOPs)
+  1. exact hit: the (format, group, m, k, n) was measured -> its median time;
+  2. otherwise interpolate among the entries of the same format and group (all groups of the format when that
+     group has none): piecewise-linear in log(ms) over log(FLOPs)
      (log-log). The points used are the entries with the same token count m when there are at least two
      (a decode GEMM, m = batch, is memory bound and must not be priced off prefill shapes), else all entries of
      the format. Entries with equal FLOPs are pooled (mean of log ms), and the curve is made non-decreasing
      (isotonic, pool-adjacent-violators) so more work never predicts less time despite timing noise.
      Below the smallest measured FLOPs the time stays flat (launch overhead dominates); above the largest it
      grows in proportion to FLOPs (the compute limit). Measured points themselves are always exact (rule 1).
-  3. a format with no entries on this profile runs as the profile's kernel table says it falls back: priced
-     as `dense` entries, plus, for `fallback: dequant`, a pass over the packed and dequantized weights at
-     the profile's bandwidth.
+  3. a format with no entries on this profile, or a layer whose weight layout the format's kernel does not
+     take (`Kernel.takes`: e.g. 4-bit weights with one scale per output channel on a kernel for groups of
+     32..256), runs as the profile's kernel table says it falls back: priced as `dense` entries, plus, for
+     `fallback: dequant`, a pass over the packed and dequantized weights at the profile's bandwidth.
 
 Non-GEMM operators (attention core, element-wise work) go to the roofline, which scales them by the
-profile's calibrated `rest_scale`. The bottleneck reported for a GEMM is the roofline's verdict on it.
+profile's calibrated `rest_scale` of the workload's mode. The bottleneck reported for a GEMM is the roofline's
+verdict on it.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from collections import defaultdict
 from autocompress.errors import UserError
 from autocompress.evaluators.latency._base import (LATENCY_MODELS, LatencyModel, LatencyReport, Op, OpLatency,
                                                    Workload, plan_ops)
-from autocompress.evaluators.latency.roofline import DTYPE_BYTES, _weight_bytes_per_value, op_time
-from autocompress.hardware.profile import DeviceProfile, TableEntry
+from autocompress.evaluators.latency.roofline import DTYPE_BYTES, op_time, weight_bytes_per_value
+from autocompress.hardware.profile import WEIGHT_FORMATS, DeviceProfile, TableEntry, group_key
 from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan
 
@@ -85,40 +89,52 @@ class TableLatency(LatencyModel):
             where = f"device profile {profile.name!r}" if profile is not None else "the latency model"
             raise UserError(f"{where} has no measured table for latency model 'table'; calibrate one with "
                             "`autocompress latency calibrate` (or use latency model 'roofline')")
-        self._exact = {(e.format, e.m, e.k, e.n): e.ms for e in profile.table}
+        self._exact = {(e.format, e.group, e.m, e.k, e.n): e.ms for e in profile.table}
         self._by_format: dict[str, list[TableEntry]] = defaultdict(list)
         for e in profile.table:
             self._by_format[e.format].append(e)
-        self._curves: dict[tuple[str, int | None], _Curve] = {}
+        self._curves: dict[tuple[str, str, int | None], _Curve] = {}
 
-    def _curve(self, fmt: str, m: int) -> _Curve:
-        entries = self._by_format[fmt]
+    def _curve(self, fmt: str, group: int | None, m: int) -> _Curve:
+        entries, pool = [e for e in self._by_format[fmt] if e.group == group], str(group)
+        if not entries:  # a group size not measured: the format's other groups
+            entries, pool = self._by_format[fmt], "all"
         same_m = [e for e in entries if e.m == m]
-        key = (fmt, m) if len(same_m) >= 2 else (fmt, None)
+        key = (fmt, pool, m if len(same_m) >= 2 else None)
         if key not in self._curves:
-            self._curves[key] = _Curve(same_m if key[1] is not None else entries)
+            self._curves[key] = _Curve(same_m if key[2] is not None else entries)
         return self._curves[key]
+
+    def runs_kernel(self, op: Op) -> bool:
+        """Whether `op` is priced from its own format's entries: the format has entries here and, for integer
+        weights, the profile's kernel for it takes the layer's layout (`Kernel.takes`)."""
+        if op.fmt not in self._by_format:
+            return False
+        return op.fmt not in WEIGHT_FORMATS or self.profile.kernel(op.fmt).takes(op.group_size, op.k, op.n)
 
     def gemm_ms(self, op: Op) -> float:
         """Milliseconds of one GEMM operator (see the module docstring for the rules)."""
-        fmt, extra_ms = op.fmt, 0.0
-        if fmt not in self._by_format:
+        fmt, group, extra_ms = op.fmt, group_key(op.group_size, op.k), 0.0
+        if fmt != "dense" and not self.runs_kernel(op):
             kernel = self.profile.kernel(fmt)
-            if kernel.fallback == "dequant" and fmt != "dense":
+            if kernel.fallback == "dequant":
                 a = DTYPE_BYTES[self.profile.dtype]
                 bw = self.profile.bandwidth_gbs * 1e9 * self.profile.efficiency.memory
-                extra_ms = float(op.k * op.n) * (_weight_bytes_per_value(fmt, self.profile) + a) / bw * 1e3
-            fmt = "dense"
-        hit = self._exact.get((fmt, op.m, op.k, op.n))
+                packed = weight_bytes_per_value(fmt, self.profile, op.group_size, op.k)
+                extra_ms = float(op.k * op.n) * (packed + a) / bw * 1e3
+            fmt, group = "dense", None
+        if fmt not in WEIGHT_FORMATS:
+            group = None
+        hit = self._exact.get((fmt, group, op.m, op.k, op.n))
         if hit is not None:
             return hit + extra_ms
         if fmt not in self._by_format:  # a table without dense entries: nothing to interpolate from
             return op_time(op, self.profile)[0] + extra_ms
-        return self._curve(fmt, op.m)(op.gemm_flops) + extra_ms
+        return self._curve(fmt, group, op.m)(op.gemm_flops) + extra_ms
 
     def predict(self, plan: CompressionPlan, info: ModelInfo, workload: Workload) -> LatencyReport:
         ops = []
         for op in plan_ops(plan, info, workload):
-            roof_ms, bottleneck = op_time(op, self.profile)
+            roof_ms, bottleneck = op_time(op, self.profile, workload.mode)
             ops.append(OpLatency(op, self.gemm_ms(op) if op.kind == "gemm" else roof_ms, bottleneck))
         return LatencyReport(sum(o.ms for o in ops), ops, model=self.name)
