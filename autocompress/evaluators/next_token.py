@@ -167,18 +167,18 @@ def predicted_rows(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
                    ) -> Iterator[tuple[torch.Tensor | None, torch.Tensor]]:
     """(float32 logits [n, vocab], target ids [n]) of each text's predicted positions, one text at a time, in
     batch order: position t counts when it and its target t+1 are both unmasked. The logits are None when the
-    batch's logits are not finite. Runs `model` once per batch (under `evaluation`)."""
+    batch's logits are not finite. Runs `model` once per batch (under `evaluation`, entered and left within
+    each batch: the caller's grad mode is never changed between yields, even if it stops early)."""
     device = model_device(model)
-    with evaluation(model):
-        for batch in batches:
+    for batch in batches:
+        with evaluation(model):
             b = to_device(batch, device)
             logits = output_tensor(model(**b), "logits")
             mask = (b["attention_mask"][:, :-1] * b["attention_mask"][:, 1:]).bool()
             finite = bool(torch.isfinite(logits).all())
-            for row in range(logits.shape[0]):
-                keep = mask[row]
-                targets = b["input_ids"][row, 1:][keep]
-                yield (logits[row, :-1][keep].to(torch.float32) if finite else None), targets
+            rows = [((logits[row, :-1][mask[row]].to(torch.float32) if finite else None),
+                     b["input_ids"][row, 1:][mask[row]]) for row in range(logits.shape[0])]
+        yield from rows
 
 
 def count_predicted(batches: Sequence[dict[str, torch.Tensor]]) -> int:

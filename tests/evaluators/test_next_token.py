@@ -205,3 +205,18 @@ def test_smollm2_against_itself_and_an_8bit_copy(smollm2):
     rtn8 = apply_plan(copy.deepcopy(model), uniform_plan(info, LayerPlan(bits=8, group_size=None)), info=info)
     got = ev.evaluate(rtn8)
     assert 0 < got["kl"] < 0.05 and got["top1_agreement"] > 0.9
+
+
+def test_predicted_rows_leaves_the_grad_mode_alone_when_dropped_early(llama, texts):
+    """A consumer that stops early (zip over two of them) must not be left in inference mode: a later
+    training step (distillation in the same worker) needs gradients."""
+    from autocompress.data import make_batches
+    from autocompress.evaluators.next_token import predicted_rows
+
+    batches = make_batches(llama.tokenizer, texts[:4], batch_size=2, max_length=16,
+                           keys=("input_ids", "attention_mask"))
+    rows = predicted_rows(llama.model, batches)
+    next(rows)
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    del rows
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
