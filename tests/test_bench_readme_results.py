@@ -1,4 +1,5 @@
-"""benchmarks/readme_results.py: the README's results table is what benchmarks/results/ says."""
+"""benchmarks/readme_results.py: the results tables of README.md and docs/benchmarks.md are what
+benchmarks/results/ says."""
 
 from __future__ import annotations
 
@@ -10,10 +11,20 @@ import pytest
 from benchmarks import readme_results as rr
 
 
-def test_readme_table_matches_the_results_files():
-    text = rr.README.read_text()
-    assert rr.BEGIN in text and rr.END in text
-    assert rr.replace_block(text, rr.table()) == text, "run: python benchmarks/readme_results.py --write"
+def test_readme_and_benchmarks_doc_tables_match_the_results_files():
+    for path, begin, end, make in rr.GENERATED:
+        text = path.read_text()
+        assert begin in text and end in text, path
+        assert rr.replace_block(text, make(), begin, end) == text, "run: python benchmarks/readme_results.py --write"
+    assert {path.name for path, *_ in rr.GENERATED} == {"README.md", "benchmarks.md"}
+
+
+def test_the_readme_holds_every_row_with_a_target_and_no_other():
+    full, targets = rr.table().splitlines(), rr.targets_table().splitlines()
+    assert targets[:2] == full[:2]
+    with_target = [line for line in full[2:] if "| reported |" not in line]
+    assert targets[2:] == with_target and with_target
+    assert len(targets) < len(full)  # the "reported" rows are only in docs/benchmarks.md
 
 
 def test_every_row_names_a_results_file_that_exists_or_says_not_measured():
