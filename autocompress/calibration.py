@@ -14,7 +14,9 @@ floor is four per input; more texts (`data.calibration.n`) are always allowed.
 
 `calibration_texts` takes the seeded sample of n texts (`load_texts(source, n, seed)`, unchanged) and, when it
 is short of tokens, extends it deterministically with further texts of the same source (the rest of the source
-in an order fixed by the seed) until the count is reached; a source too small for it raises `UserError`.
+in an order fixed by the seed) until the count is reached; a source too small for it raises `UserError`. The
+evaluation texts are passed as `exclude`, so a plan is never calibrated on the texts it is scored on, even when
+both sets come from one source.
 """
 
 from __future__ import annotations
@@ -54,22 +56,32 @@ def _token_counts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list
 
 
 def calibration_texts(tokenizer: Any, source: str, n: int, seed: int, max_length: int, need: int,
-                      field: str = "data.calibration.n") -> list[str]:
+                      field: str = "data.calibration.n", exclude: Sequence[str] = ()) -> list[str]:
     """`load_texts(source, n, seed)`, followed when its texts hold fewer than `need` tokens (each truncated
     to `max_length`) by more texts of `source`, in a seeded order, until they hold `need`. `UserError` naming
-    `field` when the whole source holds fewer."""
+    `field` when the whole source holds fewer.
+
+    A text in `exclude` (the evaluation texts) is never taken: it is dropped from the seeded sample, whose
+    place the next texts of the seeded order take (so n texts are still taken when the source has them), and
+    it is skipped in the extension. With no `exclude` the result is exactly the one described above."""
     from autocompress.data import load_texts
 
     pool = load_texts(source)
+    banned = set(exclude)
     rng = random.Random(seed)
     picked = rng.sample(range(len(pool)), min(n, len(pool)))  # the indices load_texts(source, n, seed) takes
-    texts = [pool[i] for i in picked]
+    chosen = set(picked)
+    rest = [i for i in range(len(pool)) if i not in chosen]
+    rng.shuffle(rest)  # after the sample, so the sample is load_texts' own
+    order = [i for i in picked + rest if pool[i] not in banned]
+    texts = [pool[i] for i in order[:n]]
+    if not texts:
+        raise UserError(f"{field}: all {len(pool)} texts of {source!r} are evaluation texts, and calibration never "
+                        "takes those; give a calibration source with texts apart from the evaluation's")
     have = sum(_token_counts(tokenizer, texts, max_length))
     if have >= need:
         return texts
-    chosen = set(picked)
-    rest = [i for i in range(len(pool)) if i not in chosen]
-    rng.shuffle(rest)
+    rest = order[n:]
     for start in range(0, len(rest), 64):
         chunk = [pool[i] for i in rest[start:start + 64]]
         for text, count in zip(chunk, _token_counts(tokenizer, chunk, max_length)):
@@ -77,14 +89,16 @@ def calibration_texts(tokenizer: Any, source: str, n: int, seed: int, max_length
             have += count
             if have >= need:
                 return texts
+    apart = f" outside the {len(banned)} evaluation texts" if banned else ""
     raise UserError(f"{field}: data-aware methods need at least {need} calibration tokens ({TOKENS_PER_INPUT} per "
-                    f"input of the widest layer), and all {len(pool)} texts of {source!r} give only {have} at "
-                    f"max_length {max_length}; give a larger calibration source")
+                    f"input of the widest layer), and all {len(order)} texts of {source!r}{apart} give only {have} "
+                    f"at max_length {max_length}; give a larger calibration source")
 
 
-def search_calibration(config: Any, tokenizer: Any, info: Any, base_model: Any, device: Any) -> Any:
-    """The `Calibration` of a search worker: `data.calibration` texts sized for the model's widest layer
-    when the space offers a data-aware method, tokenized (batches of at most 16, `data.max_length`) on
+def search_calibration(config: Any, tokenizer: Any, info: Any, base_model: Any, device: Any,
+                       exclude: Sequence[str] = ()) -> Any:
+    """The `Calibration` of a search worker: `data.calibration` texts (none of `exclude`, the evaluation
+    texts) sized for the model's widest layer when the space offers a data-aware method, tokenized (batches of at most 16, `data.max_length`) on
     `device`, with a memo of `base_model` and `data.calibration.sequential` resolved for the task."""
     from autocompress.data import make_batches
     from autocompress.evaluators._base import to_device
@@ -94,7 +108,7 @@ def search_calibration(config: Any, tokenizer: Any, info: Any, base_model: Any, 
     d = config.data
     need = min_tokens([li.in_features for li in info.layers.values()]) if space_is_data_aware(config.space) else 0
     texts = calibration_texts(tokenizer, d.calibration.source, d.calibration.n, d.calibration.seed, d.max_length,
-                              need)
+                              need, exclude=exclude)
     batches = [to_device(b, device) for b in
                make_batches(tokenizer, texts, batch_size=min(d.batch_size, 16), max_length=d.max_length)]
     return Calibration(batches, memo=BaseModelMemo(base_model),

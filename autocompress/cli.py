@@ -140,6 +140,19 @@ def _evaluate(args: argparse.Namespace, loaded: Any, reference: Any, model: Any,
     return metrics
 
 
+def _evaluation_texts(args: argparse.Namespace, task: str) -> list[str]:
+    """The texts `_evaluate` will score the plan on (calibration never takes them)."""
+    from autocompress.data import load_labeled, load_texts
+
+    wanted = _wanted_evals(args, task)
+    texts: list[str] = []
+    if {"fidelity", "next_token", "perplexity"} & set(wanted):
+        texts += load_texts(args.texts, n=args.n_eval, seed=args.seed)
+    if "accuracy" in wanted:
+        texts += list(load_labeled(args.labels)[0])
+    return texts
+
+
 def _cmd_apply(args: argparse.Namespace) -> int:
     from autocompress.calibration import calibration_texts, min_tokens, resolve_sequential
     from autocompress.data import make_batches
@@ -154,12 +167,13 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         loaded = load_model(args.model, task=args.task, trust_remote_code=args.trust_remote_code)
     validate_plan(plan, loaded.info)
     calibration = None
-    if loaded.tokenizer is not None:
-        aware = any(POLICIES.get(p)().needs_calibration(e) for p in ORDER for e in plan.layers.values()
-                    if POLICIES.get(p)().handles(e))
-        need = min_tokens([li.in_features for li in loaded.info.layers.values()]) if aware else 0
+    aware = any(POLICIES.get(p)().needs_calibration(e) for p in ORDER for e in plan.layers.values()
+                if POLICIES.get(p)().handles(e))
+    if loaded.tokenizer is not None and aware:  # no policy of the plan reads calibration data otherwise
+        need = min_tokens([li.in_features for li in loaded.info.layers.values()])
         calib_texts = calibration_texts(loaded.tokenizer, args.calibration, args.n_calibration, args.seed + 1, 128,
-                                        need, field="--n-calibration")
+                                        need, field="--n-calibration",
+                                        exclude=_evaluation_texts(args, loaded.task))
         sequential = {"auto": None, "on": True, "off": False}[args.sequential]
         calibration = Calibration(make_batches(loaded.tokenizer, calib_texts, batch_size=16, max_length=128),
                                   sequential=resolve_sequential(sequential, loaded.task))

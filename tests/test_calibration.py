@@ -74,3 +74,50 @@ def test_a_search_worker_sizes_its_calibration(tmp_path, spec, sequential):
     off = config.model_copy(update={"data": config.data.model_copy(update={"calibration": config.data.calibration.model_copy(
         update={"sequential": not sequential})})})
     assert TrialRunner(off).calibration.sequential is (not sequential)
+
+
+def test_excluded_texts_are_never_taken(tokenizer):
+    evaluation = load_texts("builtin", n=40, seed=0)
+    plain = calibration_texts(tokenizer, "builtin", 30, 5, 32, 0)
+    assert calibration_texts(tokenizer, "builtin", 30, 5, 32, 0, exclude=()) == plain  # backward compatible
+    # the same source, with a sample that overlaps the evaluation draw: the overlap is replaced, n kept
+    overlapping = load_texts("builtin", n=30, seed=5)
+    evaluation = overlapping[:10] + evaluation
+    texts = calibration_texts(tokenizer, "builtin", 30, 5, 32, 0, exclude=evaluation)
+    assert len(texts) == 30 and not set(texts) & set(evaluation)
+    assert [t for t in texts if t in overlapping] == overlapping[10:]  # the sample's order, then the seeded rest
+    # the top-up skips them too
+    need = 4 * _tokens(tokenizer, texts)
+    topped = calibration_texts(tokenizer, "builtin", 30, 5, 32, need, exclude=evaluation)
+    assert topped[:30] == texts and _tokens(tokenizer, topped) >= need and not set(topped) & set(evaluation)
+
+
+def test_too_few_tokens_outside_the_excluded_texts_names_the_field(tmp_path, tokenizer):
+    source = tmp_path / "few.txt"
+    source.write_text("one short text\nanother short text\na third one\n")
+    assert calibration_texts(tokenizer, str(source), 3, 0, 32, 10) != []  # enough with all three (15 tokens)
+    with pytest.raises(UserError, match=r"--n-calibration: .*at least 10 calibration tokens.*all 1 texts of .* "
+                                        r"outside the 2 evaluation texts give only 5"):
+        calibration_texts(tokenizer, str(source), 3, 0, 32, 10, field="--n-calibration",
+                          exclude=["one short text", "a third one"])
+    with pytest.raises(UserError, match=r"data\.calibration\.n: all 3 texts of .* are evaluation texts"):
+        calibration_texts(tokenizer, str(source), 3, 0, 32, 0, exclude=load_texts(str(source)))
+
+
+def test_a_search_worker_calibrates_apart_from_its_evaluation(tmp_path):
+    from autocompress.search.trial import TrialRunner
+
+    source = tmp_path / "texts.txt"
+    source.write_text("".join(f"text number {i} of the shared source\n" for i in range(20)))
+    config = SearchConfig.from_dict({
+        "model": {"name": "random:bert"}, "space": {"quantize": {"bits": [8]}}, "tracking": {"uri": "none"},
+        "run_dir": str(tmp_path / "run"),
+        "data": {"calibration": {"source": str(source), "n": 20}, "evaluation": {"source": str(source), "n": 12},
+                 "max_length": 32}}).resolved(tmp_path)
+    runner = TrialRunner(config)
+    evaluation = set(load_texts(str(source), n=12, seed=0))
+    tok = runner.loaded.tokenizer
+    calibrated = [tok.decode(ids[mask.bool()], skip_special_tokens=True)
+                  for b in runner.calibration.batches for ids, mask in zip(b["input_ids"], b["attention_mask"])]
+    assert len(calibrated) == 8 and not set(calibrated) & evaluation
+    assert set(calibrated) | evaluation == set(load_texts(str(source)))

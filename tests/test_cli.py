@@ -81,3 +81,21 @@ def test_missing_model_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_apply_never_calibrates_on_its_evaluation_texts(tmp_path, capsys):
+    source = tmp_path / "texts.txt"
+    source.write_text("".join(f"text number {i} of one source\n" for i in range(6)))
+    gptq = write_plan(tmp_path, {Q: {"bits": 8, "quant_method": "gptq"}})
+    args = ["apply", "random:bert", gptq, "--eval", "fidelity", "--texts", str(source), "--calibration", str(source)]
+    assert main(args + ["--n-eval", "4", "--json"]) == 2  # the two texts left hold too few tokens for GPTQ
+    err = capsys.readouterr().err
+    assert "error: --n-calibration: " in err and "all 2 texts of" in err and "outside the 4 evaluation texts" in err
+    (tmp_path / "rtn").mkdir()
+    rtn = write_plan(tmp_path / "rtn", {Q: {"bits": 8}})  # reads no calibration data: none is drawn
+    assert main(["apply", "random:bert", rtn] + args[3:] + ["--n-eval", "6", "--json"]) == 0
+    capsys.readouterr()
+    assert main(args + ["--n-eval", "6"]) == 2  # every text is scored: none is left to calibrate on
+    err = capsys.readouterr().err
+    assert err.startswith("error: --n-calibration: all 6 texts of") and "are evaluation texts" in err
+    assert len(err.strip().splitlines()) == 1

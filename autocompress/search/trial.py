@@ -73,7 +73,8 @@ class TrialRunner:
             from autocompress.errors import UserError
 
             raise UserError(f"model {config.model.name!r} has no tokenizer; a search needs one to evaluate")
-        self.calibration = search_calibration(config, tok, self.info, self.loaded.model, self.device)
+        self.calibration = search_calibration(config, tok, self.info, self.loaded.model, self.device,
+                                              exclude=self._evaluation_data()[0])
         self.evaluator = self._evaluator()
         self.pruning, self.subset_evaluator = None, None
         if config.pruner.name != "none":  # nothing of this without a pruner
@@ -105,30 +106,37 @@ class TrialRunner:
         self.loaded.model.to(target)
         return target
 
-    def _evaluator(self, keep: Any = None) -> Any:
-        """The task's evaluator on the evaluation texts, or on the first `keep(n)` of the n texts."""
+    def _evaluation_data(self) -> tuple[list[str], list[Any] | None]:
+        """The texts the task's evaluator scores (and their labels for sequence classification)."""
         from autocompress.data import load_labeled, load_texts
 
+        d = self.config.data
+        if self.loaded.task in ("embedding", "causal-lm"):
+            return load_texts(d.evaluation.source, n=d.evaluation.n, seed=d.evaluation.seed), None
+        if not d.labels:
+            from autocompress.errors import UserError
+
+            raise UserError("data.labels: a sequence-classification search needs a labeled .jsonl/.csv file")
+        texts, labels = load_labeled(d.labels)
+        return list(texts), list(labels)
+
+    def _evaluator(self, keep: Any = None) -> Any:
+        """The task's evaluator on the evaluation texts, or on the first `keep(n)` of the n texts."""
         d, task, tok, base = self.config.data, self.loaded.task, self.loaded.tokenizer, self.loaded.model
         cut = (lambda xs: xs) if keep is None else (lambda xs: xs[:keep(len(xs))])
+        texts, labels = self._evaluation_data()
+        texts = cut(texts)
         if task == "embedding":
             from autocompress.evaluators.fidelity import FidelityEvaluator
 
-            texts = cut(load_texts(d.evaluation.source, n=d.evaluation.n, seed=d.evaluation.seed))
             return FidelityEvaluator(base, tok, texts, batch_size=d.batch_size, max_length=d.max_length)
         if task == "causal-lm":  # KL, top-1 agreement and perplexity from one forward pass per batch
             from autocompress.evaluators.next_token import NextTokenEvaluator
 
-            texts = cut(load_texts(d.evaluation.source, n=d.evaluation.n, seed=d.evaluation.seed))
             return NextTokenEvaluator(base, tok, texts, batch_size=d.batch_size, max_length=d.max_length)
-        from autocompress.errors import UserError
         from autocompress.evaluators.accuracy import AccuracyEvaluator
 
-        if not d.labels:
-            raise UserError("data.labels: a sequence-classification search needs a labeled .jsonl/.csv file")
-        texts, labels = load_labeled(d.labels)
-        texts, labels = cut(texts), cut(labels)
-        return AccuracyEvaluator(tok, texts, labels, label2id=getattr(base.config, "label2id", None))
+        return AccuracyEvaluator(tok, texts, cut(labels), label2id=getattr(base.config, "label2id", None))
 
     def run(self, plan_json: str, number: int | None = None, attempt: int = 0,
             pruning: int | None = None) -> TrialOutcome:
