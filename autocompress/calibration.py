@@ -98,8 +98,8 @@ def calibration_texts(tokenizer: Any, source: str, n: int, seed: int, max_length
 def search_calibration(config: Any, tokenizer: Any, info: Any, base_model: Any, device: Any,
                        exclude: Sequence[str] = ()) -> Any:
     """The `Calibration` of a search worker: `data.calibration` texts (none of `exclude`, the evaluation
-    texts) sized for the model's widest layer when the space offers a data-aware method, tokenized (batches of at most 16, `data.max_length`) on
-    `device`, with a memo of `base_model` and `data.calibration.sequential` resolved for the task."""
+    texts) sized for the model's widest layer when the space offers a data-aware method, tokenized (batches
+    of at most 16, `data.max_length`) on `device`, with a memo of `base_model` and `data.calibration.sequential` resolved for the task."""
     from autocompress.data import make_batches
     from autocompress.evaluators._base import to_device
     from autocompress.policies import Calibration
