@@ -17,8 +17,8 @@ def _cmd_latency_calibrate(args: argparse.Namespace) -> int:
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from autocompress.evaluators.latency._base import Workload
-    from autocompress.loading import load_model
+    from autocompress.evaluators.latency._base import Workload, check_mode
+    from autocompress.loading import load_model, model_task
 
     if args.device.startswith("cuda"):
         import torch
@@ -37,6 +37,7 @@ def _cmd_latency_calibrate(args: argparse.Namespace) -> int:
         if old.calibration is None or old.kind != kind:
             raise UserError(f"--update {args.update}: not a profile calibrated on a {kind} (a spec-sheet profile, or "
                             "another kind of device); calibrate into a new file (drop --update)")
+    check_mode(args.mode, model_task(args.model, args.task, args.trust_remote_code), args.model, "--mode")
     with _step(f"loading {args.model}"):
         loaded = load_model(args.model, task=args.task, trust_remote_code=args.trust_remote_code)
     err = _console(stderr=True)
@@ -92,9 +93,9 @@ def _cmd_latency_predict(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from autocompress.evaluators.latency import table as _table  # noqa: F401  (registers "table")
-    from autocompress.evaluators.latency._base import LATENCY_MODELS, Workload
+    from autocompress.evaluators.latency._base import LATENCY_MODELS, Workload, check_mode
     from autocompress.hardware.profile import load_profile
-    from autocompress.loading import load_model
+    from autocompress.loading import load_model, model_task
     from autocompress.plan import CompressionPlan
     from autocompress.validation import validate_plan
 
@@ -113,6 +114,7 @@ def _cmd_latency_predict(args: argparse.Namespace) -> int:
                             "(a config YAML names its own)")
         model_name, task, trust_remote_code = args.model, args.task, False
         plan = CompressionPlan.load(args.plan)
+    check_mode(workload.mode, model_task(model_name, task, trust_remote_code), model_name, "--mode")
     name = args.latency_model or ("table" if profile.table else "roofline")
     latency = LATENCY_MODELS.get(name)
     if latency.needs_model:

@@ -62,6 +62,9 @@ CASES = [
     ("latency-without-target", lambda t: {**BASE, "objectives": ["maximize fidelity", "minimize latency_ms"]},
      "needs a target"),
     ("unknown-profile", lambda t: {**BASE, "target": {"profile": "h900"}}, "shipped profiles"),
+    ("decode-on-an-encoder", lambda t: {**BASE, "target": {"profile": "cpu-local", "mode": "decode"}},
+     "target.mode: decode needs a causal language model, and 'random:bert' is loaded for task 'embedding'; use "
+     "target.mode: prefill, or a causal LM"),
     ("unknown-sampler", lambda t: {**BASE, "sampler": {"name": "cmaes"}}, "sampler.name"),
     ("model-missing", lambda t: {**BASE, "model": {"name": str(t / "nope")}}, "does not exist"),
     ("model-not-a-model", lambda t: {**BASE, "model": {"name": _model_dir(t, config=False)}}, "no config.json"),
@@ -123,3 +126,20 @@ def test_no_traceback_from_the_real_command(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "autocompress", "search", str(cfg)], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "did you mean 'space'" in proc.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ["latency", "calibrate", "--model", "random:bert", "--mode", "decode", "--out", "{tmp}/p.yaml"],
+    ["latency", "predict", "{tmp}/plan.json", "--model", "random:bert", "--profile", "cpu-local", "--mode", "decode"],
+    ["latency", "predict", "{tmp}/search.yaml", "--profile", "cpu-local", "--mode", "decode"],
+], ids=["calibrate", "predict-plan", "predict-config"])
+def test_latency_refuses_decode_on_an_encoder(tmp_path, capsys, command):
+    (tmp_path / "plan.json").write_text(json.dumps({"autocompress_plan": 1, "layers": {}}))
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(BASE))
+    before = sorted(os.listdir(tmp_path))
+    assert main([part.format(tmp=tmp_path) for part in command]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("error: --mode: decode needs a causal language model") and len(err.splitlines()) == 1
+    assert "use --mode prefill, or a causal LM" in err and captured.out == ""
+    assert sorted(os.listdir(tmp_path)) == before  # no profile written

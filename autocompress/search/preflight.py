@@ -3,10 +3,10 @@ directory, no Optuna study and no MLflow run behind.
 
 `preflight(config) -> task` checks, in order and cheaply (no weights are loaded):
   the model (its directory, config.json, the task it implies, every *.safetensors header, trust_remote_code),
-  the metrics against that task, the search space against the model's inventory (built on the `meta`
-  device: selectors that match nothing, choices that fit no layer), the calibration / evaluation / label files, the Optuna storage URL
-  (a server storage is opened; SQLite needs no server), the MLflow tracking URI (an http server must
-  answer) and `backend.device: cuda` (torch must see a GPU here). Each failure is a `UserError` naming the
+  the metrics against that task, `target.mode: decode` against it (a causal LM only), the search space
+  against the model's inventory (built on the `meta` device: selectors that match nothing, choices that fit
+  no layer), the calibration / evaluation / label files, the Optuna storage URL (a server storage is opened;
+  SQLite needs no server), the MLflow tracking URI (an http server must answer) and `backend.device: cuda` (torch must see a GPU here). Each failure is a `UserError` naming the
   key or file and the fix.
 """
 
@@ -106,6 +106,10 @@ def preflight(config: SearchConfig) -> str:
     info = meta_inventory(m.name, task=m.task, trust_remote_code=m.trust_remote_code)  # config.json only
     check_weight_files(m.name)
     config.check_task(info.task)
+    if config.target is not None:
+        from autocompress.evaluators.latency._base import check_mode
+
+        check_mode(config.target.mode, info.task, m.name, "target.mode")
     ConfigSpace(config.space, info)  # selectors that match nothing, choices that fit no layer
     check_data(config)
     check_storage(config.storage)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal
 
+from autocompress.errors import UserError
 from autocompress.hardware.profile import DeviceProfile, format_of
 from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
@@ -38,6 +39,15 @@ class Workload:
     @property
     def tokens(self) -> int:
         return self.batch * (self.seq_len if self.mode == "prefill" else 1)
+
+
+def check_mode(mode: str, task: str, model: str, field: str) -> None:
+    """`UserError` naming `field` (`target.mode`, `--mode`) when a decode workload is asked of a model that is
+    not a causal LM: an encoder generates no tokens, so a decode step has no meaning for it."""
+    if mode == "decode" and task != "causal-lm":
+        fix = "target.mode: prefill" if field == "target.mode" else f"{field} prefill"
+        raise UserError(f"{field}: decode needs a causal language model, and {model!r} is loaded for task "
+                        f"{task!r}; use {fix}, or a causal LM (SmolLM2-135M-Instruct, a .gguf file, random:llama)")
 
 
 @dataclass(frozen=True)
