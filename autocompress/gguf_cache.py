@@ -125,7 +125,7 @@ def converted_model_dir(path: str, spec: str, config: Any = None) -> str:
             shutil.rmtree(entry)
         tmp = entry.parent / f".{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            print(f"autocompress: converting {path} into {entry} (once per file: later loads read the cache)",
+            print(f"autocompress: converting {path} once, into {entry} (later loads read the cache)",
                   file=sys.stderr, flush=True)
             convert(path, config, tmp)
             (tmp / MARKER).write_text(json.dumps({"source": os.path.abspath(path), **identity}, indent=2) + "\n")

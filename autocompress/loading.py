@@ -178,6 +178,20 @@ def _resolve(spec: str, task: str, trust_remote_code: bool,
     return config, _task_from_config(config) if task == "auto" else task, path
 
 
+def convert_gguf_once(spec: str) -> str | None:
+    """For a GGUF spec (a .gguf file, `SmolLM2-135M-Instruct`): its converted cache directory, converting the
+    file now when the cache has no complete entry for it (`gguf_cache.converted_model_dir`, which tells the
+    user on stderr). None for any other spec. A search's preflight calls it so that its workers only read."""
+    if spec.startswith("random:"):
+        return None
+    path = _model_path(spec)
+    if not _is_gguf(path):
+        return None
+    from autocompress.gguf_cache import converted_model_dir
+
+    return converted_model_dir(path, spec)
+
+
 def model_task(spec: str, task: str = "auto", trust_remote_code: bool = False) -> str:
     """The task `load_model(spec, task)` would load the model for, read from its config alone (no weights)."""
     _check_task(task)

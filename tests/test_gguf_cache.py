@@ -196,3 +196,30 @@ def test_a_conversion_killed_mid_way_is_never_used(tmp_path, cache, conversions)
     loaded = load_model(gguf)
     assert conversions == [gguf] and entries(cache) == [os.path.basename(loaded.source)]
     assert not [p for p in (cache / "gguf").glob(".*.tmp-*") if p.is_dir()]
+
+
+def test_a_search_preflight_converts_once_and_its_workers_only_read(tmp_path, cache, conversions, capfd):
+    """A search converts a GGUF on the driver, in its preflight, before any worker starts; a worker's load
+    (TrialRunner, as on every backend) then reads the entry without converting or rewriting it."""
+    from autocompress.config import SearchConfig
+    from autocompress.search.preflight import preflight
+    from autocompress.search.trial import TrialRunner
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    config = SearchConfig.from_dict({
+        "model": {"name": gguf}, "space": {"quantize": {"bits": [4, 8]}}, "tracking": {"uri": "none"},
+        "objectives": ["minimize kl", "minimize size_mb"],
+        "data": {"calibration": {"n": 4}, "evaluation": {"n": 4}, "max_length": 32},
+        "run_dir": str(tmp_path / "run")}).resolved(tmp_path)
+    assert entries(cache) == []
+    assert preflight(config) == "causal-lm"
+    assert conversions == [gguf] and len(entries(cache)) == 1 and not (tmp_path / "run").exists()
+    err = capfd.readouterr().err
+    assert err.count("autocompress: converting") == 1 and f"converting {gguf} once" in err
+    entry = cache / "gguf" / entries(cache)[0]
+    stamps = {p.name: p.stat().st_mtime_ns for p in entry.iterdir()}
+    runner = TrialRunner(config)
+    assert runner.loaded.source == str(entry) and conversions == [gguf]
+    assert {p.name: p.stat().st_mtime_ns for p in entry.iterdir()} == stamps  # read, not written
+    assert preflight(config) == "causal-lm" and conversions == [gguf]  # a second search converts nothing
+    assert "converting" not in capfd.readouterr().err

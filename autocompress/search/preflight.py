@@ -6,8 +6,14 @@ directory, no Optuna study and no MLflow run behind.
   the metrics against that task, `target.mode: decode` against it (a causal LM only), the search space
   against the model's inventory (built on the `meta` device: selectors that match nothing, choices that fit
   no layer), the calibration / evaluation / label files, the Optuna storage URL (a server storage is opened;
-  SQLite needs no server), the MLflow tracking URI (an http server must answer) and `backend.device: cuda` (torch must see a GPU here). Each failure is a `UserError` naming the
-  key or file and the fix.
+  SQLite needs no server), the MLflow tracking URI (an http server must answer) and `backend.device: cuda`
+  (torch must see a GPU here). Each failure is a `UserError` naming the key or file and the fix.
+
+When every check has passed, a GGUF model (a .gguf file, `SmolLM2-135M-Instruct`) is converted into the GGUF
+cache (gguf_cache.py) here, on the driver, once, if the cache does not hold it yet: the workers started after
+it only read the converted directory (no worker dequantizes the file, and none waits on another's conversion;
+a worker on another machine of an existing Ray cluster has its own cache). This is the one write of a
+preflight, and it goes to the cache, never to the run directory.
 """
 
 from __future__ import annotations
@@ -99,7 +105,7 @@ def check_tracking(uri: str) -> None:
 
 def preflight(config: SearchConfig) -> str:
     """Run every check of the module docstring; return the model's task."""
-    from autocompress.loading import meta_inventory
+    from autocompress.loading import convert_gguf_once, meta_inventory
     from autocompress.spaces import ConfigSpace
 
     m = config.model
@@ -119,4 +125,5 @@ def preflight(config: SearchConfig) -> str:
         from autocompress.search.pareto import PickRule
 
         PickRule.parse(config.pick)
+    convert_gguf_once(m.name)  # last: bad input never waits for a conversion
     return info.task
