@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from autocompress.errors import UserError
+from autocompress.evaluators.generation import DEFAULT_PROMPTS
 from autocompress.threads import torch_threads  # noqa: F401  (re-exported)
 
 FIDELITY_TOLERANCE = 1e-4  # the exported model's metrics match the searched model's to this
+CARD_NEW_TOKENS = 24  # greedy tokens per prompt in a causal LM's model card
+CARD_PROMPTS = DEFAULT_PROMPTS[:3]
 
 
 @dataclass
@@ -101,10 +104,15 @@ def _rebuild_and_write(run: Any, chosen: Any, plan: Any, out: Path, say: Any, th
     from autocompress.export.load import load_compressed
     from autocompress.export.save import save_compressed
     from autocompress.distill.train import apply_and_distill
+    from autocompress.evaluators.generation import generate_samples
     from autocompress.search.trial import TrialRunner
 
     say(f"loading {run.config.model.name} and the search's data")
     runner = TrialRunner(run.config)
+    samples = None
+    if runner.info.task == "causal-lm":  # the original's completions, before the plan changes the model
+        say(f"greedy completions of {len(CARD_PROMPTS)} prompts by the original model")
+        original = generate_samples(runner.loaded.model, runner.loaded.tokenizer, CARD_PROMPTS, CARD_NEW_TOKENS)
     say(f"applying trial {chosen.number}'s plan ({len(plan)} layers)")
     model = apply_and_distill(runner.loaded.model, plan, runner.calibration, runner.info)  # as the trial did
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +129,11 @@ def _rebuild_and_write(run: Any, chosen: Any, plan: Any, out: Path, say: Any, th
         result = ExportResult(str(out), chosen.number, str(run.path / "plans" / f"trial-{chosen.number:04d}.json"),
                               searched, measured, file_bytes, int(report.predicted_bytes), kernels=dict(fast),
                               torch_threads=threads)
-        (tmp / "README.md").write_text(model_card(run, chosen, plan, result, runner.info.task))
+        if runner.info.task == "causal-lm":  # what the written files say, beside what the original said
+            say("greedy completions of the same prompts by the export")
+            compressed = generate_samples(reloaded.model, runner.loaded.tokenizer, CARD_PROMPTS, CARD_NEW_TOKENS)
+            samples = [(p, o, c) for (p, o), (_, c) in zip(original, compressed)]
+        (tmp / "README.md").write_text(model_card(run, chosen, plan, result, runner.info.task, samples))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -135,8 +147,32 @@ def _fmt(v: Any) -> str:
     return f"{v:.6g}" if isinstance(v, float) and math.isfinite(v) else str(v)
 
 
-def model_card(run: Any, trial: Any, plan: Any, result: ExportResult, task: str) -> str:
-    """The exported directory's README.md: what the model is, how it was chosen, what was measured."""
+def _cell(text: str) -> str:
+    """`text` as one markdown table cell: on one line, pipes escaped, empty shown as such."""
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if flat else "(nothing)"
+
+
+def samples_section(samples: list[tuple[str, str, str]]) -> list[str]:
+    """The model card's lines for [(prompt, original's completion, export's completion)]."""
+    from autocompress.search.pareto import markdown_table
+
+    return [
+        "## Greedy completions",
+        "",
+        f"The first {CARD_NEW_TOKENS} new tokens, greedy, of the original model and of the model reloaded from "
+        "this directory (`autocompress.evaluators.generation.generate_samples`; through the chat template when "
+        "the tokenizer has one).",
+        "",
+        markdown_table(["prompt", "original", "this export"],
+                       [[_cell(p), _cell(o), _cell(c)] for p, o, c in samples]),
+    ]
+
+
+def model_card(run: Any, trial: Any, plan: Any, result: ExportResult, task: str,
+               samples: list[tuple[str, str, str]] | None = None) -> str:
+    """The exported directory's README.md: what the model is, how it was chosen, what was measured, and for
+    a causal LM (`samples`: prompt, original's and export's greedy completion) what it says."""
     from autocompress.search.pareto import markdown_table
 
     cfg = run.config
@@ -169,6 +205,7 @@ def model_card(run: Any, trial: Any, plan: Any, result: ExportResult, task: str)
         "(same evaluation data: `data.evaluation` of the search config" + threads_note + ").",
         "",
         markdown_table(["metric", "search", "this export"], rows),
+        *(samples_section(samples) if samples else []),
         "## Load it",
         "",
         "```python",

@@ -48,6 +48,7 @@ def test_export_reproduces_the_searched_model(searched, capsys):
         assert (out / name).is_file(), name
     card = (out / "README.md").read_text()
     assert f"Trial {trial.number}" in card and "fidelity" in card and "load_compressed" in card
+    assert "Greedy completions" not in card  # an encoder generates nothing
     compressed = load_compressed(str(out))
     assert compressed.plan == run.plan(trial.number)
     # logged to the study's parent run and to the trial's own nested run
@@ -121,3 +122,31 @@ def test_export_of_a_ray_searched_gptq_minilm_trial_is_the_searched_model(tmp_pa
     searched = trial.user_attrs["metrics"]
     assert result.measured == {k: searched[k] for k in result.measured}
     assert searched["fidelity"] < 0.9999  # the plan did change the model
+
+
+def test_a_causal_lms_card_shows_greedy_completions_side_by_side(tmp_path):
+    """random:llama-tied, 4-bit with a tied head: the card has the prompts and both models' greedy completions
+    (the words are noise for a random model), the original's equal to a fresh greedy run of the original."""
+    from autocompress.evaluators.generation import generate_samples
+    from autocompress.export.from_run import CARD_NEW_TOKENS, CARD_PROMPTS
+    from autocompress.loading import load_model
+
+    config = make_config(tmp_path, model={"name": "random:llama-tied"}, budget={"n_trials": 1},
+                         space={"quantize": {"bits": [4], "group_size": [16]}},
+                         objectives=["minimize kl", "minimize size_mb"], tracking={"uri": "none"},
+                         data={"calibration": {"n": 4}, "evaluation": {"n": 8}, "max_length": 32},
+                         backend={"name": "local"})
+    run_search(config, show_progress=False)
+    result = export(tmp_path / "run", tmp_path / "out", log=False)
+    card = (tmp_path / "out" / "README.md").read_text()
+    section = card.split("## Greedy completions", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| prompt | original | this export |" and len(rows) == 1 + len(CARD_PROMPTS) == 4
+    base = load_model("random:llama-tied")
+    original = generate_samples(base.model, base.tokenizer, CARD_PROMPTS, CARD_NEW_TOKENS)
+    exported = generate_samples(load_compressed(result.out_dir).model, base.tokenizer, CARD_PROMPTS,
+                                CARD_NEW_TOKENS)
+    for row, (prompt, said), (_, says) in zip(rows[1:], original, exported):
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        assert cells == [prompt, " ".join(said.split()) or "(nothing)", " ".join(says.split()) or "(nothing)"]
+    assert f"first {CARD_NEW_TOKENS} new tokens" in section
