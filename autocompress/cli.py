@@ -26,8 +26,12 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from autocompress.calibration import TOKENS_PER_INPUT
 from autocompress.errors import UserError
 from autocompress.terminal import console as _console
+
+MODEL_HELP = ("model directory, .gguf file, all-MiniLM-L6-v2, SmolLM2-135M-Instruct, or "
+              "random:bert|llama|llama-tied|gpt2")
 
 EVALS = ("fidelity", "next_token", "perplexity", "accuracy", "size")
 DEFAULT_EVAL = {"embedding": "fidelity", "causal-lm": "next_token", "sequence-classification": "accuracy"}
@@ -197,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("model", help="model directory, .gguf file, all-MiniLM-L6-v2, SmolLM2-135M-Instruct, or random:bert|llama|llama-tied|gpt2")
+        p.add_argument("model", help=MODEL_HELP)
         p.add_argument("--task", default="auto", help="auto, embedding, causal-lm or sequence-classification")
         p.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (off by default)")
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -217,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration texts: builtin, python-docs or a .txt/.jsonl file")
     p.add_argument("--n-eval", type=int, default=256, help="evaluation texts to use (default 256)")
     p.add_argument("--n-calibration", type=int, default=64,
-                   help="calibration texts (default 64; more are taken when they hold fewer tokens than twice the "
-                        "widest layer's inputs and the plan has a data-aware method)")
+                   help=f"calibration texts (default 64; more are taken when the plan has a data-aware method and "
+                        f"they hold fewer than {TOKENS_PER_INPUT} tokens per input of the widest layer)")
     p.add_argument("--sequential", choices=("auto", "on", "off"), default="auto",
                    help="GPTQ block by block through the quantized blocks (auto: on for causal LMs, as a search's "
                         "data.calibration.sequential: null)")

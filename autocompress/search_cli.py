@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from autocompress.cli import _console
+from autocompress.cli import MODEL_HELP, _console
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -57,7 +57,8 @@ def _run_and_report(config: Any, args: argparse.Namespace) -> int:
     out.print(f"trials: {counts}{repeats}; {result.elapsed_s:.0f} s")
     if result.picked is not None:
         values = ", ".join(f"{k} {v:.5g}" for k, v in result.picked.values.items())
-        out.print(f"picked ({result.pick_rule}): trial {result.picked.number}: {values}; plan {result.picked.plan_path}")
+        out.print(f"picked ({result.pick_rule}): trial {result.picked.number}: {values}; "
+                  f"plan {result.picked.plan_path}")
     else:
         out.print(f"no feasible Pareto trial satisfies the pick rule ({result.pick_rule})")
     out.print(f"run directory: {result.run_dir} (plans/, pareto.md, summary.json)   study: {result.storage}")
@@ -156,7 +157,7 @@ def add_search_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("auto", help="hands-off: write a complete config for MODEL into the run dir and run it")
-    p.add_argument("model", help="model directory, .gguf file, all-MiniLM-L6-v2, SmolLM2-135M-Instruct, or random:bert|llama|llama-tied|gpt2")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--task", default="auto", help="auto, embedding or causal-lm")
     p.add_argument("--target", help="device profile to optimize predicted latency for (e.g. h100-sxm, cpu-local; "
                                     "`autocompress latency profiles` lists them); without it, packed size")

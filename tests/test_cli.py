@@ -99,3 +99,13 @@ def test_apply_never_calibrates_on_its_evaluation_texts(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --n-calibration: all 6 texts of") and "are evaluation texts" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_apply_help_states_the_calibration_rule(capsys):
+    from autocompress.calibration import TOKENS_PER_INPUT
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["apply", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"fewer than {TOKENS_PER_INPUT} tokens per input of the widest layer" in text and "twice" not in text
