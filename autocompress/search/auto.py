@@ -66,11 +66,11 @@ def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: 
     tokens of context), since tokens per second is
     what an LLM user feels. GPTQ runs one-pass (`data.calibration.sequential: false`): sequential GPTQ takes
     each block's Hessians through the blocks quantized before it, so no layer's result can be reused by a
-    trial whose earlier blocks differ and every trial quantizes the whole model again (on SmolLM2-135M, 2
-    shared CPU cores, one thread per trial: about 2 minutes per trial, every trial), while one-pass results
-    are kept per layer and setting in the worker's memo (the first trial about as long, a second one reusing
-    them about 20 s). At 8 bits both give the same KL to within 3%; set `sequential: true` in the written
-    config to trade time for quality at 3-4 bits."""
+    trial whose earlier blocks differ and every trial quantizes the whole model again (SmolLM2-135M on two
+    CPU cores, one thread per trial: about two minutes, in every trial), while one-pass results are kept per
+    layer and setting in the worker's memo (the first trial takes about as long, a second one reusing them
+    about 20 s). At 8 bits both gave the same KL to within 3%; set `sequential: true` in the written config
+    to trade time for quality at 3 and 4 bits."""
     if task not in _QUALITY:
         raise UserError(f"auto supports embedding and causal-lm models; this one is {task!r} "
                         "(write a config by hand: see examples/README.md)")
