@@ -199,7 +199,8 @@ def _embeddings(model: nn.Module, layers: dict[str, LayerInfo]) -> dict[str, Emb
 
 
 def _architecture(config: Any, prefix: str | None, model: nn.Module) -> dict[str, Any]:
-    """The numbers a latency model needs beyond the Linear layers: width, blocks, heads, vocabulary."""
+    """The numbers a latency model needs beyond the Linear layers: width, blocks, heads, vocabulary; and the
+    longest sequence the model's config declares (`max_positions`, None when it declares none)."""
     def get(*names: str) -> Any:
         return next((getattr(config, n) for n in names if getattr(config, n, None) is not None), None)
 
@@ -211,4 +212,5 @@ def _architecture(config: Any, prefix: str | None, model: nn.Module) -> dict[str
     kv_heads = get("num_key_value_heads", "num_attention_heads", "n_head") if causal else None
     head_dim = (get("head_dim") or (hidden // heads if hidden and heads else None)) if causal else None
     return {"hidden_size": hidden, "num_blocks": blocks, "num_heads": heads, "vocab_size": get("vocab_size"),
-            "causal": causal, "num_kv_heads": kv_heads, "head_dim": head_dim}
+            "causal": causal, "num_kv_heads": kv_heads, "head_dim": head_dim,
+            "max_positions": get("max_position_embeddings", "n_positions")}

@@ -1,7 +1,8 @@
 """Core figures on the real all-MiniLM-L6-v2: fidelity and size of uniform plans, per technique and method.
 
 Run:  .venv/bin/python benchmarks/core_minilm.py [--n-eval 256] [--n-calibration 128]
-Writes benchmarks/results/core_minilm.json and core_minilm.md (the table the README shows).
+Writes benchmarks/results/core_minilm.json (every row's figures, with the Python / torch versions and thread
+count) and core_minilm.md (one table: a row per case, its fidelity, top-10 agreement, packed size and parameters).
 
 Every plan targets the 36 Linear layers of the 6 encoder blocks (embeddings and pooler stay as they are),
 except the cases named "tables", which also (or only) quantize the three embedding tables. `--only` runs the

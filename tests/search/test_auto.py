@@ -11,7 +11,7 @@ from autocompress.search.auto import auto_config, write_auto_config
 
 @pytest.mark.parametrize("task, objective, constraint", [
     ("embedding", "maximize fidelity", "fidelity >= 0.98"),
-    ("causal-lm", "minimize perplexity_ratio", "perplexity_ratio <= 1.02"),
+    ("causal-lm", "minimize kl", "perplexity_ratio <= 1.02"),
 ])
 def test_auto_config_is_a_valid_complete_config(tmp_path, task, objective, constraint):
     data = auto_config("random:bert", task, 0.02, 40, str(tmp_path / "run"))
@@ -23,6 +23,27 @@ def test_auto_config_is_a_valid_complete_config(tmp_path, task, objective, const
     assert config.space.quantize.bits == [8, 6, 5, 4, 3, None]  # mildest first: the baselines' order
     assert config.space.embeddings.bits == [8, 6, 5, 4, None]  # one decision per table
     assert open(path).read().startswith("# Written by `autocompress auto`")
+
+
+def test_auto_config_for_a_causal_lm_reads_prose_and_prices_decode(tmp_path):
+    """A causal LM: KL against the original as the objective, the perplexity ratio as the limit and in the pick,
+    python-docs passages cut at 256 tokens, one-pass GPTQ, and a target priced as one decode step."""
+    from autocompress.search.auto import LM_EVAL_TEXTS, LM_MAX_LENGTH
+
+    data = auto_config("random:llama-tied", "causal-lm", 0.05, 10, str(tmp_path / "run"), target="cpu-local")
+    config = SearchConfig.from_yaml(write_auto_config(data, str(tmp_path / "run")))
+    assert config.objectives == ["minimize kl", "minimize latency_ms"]
+    assert config.constraints == ["perplexity_ratio <= 1.05"]
+    assert config.pick == "minimize latency_ms where perplexity_ratio <= 1.05"
+    d = config.data
+    assert (d.evaluation.source, d.evaluation.n, d.max_length) == ("python-docs", LM_EVAL_TEXTS, LM_MAX_LENGTH)
+    assert d.calibration.source == "python-docs" and d.calibration.sequential is False
+    assert d.evaluation.seed != d.calibration.seed
+    t = config.target
+    assert (t.profile, t.mode, t.seq_len, t.batch) == ("cpu-local", "decode", LM_MAX_LENGTH, 1)
+    encoder = auto_config("random:bert", "embedding", 0.01, 10, "r", target="cpu-local")  # encoders: unchanged
+    assert encoder["target"] == {"profile": "cpu-local"} and encoder["data"]["evaluation"]["source"] == "builtin"
+    assert "max_length" not in encoder["data"] and "sequential" not in encoder["data"]["calibration"]
 
 
 def test_auto_refuses_what_it_cannot_do():
@@ -130,16 +151,32 @@ def test_auto_with_two_trials_ends_with_a_feasible_pick(tmp_path, monkeypatch, s
     info = meta_inventory(spec)
     run = str(tmp_path / "run")
     data = auto_config(spec, info.task, 0.01, 2, run, backend="local", info=info)
-    data["data"] = {"calibration": {"source": "builtin", "n": 8, "seed": 1},
-                    "evaluation": {"source": "builtin", "n": 16, "seed": 0}}
+    data["data"]["evaluation"]["n"] = 4
     config = SearchConfig.from_yaml(write_auto_config(data, run))
     result = run_search(config, show_progress=False)
-    assert result.picked is not None and result.picked.values["perplexity_ratio"] <= 1.01
+    assert result.picked is not None and result.picked.metrics["perplexity_ratio"] <= 1.01
     study = optuna.load_study(study_name=config.study_name, storage=config.storage)
     labels = [t.user_attrs.get("baseline") for t in study.trials]
     assert labels == ["quantize bits=8", "quantize bits=6"]
     tied_plan = json.loads((tmp_path / "run" / "plans" / "trial-0001.json").read_text())
     assert tied_plan["layers"]["lm_head"]["bits"] == 6  # the tied table / head is in the plan
+
+
+def test_auto_cli_on_a_tied_llama_with_a_target_ends_with_a_pick(tmp_path, monkeypatch, capsys):
+    """`autocompress auto random:llama-tied --target cpu-local --trials 2` as written (python-docs texts,
+    decode latency): both trials complete, the pick is feasible, and KL / latency are its objectives."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["auto", "random:llama-tied", "--target", "cpu-local", "--trials", "2", "--backend", "local",
+                 "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["counts"].get("COMPLETE") == 2
+    picked = summary["picked"]
+    assert picked is not None and picked["metrics"]["perplexity_ratio"] <= 1.01
+    assert {"kl", "latency_ms"} <= set(picked["values"])
+    written = yaml.safe_load((tmp_path / "runs" / "auto-random-llama-tied" / "auto.yaml").read_text())
+    assert written["target"]["mode"] == "decode" and written["data"]["evaluation"]["source"] == "python-docs"
+    # its config declares 128 positions: texts and context are cut there, not at 256
+    assert written["target"]["seq_len"] == written["data"]["max_length"] == 128
 
 
 def test_auto_fits_group_sizes_to_the_widths(tmp_path):
