@@ -45,9 +45,50 @@ class _Selectable(_Strict):
     ignore: list[str] = []
 
 
-class QuantizeSpace(_Selectable):
+GroupSizes = list[int | None] | dict[int, list[int | None]]
+
+
+class _GroupedBits(_Selectable):
+    """Shared by the weight-quantizing sections: `group_size` is either one list of choices for every bit
+    width, or a mapping bit width -> its own choices (`{8: [null], 4: [64]}`: 8-bit weights one scale per
+    output channel, which the int8 kernels take, 4-bit ones in groups of 64, which the int4 kernel takes).
+    In the mapping form each width's choice is its own Optuna param, `<unit>.group_size_<b>bit` (a param's
+    choices never change between trials); a width with one choice is a constant and draws nothing."""
+
+    @model_validator(mode="after")
+    def _groups_per_bits(self):
+        if isinstance(self.group_size, dict):
+            wanted = {b for b in self.bits if b is not None}
+            missing, extra = sorted(wanted - set(self.group_size)), sorted(set(self.group_size) - wanted)
+            if missing:
+                raise ValueError(f"group_size has no choices for bits {missing}; add e.g. `{missing[0]}: [128]` "
+                                 "(a mapping names every bit width of `bits`)")
+            if extra:
+                raise ValueError(f"group_size names bits {extra} that are not among bits {self.bits}")
+            empty = [b for b, choices in self.group_size.items() if not choices]
+            if empty:
+                raise ValueError(f"group_size for bits {empty[0]} is empty; give at least one choice (null: one "
+                                 "scale per output channel)")
+        return self
+
+    def group_sizes(self, bits: int) -> list[int | None]:
+        """The group-size choices for weights of `bits` bits."""
+        return self.group_size[bits] if isinstance(self.group_size, dict) else self.group_size
+
+    def group_field(self, bits: int) -> str:
+        """The field name the choice among `group_sizes(bits)` is drawn under (the param is `<unit>.<field>`)."""
+        return f"group_size_{bits}bit" if isinstance(self.group_size, dict) else "group_size"
+
+    def all_group_sizes(self) -> list[int | None]:
+        """Every group size any bit width may take (for checks that do not depend on the width)."""
+        if not isinstance(self.group_size, dict):
+            return list(self.group_size)
+        return list(dict.fromkeys(g for choices in self.group_size.values() for g in choices))
+
+
+class QuantizeSpace(_GroupedBits):
     bits: list[Literal[2, 3, 4, 5, 6, 7, 8] | None] = Field([4, 8, None], min_length=1)
-    group_size: list[int | None] = Field([128], min_length=1)
+    group_size: GroupSizes = Field([128], min_length=1)
     symmetric: list[bool] = Field([True], min_length=1)
     method: list[Literal["rtn", "gptq"]] = Field(["rtn"], min_length=1)
     act_bits: list[Literal[8] | None] = Field([None], min_length=1)
@@ -63,13 +104,13 @@ class QuantizeSpace(_Selectable):
         return v
 
 
-class EmbeddingSpace(_Selectable):
+class EmbeddingSpace(_GroupedBits):
     """Weight quantization of the embedding tables (RTN; groups run along each token's vector). Every
     selected table is a decision unit of its own (named by the table), whatever `space.share` says; a table
     tied to a Linear (the LM head) is selected too and its plan entry goes on that Linear."""
 
     bits: list[Literal[2, 3, 4, 5, 6, 7, 8] | None] = Field([8, 4, None], min_length=1)
-    group_size: list[int | None] = Field([128], min_length=1)
+    group_size: GroupSizes = Field([128], min_length=1)
     symmetric: list[bool] = Field([True], min_length=1)
 
 

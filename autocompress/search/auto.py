@@ -85,7 +85,7 @@ def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: 
         data["max_length"] = length
     space: dict[str, Any] = {
         "share": "group",
-        "quantize": {"bits": [8, 6, 5, 4, 3, None], "group_size": _group_sizes(info, tables=False),
+        "quantize": {"bits": [8, 6, 5, 4, 3, None], "group_size": _quant_groups(info, task),
                      "method": ["gptq"], "act_bits": [None, 8] if target else [None]},
     }
     if info is None or info.embeddings:
@@ -118,6 +118,17 @@ def _lm_length(info: ModelInfo | None) -> int:
     position table has no row past it)."""
     limit = info.extra.get("max_positions") if info is not None else None
     return min(LM_MAX_LENGTH, limit) if isinstance(limit, int) and limit > 0 else LM_MAX_LENGTH
+
+
+def _quant_groups(info: ModelInfo | None, task: str) -> list[int] | dict[int, list[int | None]]:
+    """The block Linears' group-size choices: `_group_sizes` for every bit width, except that a causal LM's
+    8-bit weights keep one scale per output channel, the layout the int8 CPU kernels take (weight-only for a
+    decode step, W8A8 with int8 activations): 8-bit groups cost more bytes and run dequantized, and per-channel
+    8 bits already costs the LLMs measured here little KL (benchmarks/results/core_llm.md)."""
+    groups = _group_sizes(info, tables=False)
+    if task != "causal-lm":
+        return groups
+    return {8: [None], **{b: list(groups) for b in (6, 5, 4, 3)}}
 
 
 def _group_sizes(info: ModelInfo | None, tables: bool) -> list[int]:

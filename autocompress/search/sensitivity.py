@@ -107,10 +107,14 @@ def measured_choices(space: Any) -> dict[str, tuple[str, dict[str, Any]]]:
     out: dict[str, tuple[str, dict[str, Any]]] = {}
     for label, (tech, want) in space.main_choices().items():
         section = getattr(space.space, tech, None)
-        formats = [(f, getattr(section, f)) for f in _FORMATS.get(tech, ()) if len(getattr(section, f, ())) > 1]
-        for values in itertools.product(*(choices for _, choices in formats)):
-            extra = dict(zip((f for f, _ in formats), values))
-            out[label + "".join(f" {f}={v}" for f, v in extra.items())] = (tech, {**want, **extra})
+        formats = [(f, f, getattr(section, f)) for f in _FORMATS.get(tech, ()) if f != "group_size"]
+        if "group_size" in _FORMATS.get(tech, ()) and "bits" in want:  # a choice per bit width, or one list
+            formats.insert(0, ("group_size", section.group_field(want["bits"]), section.group_sizes(want["bits"])))
+        formats = [f for f in formats if len(f[2]) > 1]
+        for values in itertools.product(*(choices for _, _, choices in formats)):
+            extra = {field: v for (_, field, _), v in zip(formats, values)}
+            shown = "".join(f" {name}={v}" for (name, _, _), v in zip(formats, values))
+            out[label + shown] = (tech, {**want, **extra})
     return out
 
 

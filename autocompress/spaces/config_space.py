@@ -19,7 +19,8 @@ quant_method, act_bits, smooth, sparsity, pattern, prune_method, rank, rank_meth
 the config's choices (None kept as None). A field with a single choice is a constant and is never suggested, so
 the sampler sees only real decisions. Conditional (define-by-run), in this order per trial:
   lowrank    rank (choices filtered per unit, see below); rank_method only when the rank is not None.
-  quantize   bits; group_size, symmetric, quant_method only when bits is not None; act_bits always; smooth
+  quantize   bits; group_size (or group_size_<b>bit, see config_sections._GroupedBits), symmetric,
+             quant_method only when bits is not None; act_bits always; smooth
              (SmoothQuant's alpha, `quantize.smooth`) only when act_bits is 8 and some layer of the unit can
              be smoothed (only those get it: not a factorized layer, nor one whose weight an embedding
              table shares, such as a tied lm_head). The default [null]
@@ -259,7 +260,7 @@ class ConfigSpace(SearchSpace):
             fields: dict[str, Any] = {}
             bits = pick(unit, "bits", q.bits)
             if bits is not None:
-                fields = dict(bits=bits, group_size=pick(unit, "group_size", q.group_size),
+                fields = dict(bits=bits, group_size=pick(unit, q.group_field(bits), q.group_sizes(bits)),
                               symmetric=pick(unit, "symmetric", q.symmetric),
                               quant_method=pick(unit, "quant_method", q.method))
             fields["act_bits"] = pick(unit, "act_bits", q.act_bits)
@@ -276,7 +277,7 @@ class ConfigSpace(SearchSpace):
             bits = pick(unit, "bits", e.bits)
             if bits is None:
                 continue
-            fields = dict(bits=bits, group_size=pick(unit, "group_size", e.group_size),
+            fields = dict(bits=bits, group_size=pick(unit, e.group_field(bits), e.group_sizes(bits)),
                           symmetric=pick(unit, "symmetric", e.symmetric))
             for name in members:
                 out[name].update(fields)
@@ -374,9 +375,9 @@ class ConfigSpace(SearchSpace):
         sp = self.space
         checks = [("lowrank.rank", dict(rank=r)) for r in (sp.lowrank.rank if sp.lowrank else ())]
         checks += [("quantize.group_size", dict(bits=4, group_size=g))
-                   for g in (sp.quantize.group_size if sp.quantize else ())]
+                   for g in (sp.quantize.all_group_sizes() if sp.quantize else ())]
         checks += [("embeddings.group_size", dict(bits=4, group_size=g))
-                   for g in (sp.embeddings.group_size if sp.embeddings else ())]
+                   for g in (sp.embeddings.all_group_sizes() if sp.embeddings else ())]
         checks += [("prune.pattern", dict(pattern=p)) for p in (sp.prune.pattern if sp.prune else ())]
         for where, fields in checks:
             try:

@@ -193,10 +193,17 @@ def test_auto_fits_group_sizes_to_the_widths(tmp_path):
         with torch.device("meta"):
             return inspect_model(transformers.AutoModelForCausalLM.from_config(config), "causal-lm")
 
+    def below_8_bits(groups):  # a causal LM's 8-bit weights are per channel (the int8 kernels' layout)
+        assert groups[8] == [None] and groups[6] == groups[5] == groups[4] == groups[3]
+        return groups[4]
+
     smol = info_of(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3)
     space = auto_config("m", "causal-lm", 0.01, 2, str(tmp_path), info=smol)["space"]
-    assert space["quantize"]["group_size"] == [32, 64] and space["embeddings"]["group_size"] == [32, 64]
+    assert below_8_bits(space["quantize"]["group_size"]) == [32, 64] and space["embeddings"]["group_size"] == [32, 64]
     wide = info_of(hidden_size=384, intermediate_size=1536, num_attention_heads=6, num_key_value_heads=6)
     space = auto_config("m", "causal-lm", 0.01, 2, str(tmp_path), info=wide)["space"]
-    assert space["quantize"]["group_size"] == [32, 128] and space["embeddings"]["group_size"] == [32, 128]
-    assert auto_config("m", "causal-lm", 0.01, 2, "r")["space"]["quantize"]["group_size"] == [32, 128]  # no info
+    assert below_8_bits(space["quantize"]["group_size"]) == [32, 128]
+    assert space["embeddings"]["group_size"] == [32, 128]
+    no_info = auto_config("m", "causal-lm", 0.01, 2, "r")["space"]["quantize"]["group_size"]
+    assert below_8_bits(no_info) == [32, 128]
+    assert auto_config("m", "embedding", 0.01, 2, "r")["space"]["quantize"]["group_size"] == [32, 128]  # encoders

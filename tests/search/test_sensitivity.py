@@ -52,6 +52,26 @@ def test_one_plan_per_unit_and_choice_plus_the_reference():
     assert changed == set(units[unit])  # only that unit's layers
 
 
+def test_group_sizes_per_bit_width_are_measured_per_width():
+    """With `group_size` per bit width, each width is measured at its own group sizes, drawn under its own
+    param (`group_size_4bit`), and labelled with the plain field name."""
+    from autocompress.config import SpaceSection
+    from autocompress.search.sensitivity import measured_choices
+
+    info = load_model("random:bert").info
+    space = ConfigSpace(SpaceSection.model_validate(
+        {"quantize": {"bits": [8, 4, None], "group_size": {8: [None], 4: [32, 64]}}}), info)
+    choices = measured_choices(space)
+    assert choices == {"quantize bits=8": ("quantize", {"bits": 8}),
+                       "quantize bits=4 group_size=32": ("quantize", {"bits": 4, "group_size_4bit": 32}),
+                       "quantize bits=4 group_size=64": ("quantize", {"bits": 4, "group_size_4bit": 64})}
+    plans = jobs(space)
+    unit = next(iter(space.technique_units["quantize"]))
+    assert {e.group_size for n, e in plans[(unit, "quantize bits=4 group_size=64")].layers.items()
+            if e.bits == 4} == {64}
+    assert {e.group_size for e in plans[(unit, "quantize bits=8")].layers.values() if e.bits == 8} == {None}
+
+
 def test_measurement_and_cache(measured):
     config, space, sens, fresh, again, fresh_again, tmp = measured
     assert fresh and not fresh_again and again == sens and (tmp / "sensitivity.json").is_file()

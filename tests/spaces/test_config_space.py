@@ -481,3 +481,31 @@ def test_smooth_choices_out_of_range_are_refused(bad):
 
     with pytest.raises(pydantic.ValidationError, match="smooth"):
         space(quantize={"act_bits": [8], "smooth": bad})
+
+
+def test_group_sizes_per_bit_width(infos):
+    """`group_size: {8: [null], 4: [32, 64]}`: 8-bit units are per channel without a param, 4-bit units draw
+    their group under `<unit>.group_size_4bit`; the uniform baselines take each width's first choice."""
+    cs = ConfigSpace(space(quantize={"bits": [8, 4, None], "group_size": {8: [None], 4: [32, 64]}}),
+                     infos["llama"])
+    seen = set()
+    for trial, plan in trials(cs, n=60):
+        for unit in cs.technique_units["quantize"]:
+            bits = trial.params[f"{unit}.bits"]
+            assert f"{unit}.group_size" not in trial.params and f"{unit}.group_size_8bit" not in trial.params
+            assert (f"{unit}.group_size_4bit" in trial.params) == (bits == 4)
+        for entry in plan.layers.values():
+            seen.add((entry.bits, entry.group_size))
+            assert entry.bits != 8 or entry.group_size is None
+    assert seen == {(8, None), (4, 32), (4, 64)}
+    uniform = cs.uniform_plans()
+    assert {(e.bits, e.group_size) for e in uniform["quantize bits=8"].layers.values()} == {(8, None)}
+    assert {(e.bits, e.group_size) for e in uniform["quantize bits=4"].layers.values()} == {(4, 32)}
+
+
+@pytest.mark.parametrize("groups, words", [({8: [None]}, "no choices for bits [4]"),
+                                           ({8: [None], 4: [64], 3: [64]}, "names bits [3]"),
+                                           ({8: [None], 4: []}, "for bits 4 is empty")])
+def test_group_sizes_per_bit_width_must_name_each_width(groups, words):
+    with pytest.raises(Exception, match=words.replace("[", r"\[").replace("]", r"\]")):
+        space(quantize={"bits": [8, 4, None], "group_size": groups})
