@@ -114,10 +114,13 @@ class WorkloadCalibration(_Strict):
     batch: int = Field(ge=1)
     seq_len: int = Field(ge=1)
     rest_scale: float = Field(1.0, gt=0)
+    date: str | None = None  # when this workload was measured (`Calibration.date` when absent)
 
 
 class Calibration(_Strict):
-    """Where and how a profile was measured: the machine, and each workload calibrated (prefill, decode)."""
+    """Where and how a profile was measured: the machine, and each workload calibrated (prefill, decode).
+    `date` is the latest calibration's; each workload keeps its own (`--update` adds a workload without
+    re-dating the others)."""
 
     machine: str
     date: str

@@ -335,6 +335,13 @@ def test_merge_keeps_both_workloads_and_tables(calibrated, decode_profile, tmp_p
     assert load_profile(str(path)) == merged
     text = path.read_text()
     assert "# prefill: random:bert" in text and "# decode: random:llama" in text
+    # each workload keeps its own date: an update does not re-date what it did not measure
+    old = prefill.model_copy(update={"calibration": prefill.calibration.model_copy(update={
+        "date": "2000-01-01", "workloads": {"prefill": prefill.calibration.workloads["prefill"].model_copy(
+            update={"date": None})}})})
+    dated = merge_profiles(old, decode_profile).calibration
+    assert dated.workloads["prefill"].date == "2000-01-01"
+    assert dated.workloads["decode"].date == decode_profile.calibration.date == dated.date != "2000-01-01"
     spec = load_profile("h100-sxm")
     with pytest.raises(UserError, match="calibrated"):
         merge_profiles(spec, decode_profile)

@@ -251,8 +251,10 @@ def calibrate(base_model: nn.Module, info: ModelInfo, device: str = "cpu", workl
 
     machine = machine_name()
     threads = torch.get_num_threads()
-    this = WorkloadCalibration(model=model_name or info.model_type, batch=workload.batch, seq_len=workload.seq_len)
-    calib = Calibration(machine=machine, date=datetime.date.today().isoformat(), torch=torch.__version__,
+    today = datetime.date.today().isoformat()
+    this = WorkloadCalibration(model=model_name or info.model_type, batch=workload.batch, seq_len=workload.seq_len,
+                               date=today)
+    calib = Calibration(machine=machine, date=today, torch=torch.__version__,
                         threads=threads, workloads={workload.mode: this})
     profile = DeviceProfile(
         name=name or ("gpu-local" if is_cuda(device) else "cpu-local"),
@@ -281,7 +283,7 @@ def calibrate(base_model: nn.Module, info: ModelInfo, device: str = "cpu", workl
 
 
 def _description(machine: str, calib: Calibration) -> str:
-    runs = "; ".join(f"{w.model} at batch {w.batch} seq_len {w.seq_len} ({mode})"
+    runs = "; ".join(f"{w.model} at batch {w.batch} seq_len {w.seq_len} ({mode}, {w.date or calib.date})"
                      for mode, w in calib.workloads.items())
     return (f"{machine}, measured by `autocompress latency calibrate` on {calib.date} with torch {calib.torch}, "
             f"{calib.threads} threads, {runs}")
@@ -290,8 +292,9 @@ def _description(machine: str, calib: Calibration) -> str:
 def merge_profiles(old: DeviceProfile, new: DeviceProfile) -> DeviceProfile:
     """`old` with the calibration `new` adds (another workload mode, or the same mode again): the table's
     entries `new` measured replace old ones of the same (format, group, m, k, n), the others stay; `new`'s
-    workloads replace old ones of the same mode; peaks are the best of both; bandwidth, overhead, cache, kernels
-    and the machine/date/torch/threads record are `new`'s. Raises `UserError` when `old` is not a calibrated
+    workloads replace old ones of the same mode (an old workload without a date of its own keeps the old
+    calibration's); peaks are the best of both; bandwidth, overhead, cache, kernels and the
+    machine/date/torch/threads record are `new`'s. Raises `UserError` when `old` is not a calibrated
     profile of the same kind of device."""
     if old.calibration is None or old.kind != new.kind or old.dtype != new.dtype:
         raise UserError(f"profile {old.name!r} is not a calibrated {new.kind} profile in {new.dtype}; calibrate into "
@@ -300,8 +303,9 @@ def merge_profiles(old: DeviceProfile, new: DeviceProfile) -> DeviceProfile:
     table = [e for e in old.table if (e.format, e.group, e.m, e.k, e.n) not in fresh] + list(new.table)
     peaks = {k: max(old.peak_tflops.get(k, 0.0), new.peak_tflops.get(k, 0.0))
              for k in {**old.peak_tflops, **new.peak_tflops}}
-    calib = new.calibration.model_copy(update={"workloads": {**old.calibration.workloads,
-                                                             **new.calibration.workloads}})
+    kept = {mode: w if w.date else w.model_copy(update={"date": old.calibration.date})
+            for mode, w in old.calibration.workloads.items()}
+    calib = new.calibration.model_copy(update={"workloads": {**kept, **new.calibration.workloads}})
     return new.model_copy(update={"name": old.name, "peak_tflops": peaks, "table": table, "calibration": calib,
                                   "description": _description(calib.machine, calib)})
 
@@ -316,7 +320,8 @@ def save_profile(profile: DeviceProfile, path: str | os.PathLike) -> Path:
               "# re-run the calibration to refresh them."]
     if c is not None:
         header += [f"# machine: {c.machine}; {c.date}; torch {c.torch}, {c.threads} threads"]
-        header += [f"# {mode}: {w.model} at batch {w.batch}, seq_len {w.seq_len}" for mode, w in c.workloads.items()]
+        header += [f"# {mode}: {w.model} at batch {w.batch}, seq_len {w.seq_len}, measured {w.date or c.date}"
+                   for mode, w in c.workloads.items()]
     header += ["# peak_tflops are the best rates the table's GEMMs achieved (efficiency 1.0); bandwidth from a",
                "# large tensor copy; overhead_us from a tiny add; table: median ms per GEMM [m, k] x [k, n] (group:",
                "# inputs per scale of a grouped weight format); calibration.workloads.<mode>.rest_scale: the measured",
