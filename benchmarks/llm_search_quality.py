@@ -226,7 +226,8 @@ def markdown(result: dict) -> str:
     s, env, summary = result["setup"], result["env"], result["summary"]
     lines = [f"# Search quality on {MODEL} against uniform bits and the sensitivity knapsack "
              "(benchmarks/llm_search_quality.py)", "",
-             f"{env_words(env)} {s['wall_min']:.1f} min in all; {s['evaluations']} plans evaluated "
+             f"{env_words(env)} {s['threads']} torch threads per trial; {s['wall_min']:.1f} min in all; "
+             f"{s['evaluations']} plans evaluated "
              f"(median {s['median_evaluation_s']:.2f} s), sensitivity {result['sensitivity']['evaluations']} "
              f"evaluations in {result['sensitivity']['seconds']:.0f} s.", "",
              f"Space: {s['units']} units (per layer group, and the tied embedding / LM head), bits {{8, 6, 5, 4, 3, "
