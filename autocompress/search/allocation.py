@@ -9,7 +9,9 @@ changes only that unit); a plan takes one option per group; its predicted drop i
 drops and its predicted cost the reference's less the sum of their savings. The cost sum is exact for bytes
 (the packed size is a sum over layers, when each unit takes one technique) and for latency models that sum
 per-layer times; the drop sum is an estimate (units interact a little; a seeded plan is evaluated like any
-other trial).
+other trial). `knapsack_plans` gives the plan at each uniform baseline's cost: the one-shot allocation that
+AutoRound's AutoScheme and ModelOpt's AutoQuantize make under an average-bits budget
+(benchmarks/llm_search_quality.py compares the search with it).
 
 Seeding (`budget_params`): for each uniform baseline, the plan of least predicted drop at no more bytes (and
 at no more predicted latency) than the baseline. The baseline is one such plan, so the seed is predicted at
@@ -20,6 +22,7 @@ measured drops say any exist.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 Option = tuple[float, int]  # (drop, saving in whole units of the cost: bytes, picoseconds)
@@ -55,14 +58,29 @@ def least_drop(groups: Sequence[Sequence[Option]], required: int, max_states: in
     return list(best[2]) if best[0] >= required else None
 
 
-def budget_params(space: Any, sens: Any, info: Any, latency: tuple[Any, Any] | None = None
-                  ) -> dict[str, dict[str, Any]]:
-    """Label -> Optuna params of one plan per uniform baseline (`ConfigSpace.uniform_plans`) and cost: the
-    least predicted drop at no more packed bytes than the baseline ("sensitivity size<=13.39MB") and, given
-    `latency` = (latency model, workload) of a target priced from the plan, at no more predicted latency
-    ("sensitivity latency<=9.09ms"; savings counted in whole picoseconds, each rounded to the nearest, so the
-    bound holds to within one picosecond per unit). A plan met before, or equal to a uniform baseline, is
-    left out."""
+@dataclass(frozen=True)
+class BudgetPlan:
+    """The knapsack's plan at one uniform baseline's cost. `cost`: "size" or "latency"; `baseline`: that
+    baseline's label (`ConfigSpace.uniform_plans`); `budget`: its cost in MB or predicted ms; `label`: e.g.
+    "sensitivity size<=13.39MB"; `params` / `plan`: the chosen plan (Optuna params of the joint space, and
+    the plan they give); `predicted_drop`: the summed drops of the measured choices it consists of."""
+
+    cost: str
+    baseline: str
+    budget: float
+    label: str
+    params: dict[str, Any]
+    plan: Any
+    predicted_drop: float
+
+
+def knapsack_plans(space: Any, sens: Any, info: Any, latency: tuple[Any, Any] | None = None) -> list[BudgetPlan]:
+    """For each uniform baseline (`ConfigSpace.uniform_plans`, in order) and cost, the plan of least predicted
+    drop at no more packed bytes than the baseline and, given `latency` = (latency model, workload) of a
+    target priced from the plan, at no more predicted latency (savings counted in whole picoseconds, each
+    rounded to the nearest, so the bound holds to within one picosecond per unit). One `BudgetPlan` per
+    (cost, baseline) whose budget some plan meets, duplicates and uniform plans included: the one-shot
+    sensitivity + knapsack allocation of per-layer formats under a size (average bits) or latency budget."""
     from autocompress.evaluators.size import plan_size
     from autocompress.search.sensitivity import measured_choices, plan_params, single_unit_plan
 
@@ -85,24 +103,37 @@ def budget_params(space: Any, sens: Any, info: Any, latency: tuple[Any, Any] | N
         base_ps = picoseconds(reference)
         costs["latency"] = (picoseconds, "{:.2f}ms", 1e-9, lambda unit, label: round(
             base_ps - picoseconds(single_unit_plan(space, unit, choices[label][1])[1])))
-    baselines = list(space.uniform_plans().values())
-    out: dict[str, dict[str, Any]] = {}
-    seen: set[str] = set()
+    out: list[BudgetPlan] = []
     for name, (cost, unit_text, scale, saving) in costs.items():
         base, rounded = cost(reference), name == "latency"
         options = [[(0.0, 0)] + [(sens.layers[unit][lb], saving(unit, lb)) for lb in group_labels]
                    for (unit, _tech), group_labels in labels.items()]
-        for baseline in baselines:
-            limit = cost(baseline)
+        for baseline, uniform in space.uniform_plans().items():
+            limit = cost(uniform)
             pick = least_drop(options, round(base - limit) - (len(options) if rounded else 0))
             if pick is None:
                 continue
             chosen = {group: choices[group_labels[i - 1]][1]
                       for (group, group_labels), i in zip(labels.items(), pick) if i}
             params, plan = plan_params(space, chosen)
-            key = json.dumps(params, sort_keys=True, default=str)
-            if plan.is_empty or key in seen or plan in baselines:  # a uniform plan runs as its baseline
-                continue
-            seen.add(key)
-            out[f"sensitivity {name}<={unit_text.format(limit * scale)}"] = params
+            drop = sum(opts[i][0] for opts, i in zip(options, pick))
+            label = f"sensitivity {name}<={unit_text.format(limit * scale)}"
+            out.append(BudgetPlan(name, baseline, limit * scale, label, params, plan, drop))
+    return out
+
+
+def budget_params(space: Any, sens: Any, info: Any, latency: tuple[Any, Any] | None = None
+                  ) -> dict[str, dict[str, Any]]:
+    """Label -> Optuna params of one plan per uniform baseline (`ConfigSpace.uniform_plans`) and cost: the
+    `knapsack_plans` ("sensitivity size<=13.39MB", "sensitivity latency<=9.09ms"). A plan met before, or
+    equal to a uniform baseline, is left out."""
+    baselines = list(space.uniform_plans().values())
+    out: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
+    for chosen in knapsack_plans(space, sens, info, latency):
+        key = json.dumps(chosen.params, sort_keys=True, default=str)
+        if chosen.plan.is_empty or key in seen or chosen.plan in baselines:  # a uniform plan runs as its baseline
+            continue
+        seen.add(key)
+        out[chosen.label] = chosen.params
     return out

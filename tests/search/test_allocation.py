@@ -64,6 +64,16 @@ def measured(tmp_path_factory):
     return space, sens
 
 
+def predicted(space, sens, plan):
+    """The summed drop of the measured choices (FORMATS) a plan consists of."""
+    quantize = sum(sens.layers[u][f"quantize bits={e.bits} group_size={e.group_size} act_bits={e.act_bits}"]
+                   for u, members in space.technique_units["quantize"].items()
+                   for e in [plan.layers.get(members[0])] if e is not None and e.bits is not None)
+    tables = sum(sens.layers[t]["embeddings bits=8"] for t in space.technique_units["embeddings"]
+                 if plan.layers.get(t) is not None)
+    return quantize + tables
+
+
 def test_each_format_combination_is_measured_with_activations_off(measured):
     space, sens = measured
     from autocompress.search.sensitivity import jobs
@@ -98,16 +108,7 @@ def test_budget_plans_fit_each_uniform_baseline_at_no_more_predicted_drop(measur
         limit = float(label.removeprefix("sensitivity size<=").removesuffix("MB"))
         plan = space.sample(optuna.trial.FixedTrial(params))  # replayable exactly
         assert plan_size(plan, space.info).total_bytes / 1e6 <= limit + 0.005
-
-        def predicted(p):  # the summed drop of the measured choices a plan consists of
-            quantize = sum(sens.layers[u][f"quantize bits={e.bits} group_size={e.group_size} act_bits={e.act_bits}"]
-                           for u, members in space.technique_units["quantize"].items()
-                           for e in [p.layers.get(members[0])] if e is not None and e.bits is not None)
-            tables = sum(sens.layers[t]["embeddings bits=8"] for t in space.technique_units["embeddings"]
-                         if p.layers.get(t) is not None)
-            return quantize + tables
-
-        assert predicted(plan) <= predicted(limits[limit]) + 1e-12
+        assert predicted(space, sens, plan) <= predicted(space, sens, limits[limit]) + 1e-12
 
 def test_a_search_starts_from_the_budget_plans_once_each(tmp_path):
     import json
@@ -156,3 +157,26 @@ def test_latency_budget_plans_are_no_slower_than_their_baseline(measured, tmp_pa
         limit = float(label.removeprefix("sensitivity latency<=").removesuffix("ms"))
         plan = space.sample(optuna.trial.FixedTrial(params))
         assert model.predict(plan, space.info, workload).total_ms <= limit + 0.005
+
+
+
+def test_knapsack_plans_one_per_baseline_within_its_bytes_and_the_seeds_among_them(measured):
+    import optuna
+
+    from autocompress.evaluators.size import plan_size
+    from autocompress.search.allocation import budget_params, knapsack_plans
+
+    space, sens = measured
+    plans = knapsack_plans(space, sens, space.info)
+    uniform = space.uniform_plans()
+    assert [p.baseline for p in plans] == list(uniform)  # each baseline's bytes can be met: it is such a plan
+    for p in plans:
+        limit = plan_size(uniform[p.baseline], space.info).total_bytes
+        assert p.cost == "size" and p.budget == limit * 1e-6 and p.label == f"sensitivity size<={p.budget:.2f}MB"
+        assert plan_size(p.plan, space.info).total_bytes <= limit
+        assert space.sample(optuna.trial.FixedTrial(p.params)) == p.plan  # replayable exactly
+        assert p.predicted_drop == pytest.approx(predicted(space, sens, p.plan), abs=1e-12)
+        assert p.predicted_drop <= predicted(space, sens, uniform[p.baseline]) + 1e-12
+    seeds = budget_params(space, sens, space.info)  # the seeds: the same plans less uniform ones and repeats
+    assert seeds and all(any(p.label == label and p.params == params for p in plans) for label, params in seeds.items())
+    assert len(seeds) < len(plans)
