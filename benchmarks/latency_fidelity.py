@@ -1,6 +1,6 @@
 """Do predicted latencies agree with measured ones? Random plans, predicted vs timed with real kernels.
 
-Run:  .venv/bin/python benchmarks/latency_fidelity.py [--n-plans 30] [--seed 0] [--no-calibrate --profile P]
+Run:  .venv/bin/python benchmarks/latency_fidelity.py [--n-plans 30] [--seed 0] [--threads N] [--no-calibrate --profile P]
       [--device cuda --profile h100-sxm] [--model DIR|FILE.gguf --mode decode --seq-len 128 --tag smollm2-decode]
 Writes benchmarks/results/latency_fidelity_<device>_seed<seed>[_<tag>].json and .md. On a GPU the spec-sheet
 row is the roofline of `--profile` (datasheet figures) instead of this CPU's.
@@ -155,7 +155,12 @@ def main() -> int:
     parser.add_argument("--calibrate-passes", type=int, default=3, help="sweeps of the calibration's GEMM table")
     parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                         help="use --profile as it is instead of calibrating right before measuring")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for the calibration and the timing (default: torch's own count); "
+                             "one thread is what a search worker with backend.cpus_per_trial 1 runs with")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     env = machine_env(args.device)
     loaded = load(args.model)

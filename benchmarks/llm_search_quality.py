@@ -1,7 +1,7 @@
 """Search quality on a real LLM against the peers' method: uniform bits, a sensitivity knapsack, the search.
 
 Run:  AUTOCOMPRESS_CACHE=... PYTHONPATH=. .venv/bin/python benchmarks/llm_search_quality.py [--seeds 3]
-          [--trials 50] [--max-length 16] [--threads 2] [--work-dir DIR] [--quick]
+          [--trials 50] [--max-length 32] [--threads 2] [--work-dir DIR] [--quick]
 Writes benchmarks/results/llm_search_quality.{json,md} (--quick: a smoke run into the work directory).
 
 AutoRound's AutoScheme and ModelOpt's AutoQuantize choose per-layer bits from a one-shot sensitivity score
@@ -14,8 +14,9 @@ and a knapsack under an average-bits budget. Here, on SmolLM2-135M-Instruct, at 
   seeded     the same with `sensitivity: {}` (`auto --seed-sensitivity`): the study also starts from the
              threshold plans and the knapsack's plans, within the same trial budget.
 Space: per layer group (q/k/v, o, gate/up, down per block: 120 units, plus the table: 121), bits {8, 6, 5, 4, 3,
-off}, RTN for every arm, symmetric, groups of 64 (the group the int4 CPU kernel takes on SmolLM2's 576-wide
-inputs; cpu-local has no kernel for 8 bits in groups, nor for 3, 5, 6 bits). The model is the Q4_1 GGUF
+off}, RTN for every arm, symmetric; 8 bits with one scale per output channel (the int8 CPU kernel's layout, as
+`auto` gives a causal LM), the others in groups of 64 (the group the int4 CPU kernel takes on SmolLM2's
+576-wide inputs; cpu-local has no kernel for 3, 5 or 6 bits). The model is the Q4_1 GGUF
 dequantized: its weights lie on an asymmetric 4-bit grid of 32-input groups, which no setting here is.
 Objectives of one 3-objective study: mean next-token KL (NextTokenEvaluator, `--n-eval` python-docs passages
 of `--max-length` tokens), packed size_mb, and decode ms/token predicted by `cpu-local`'s table latency model
@@ -49,8 +50,9 @@ from benchmarks.shared_runner import shared_runner  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
 BITS = [8, 6, 5, 4, 3, None]
-SPACE = {"share": "group", "quantize": {"bits": BITS, "group_size": [64], "method": ["rtn"]},
-         "embeddings": {"bits": BITS, "group_size": [64]}}
+GROUPS = {8: [None], **{b: [64] for b in BITS if b not in (8, None)}}  # 8 bits per channel, the rest g64
+SPACE = {"share": "group", "quantize": {"bits": BITS, "group_size": GROUPS, "method": ["rtn"]},
+         "embeddings": {"bits": BITS, "group_size": GROUPS}}
 QUICK_TARGETS = [r"re:layers\.[01]\."]  # --quick: the Linears of the first two blocks only (8 units + table)
 PAIRS = {"size": "size_mb", "decode": "latency_ms"}
 OBJECTIVES = ["minimize kl", "minimize size_mb", "minimize latency_ms"]
@@ -231,8 +233,8 @@ def markdown(result: dict) -> str:
              f"(median {s['median_evaluation_s']:.2f} s), sensitivity {result['sensitivity']['evaluations']} "
              f"evaluations in {result['sensitivity']['seconds']:.0f} s.", "",
              f"Space: {s['units']} units (per layer group, and the tied embedding / LM head), bits {{8, 6, 5, 4, 3, "
-             f"off}}, RTN, symmetric, groups of 64. The model's weights lie on the GGUF's Q4_1 grid (4-bit, "
-             f"asymmetric, groups of 32): no setting here is that grid. KL on {s['n_eval']} python-docs passages "
+             f"off}}, RTN, symmetric, 8 bits per channel and the others in groups of 64. The model's weights lie "
+             f"on the GGUF's Q4_1 grid (4-bit, asymmetric, groups of 32): no setting here is that grid. KL on {s['n_eval']} python-docs passages "
              f"of {s['max_length']} tokens; decode ms/token predicted on cpu-local (batch 1, 256 tokens of "
              f"context). {s['trials']} trials per search, NSGA-II seeds {s['seeds']}; hypervolume against (KL "
              f"{REF_KL}, float32: {result['dense']['size_mb']:.1f} MB, {result['dense']['latency_ms']:.2f} ms).",
@@ -272,7 +274,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--n-eval", type=int, default=8, help="python-docs passages the KL is measured on")
-    parser.add_argument("--max-length", type=int, default=16, help="tokens per evaluation passage")
+    parser.add_argument("--max-length", type=int, default=32, help="tokens per evaluation passage")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per trial")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--work-dir", help="run directories (default: a new temporary one); finished runs and the "
