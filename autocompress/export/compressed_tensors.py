@@ -203,4 +203,13 @@ ENGINES = """- **transformers**: `AutoModelForCausalLM.from_pretrained(path)` (`
   and needs one scheme for each fused set.
 - **llama.cpp / Ollama / LM Studio** do not read this format; export with `--format gguf`."""
 
-FORMAT = ExportFormat(NAME, save_compressed_tensors, load_with_transformers, ENGINES)
+def usage(out_dir: str, task: str) -> str:
+    from autocompress.loading import _auto_class
+
+    cls = _auto_class(task).__name__
+    return (f"from transformers import {cls}, AutoTokenizer  # pip install compressed-tensors\n"
+            f"model = {cls}.from_pretrained({out_dir!r})\ntokenizer = AutoTokenizer.from_pretrained({out_dir!r})")
+
+
+FORMAT = ExportFormat(NAME, save_compressed_tensors, load_with_transformers, ENGINES,
+                      loaded_by="transformers' `from_pretrained` (with the compressed-tensors package)", usage=usage)

@@ -10,6 +10,8 @@ Every format is one `ExportFormat`:
   load(out_dir, task) -> nn.Module
       the written directory loaded the way the format's engine loads it (eval mode, CPU), for re-measuring.
   engines: markdown for the model card: which engines load the directory and what each one needs.
+  loaded_by: how `load` loads it, in words for the card ("transformers' `from_pretrained`").
+  usage(out_dir, task) -> str: Python code that loads the directory, for the card (None: none shown).
   weights: glob patterns of the weight files (their bytes are the export's file size).
 
 A format lives in its own module, which defines `FORMAT = ExportFormat(...)`; `MODULES` maps each format name
@@ -42,6 +44,8 @@ class ExportFormat:
     write: Callable[..., Any]
     load: Callable[[str, str], Any]
     engines: str
+    loaded_by: str = "its engine"
+    usage: Callable[[str, str], str] | None = None
     weights: tuple[str, ...] = ("*.safetensors",)
 
 

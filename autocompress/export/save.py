@@ -174,4 +174,5 @@ ENGINES = """- **autocompress**: `autocompress.export.load_compressed(path)` (`k
   they fail with that message instead of loading it wrongly); export with `--format compressed-tensors`
   or `--format gguf` for them."""
 
-FORMAT = ExportFormat("autocompress", save_compressed, _load_dequantized, ENGINES)
+FORMAT = ExportFormat("autocompress", save_compressed, _load_dequantized, ENGINES,
+                      loaded_by="`autocompress.export.load_compressed` (dequantized)")
