@@ -131,16 +131,15 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 def add_run_commands(sub: Any) -> None:
     """Mount `export`, `report` and `ui` on the top-level subparsers."""
-    from autocompress.export.formats import DEFAULT_FORMAT, format_names
-
     p = sub.add_parser("export", help="write a trial's compressed model: packed (autocompress), compressed-tensors "
                                       "(transformers, vLLM) or gguf (llama.cpp)")
     p.add_argument("run_dir", help="a search's run directory")
     p.add_argument("--out", required=True, help="directory to write (refused if it exists, unless --force)")
     p.add_argument("--trial", type=int, help="the trial number to export (default: the config's pick rule)")
     p.add_argument("--pick", help="a pick rule, e.g. 'minimize size_mb where fidelity >= 0.99'")
-    p.add_argument("--format", default=DEFAULT_FORMAT, metavar="NAME",
-                   help=f"export format: {', '.join(format_names())} (default {DEFAULT_FORMAT})")
+    p.add_argument("--format", default="autocompress", metavar="NAME",  # checked by export.formats.get_format
+                   help="export format: autocompress (default; load_compressed), compressed-tensors (transformers, "
+                        "vLLM), gguf (llama.cpp)")
     p.add_argument("--strict", action="store_true",
                    help="refuse a plan the format would write partly dense or without its sparse saving")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
