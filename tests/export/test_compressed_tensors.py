@@ -201,7 +201,8 @@ SMOLLM2_PLANS = {
 }
 
 
-@pytest.mark.slow  # the real SmolLM2-135M-Instruct, exported and loaded in a fresh process: about a minute each
+@pytest.mark.slow  # the real SmolLM2-135M-Instruct, exported and loaded in a fresh process: 4-5 minutes each
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name", list(SMOLLM2_PLANS))
 def test_smollm2_in_compressed_tensors_reproduces_the_search_in_a_fresh_transformers_process(tmp_path, name):
     from transformers import AutoModelForCausalLM
