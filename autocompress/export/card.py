@@ -58,7 +58,8 @@ def format_section(fmt: Any, result: Any, task: str) -> list[str]:
     packed = sorted(set(result.kernels.values())) if result.kernels else []
     match = result.max_relative_diff
     lines = ["## Format", "", f"`{fmt.name}`. What each engine needs to load this directory:", "", fmt.engines, "",
-             f"Measured match: this directory, loaded with {fmt.loaded_by}, gives the search's metrics within a relative difference of {match:.2g} (table below).", ""]
+             f"Measured match: this directory, loaded with {fmt.loaded_by}, gives the search's metrics within a "
+             f"relative difference of {match:.2g} (table below).", ""]
     if result.warnings:
         lines += ["Written other than the plan says (the values are the searched ones; only the compact storage "
                   "differs), and engine notes:", "", *[f"- {w}" for w in result.warnings], ""]

@@ -1,7 +1,8 @@
 """`load_compressed`: rebuild a working model from a packed export directory (see `save.py`).
 
 Steps: check the directory (export.json, config.json, plan.json, model.safetensors) and the format version;
-build the architecture from config.json (its model_type unmarked, see save.py) with the task's Auto class `from_config` (never trust_remote_code);
+build the architecture from config.json (its model_type unmarked, see save.py) with the task's Auto class
+`from_config` (never trust_remote_code);
 apply the plan's shape changes to that skeleton (structured entries keep the first n units, as the stored
 tensors are ordered; low-rank layers become `LowRankLinear` of the stored rank); unpack every tensor
 (`safetensors.torch.load_file`, no pickle) and `load_state_dict(strict=True)`; re-tie tied weights; with

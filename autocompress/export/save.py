@@ -46,7 +46,8 @@ FILES = ("model.safetensors", "config.json", "plan.json", "README.md", "export.j
 class ExportReport:
     """What `save_compressed` wrote. `tensor_bytes` (the sum of the tensors' bytes) equals `predicted_bytes`
     (`plan_size(plan, info).total_bytes`) unless `differences` explains why; `file_bytes` adds the
-    safetensors header. `per_layer` and `formats` are the stored bytes and layout of each Linear layer and embedding table.
+    safetensors header. `per_layer` and `formats` are the stored bytes and layout of each Linear layer and
+    embedding table.
     `format` is the export format's name; `warnings` one line per layer a format wrote other than the plan says
     (none for this format, which holds every plan)."""
 
@@ -168,8 +169,8 @@ def _load_dequantized(path: str, task: str) -> nn.Module:
     return load_compressed(path).model
 
 
-ENGINES = """- **autocompress**: `autocompress.export.load_compressed(path)` (`kernels=True` runs int8 / int4 CPU kernels
-  where they exist). The weights are packed in autocompress's own layout: transformers' `from_pretrained`,
+ENGINES = """- **autocompress**: `autocompress.export.load_compressed(path)` (`kernels=True` runs int8 / int4 CPU
+  kernels where they exist). The weights are packed in autocompress's own layout: transformers' `from_pretrained`,
   vLLM and llama.cpp do not read this directory (config.json names `autocompress.export.load_compressed`, so
   they fail with that message instead of loading it wrongly); export with `--format compressed-tensors`
   or `--format gguf` for them."""

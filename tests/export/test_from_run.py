@@ -192,7 +192,8 @@ def test_export_as_compressed_tensors_logs_the_format_and_measures_it_through_tr
 
 @pytest.mark.parametrize("argv, message", [
     (["--format", "onnx"], "--format 'onnx' is unknown; use one of: autocompress, compressed-tensors, gguf"),
-    (["--format", "compressed-tensors", "--strict"], "--strict: model.layers.0.self_attn.q_proj: sparse (unstructured)"),
+    (["--format", "compressed-tensors", "--strict"],
+     "--strict: model.layers.0.self_attn.q_proj: sparse (unstructured)"),
 ])
 def test_bad_format_and_strict_refusals_exit_2_and_leave_nothing(tmp_path, argv, message, capsys):
     config = make_config(tmp_path, model={"name": "random:llama"}, budget={"n_trials": 1}, tracking={"uri": "none"},
