@@ -1,6 +1,6 @@
 """The commands that start from a search's run directory: `export`, `report` and `ui`.
 
-  autocompress export RUN_DIR [--trial N | --pick RULE] --out DIR [--force] [--json]
+  autocompress export RUN_DIR [--trial N | --pick RULE] --out DIR [--format NAME] [--strict] [--force] [--json]
   autocompress report RUN_DIR [--out DIR] [--pick RULE | --trial N]
   autocompress ui [RUN_DIR] [--tracking-uri URI] [--host 127.0.0.1] [--port 5000] [--dashboard-port 8080]
 
@@ -32,13 +32,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if err.is_terminal:
             err.print(f"[dim]{message}...[/dim]")
 
-    result = export(args.run_dir, args.out, trial=args.trial, pick=args.pick, force=args.force, progress=progress)
+    result = export(args.run_dir, args.out, trial=args.trial, pick=args.pick, force=args.force, progress=progress,
+                    format=args.format, strict=args.strict)
+    for line in result.warnings:
+        err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     if args.json:
-        print(json.dumps({**result.__dict__, "max_metric_diff": result.max_metric_diff}, indent=2))
+        print(json.dumps({**result.__dict__, "max_metric_diff": result.max_metric_diff,
+                          "max_relative_diff": result.max_relative_diff}, indent=2))
         return 0
     out = _console()
-    out.print(f"exported trial {result.trial} to {result.out_dir}")
-    out.print(f"  model.safetensors: {result.file_bytes / 1e6:.3f} MB (size model: "
+    out.print(f"exported trial {result.trial} to {result.out_dir} ({result.format} format)")
+    out.print(f"  weight files: {result.file_bytes / 1e6:.3f} MB (size model: "
               f"{result.predicted_bytes / 1e6:.3f} MB, {result.file_bytes / max(result.predicted_bytes, 1) - 1:+.2%})")
     for k in sorted(set(result.searched) & set(result.measured)):
         out.print(f"  {k:>12}: search {result.searched[k]:.6g}, reloaded export {result.measured[k]:.6g}")
@@ -49,7 +53,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         out.print("  with kernels=True: " + ", ".join(f"{n} layers {k}" for k, n in sorted(counts.items())))
     if result.logged_to:
         out.print(f"  logged to MLflow: {'; '.join(result.logged_to)}")
-    out.print(f"  load it: from autocompress.export import load_compressed; load_compressed({result.out_dir!r})")
+    if result.format == "autocompress":
+        out.print(f"  load it: from autocompress.export import load_compressed; load_compressed({result.out_dir!r})")
+    else:
+        out.print(f"  how to load it: {os.path.join(result.out_dir, 'README.md')}")
     return 0
 
 
@@ -124,11 +131,17 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 def add_run_commands(sub: Any) -> None:
     """Mount `export`, `report` and `ui` on the top-level subparsers."""
-    p = sub.add_parser("export", help="write a trial's compressed model in the packed format (safetensors)")
+    p = sub.add_parser("export", help="write a trial's compressed model: packed (autocompress), compressed-tensors "
+                                      "(transformers, vLLM) or gguf (llama.cpp)")
     p.add_argument("run_dir", help="a search's run directory")
     p.add_argument("--out", required=True, help="directory to write (refused if it exists, unless --force)")
     p.add_argument("--trial", type=int, help="the trial number to export (default: the config's pick rule)")
     p.add_argument("--pick", help="a pick rule, e.g. 'minimize size_mb where fidelity >= 0.99'")
+    p.add_argument("--format", default="autocompress", metavar="NAME",  # checked by export.formats.get_format
+                   help="export format: autocompress (default; load_compressed), compressed-tensors (transformers, "
+                        "vLLM), gguf (llama.cpp)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a plan the format would write partly dense or without its sparse saving")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=_cmd_export)

@@ -2,11 +2,13 @@
 
   save_compressed(model, plan, info, out_dir, tokenizer=None, base_config=None, card=None) -> ExportReport
   load_compressed(path, kernels=False, device="cpu") -> CompressedModel
-  export(run_dir_or_result, out_dir, trial=None, pick=None, force=False) -> ExportResult   (from_run)
+  export(run_dir_or_result, out_dir, trial=None, pick=None, force=False, format="autocompress", strict=False)
+      -> ExportResult   (from_run)
 
-The layout is the one `autocompress.evaluators.size` counts, so the bytes written are the bytes predicted.
+The packed layout is the one `autocompress.evaluators.size` counts, so the bytes written are the bytes predicted.
 Modules: packing (bit streams), matrix (one weight <-> packed tensors), packed (model <-> tensors + metadata),
-save, load, kernels (real CPU kernels for int8 / int4 weights).
+save, load, kernels (real CPU kernels for int8 / int4 weights); formats (the export format registry),
+compressed_tensors and ct_layers (the compressed-tensors format), card (the model card), from_run.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """`load_compressed`: rebuild a working model from a packed export directory (see `save.py`).
 
 Steps: check the directory (export.json, config.json, plan.json, model.safetensors) and the format version;
-build the architecture from config.json with the task's Auto class `from_config` (never trust_remote_code);
+build the architecture from config.json (its model_type unmarked, see save.py) with the task's Auto class
+`from_config` (never trust_remote_code);
 apply the plan's shape changes to that skeleton (structured entries keep the first n units, as the stored
 tensors are ordered; low-rank layers become `LowRankLinear` of the stored rank); unpack every tensor
 (`safetensors.torch.load_file`, no pickle) and `load_state_dict(strict=True)`; re-tie tied weights; with
@@ -26,7 +27,7 @@ from autocompress.export import kernels as K
 from autocompress.export.embedding import PackedEmbedding
 from autocompress.export.matrix import unpack_int
 from autocompress.export.packed import SUFFIXES, PackedModel, smoothing_vectors, unpack_state_dict, weight_parts
-from autocompress.export.save import FORMAT_NAME, FORMAT_VERSION
+from autocompress.export.save import FORMAT_NAME, FORMAT_VERSION, unmark_config
 from autocompress.models import inspect_model
 from autocompress.loading import _auto_class
 from autocompress.modules import in_out_features, set_module
@@ -97,12 +98,26 @@ def read_packed(path: str) -> PackedModel:
     return PackedModel(tensors, layers, tied, dtype)
 
 
+def read_config(path: str) -> Any:
+    """The transformers config of the export `path` (config.json, its model_type unmarked: see save.py);
+    `UserError` for a model type this transformers does not know."""
+    from transformers import CONFIG_MAPPING
+
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as fh:
+        data = unmark_config(json.load(fh))
+    model_type = data.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise UserError(f"export {path!r}: config.json names model type {model_type!r}, which this transformers "
+                        "does not know; upgrade transformers or export the model again")
+    return CONFIG_MAPPING[model_type].from_dict(data)
+
+
 def _skeleton(path: str, info: dict[str, Any], plan: CompressionPlan, packed: PackedModel) -> nn.Module:
     """The architecture of config.json with the plan's shape changes, randomly initialized."""
     import transformers
 
     transformers.logging.set_verbosity_error()
-    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
+    config = read_config(path)
     model = _auto_class(info["task"]).from_config(config, trust_remote_code=False)
     if type(model).__name__ != info["model_class"]:
         raise UserError(f"export {path!r}: config.json builds a {type(model).__name__}, export.json says "

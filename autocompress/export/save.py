@@ -1,11 +1,17 @@
-"""`save_compressed`: write a compressed model as a self-contained packed export directory.
+"""`save_compressed`: write a compressed model as a self-contained packed export directory (the `autocompress`
+export format; `FORMAT` registers it in `formats.py`).
 
-The directory (FORMAT_VERSION 3; version 2 added packed embedding tables, version 3 the smoothing vectors of
-smoothed layers; version 1 and 2 exports still load):
+The directory (FORMAT_VERSION 4; version 2 added packed embedding tables, version 3 the smoothing vectors of
+smoothed layers, version 4 the marked config.json; versions 1 to 3 still load):
   model.safetensors  every tensor (see `packed.py`), the per-layer metadata as JSON in `__metadata__`
                      ("format", "format_version", "dtype", "layers", "tied")
-  config.json        the original model config (the policies never change `model.config`)
-  tokenizer files    when a tokenizer is given (`tokenizer.save_pretrained`)
+  config.json        the original model config (the policies never change `model.config`), marked: its
+                     `model_type` is `MARKER`, which transformers does not know, so that a plain
+                     `from_pretrained` fails with a message naming `autocompress.export.load_compressed`
+                     instead of loading the packed tensors as a randomly initialized model; the original
+                     model_type is kept under `autocompress_model_type` (`unmark_config` restores it)
+  tokenizer files    when a tokenizer is given (`tokenizer.save_pretrained`: the chat template included)
+  generation_config.json  for a model that generates
   plan.json          the plan (`CompressionPlan.save`)
   README.md          the caller's model card, or a minimal one
   export.json        format and version, model class, task, dtype, per-layer layout and bytes, the totals
@@ -24,12 +30,15 @@ from torch import nn
 
 from autocompress.errors import UserError
 from autocompress.evaluators.size import plan_size
+from autocompress.export.formats import ExportFormat, write_side_files
 from autocompress.export.packed import PackedModel, pack_model
 from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan
 
 FORMAT_NAME = "autocompress.packed"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+MARKER = "autocompress-packed (not a plain transformers checkpoint: load it with autocompress.export.load_compressed)"
+ORIGINAL_TYPE_KEY = "autocompress_model_type"
 FILES = ("model.safetensors", "config.json", "plan.json", "README.md", "export.json")
 
 
@@ -37,7 +46,10 @@ FILES = ("model.safetensors", "config.json", "plan.json", "README.md", "export.j
 class ExportReport:
     """What `save_compressed` wrote. `tensor_bytes` (the sum of the tensors' bytes) equals `predicted_bytes`
     (`plan_size(plan, info).total_bytes`) unless `differences` explains why; `file_bytes` adds the
-    safetensors header. `per_layer` and `formats` are the stored bytes and layout of each Linear layer and embedding table."""
+    safetensors header. `per_layer` and `formats` are the stored bytes and layout of each Linear layer and
+    embedding table.
+    `format` is the export format's name; `warnings` one line per layer a format wrote other than the plan says
+    (none for this format, which holds every plan)."""
 
     out_dir: str
     files: list[str]
@@ -47,6 +59,8 @@ class ExportReport:
     per_layer: dict[str, int] = field(default_factory=dict)
     formats: dict[str, str] = field(default_factory=dict)
     differences: list[str] = field(default_factory=list)
+    format: str = "autocompress"
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def file_ratio(self) -> float:
@@ -79,17 +93,36 @@ def _card(model: nn.Module, plan: CompressionPlan, info: ModelInfo, report: dict
             "cm = load_compressed(\"path/to/this/directory\")  # cm.model, cm.tokenizer\n```\n")
 
 
+def mark_config(path: str) -> None:
+    """Mark the config.json at `path` as an autocompress packed export (module docstring)."""
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    data[ORIGINAL_TYPE_KEY] = data.get(ORIGINAL_TYPE_KEY, data["model_type"])
+    data["model_type"] = MARKER
+    _write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def unmark_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A config.json's contents with the original model_type back (unchanged when it is not marked)."""
+    data = dict(data)
+    if data.get("model_type") == MARKER:
+        data["model_type"] = data.pop(ORIGINAL_TYPE_KEY)
+    data.pop(ORIGINAL_TYPE_KEY, None)
+    return data
+
+
 def _write_text(path: str, text: str) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(text)
 
 
 def save_compressed(model: nn.Module, plan: CompressionPlan, info: ModelInfo, out_dir: str, tokenizer: Any = None,
-                    base_config: Any = None, card: str | None = None) -> ExportReport:
+                    base_config: Any = None, card: str | None = None, strict: bool = False) -> ExportReport:
     """Write `model` (what `apply_plan(model, plan, info=info)` returned; `info` is the ORIGINAL model's
     inventory) to `out_dir` in the packed format (see the module docstring) and return the `ExportReport`.
     `base_config` (a transformers config) replaces `model.config` in config.json. Raises `UserError` when
-    `out_dir` is a file or the model has no config, ValueError when the model does not realize the plan."""
+    `out_dir` is a file or the model has no config, ValueError when the model does not realize the plan. `strict`
+    changes nothing here: this format holds every plan."""
     from safetensors.torch import save_file
 
     out_dir = os.fspath(out_dir)
@@ -109,9 +142,8 @@ def save_compressed(model: nn.Module, plan: CompressionPlan, info: ModelInfo, ou
     weights = os.path.join(out_dir, "model.safetensors")
     save_file(packed.tensors, weights + ".tmp", metadata=header)
     os.replace(weights + ".tmp", weights)
-    config.save_pretrained(out_dir)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
+    write_side_files(out_dir, model, config, tokenizer)
+    mark_config(os.path.join(out_dir, "config.json"))
     plan.save(os.path.join(out_dir, "plan.json"))
     diffs = differences(packed, sizes.other_bytes)
     report = {
@@ -129,3 +161,19 @@ def save_compressed(model: nn.Module, plan: CompressionPlan, info: ModelInfo, ou
                         predicted_bytes=sizes.total_bytes, file_bytes=report["file_bytes"],
                         per_layer={n: r["bytes"] for n, r in packed.layers.items()},
                         formats={n: r["layout"] for n, r in packed.layers.items()}, differences=diffs)
+
+
+def _load_dequantized(path: str, task: str) -> nn.Module:
+    from autocompress.export.load import load_compressed
+
+    return load_compressed(path).model
+
+
+ENGINES = """- **autocompress**: `autocompress.export.load_compressed(path)` (`kernels=True` runs int8 / int4 CPU
+  kernels where they exist). The weights are packed in autocompress's own layout: transformers' `from_pretrained`,
+  vLLM and llama.cpp do not read this directory (config.json names `autocompress.export.load_compressed`, so
+  they fail with that message instead of loading it wrongly); export with `--format compressed-tensors`
+  or `--format gguf` for them."""
+
+FORMAT = ExportFormat("autocompress", save_compressed, _load_dequantized, ENGINES,
+                      loaded_by="`autocompress.export.load_compressed` (dequantized)")

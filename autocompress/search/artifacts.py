@@ -54,9 +54,10 @@ def find_runs(config: SearchConfig, trial_number: int | None = None) -> tuple[An
 
 
 def attach(config: SearchConfig, local_path: str | Path, artifact_path: str | None = None,
-           trial_number: int | None = None) -> list[str]:
+           trial_number: int | None = None, tags: dict[str, str] | None = None) -> list[str]:
     """Log the file or directory `local_path` under `artifact_path` to the study's parent run, and to trial
-    `trial_number`'s nested run when given. Returns where it went ("parent run <id>", "trial run <id>").
+    `trial_number`'s nested run when given, and set `tags` on the same runs. Returns where it went
+    ("parent run <id>", "trial run <id>").
 
     Never raises for tracking trouble: the files are safe on disk, so a failure is a warning."""
     try:
@@ -71,6 +72,8 @@ def attach(config: SearchConfig, local_path: str | Path, artifact_path: str | No
                 client.log_artifacts(run_id, str(local_path), artifact_path)
             else:
                 client.log_artifact(run_id, str(local_path), artifact_path)
+            for key, value in (tags or {}).items():
+                client.set_tag(run_id, key, value)
             where.append(f"{label} {run_id}")
         return where
     except Exception as exc:  # noqa: BLE001  (tracking must not lose a finished export or report)

@@ -150,3 +150,60 @@ def test_a_causal_lms_card_shows_greedy_completions_side_by_side(tmp_path):
         cells = [c.strip() for c in row.strip("|").split(" | ")]
         assert cells == [prompt, " ".join(said.split()) or "(nothing)", " ".join(says.split()) or "(nothing)"]
     assert f"first {CARD_NEW_TOKENS} new tokens" in section
+
+
+@pytest.fixture(scope="module")
+def searched_llm(tmp_path_factory):
+    """A tiny causal LM search (W8A8 and 4-bit groups of 16 on every block Linear) tracked in MLflow."""
+    tmp = tmp_path_factory.mktemp("export_llm_run")
+    config = make_config(tmp, model={"name": "random:llama-tied"}, budget={"n_trials": 2},
+                         space={"quantize": {"bits": [4, 8], "group_size": [16, None], "act_bits": [None, 8]}},
+                         objectives=["minimize kl", "minimize size_mb"],
+                         data={"calibration": {"n": 4}, "evaluation": {"n": 8}, "max_length": 32},
+                         backend={"name": "local"})
+    run_search(config, show_progress=False)
+    return tmp, config
+
+
+def test_export_as_compressed_tensors_logs_the_format_and_measures_it_through_transformers(searched_llm, capsys):
+    tmp, config = searched_llm
+    out = tmp / "ct"
+    assert main(["export", str(tmp / "run"), "--out", str(out), "--format", "compressed-tensors", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["format"] == "compressed-tensors"
+    searched, measured = result["searched"], result["measured"]
+    for k in ("perplexity", "nll"):  # int8 activations round a little differently in transformers (docs/export.md)
+        assert abs(measured[k] - searched[k]) <= 1e-3 * searched[k], (k, measured[k], searched[k])
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert {"model.safetensors", "generation_config.json", "tokenizer_config.json", "plan.json"} <= \
+        {p.name for p in out.iterdir()}
+    card = (out / "README.md").read_text()
+    assert "## Format" in card and "vLLM" in card and "Marlin" in card and "Measured match" in card
+    assert "AutoModelForCausalLM.from_pretrained" in card
+    parent, kids = children(config.tracking.uri)
+    client = MlflowClient(config.tracking.uri)
+    trial = RunDir.open(tmp / "run").choose()
+    folder = f"export/trial-{trial.number:04d}-compressed-tensors"
+    assert "model.safetensors" in [a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(parent.info.run_id, folder)]
+    kid = next(k for k in kids if k.data.tags["autocompress.trial_number"] == str(trial.number))
+    assert client.get_run(kid.info.run_id).data.tags["autocompress.export_format"] == "compressed-tensors"
+    assert client.get_run(parent.info.run_id).data.tags["autocompress.export_format"] == "compressed-tensors"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--format", "onnx"], "--format 'onnx' is unknown; use one of: autocompress, compressed-tensors, gguf"),
+    (["--format", "compressed-tensors", "--strict"],
+     "--strict: model.layers.0.self_attn.q_proj: sparse (unstructured)"),
+])
+def test_bad_format_and_strict_refusals_exit_2_and_leave_nothing(tmp_path, argv, message, capsys):
+    config = make_config(tmp_path, model={"name": "random:llama"}, budget={"n_trials": 1}, tracking={"uri": "none"},
+                         space={"prune": {"sparsity": [0.5]}},  # written dense in compressed-tensors
+                         objectives=["minimize kl", "minimize size_mb"],
+                         data={"calibration": {"n": 4}, "evaluation": {"n": 8}, "max_length": 32},
+                         backend={"name": "local"})
+    run_search(config, show_progress=False)
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]

@@ -7,6 +7,7 @@ import torch
 
 from autocompress.errors import UserError
 from autocompress.export import load_compressed
+from autocompress.export.save import unmark_config
 from autocompress.modules import LowRankLinear
 from autocompress.policies.quantize import ACT_ATTR, act_quant_hook
 from autocompress.policies.smooth import smooth_hook
@@ -110,10 +111,12 @@ def test_newer_format_version(exported, tmp_path):
 
 
 def test_an_export_of_format_version_2_still_loads(exported, tmp_path):
-    path = _copy(exported, tmp_path)  # BERT's plan has no smoothed layer: its files are what version 2 wrote
-    info = json.loads((path / "export.json").read_text())
+    path = _copy(exported, tmp_path)  # BERT's plan has no smoothed layer: its files are what version 2 wrote,
+    info = json.loads((path / "export.json").read_text())  # but for the config.json version 4 marks
     info["format_version"] = 2
     (path / "export.json").write_text(json.dumps(info))
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(unmark_config(config)))
     cm = load_compressed(str(path))
     x = ids()
     assert torch.equal(_last_hidden(cm.model, x)[0], _last_hidden(load_compressed(exported["random:bert"].path).model,

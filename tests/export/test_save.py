@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from autocompress.errors import UserError
 from autocompress.evaluators.size import plan_size
 from autocompress.export import FORMAT_VERSION, save_compressed
+from autocompress.export.save import MARKER, ORIGINAL_TYPE_KEY
 from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.policies import apply_plan
@@ -30,7 +31,8 @@ def test_directory_and_bytes(exported, spec):
     assert e.report.formats == size.formats and e.report.per_layer == size.per_layer
     assert CompressionPlan.load(os.path.join(e.path, "plan.json")) == e.plan
     with open(os.path.join(e.path, "config.json")) as fh:
-        assert json.load(fh)["model_type"] == e.loaded.info.model_type
+        config = json.load(fh)
+    assert config["model_type"] == MARKER and config[ORIGINAL_TYPE_KEY] == e.loaded.info.model_type
     with open(os.path.join(e.path, "export.json")) as fh:
         info = json.load(fh)
     assert info["format_version"] == FORMAT_VERSION and info["task"] == e.loaded.task
@@ -118,3 +120,43 @@ def test_a_factorized_tied_lm_head_is_the_one_explained_difference(tmp_path):
     x = torch.randint(0, 1000, (2, 9))
     with torch.no_grad():
         assert torch.equal(load_compressed(str(tmp_path)).model(input_ids=x).logits, model(input_ids=x).logits)
+
+
+PLAIN_LOAD = """
+import sys
+from transformers import {cls}
+try:
+    {cls}.from_pretrained(sys.argv[1])
+except Exception as exc:
+    print(type(exc).__name__, str(exc).splitlines()[0])
+else:
+    print("LOADED")
+assert not any(m.startswith("autocompress") for m in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("spec, cls", [("random:llama", "AutoModelForCausalLM"), ("random:bert", "AutoModel")])
+def test_plain_transformers_refuses_the_packed_format_and_names_load_compressed(exported, spec, cls):
+    """A fresh process that never imports autocompress: from_pretrained fails, naming load_compressed, instead
+    of loading the packed tensors as a randomly initialized model."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", PLAIN_LOAD.format(cls=cls), exported[spec].path],
+                         capture_output=True, text=True, timeout=300, cwd="/")
+    assert run.returncode == 0, run.stderr[-2000:]
+    said = run.stdout.strip().splitlines()[-1]
+    assert said.startswith("ValueError") and "autocompress.export.load_compressed" in said, said
+
+
+def test_generation_config_and_chat_template_are_written(tmp_path):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    lm = load_model("random:llama")
+    lm.tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    lm.model.generation_config.max_new_tokens = 7
+    plan = CompressionPlan({"model.layers.0.mlp.up_proj": LayerPlan(bits=4, group_size=32)})
+    model = apply_plan(copy.deepcopy(lm.model), plan, info=lm.info)
+    save_compressed(model, plan, lm.info, str(tmp_path), tokenizer=lm.tokenizer)
+    assert GenerationConfig.from_pretrained(str(tmp_path)).max_new_tokens == 7
+    assert AutoTokenizer.from_pretrained(str(tmp_path)).chat_template == lm.tokenizer.chat_template
