@@ -194,14 +194,15 @@ def test_plans_the_format_cannot_hold_are_refused_before_anything_is_written(tmp
 
 
 SMOLLM2_PLANS = {
-    "w4-g32": lambda info: {n: LayerPlan(bits=4, group_size=32, quant_method="gptq") for n, layer in info.layers.items()
+    # RTN: GPTQ's act-order with static groups leaves the weights on the same grid, and takes minutes here
+    "w4-g32": lambda info: {n: LayerPlan(bits=4, group_size=32) for n, layer in info.layers.items()
                             if layer.block is not None},
     "w8a8": lambda info: {n: LayerPlan(bits=8, group_size=None, act_bits=8) for n, layer in info.layers.items()
                           if layer.block is not None},
 }
 
 
-@pytest.mark.slow  # the real SmolLM2-135M-Instruct, exported and loaded in a fresh process: 4-5 minutes each
+@pytest.mark.slow  # the real SmolLM2-135M-Instruct, exported and loaded in a fresh process
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name", list(SMOLLM2_PLANS))
 def test_smollm2_in_compressed_tensors_reproduces_the_search_in_a_fresh_transformers_process(tmp_path, name):
