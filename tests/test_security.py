@@ -54,7 +54,7 @@ def test_pickled_weights_never_run_code(tmp_path):
 
 def test_run_directory_follows_the_umask(tmp_path):
     from autocompress.search.driver import run_search
-    from tests.search.test_driver import make_config
+    from tests.support import make_config
 
     old = os.umask(0o077)
     try:
@@ -81,7 +81,7 @@ def test_no_password_reaches_mlflow(tmp_path):
 
     from autocompress.search.driver import run_search
     from tests.search.services import delete_studies, unique_name
-    from tests.search.test_driver import children, make_config
+    from tests.support import children, make_config
 
     url = os.environ.get("AUTOCOMPRESS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
     try:

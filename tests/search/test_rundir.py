@@ -8,7 +8,7 @@ from autocompress.cli import main
 from autocompress.errors import UserError
 from autocompress.search.driver import run_search
 from autocompress.search.rundir import RunDir
-from tests.search.test_driver import make_config
+from tests.support import make_config
 
 
 @pytest.fixture(scope="module")
