@@ -3,11 +3,16 @@
 `make_config(tmp_path, **extra)`: a search over `random:bert` with `SPACE`, 6 trials, an NSGA-II population of
 4 (seed 0), MLflow in `tmp_path/mlflow.db`, the run directory `tmp_path/run` and the study "tiny"; `extra`
 replaces top-level sections. `children(uri, study)`: the study's MLflow parent run and its nested trial runs.
-`stored_trials(config)`: the study's trials as Optuna stored them.
+`stored_trials(config)`: the study's trials as Optuna stored them. `stop_process_group(proc)`: a server started
+with `start_new_session=True` stopped, with every process it started.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import optuna
@@ -41,3 +46,25 @@ def children(uri: str, study: str = "tiny") -> tuple[object, list]:
 
 def stored_trials(config: SearchConfig) -> list:
     return optuna.load_study(study_name=config.study_name, storage=config.storage).get_trials()
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM to the process group led by `proc` (started with `start_new_session=True`), then wait until
+    no process of the group is left (the servers a command started shut down too); SIGKILL to the group
+    after `timeout` seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        proc.wait()
+        return
+    deadline, killed = time.monotonic() + timeout, False
+    while True:
+        proc.poll()  # reap the leader, so that only live members keep the group
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        if time.monotonic() > deadline and not killed:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+        time.sleep(0.2)

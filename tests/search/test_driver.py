@@ -134,41 +134,6 @@ def test_metric_the_task_cannot_produce_is_refused_before_trials(tmp_path):
     assert not (tmp_path / "run").exists()  # refused before anything is written: no study, no run dir
 
 
-def test_ui_serves_the_study_on_localhost(tmp_path):
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    from tests.search.conftest import free_port
-
-    config = make_config(tmp_path, budget={"n_trials": 2})
-    run_search(config, show_progress=False)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "autocompress", "ui", str(tmp_path / "run"), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                body = urllib.request.urlopen(
-                    urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
-                                           data=b'{"max_results": 5}', headers={"Content-Type": "application/json"}),
-                    timeout=2).read()
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the MLflow UI did not answer within 60 s")
-        assert b"autocompress" in body
-    finally:
-        import os
-        import signal
-
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-
-
 def test_ui_refuses_a_run_without_tracking(tmp_path, capsys):
     config = make_config(tmp_path, budget={"n_trials": 1}, tracking={"uri": "none"})
     run_search(config, show_progress=False)
