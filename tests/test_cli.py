@@ -39,21 +39,50 @@ def test_inspect_shows_where_a_tied_tables_bits_go(capsys):
     assert json.loads(capsys.readouterr().out)["embeddings"]["model.embed_tokens"]["tied_to"] == "lm_head"
 
 
-def test_apply_prints_metrics(tmp_path, capsys):
+def api_metrics(spec, plan_path, evaluator, n_eval):
+    """What the Python API gives for the plan of `plan_path` on `spec`: the size metrics of `plan_size`
+    and `evaluator(reference, tokenizer, texts).evaluate(compressed)` on the CLI's default texts (builtin,
+    seed 0)."""
+    import copy
+
+    from autocompress.data import load_texts
+    from autocompress.evaluators.size import plan_size
+    from autocompress.loading import load_model
+    from autocompress.policies import apply_plan
+
+    loaded = load_model(spec)
+    plan = CompressionPlan.load(plan_path)
+    reference = copy.deepcopy(loaded.model)
+    model = apply_plan(loaded.model, plan, info=loaded.info)
+    size = plan_size(plan, loaded.info)
+    texts = load_texts("builtin", n=n_eval, seed=0)
+    return {"size_mb": size.size_mb, "size_ratio": size.ratio,
+            **evaluator(reference, loaded.tokenizer, texts).evaluate(model)}
+
+
+def test_apply_prints_the_metrics_of_the_applied_plan(tmp_path, capsys):
+    from autocompress.evaluators.fidelity import FidelityEvaluator
+
     plan = write_plan(tmp_path, {Q: {"bits": 4, "group_size": 16},
                                  "encoder.layer.0.intermediate": {"sparsity": 0.5, "pattern": "structured"}})
     assert main(["apply", "random:bert", plan, "--eval", "fidelity,size", "--n-eval", "16", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)["metrics"]
-    assert 0.0 < metrics["fidelity"] < 1.0 and metrics["size_ratio"] < 1.0
+    expected = api_metrics("random:bert", plan, FidelityEvaluator, 16)
+    assert metrics == pytest.approx(expected, rel=1e-6)
+    assert 0.0 < metrics["fidelity"] < 1.0 and metrics["size_ratio"] < 1.0  # the plan did change the model
 
 
 def test_apply_next_token_metrics_for_causal_lm(tmp_path, capsys):
+    from autocompress.evaluators.next_token import NextTokenEvaluator
+
     plan = write_plan(tmp_path, {"model.layers.0.mlp.up_proj": {"bits": 3}})
     assert main(["apply", "random:llama", plan, "--n-eval", "8", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)["metrics"]
+    expected = api_metrics("random:llama", plan, NextTokenEvaluator, 8)
     assert set(metrics) == {"kl", "kl_p99", "top1_agreement", "perplexity", "nll", "perplexity_ratio", "size_mb",
-                            "size_ratio"}
-    assert metrics["perplexity"] > 1.0 and metrics["kl"] > 0.0 and 0.0 < metrics["top1_agreement"] <= 1.0
+                            "size_ratio"} == set(expected)
+    assert metrics == pytest.approx(expected, rel=1e-6)
+    assert metrics["kl"] > 0.0 and metrics["size_ratio"] < 1.0  # the plan did change the model
     assert main(["apply", "random:llama", plan, "--n-eval", "8", "--eval", "perplexity", "--json"]) == 0
     alone = json.loads(capsys.readouterr().out)["metrics"]  # PerplexityEvaluator: the same perplexity
     assert set(alone) == {"perplexity", "nll", "perplexity_ratio"}

@@ -54,7 +54,7 @@ def test_pickled_weights_never_run_code(tmp_path):
 
 def test_run_directory_follows_the_umask(tmp_path):
     from autocompress.search.driver import run_search
-    from tests.search.test_driver import make_config
+    from tests.support import make_config
 
     old = os.umask(0o077)
     try:
@@ -68,11 +68,67 @@ def test_run_directory_follows_the_umask(tmp_path):
         assert mode & 0o077 == 0, f"{p} is {oct(mode)}: readable or writable by others"
 
 
-def test_servers_default_to_loopback():
-    from autocompress.cli import build_parser
+def _listening_addresses(port: int) -> list:
+    """The addresses that TCP sockets in LISTEN state on `port` are bound to, machine-wide (Linux /proc)."""
+    import ipaddress
+    import sys
 
-    args = build_parser().parse_args(["ui", "run"])
-    assert args.host == "127.0.0.1"
+    found = []
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(path):
+            continue
+        for line in Path(path).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)  # 32-bit words in host byte order
+            if sys.byteorder == "little":
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = ipaddress.ip_address(raw)
+            found.append(getattr(ip, "ipv4_mapped", None) or ip)
+    return found
+
+
+def test_ui_servers_listen_on_loopback_only(tmp_path):
+    """`autocompress ui` with its defaults: the MLflow UI and optuna-dashboard it starts are bound to the
+    loopback interface only (read from the machine's socket table, not from the command line)."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    import yaml
+
+    from tests.search.conftest import free_port
+    from tests.support import stop_process_group
+
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("reads the socket table from /proc/net/tcp (Linux)")
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "mlflow.db").touch()  # an empty SQLite store: the MLflow server creates its tables
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.storages.RDBStorage(storage)  # an Optuna storage with its tables and no study
+    config = {"storage": storage, "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    exe = Path(sys.executable).parent / "optuna-dashboard"
+    ports = [free_port()] + ([free_port()] if shutil.which("optuna-dashboard") or exe.exists() else [])
+    extra = ["--dashboard-port", str(ports[1])] if len(ports) > 1 else ["--no-dashboard"]
+    proc = subprocess.Popen([sys.executable, "-m", "autocompress", "ui", str(run), "--port", str(ports[0]), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not all(_listening_addresses(p) for p in ports):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"`autocompress ui` did not listen on ports {ports} within 180 s (exit {proc.poll()})")
+            time.sleep(0.5)
+        for port in ports:
+            addresses = _listening_addresses(port)
+            assert addresses and all(a.is_loopback for a in addresses), f"port {port} listens on {addresses}"
+    finally:
+        stop_process_group(proc)
 
 
 def test_no_password_reaches_mlflow(tmp_path):
@@ -81,7 +137,7 @@ def test_no_password_reaches_mlflow(tmp_path):
 
     from autocompress.search.driver import run_search
     from tests.search.services import delete_studies, unique_name
-    from tests.search.test_driver import children, make_config
+    from tests.support import children, make_config
 
     url = os.environ.get("AUTOCOMPRESS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
     try:

@@ -1,4 +1,5 @@
-"""Check that a compressed model is exactly what its plan says (used by tests and before export)."""
+"""Check that a compressed model is exactly what its plan says (used by tests and benchmarks): quantized weights
+against the grids the quantize policy recorded, masks, ranks, structures, activation and smoothing hooks."""
 
 from __future__ import annotations
 
@@ -10,23 +11,45 @@ from torch import nn
 from autocompress.models import ModelInfo, inspect_model
 from autocompress.modules import LowRankLinear, weight_matrix, weight_modules
 from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
+from autocompress.policies.quantize import (
+    ACT_ATTR, GRID_ATTR, QuantGrid, act_quant_hook, dequantize, qrange, quantize_int,
+)
+from autocompress.policies.smooth import SMOOTH_ATTR, smooth_hook
 
 
-def _distinct_per_row(block: torch.Tensor) -> torch.Tensor:
-    """Number of distinct values in each row of a 2-D tensor."""
-    s = block.sort(dim=-1).values
-    return 1 + (s[..., 1:] != s[..., :-1]).sum(-1)
+def _grid_violation(module: nn.Module, w: torch.Tensor, entry: LayerPlan) -> str | None:
+    """Is `w` (the [out, in] weight of `module`) exactly on the grid recorded for it, and is that grid the
+    planned one? The recorded `QuantGrid` must have the entry's bits, group_size and symmetry, one positive
+    float16-exact scale and one integer zero point in the grid's range (0 when symmetric) per row and group,
+    and every weight must equal dequantize(quantize_int(w)) on it, in w's dtype: what the exporter packs."""
+    grid = getattr(module, GRID_ATTR, None)
+    if not isinstance(grid, QuantGrid):
+        return "quantized by the plan but has no recorded grid (_autocompress_grid)"
+    planned = (entry.bits, entry.group_size, entry.symmetric)
+    if (grid.bits, grid.group_size, grid.symmetric) != planned:
+        return (f"recorded grid (bits, group_size, symmetric) = {(grid.bits, grid.group_size, grid.symmetric)}, "
+                f"planned {planned}")
+    in_f = w.shape[1]
+    groups = 1 if grid.group_size is None else -(-in_f // max(1, min(grid.group_size, in_f)))
+    scale, zero = grid.scale, grid.zero
+    if tuple(scale.shape) != (w.shape[0], groups) or tuple(zero.shape) != (w.shape[0], groups):
+        return f"recorded grid has scales {tuple(scale.shape)}, needs {(w.shape[0], groups)}"
+    if not bool((scale > 0).all()) or not torch.equal(scale.to(torch.float16).to(scale.dtype), scale):
+        return "recorded grid has scales that are not positive float16 values"
+    qmin, qmax = qrange(grid.bits, grid.symmetric)
+    lo, hi = (0, 0) if grid.symmetric else (qmin, qmax)
+    if not torch.equal(zero.round(), zero) or bool((zero < lo).any() or (zero > hi).any()):
+        return f"recorded grid has zero points that are not integers in [{lo}, {hi}]"
+    q = quantize_int(w, scale, zero, grid.bits, grid.group_size, grid.symmetric)
+    off = dequantize(q, scale, zero, grid.group_size).to(w.dtype) != w
+    if bool(off.any()):
+        return f"{int(off.sum())} of {w.numel()} weights are off the recorded {grid.bits}-bit grid"
+    return None
 
 
-def _grid_violation(w: torch.Tensor, entry: LayerPlan) -> str | None:
-    """More than 2**bits distinct values in some quantization group?"""
-    g = w.shape[1] if entry.group_size is None else min(entry.group_size, w.shape[1])
-    full = (w.shape[1] // g) * g
-    counts = [_distinct_per_row(w[:, :full].reshape(-1, g))]
-    if full < w.shape[1]:
-        counts.append(_distinct_per_row(w[:, full:]))
-    worst = int(torch.cat(counts).max())
-    return None if worst <= 2 ** entry.bits else f"a group of {g} has {worst} values > 2^{entry.bits}"
+def _hooked(module: nn.Module, attr: str, hook) -> bool:
+    """`module` carries `attr` and has `hook` among its forward pre-hooks."""
+    return getattr(module, attr, None) is not None and any(h is hook for h in module._forward_pre_hooks.values())
 
 
 def _sparsity_violation(w: torch.Tensor, entry: LayerPlan) -> str | None:
@@ -46,9 +69,11 @@ def _sparsity_violation(w: torch.Tensor, entry: LayerPlan) -> str | None:
 def plan_violations(model: nn.Module, plan: CompressionPlan, before: ModelInfo) -> list[str]:
     """Every way `model` differs from what `plan` demands of the model described by `before`
     (its inventory taken before compression). An empty list means the plan is realized exactly:
-    every quantized group has at most 2**bits values, every pruned row/group its zeros, every factorized
-    layer its rank, every structure its planned number of units, W8A8 layers their activation hook, and
-    smoothed layers their smoothing vector."""
+    every quantized weight (each factor of a factorized layer) lies exactly on the grid recorded for it and
+    that grid is the planned one (`_grid_violation`), every pruned row/group has its zeros, every factorized
+    layer its rank, every structure its planned number of units, W8A8 layers their int8 activation hook, and
+    smoothed layers their smoothing vector (float16-exact, one per input) and its hook. Linear in the number
+    of weights."""
     problems: list[str] = []
     after = inspect_model(model, before.task)
     for name, entry in plan.layers.items():
@@ -70,20 +95,26 @@ def plan_violations(model: nn.Module, plan: CompressionPlan, before: ModelInfo) 
                 if module.rank != want:
                     problems.append(f"{name}: rank {module.rank}, planned {want} (layer {li.out_features}x"
                                     f"{li.in_features})")
-        for part in weight_modules(module):
+        parts = weight_modules(module)
+        for part in parts:
             w = weight_matrix(part)
             if entry.prunes and not math.isclose(entry.sparsity, 0.0):
                 issue = _sparsity_violation(w, entry)
                 if issue:
                     problems.append(f"{name}: {issue}")
             if entry.bits is not None:
-                issue = _grid_violation(w, entry)
+                issue = _grid_violation(part, w, entry)
                 if issue:
                     problems.append(f"{name}: {issue}")
-        if entry.act_bits is not None and getattr(module, "_autocompress_act_bits", None) != entry.act_bits:
-            parts = weight_modules(module)
-            if not all(getattr(p, "_autocompress_act_bits", None) == entry.act_bits for p in parts):
+        if entry.act_bits is not None:
+            if not all(getattr(p, ACT_ATTR, None) == entry.act_bits and _hooked(p, ACT_ATTR, act_quant_hook)
+                       for p in parts):
                 problems.append(f"{name}: no int{entry.act_bits} activation quantization")
-        if entry.smooth is not None and getattr(module, "_autocompress_smooth", None) is None:
-            problems.append(f"{name}: not smoothed (no recorded smoothing vector)")
+        if entry.smooth is not None:
+            s = getattr(module, SMOOTH_ATTR, None)
+            in_f = weight_matrix(parts[0]).shape[1]
+            if s is None or not _hooked(module, SMOOTH_ATTR, smooth_hook):
+                problems.append(f"{name}: not smoothed (no recorded smoothing vector and hook)")
+            elif tuple(s.shape) != (in_f,) or not torch.equal(s.to(torch.float16).to(s.dtype), s):
+                problems.append(f"{name}: its smoothing vector is not {in_f} float16 values")
     return problems

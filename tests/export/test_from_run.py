@@ -14,7 +14,7 @@ from autocompress.export import load_compressed
 from autocompress.export.from_run import export, searched_threads, torch_threads
 from autocompress.search.driver import run_search
 from autocompress.search.rundir import RunDir
-from tests.search.test_driver import children, make_config
+from tests.support import children, make_config
 
 SPACE = {"quantize": {"bits": [3, 4, 8], "group_size": [16, None], "method": ["rtn", "gptq"]},
          "prune": {"sparsity": [0.0, 0.5], "pattern": ["unstructured", "2:4"]},

@@ -1,6 +1,8 @@
 """The same checks over every registered policy, every method, on BERT, Llama and GPT-2 shapes:
 the model still runs, no layer grows, layers outside the plan are untouched, an empty plan changes nothing,
-and the plan's settings are exactly what ends up in the weights (`plan_violations`)."""
+and the plan's settings are exactly what ends up in the weights (`plan_violations`). The last tests show
+that this contract can fail: it fails for a quantizer that leaves the weights as they are, and every
+variant's plan is broken by the uncompressed model."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import torch
 
 from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan, LayerPlan
-from autocompress.policies import POLICIES, Calibration, apply_plan
+from autocompress.policies import POLICIES, Calibration, apply_plan, quantize
 from autocompress.policies.verify import plan_violations
 from autocompress.selection import Rule, build_plan
 
@@ -106,4 +108,38 @@ def test_verifier_catches_a_weight_off_the_grid(calibration_batches):
     assert plan_violations(loaded.model, plan, loaded.info) == []
     with torch.no_grad():
         loaded.model.encoder.layer[0].attention.self.query.weight.add_(torch.randn(64, 64) * 1e-3)
-    assert any("values > 2^2" in p for p in plan_violations(loaded.model, plan, loaded.info))
+    assert any("off the recorded 2-bit grid" in p for p in plan_violations(loaded.model, plan, loaded.info))
+
+
+def _keep_rtn(w, bits, group_size, symmetric, return_params=False):
+    """A quantizer that does nothing: the weight unchanged, with the grid RTN would have recorded."""
+    scale, zero = quantize.quant_params(w, bits, group_size, symmetric)
+    return (w.clone(), scale, zero) if return_params else w.clone()
+
+
+def _keep_gptq(w, gram, bits, group_size, symmetric, return_params=False, **_):
+    return _keep_rtn(w, bits, group_size, symmetric, return_params)
+
+
+@pytest.mark.parametrize("spec", MODELS)
+@pytest.mark.parametrize("variant", ["rtn-4bit-g16", "w8a8", "gptq-3bit-g16"])
+def test_contract_fails_for_a_quantizer_that_does_nothing(spec, variant, batch, calibration_batches, monkeypatch):
+    monkeypatch.setattr(quantize, "quantize_rtn", _keep_rtn)
+    monkeypatch.setattr(quantize, "quantize_gptq", _keep_gptq)
+    with pytest.raises(AssertionError, match="off the recorded"):
+        test_policy_contract(spec, variant, batch, calibration_batches)
+    loaded = load_model(spec)
+    plan = build_plan(loaded.info, VARIANTS[variant][1])
+    apply_plan(loaded.model, plan, Calibration(calibration_batches))
+    reported = {p.split(": ")[0] for p in plan_violations(loaded.model, plan, loaded.info)
+                if "weights are off the recorded" in p}
+    assert plan.layers and reported == set(plan.layers)
+
+
+@pytest.mark.parametrize("spec", MODELS)
+def test_the_uncompressed_model_breaks_every_variant(spec):
+    loaded = load_model(spec)
+    for variant, (_, rules) in VARIANTS.items():
+        plan = build_plan(loaded.info, rules)
+        reported = {p.split(": ")[0] for p in plan_violations(loaded.model, plan, loaded.info)}
+        assert plan.layers and reported == set(plan.layers), variant

@@ -115,7 +115,7 @@ def test_a_search_starts_from_the_budget_plans_once_each(tmp_path):
 
     from autocompress.search.driver import run_search
     from autocompress.search.rundir import RunDir
-    from tests.search.test_driver import make_config
+    from tests.support import make_config
 
     config = make_config(tmp_path, space=FORMATS, budget={"n_trials": 14}, backend={"name": "local"},
                          tracking={"uri": "none"}, sensitivity={"thresholds": [0.0]})
@@ -137,7 +137,7 @@ def test_latency_budget_plans_are_no_slower_than_their_baseline(measured, tmp_pa
 
     from autocompress.search.allocation import budget_params
     from autocompress.search.driver import _plan_latency_model
-    from tests.search.test_driver import make_config
+    from tests.support import make_config
 
     import yaml
 

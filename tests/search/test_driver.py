@@ -11,35 +11,9 @@ import pytest
 from mlflow import MlflowClient
 
 from autocompress.cli import main
-from autocompress.config import SearchConfig
 from autocompress.search.driver import counted_trials, run_search
 from autocompress.search.rundir import RunDir
-
-SPACE = {"quantize": {"bits": [2, 4, 8, None], "group_size": [16, 64], "method": ["rtn", "gptq"]},
-         "structured": {"sparsity": [0.0, 0.5]}}
-
-
-def make_config(tmp_path: Path, **extra) -> SearchConfig:
-    data = {"model": {"name": "random:bert"}, "data": {"calibration": {"n": 8}, "evaluation": {"n": 16}},
-            "space": SPACE, "budget": {"n_trials": 6}, "sampler": {"population_size": 4, "seed": 0},
-            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}, "run_dir": str(tmp_path / "run"),
-            "study_name": "tiny"}
-    data.update(extra)
-    return SearchConfig.from_dict(data).resolved(tmp_path)
-
-
-def children(uri: str, study: str = "tiny") -> tuple[object, list]:
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("autocompress")
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("autocompress.study_name") == study]
-    assert len(parents) == 1
-    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    return parents[0], kids
-
-
-def stored_trials(config: SearchConfig) -> list:
-    return optuna.load_study(study_name=config.study_name, storage=config.storage).get_trials()
+from tests.support import SPACE, children, make_config, stored_trials
 
 
 def test_local_search_end_to_end(tmp_path):
@@ -158,41 +132,6 @@ def test_metric_the_task_cannot_produce_is_refused_before_trials(tmp_path):
     with pytest.raises(UserError, match="perplexity"):
         run_search(config, show_progress=False)
     assert not (tmp_path / "run").exists()  # refused before anything is written: no study, no run dir
-
-
-def test_ui_serves_the_study_on_localhost(tmp_path):
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    from tests.search.conftest import free_port
-
-    config = make_config(tmp_path, budget={"n_trials": 2})
-    run_search(config, show_progress=False)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "autocompress", "ui", str(tmp_path / "run"), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                body = urllib.request.urlopen(
-                    urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
-                                           data=b'{"max_results": 5}', headers={"Content-Type": "application/json"}),
-                    timeout=2).read()
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the MLflow UI did not answer within 60 s")
-        assert b"autocompress" in body
-    finally:
-        import os
-        import signal
-
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
 
 
 def test_ui_refuses_a_run_without_tracking(tmp_path, capsys):

@@ -14,7 +14,7 @@ import pytest
 
 from autocompress.search import interrupts
 from autocompress.search.driver import _Search, run_search
-from tests.search.test_driver import children, make_config, stored_trials
+from tests.support import children, make_config, stored_trials
 
 ctrl_c = lambda: signal.raise_signal(signal.SIGINT)  # noqa: E731  (delivered before the next statement)
 

@@ -15,7 +15,7 @@ from autocompress.plan import CompressionPlan
 from autocompress.search.driver import run_search
 from autocompress.search.pruning import SUFFIX, WorkerPruning, make_pruner, quality_metric, subset_size
 from autocompress.search.trial import TrialRunner
-from tests.search.test_driver import children, stored_trials
+from tests.support import children, stored_trials
 
 SPACE = {"quantize": {"bits": [2, 4, 8], "group_size": [16]},
          "distill": {"steps": [0, 4], "lr": 1e-3, "beta": [0.0, 1.0], "layers": "all", "batch_size": 4,

@@ -1,4 +1,5 @@
-"""Reading a run directory back: trials, front, baselines, the pick, and the bad-input cases of export."""
+"""Reading a run directory back: trials, front, baselines, the pick, the bad-input cases of export, and `ui`
+serving a run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from autocompress.cli import main
 from autocompress.errors import UserError
 from autocompress.search.driver import run_search
 from autocompress.search.rundir import RunDir
-from tests.search.test_driver import make_config
+from tests.support import make_config
 
 
 @pytest.fixture(scope="module")
@@ -81,34 +82,40 @@ def test_export_refuses_a_run_with_no_finished_trial(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_ui_starts_optuna_dashboard_on_localhost(finished_run, tmp_path):
-    """`ui` serves the MLflow UI and, beside it, optuna-dashboard on the study's own Optuna storage."""
-    import os
-    import signal
-    import subprocess
-    import sys
+def _answer(url: str, data: bytes | None = None, seconds: float = 180) -> bytes:
+    """The body of `url` once it answers (POSTing `data` as JSON when given); fails after `seconds`."""
     import time
     import urllib.request
 
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+            return urllib.request.urlopen(request, timeout=2).read()
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{url} did not answer within {seconds:g} s")
+            time.sleep(0.5)
+
+
+def test_ui_serves_mlflow_and_optuna_dashboard_on_localhost(tmp_path):
+    """`ui` serves the MLflow UI on the run's tracking store and, beside it, optuna-dashboard on the study's
+    own Optuna storage (where each binds: tests/test_security.py)."""
+    import subprocess
+    import sys
+
     from tests.search.conftest import free_port
+    from tests.support import stop_process_group
 
     config = make_config(tmp_path, budget={"n_trials": 1})
     run_search(config, show_progress=False)
     port, dash = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "autocompress", "ui", str(tmp_path / "run"), "--port", str(port),
-                             "--dashboard-port", str(dash)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             "--dashboard-port", str(dash)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/studies", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("optuna-dashboard did not answer within 60 s")
-                time.sleep(0.5)
-        assert b"tiny" in body  # the study of this run directory
+        experiments = _answer(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search", b'{"max_results": 5}')
+        assert b"autocompress" in experiments  # the experiment this run logged to
+        assert b"tiny" in _answer(f"http://127.0.0.1:{dash}/api/studies")  # the study of this run directory
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
+        stop_process_group(proc)

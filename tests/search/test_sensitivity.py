@@ -9,7 +9,7 @@ from autocompress.loading import load_model
 from autocompress.search.backends import make_backend
 from autocompress.search.sensitivity import Sensitivity, jobs, load_or_measure, seed_params
 from autocompress.spaces import ConfigSpace
-from tests.search.test_driver import make_config
+from tests.support import make_config
 
 SPACE = {"quantize": {"bits": [2, 8, None], "group_size": [32]}, "prune": {"sparsity": [0.0, 0.5]}}
 
@@ -117,7 +117,7 @@ def test_a_search_seeded_from_sensitivity(tmp_path):
     assert labels[:3] == ["quantize bits=2", "quantize bits=8", "prune sparsity=0.5 pattern=unstructured"]
     assert "sensitivity drop<=1" in labels and (tmp_path / "run" / "sensitivity.json").is_file()
     assert [t.number for t in run.seeded()] and not any(t in run.baselines() for t in run.seeded())
-    from tests.search.test_driver import children
+    from tests.support import children
 
     parent, _ = children(config.tracking.uri)
     from mlflow import MlflowClient

@@ -20,7 +20,7 @@ from autocompress.search.study import LOCK_SUFFIX, join_study, study_lock
 from tests.search.conftest import free_port
 from tests.search.services import (child_config, delete_studies, fresh_postgres_database,  # noqa: F401
                                    join_in_child, open_in_child, postgres_url, redis_url, unique_name)
-from tests.search.test_driver import make_config
+from tests.support import make_config
 
 KINDS = ("sqlite", "postgresql", "journal", "redis")
 

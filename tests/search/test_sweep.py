@@ -30,7 +30,7 @@ from autocompress.search.storage import open_storage
 from autocompress.search.study import JOINS_ATTR, LOCK_SUFFIX
 from tests.search.services import (delete_studies, fresh_postgres_database, mlflow_server,  # noqa: F401
                                    postgres_url, unique_name)
-from tests.search.test_driver import SPACE
+from tests.support import SPACE
 
 PROCESSES, BUDGET = 3, 12
 
@@ -119,7 +119,7 @@ def test_team_mlflow_server_on_postgres(tmp_path, postgres_url):  # noqa: F811
 
     from autocompress.search.driver import run_search
     from tests.search.services import libpq_url
-    from tests.search.test_driver import make_config
+    from tests.support import make_config
 
     study, artifacts = unique_name("team"), tmp_path / "artifacts"
     with fresh_postgres_database(postgres_url, "ac_mlflow") as backend, mlflow_server(backend, artifacts) as url:

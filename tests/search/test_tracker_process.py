@@ -14,7 +14,7 @@ from autocompress.search.driver import run_search
 from autocompress.search.recording import TrialRecord, TrialRecorder
 from autocompress.search.tracker_process import TrackerProcess, TrackerProcessError
 from autocompress.search.tracking import Tracker
-from tests.search.test_driver import children, make_config
+from tests.support import children, make_config
 from tests.search.test_tracking import CONFIG, PLANS, STORAGE, TRIALS, check_study, flat
 
 
