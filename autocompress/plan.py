@@ -26,6 +26,12 @@ MAX_SPARSITY = 0.95
 # ggml's block types a layer can be planned on (gguf_type): (bits, symmetric); every one has blocks of 32
 GGUF_TYPES = {"Q4_0": (4, True), "Q4_1": (4, False), "Q5_0": (5, True), "Q5_1": (5, False), "Q8_0": (8, True)}
 GGUF_BLOCK = 32
+
+
+def gguf_type_of(bits: int, symmetric: bool) -> str | None:
+    """The ggml type holding `bits` with that symmetry ("Q4_0" for 4, true), or None (8-bit asymmetric, 2, 3,
+    6, 7 bits)."""
+    return next((t for t, (b, s) in GGUF_TYPES.items() if b == bits and s == symmetric), None)
 _NM = re.compile(r"^(\d+):(\d+)$")
 
 

@@ -34,14 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from autocompress.plan import GGUF_BLOCK as BLOCK, GGUF_TYPES  # noqa: F401  (re-exported)
-
-GGUF_BITS = (4, 5, 8)
-
-
-def gguf_type_of(bits: int, symmetric: bool) -> str | None:
-    """The ggml type holding `bits` with that symmetry, or None (8-bit asymmetric, 2, 3, 6, 7 bits)."""
-    return next((t for t, (b, s) in GGUF_TYPES.items() if b == bits and s == symmetric), None)
+from autocompress.plan import GGUF_BLOCK as BLOCK, GGUF_TYPES, gguf_type_of  # noqa: F401  (re-exported)
 
 
 def levels(gguf_type: str) -> int:

@@ -73,6 +73,8 @@ def fingerprint(config: SearchConfig, metric: str) -> str:
     """What the measurement depends on: model, data, space and metric (not the budget or sampler)."""
     keys = {"model": config.model.model_dump(mode="json"), "data": config.data.model_dump(mode="json"),
             "space": config.space.model_dump(mode="json"), "metric": metric, "version": VERSION}
+    if config.target_format is not None:  # the format narrows the plans measured (older caches keep their key)
+        keys["format"] = config.target_format
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -107,7 +109,9 @@ def measured_choices(space: Any) -> dict[str, tuple[str, dict[str, Any]]]:
     out: dict[str, tuple[str, dict[str, Any]]] = {}
     for label, (tech, want) in space.main_choices().items():
         section = getattr(space.space, tech, None)
-        formats = [(f, getattr(section, f)) for f in _FORMATS.get(tech, ()) if len(getattr(section, f, ())) > 1]
+        offered = [(f, space.formats.of(f, getattr(section, f, ()), want.get("bits")))  # as target.format allows
+                   for f in _FORMATS.get(tech, ())]
+        formats = [(f, choices) for f, choices in offered if len(choices) > 1]
         for values in itertools.product(*(choices for _, choices in formats)):
             extra = dict(zip((f for f, _ in formats), values))
             out[label + "".join(f" {f}={v}" for f, v in extra.items())] = (tech, {**want, **extra})
