@@ -115,10 +115,10 @@ def write_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> dict[str, A
         token = tokens.get(i, f"[PAD{i}]")
         if i not in tokens:
             kind_ = UNUSED
-        elif i in added:
-            kind_ = CONTROL if added[i].get("special") else USER_DEFINED
         elif i == unk and model_kind == "llama":
             kind_ = UNKNOWN
+        elif i in added:
+            kind_ = CONTROL if added[i].get("special") else USER_DEFINED
         elif model_kind == "llama" and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
             kind_ = BYTE
         else:
