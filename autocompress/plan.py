@@ -336,7 +336,8 @@ class CompressionPlan:
                          for kind in order if kind in parts)
 
     # ---- display -------------------------------------------------------------------------------------
-    _COLUMNS = ("layer", "bits", "group", "sym", "quant", "gguf", "act", "smooth", "sparsity", "pattern", "prune", "rank")
+    _COLUMNS = ("layer", "bits", "group", "sym", "quant", "gguf", "act", "smooth", "sparsity", "pattern", "prune",
+                "rank")
 
     def rows(self) -> list[tuple[str, ...]]:
         """One row of display strings per layer, in `_COLUMNS` order ("-" where nothing is done)."""

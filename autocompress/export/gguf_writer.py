@@ -5,7 +5,8 @@ Plugging in: the export format registry takes this module's `write_gguf` as the 
   write(model, plan, info, out_dir, tokenizer, base_config, card) -> ExportReport
 (keyword `strict` for `--strict`); `check_gguf_export(plan, info, config, tokenizer, strict)` refuses early,
 before the trial is rebuilt, everything `write_gguf` would refuse; `load_gguf(out_dir)` reads the file back
-through transformers' own GGUF loader (model, tokenizer) for the export's re-measurement.
+through transformers' own GGUF loader (model, tokenizer) for the export's re-measurement; `load_section(path)`
+gives a model card's lines on what each engine (llama.cpp, Ollama, LM Studio, transformers) needs to load it.
 
 The directory: model.gguf (every tensor, the architecture's metadata, the tokenizer and chat template),
 plan.json, README.md (`card`, or a minimal one), generation_config.json (when the model has one), export.json
@@ -68,7 +69,8 @@ def _why_not(entry: LayerPlan) -> tuple[str | None, str | None]:
         return f"group_size {entry.group_size} (GGUF blocks are 32 inputs)", None
     if entry.bits is not None and int_grid_type(entry) is None:
         return "8-bit asymmetric integers (no ggml type holds them)", None
-    sparse = f"{entry.pattern if entry.n_m else f'{entry.sparsity:.0%}'} sparsity stored dense" if entry.prunes else None
+    pattern = entry.pattern if entry.n_m else f"{entry.sparsity:.0%}"
+    sparse = f"{pattern} sparsity stored dense" if entry.prunes else None
     if entry.bits is None:
         return None, sparse
     qtype = int_grid_type(entry)
@@ -224,13 +226,24 @@ def write_gguf(model: nn.Module, plan: CompressionPlan, info: ModelInfo, out_dir
 
 def _card(info: ModelInfo, plan: CompressionPlan, report: dict[str, Any]) -> str:
     types = Counter(v["type"] for v in report["layers"].values())
-    return (f"# {info.model_type} compressed by autocompress, as GGUF\n\n"
-            f"Plan: {plan.summary()}. Tensors: {', '.join(f'{t} x{n}' for t, n in sorted(types.items()))}; "
-            f"{report['file_bytes'] / 1e6:.2f} MB.\n\n"
-            f"llama.cpp: `llama-cli -m {GGUF_FILE}`. transformers:\n\n```python\n"
-            "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            f"model = AutoModelForCausalLM.from_pretrained(\"path/to/this/directory\", gguf_file=\"{GGUF_FILE}\")\n"
-            f"tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/directory\", gguf_file=\"{GGUF_FILE}\")\n```\n")
+    return "\n".join([f"# {info.model_type} compressed by autocompress, as GGUF", "",
+                      f"Plan: {plan.summary()}. Tensors: {', '.join(f'{t} x{n}' for t, n in sorted(types.items()))}; "
+                      f"{report['file_bytes'] / 1e6:.2f} MB.", "", *load_section(".")])
+
+
+def load_section(path: str, file: str = GGUF_FILE) -> list[str]:
+    """A model card's "Load it" lines for a GGUF export at `path`: what each engine needs to load it."""
+    return [
+        "## Load it", "",
+        f"One file, `{file}`, holds the weights (ggml types Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, F32: all native to "
+        "llama.cpp, with CPU and GPU kernels), the architecture, the tokenizer and the chat template.", "",
+        f"- llama.cpp: `llama-cli -m {path}/{file}` or `llama-server -m {path}/{file}`",
+        f"- Ollama: a Modelfile with `FROM {path}/{file}`, then `ollama create NAME -f Modelfile`",
+        "- LM Studio: import the file (`lms import`)",
+        "- transformers (with the `gguf` package; weights dequantized to float32 on load):", "",
+        "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f"model = AutoModelForCausalLM.from_pretrained({path!r}, gguf_file={file!r})",
+        f"tokenizer = AutoTokenizer.from_pretrained({path!r}, gguf_file={file!r})", "```", ""]
 
 
 def load_gguf(out_dir: str, file: str = GGUF_FILE) -> tuple[nn.Module, Any]:

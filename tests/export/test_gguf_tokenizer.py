@@ -23,7 +23,8 @@ def _round_trip(tmp_path, tokenizer, vocab_size):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return summary, gguf.GGUFReader(str(tmp_path / "t.gguf")), AutoTokenizer.from_pretrained(tmp_path, gguf_file="t.gguf")
+    back = AutoTokenizer.from_pretrained(tmp_path, gguf_file="t.gguf")
+    return summary, gguf.GGUFReader(str(tmp_path / "t.gguf")), back
 
 
 def test_byte_level_bpe(tmp_path):

@@ -118,6 +118,8 @@ def test_integer_grids_and_an_untied_head(untied, tmp_path):
     assert report.formats[f"{P}.0.self_attn.k_proj"] == "Q4_0" and report.formats[f"{P}.1.mlp.up_proj"] == "Q5_0"
     assert report.formats["lm_head"] == "Q8_0" and report.formats["model.embed_tokens"] == "Q5_1"
     assert len(report.differences) == 2 and report.tensor_bytes > report.predicted_bytes
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "llama-cli -m ./model.gguf" in card and "gguf_file='model.gguf'" in card
     back, _ = load_gguf(str(tmp_path / "out"))
     _same_weights(model, back)
     ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
