@@ -162,6 +162,8 @@ class TargetSection(_Strict):
     seq_len: int = Field(128, ge=1)
     mode: Literal["prefill", "decode"] = "prefill"
     device: Literal["cpu", "cuda"] = "cpu"
+    format: Literal["gguf"] | None = Field(None, description="the file format the plans are exported to; gguf "
+                                           "restricts the space to ggml's block types (spaces/formats.py)")
 
     @model_validator(mode="after")
     def _profile_exists(self) -> "TargetSection":
@@ -221,6 +223,18 @@ class SearchConfig(_Strict):
         for text in v:
             parse_constraint(text)
         return v
+
+    @model_validator(mode="after")
+    def _space_fits_format(self) -> "SearchConfig":
+        from autocompress.spaces.formats import check_space
+
+        check_space(self.space, self.target_format)
+        return self
+
+    @property
+    def target_format(self) -> str | None:
+        """`target.format`, or None without a target or format."""
+        return self.target.format if self.target is not None else None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> "SearchConfig":

@@ -127,7 +127,8 @@ def _cmd_latency_predict(args: argparse.Namespace) -> int:
     if is_config:
         from autocompress.spaces import ConfigSpace
 
-        plans = {"dense (no compression)": CompressionPlan({}), **ConfigSpace(config.space, info).uniform_plans()}
+        space = ConfigSpace(config.space, info, config.target_format)
+        plans = {"dense (no compression)": CompressionPlan({}), **space.uniform_plans()}
         totals = {label: model.predict(p, info, workload).total_ms for label, p in plans.items()}
         dense = totals["dense (no compression)"]
         t = Table(title=f"{model_name}: predicted latency ({where})")

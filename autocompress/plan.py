@@ -23,6 +23,15 @@ QUANT_METHODS = ("rtn", "gptq")
 PRUNE_METHODS = ("magnitude", "wanda")
 RANK_METHODS = ("svd", "whitened")
 MAX_SPARSITY = 0.95
+# ggml's block types a layer can be planned on (gguf_type): (bits, symmetric); every one has blocks of 32
+GGUF_TYPES = {"Q4_0": (4, True), "Q4_1": (4, False), "Q5_0": (5, True), "Q5_1": (5, False), "Q8_0": (8, True)}
+GGUF_BLOCK = 32
+
+
+def gguf_type_of(bits: int, symmetric: bool) -> str | None:
+    """The ggml type holding `bits` with that symmetry ("Q4_0" for 4, true), or None (8-bit asymmetric, 2, 3,
+    6, 7 bits)."""
+    return next((t for t, (b, s) in GGUF_TYPES.items() if b == bits and s == symmetric), None)
 _NM = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -40,6 +49,11 @@ class LayerPlan:
         channel j of the layer is divided by s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) (from calibration
         data) and the weight's column j multiplied by it, so the int8 activations see fewer outliers. Needs
         act_bits 8 and no rank (see policies/smooth.py).
+      gguf_type: "Q4_0", "Q4_1", "Q5_0", "Q5_1" or "Q8_0" to quantize onto ggml's block grid of that type
+        (llama.cpp's; policies/ggml.py) instead of the integer grid, so the layer is exactly what a GGUF file
+        of that type holds. It sets bits (4, 4, 5, 5, 8), group_size 32 and symmetric (true for *_0, false
+        for *_1); given bits or symmetric must agree, a group_size other than 32 (or the default 128) is
+        refused, and it takes no act_bits, smooth, sparsity or rank (GGUF holds none of them).
     Pruning:
       sparsity: share of weights removed, 0..0.95 (for "structured", the share of heads/neurons removed).
       pattern: "unstructured", "N:M" such as "2:4" (N kept in every M; sparsity is then 1 - N/M),
@@ -60,9 +74,12 @@ class LayerPlan:
     prune_method: str = "magnitude"
     rank: int | float | None = None
     rank_method: str = "svd"
-    smooth: float | None = None  # last, so that positional construction keeps its meaning
+    smooth: float | None = None  # after the older fields, so that positional construction keeps its meaning
+    gguf_type: str | None = None
 
     def __post_init__(self) -> None:
+        if self.gguf_type is not None:
+            _apply_gguf_type(self)
         _check_layer_plan(self)
         object.__setattr__(self, "sparsity", float(self.sparsity))
         if self.smooth is not None:
@@ -100,6 +117,24 @@ class LayerPlan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "layer") -> "LayerPlan":
         return from_fields(cls, data, _DEFAULTS, where)
+
+
+def _apply_gguf_type(p: LayerPlan) -> None:
+    """Set bits, group_size and symmetric from `p.gguf_type`; `UserError` where given values contradict it."""
+    t = p.gguf_type
+    if t not in GGUF_TYPES:
+        raise UserError(f"gguf_type={t!r} is unknown; use one of {', '.join(GGUF_TYPES)}")
+    bits, symmetric = GGUF_TYPES[t]
+    means = f"gguf_type {t} means bits {bits}, group_size {GGUF_BLOCK}, symmetric {str(symmetric).lower()}"
+    if p.bits not in (None, bits) or p.group_size not in (GGUF_BLOCK, _DEFAULTS["group_size"]) or \
+            (symmetric and not p.symmetric):
+        raise UserError(f"{means}; drop bits/group_size/symmetric or make them agree")
+    extra = [f for f, v in (("act_bits", p.act_bits), ("smooth", p.smooth), ("sparsity", p.sparsity > 0),
+                            ("rank", p.rank is not None)) if v]
+    if extra:
+        raise UserError(f"gguf_type {t} quantizes weights only; GGUF holds no {', '.join(extra)}: drop it")
+    for name, value in (("bits", bits), ("group_size", GGUF_BLOCK), ("symmetric", symmetric)):
+        object.__setattr__(p, name, value)
 
 
 def _check_layer_plan(p: LayerPlan) -> None:
@@ -189,6 +224,10 @@ class CompressionPlan:
             raise TypeError(f"plan distill: expected DistillConfig or None, got {type(self.distill).__name__}")
         if self.distill is not None and not self.distill.enabled:
             object.__setattr__(self, "distill", None)
+        ggml = next((k for k, v in kept.items() if v.gguf_type is not None), None)
+        if self.distill is not None and ggml is not None:
+            raise UserError(f"plan layer {ggml!r} has gguf_type {kept[ggml].gguf_type}, and distillation keeps "
+                            "weights on the integer grid only; drop distill or the layer's gguf_type")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CompressionPlan):
@@ -281,6 +320,8 @@ class CompressionPlan:
         for p in self.layers.values():
             if p.bits is not None:
                 count("bits", str(p.bits))
+            if p.gguf_type is not None:
+                count("gguf", p.gguf_type)
             if p.act_bits is not None:
                 count("act", f"int{p.act_bits}")
             if p.smooth is not None:
@@ -290,12 +331,13 @@ class CompressionPlan:
                 count(kind, p.pattern if p.n_m else f"{p.sparsity:.0%}")
             if p.factorizes:
                 count("rank", str(p.rank))
-        order = ("bits", "act", "smooth", "sparsity", "structured", "rank")
+        order = ("bits", "gguf", "act", "smooth", "sparsity", "structured", "rank")
         return "; ".join(f"{kind} " + " ".join(f"{v}x{n}" for v, n in sorted(parts[kind].items()))
                          for kind in order if kind in parts)
 
     # ---- display -------------------------------------------------------------------------------------
-    _COLUMNS = ("layer", "bits", "group", "sym", "quant", "act", "smooth", "sparsity", "pattern", "prune", "rank")
+    _COLUMNS = ("layer", "bits", "group", "sym", "quant", "gguf", "act", "smooth", "sparsity", "pattern", "prune",
+                "rank")
 
     def rows(self) -> list[tuple[str, ...]]:
         """One row of display strings per layer, in `_COLUMNS` order ("-" where nothing is done)."""
@@ -308,6 +350,7 @@ class CompressionPlan:
                 ("ch" if p.group_size is None else str(p.group_size)) if q else "-",
                 ("sym" if p.symmetric else "asym") if q else "-",
                 p.quant_method if q else "-",
+                p.gguf_type or "-",
                 f"int{p.act_bits}" if p.act_bits else "-",
                 f"{p.smooth:g}" if p.smooth is not None else "-",
                 f"{p.sparsity:.0%}" if p.prunes else "-",

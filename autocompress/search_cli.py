@@ -111,7 +111,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     backend = make_backend(config)
     try:
         info = backend.start()
-        space = ConfigSpace(config.space, info)
+        space = ConfigSpace(config.space, info, config.target_format)
         with sensitivity_progress(enabled=not args.quiet) as progress:
             sens, fresh = load_or_measure(config, backend, info, space, run_dir, progress=progress)
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from autocompress.errors import UserError
 from autocompress.models import ModelInfo
-from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
+from autocompress.plan import GGUF_BLOCK, CompressionPlan, LayerPlan, resolve_rank
 from autocompress.selection import suggest
 
 
@@ -28,11 +28,13 @@ def validate_plan(plan: CompressionPlan, info: ModelInfo) -> None:
             continue
         if name in info.embeddings:
             _check_embedding(name, entry, info)
+            _check_blocks(name, entry, info.embeddings[name].embedding_dim, plan, info)
             continue
         if name not in info.layers:
             raise UserError(f"plan layer {name!r} is not a layer of this {info.model_type} model"
                             + suggest(name, [*info.layers, *info.structures, *info.embeddings]))
         li = info.layers[name]
+        _check_blocks(name, entry, li.in_features, plan, info)
         tables = [e.name for e in info.embeddings.values() if e.tied_to == name]
         if entry.smooth is not None and tables:
             raise UserError(f"plan layer {name!r}: smooth would rescale the embedding table {tables[0]!r} that "
@@ -53,6 +55,20 @@ def validate_plan(plan: CompressionPlan, info: ModelInfo) -> None:
                 raise UserError(f"plan layer {name!r}: rank {rank} would grow the layer (two factors hold more "
                                 f"than the {li.out_features}x{li.in_features} weight above rank {break_even}); "
                                 f"use a rank <= {break_even}")
+
+
+def _check_blocks(name: str, entry: LayerPlan, inputs: int, plan: CompressionPlan, info: ModelInfo) -> None:
+    """A `gguf_type` needs whole blocks of 32 along each row, on inputs structured pruning leaves alone."""
+    if entry.gguf_type is None:
+        return
+    if inputs % GGUF_BLOCK:
+        raise UserError(f"plan layer {name!r}: gguf_type {entry.gguf_type} stores blocks of {GGUF_BLOCK} inputs "
+                        f"and the layer has {inputs}; drop its gguf_type")
+    shrunk = [s for s, e in plan.layers.items() if e.pattern == "structured" and s in info.structures
+              and info.structures[s].consumer == name]
+    if shrunk:
+        raise UserError(f"plan layer {name!r}: gguf_type {entry.gguf_type} with its inputs pruned by "
+                        f"{shrunk[0]!r}; GGUF holds no pruned structures, drop one of them")
 
 
 def _check_embedding(name: str, entry: LayerPlan, info: ModelInfo) -> None:

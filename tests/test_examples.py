@@ -12,7 +12,8 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 def test_every_example_config_is_listed_here_and_validates():
-    assert {p.name for p in EXAMPLES.glob("*.yaml")} == {"quickstart.yaml", "joint_space.yaml", "llm.yaml"}
+    assert {p.name for p in EXAMPLES.glob("*.yaml")} == {"quickstart.yaml", "joint_space.yaml", "llm.yaml",
+                                                        "llm_gguf.yaml"}
     for path in EXAMPLES.glob("*.yaml"):
         SearchConfig.from_yaml(str(path))  # keys, types, ranges, metrics, pick rule
 
@@ -47,3 +48,17 @@ def test_llm_example_passes_preflight_and_searches_what_it_says(smollm2_gguf, tm
     assert set(units["structured"]) == {f"model.layers.{i}.mlp" for i in range(20, 30)}  # the last ten blocks
     assert set(units["lowrank"]) == {f"model.layers.{i}.mlp.down_proj" for i in range(20, 30)}
     assert units["embeddings"] == {"model.embed_tokens": ("lm_head",)}  # the tied head
+
+
+@pytest.mark.slow  # reads the SmolLM2 GGUF's header and tokenizer
+def test_llm_gguf_example_searches_only_ggml_types(smollm2_gguf, tmp_path, monkeypatch):
+    from autocompress.loading import meta_inventory
+    from autocompress.spaces import ConfigSpace
+
+    monkeypatch.chdir(tmp_path)
+    config = SearchConfig.from_yaml(str(EXAMPLES / "llm_gguf.yaml"))
+    assert preflight(config) == "causal-lm" and config.target_format == "gguf"
+    space = ConfigSpace(config.space, meta_inventory(config.model.name), config.target_format)
+    plans = space.uniform_plans()
+    assert set(plans) == {"quantize bits=8", "quantize bits=5", "quantize bits=4"}
+    assert {e.gguf_type for e in plans["quantize bits=4"].layers.values()} == {"Q4_0"}

@@ -11,7 +11,8 @@ The packed format counted here (an exporter writes exactly this):
   - Low-rank (rank resolved with `resolve_rank` on the post-structured shape (out, in)): two factor matrices
     [r, in] (no bias) and [out, r] (+ out bias values), each stored like a weight below, never sparse.
   - A weight matrix [rows, cols] with bits b holds ceil(values * b / 8) bytes of packed integers, plus one
-    fp16 scale (2 bytes) per group, plus, when asymmetric, one uint8 zero point per group. Groups per row:
+    fp16 scale (2 bytes) per group, plus, when asymmetric, one uint8 zero point per group (for a `gguf_type`
+    layer, one fp16 minimum: ggml's block of 32, e.g. Q4_0 18 bytes, Q4_1 20, Q8_0 34). Groups per row:
     ceil(cols / group_size), or 1 when group_size is None (per output channel). Without bits each value
     takes `dtype_bytes` and there are no scales.
   - Unstructured sparsity s: each row keeps cols - round(s * cols) values, stored as the kept values plus a
@@ -71,6 +72,8 @@ def _scale_bytes(rows: int, cols: int, entry: LayerPlan | None) -> int:
     if entry is None or entry.bits is None:
         return 0
     per_row = 1 if entry.group_size is None else math.ceil(cols / entry.group_size)
+    if entry.gguf_type is not None:  # ggml blocks: an fp16 scale, and an fp16 minimum for the *_1 types
+        return rows * per_row * (2 if entry.symmetric else 4)
     return rows * per_row * (2 if entry.symmetric else 3)
 
 

@@ -8,7 +8,10 @@
 The packed layout is the one `autocompress.evaluators.size` counts, so the bytes written are the bytes predicted.
 Modules: packing (bit streams), matrix (one weight <-> packed tensors), packed (model <-> tensors + metadata),
 save, load, kernels (real CPU kernels for int8 / int4 weights); formats (the export format registry),
-compressed_tensors and ct_layers (the compressed-tensors format), card (the model card), from_run.
+compressed_tensors and ct_layers (the compressed-tensors format), card (the model card), from_run. GGUF files
+(llama.cpp): gguf (the registry's entry), gguf_writer (`write_gguf`, `check_gguf_export`, `load_gguf`) with
+gguf_blocks (ggml block bytes), gguf_arch (architectures, metadata, q/k order) and gguf_tokenizer (the
+tokenizer as metadata); imported on use.
 """
 
 from __future__ import annotations

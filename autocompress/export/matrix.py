@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from autocompress.errors import UserError
 from autocompress.evaluators.size import matrix_bytes
 from autocompress.export import packing
 from autocompress.plan import LayerPlan
@@ -77,6 +78,9 @@ def pack_matrix(w: torch.Tensor, entry: LayerPlan | None, grid: QuantGrid | None
     meta: dict[str, Any] = {"shape": [rows, cols], "layout": layout, "bits": bits, "bytes": nbytes}
     mask = kept_mask(w, layout, entry)
     out: dict[str, torch.Tensor] = {}
+    if entry is not None and entry.gguf_type is not None:
+        raise UserError(f"{where} is on ggml's {entry.gguf_type} grid (gguf_type), which this format does not "
+                        "store; export it with --format gguf")
     if bits is not None:
         grid = _check_grid(grid, entry, (rows, cols), where)
         q = quantize_int(w, grid.scale, grid.zero, bits, grid.group_size, grid.symmetric)

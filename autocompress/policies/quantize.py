@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autocompress.modules import weight_modules
+from autocompress.policies import ggml
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.policies._base import POLICIES, Calibration, Policy, check_weight
 from autocompress.registry import Registry
@@ -47,13 +48,18 @@ GPTQ_ACT_ORDER = True
 @dataclass(frozen=True, eq=False)
 class QuantGrid:
     """The grid one weight [out, in] was quantized onto: scale and zero are float32 [out, groups] (zero holds
-    integers, all 0 when symmetric; scale holds float16-exact values). See the module docstring."""
+    integers, all 0 when symmetric; scale holds float16-exact values). See the module docstring. A layer
+    with a `gguf_type` is on ggml's block grid instead (policies/ggml.py): scale is fp16(d), zero all 0,
+    `minimum` fp16(lo) for the *_1 types; `quantize_int`/`dequantize` do not apply to it (`ggml_codes`,
+    `ggml_dequantize` do)."""
 
     bits: int
     group_size: int | None
     symmetric: bool
     scale: torch.Tensor
     zero: torch.Tensor
+    gguf_type: str | None = None
+    minimum: torch.Tensor | None = None
 
 
 def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -128,87 +134,22 @@ def quantize_rtn(w: torch.Tensor, bits: int, group_size: int | None, symmetric: 
     return (q, scale, zero) if return_params else q
 
 
-def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, raising the damping until it factors."""
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    mean_diag = h.diagonal().mean().clamp_min(1e-12)
-    for attempt in range(6):
-        d = damp if attempt == 0 else max(damp, 1e-4) * 10 ** attempt
-        lower, info = torch.linalg.cholesky_ex(h + d * mean_diag * eye)
-        if info == 0:
-            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
-            if info == 0:
-                return upper
-    raise ValueError("GPTQ: the calibration Hessian is not positive definite even with heavy damping")
-
-
-def quantize_gptq(w: torch.Tensor, gram: torch.Tensor, bits: int, group_size: int | None, symmetric: bool,
-                  damp: float = 0.01, block_size: int = 128, return_params: bool = False, act_order: bool = False):
-    """GPTQ (Frantar et al., 2022): quantize `w` [out, in] column by column, spreading each column's error over
-    the columns not yet quantized through the inverse Hessian H = `gram` [in, in] (X^T X / tokens), so that
-    ||X W^T - X Q^T|| is small rather than ||W - Q||. Lazy batches of `block_size` columns; H is damped by
-    damp * mean(diag H). Group scales are computed when the first column of a group is reached, on the
-    error-updated weights (per-channel scales, group_size None, once up front). Dead inputs (diag H == 0)
-    are quantized like RTN without spreading error. Weights exactly 0 in `w` (pruned) quantize to exactly 0
-    and their error is spread like any other. The result is on the grid of the module doc (in w's dtype; at
-    most 2^bits values per group); with `return_params` it is `(q, scale, zero)` with scale/zero as
-    `quant_params` lays them out, so `quantize_int` recovers the integers. Does not modify `w`.
-
-    `act_order`: columns are processed in descending diag(H) order (the inputs with the most energy first), with
-    static groups: every group's scale is computed up front from the original weights of its consecutive
-    columns, so the grid stays the standard one of the module doc (what the packed export and the int4
-    kernels expect), only the order in which the columns are rounded changes."""
-    out_f, in_f = w.shape
-    W = w.detach().float().clone()
-    pruned = W == 0
-    H = gram.detach().to(device=W.device, dtype=torch.float32).clone()
-    dead = H.diagonal() == 0
-    H[dead, dead] = 1.0
-    qmin, qmax = qrange(bits, symmetric)
-    gs = _group_len(in_f, group_size)
-    dynamic = gs < in_f and not act_order  # group scales taken as the loop reaches each group
-    if dynamic:  # blocks hold whole groups, so a group's scale sees every update made before it
-        block_size = max(gs, block_size // gs * gs)
-        scales, zeros = W.new_ones(out_f, -(-in_f // gs)), W.new_zeros(out_f, -(-in_f // gs))
-    else:
-        scales, zeros = quant_params(W, bits, group_size, symmetric)
-    order = torch.argsort(H.diagonal(), descending=True, stable=True) if act_order else None
-    if order is not None:
-        W, H, pruned = W[:, order], H[order][:, order], pruned[:, order]
-    group_of = ((order if order is not None else torch.arange(in_f)) // gs).tolist()
-    Hinv = _inverse_cholesky(H, damp)
-    Q = torch.empty_like(W)
-    for b0 in range(0, in_f, block_size):
-        b1 = min(b0 + block_size, in_f)
-        W1, Hb = W[:, b0:b1].clone(), Hinv[b0:b1, b0:b1]
-        err = torch.zeros_like(W1)
-        for j in range(b1 - b0):
-            col = b0 + j
-            g = group_of[col]
-            if dynamic and col % gs == 0:
-                grp = W1[:, j:j + gs].masked_fill(pruned[:, col:col + gs], 0.0)
-                s, z = quant_params(grp, bits, None, symmetric)
-                scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
-            x = W1[:, j]
-            q = _fake(x, scales[:, g], zeros[:, g], qmin, qmax).masked_fill(pruned[:, col], 0.0)
-            e = (x - q) / Hb[j, j]
-            W1[:, j + 1:] -= e[:, None] * Hb[j, j + 1:][None, :]
-            Q[:, col], err[:, j] = q, e
-        W[:, b1:] -= err @ Hinv[b0:b1, b1:]
-    if order is not None:
-        Q = Q[:, torch.argsort(order)]
-    Q = Q.to(w.dtype)
-    return (Q, scales, zeros) if return_params else Q
+from autocompress.policies.gptq import quantize_gptq  # noqa: E402  (needs the grid helpers above)
 
 
 @QUANTIZERS.register("rtn")
 def _rtn(w: torch.Tensor, entry: LayerPlan, gram: torch.Tensor | None) -> tuple[torch.Tensor, QuantGrid]:
+    if entry.gguf_type is not None:
+        return ggml.quantize_rtn_ggml(w, entry.gguf_type)
     q, scale, zero = quantize_rtn(w, entry.bits, entry.group_size, entry.symmetric, return_params=True)
     return q, QuantGrid(entry.bits, entry.group_size, entry.symmetric, scale, zero)
 
 
 @QUANTIZERS.register("gptq")
 def _gptq(w: torch.Tensor, entry: LayerPlan, gram: torch.Tensor | None) -> tuple[torch.Tensor, QuantGrid]:
+    if entry.gguf_type is not None:
+        return quantize_gptq(w, gram, entry.bits, entry.group_size, entry.symmetric, return_params=True,
+                             act_order=GPTQ_ACT_ORDER, rule=ggml.GgmlRule(entry.gguf_type))
     q, scale, zero = quantize_gptq(w, gram, entry.bits, entry.group_size, entry.symmetric, return_params=True,
                                    act_order=GPTQ_ACT_ORDER)
     return q, QuantGrid(entry.bits, entry.group_size, entry.symmetric, scale, zero)
@@ -242,7 +183,8 @@ def add_act_quant(module: nn.Module, bits: int = 8) -> None:
 def memo_key(name: str, entry: LayerPlan, context: tuple = ()) -> tuple:
     """The memo key of a data-aware quantizer's result for module `name`; `context` (sequential GPTQ: the
     fingerprint of what was quantized before the layer's block) is part of it."""
-    return ("quantize", name, entry.quant_method, entry.bits, entry.group_size, entry.symmetric, *context)
+    grid = () if entry.gguf_type is None else (entry.gguf_type,)
+    return ("quantize", name, entry.quant_method, entry.bits, entry.group_size, entry.symmetric, *grid, *context)
 
 
 def _remembered(memo, name: str, w: torch.Tensor, entry: LayerPlan, gram: torch.Tensor | None,
@@ -251,21 +193,25 @@ def _remembered(memo, name: str, w: torch.Tensor, entry: LayerPlan, gram: torch.
     (memo.py), which keeps the integers (uint8, offset by qmin) and the grid, not the float weight. A
     remembered result is exactly the computed one: (q - zero) * scale is how `_fake` makes the weight.
     `gram` may be None only when the result is remembered (`memo_key(name, entry, context)` in memo.results)."""
-    bits, gs, sym = entry.bits, entry.group_size, entry.symmetric
-    qmin = qrange(bits, sym)[0]
+    bits, gs, sym, t = entry.bits, entry.group_size, entry.symmetric, entry.gguf_type
+    qmin = qrange(bits, sym)[0] if t is None else (-127 if t == "Q8_0" else 0)
     fresh: list[tuple[torch.Tensor, QuantGrid]] = []
 
     def compute() -> tuple[torch.Tensor, ...]:
         q, grid = QUANTIZERS.get(entry.quant_method)(w, entry, gram)
         fresh.append((q, grid))
-        codes = (quantize_int(q, grid.scale, grid.zero, bits, gs, sym) - qmin).to(torch.uint8)
-        return codes, grid.scale.clone(), grid.zero.clone()
+        ints = quantize_int(q, grid.scale, grid.zero, bits, gs, sym) if t is None else ggml.ggml_codes(q, grid)
+        extra = (grid.minimum.clone(),) if grid.minimum is not None else ()
+        return (ints - qmin).to(torch.uint8), grid.scale.clone(), grid.zero.clone(), *extra
 
-    codes, scale, zero = memo.result(memo_key(name, entry, context), compute)
+    codes, scale, zero, *minimum = memo.result(memo_key(name, entry, context), compute)
     if fresh:
         return fresh[0]
-    q = dequantize(codes.to(torch.int32) + qmin, scale, zero, gs).to(w.dtype)
-    return q, QuantGrid(bits, gs, sym, scale.clone(), zero.clone())
+    grid = QuantGrid(bits, gs, sym, scale.clone(), zero.clone(), gguf_type=t,
+                     minimum=minimum[0].clone() if minimum else None)
+    ints = codes.to(torch.int32) + qmin
+    q = dequantize(ints, scale, zero, gs) if t is None else ggml.ggml_dequantize(ints, grid)
+    return q.to(w.dtype), grid
 
 
 def _named_weight_modules(model: nn.Module, name: str) -> dict[str, nn.Module]:

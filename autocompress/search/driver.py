@@ -326,7 +326,7 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
             info = backend.start()
         config.check_task(info.task)
         budget, timeout = config.budget.n_trials, config.budget.timeout_s
-        space = ConfigSpace(config.space, info)
+        space = ConfigSpace(config.space, info, config.target_format)
         pruning = PruningStudy(config, study, info.task) if config.pruner.name != "none" else None
         search = _Search(config, study, space, info, recorder, run_dir, liveness, pruning)
         end_companions(pruning, liveness.recover())  # dead drivers' RUNNING trials: FAIL, params queued again

@@ -116,7 +116,7 @@ def preflight(config: SearchConfig) -> str:
         from autocompress.evaluators.latency._base import check_mode
 
         check_mode(config.target.mode, info.task, m.name, "target.mode")
-    ConfigSpace(config.space, info)  # selectors that match nothing, choices that fit no layer
+    ConfigSpace(config.space, info, config.target_format)  # selectors matching nothing, choices fitting no layer
     check_data(config)
     check_storage(config.storage)
     check_tracking(config.tracking.uri)

@@ -73,6 +73,8 @@ def fingerprint(config: SearchConfig, metric: str) -> str:
     """What the measurement depends on: model, data, space and metric (not the budget or sampler)."""
     keys = {"model": config.model.model_dump(mode="json"), "data": config.data.model_dump(mode="json"),
             "space": config.space.model_dump(mode="json"), "metric": metric, "version": VERSION}
+    if config.target_format is not None:  # the format narrows the plans measured (older caches keep their key)
+        keys["format"] = config.target_format
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -107,9 +109,13 @@ def measured_choices(space: Any) -> dict[str, tuple[str, dict[str, Any]]]:
     out: dict[str, tuple[str, dict[str, Any]]] = {}
     for label, (tech, want) in space.main_choices().items():
         section = getattr(space.space, tech, None)
-        formats = [(f, f, getattr(section, f)) for f in _FORMATS.get(tech, ()) if f != "group_size"]
-        if "group_size" in _FORMATS.get(tech, ()) and "bits" in want:  # a choice per bit width, or one list
-            formats.insert(0, ("group_size", section.group_field(want["bits"]), section.group_sizes(want["bits"])))
+        bits = want.get("bits")
+        formats = []  # (shown name, param field, choices as target.format allows)
+        for f in _FORMATS.get(tech, ()):
+            if f == "group_size" and bits is not None:  # a choice per bit width, or one list
+                formats.append((f, section.group_field(bits), space.formats.of(f, section.group_sizes(bits), bits)))
+            elif f != "group_size":
+                formats.append((f, f, space.formats.of(f, getattr(section, f, ()), bits)))
         formats = [f for f in formats if len(f[2]) > 1]
         for values in itertools.product(*(choices for _, _, choices in formats)):
             extra = {field: v for (_, field, _), v in zip(formats, values)}

@@ -48,6 +48,9 @@ Rank filtering: a rank choice stays in a unit's choices only if, for every layer
 rank does not exceed the break-even in*out // (in+out), also at each shape that structured pruning in this
 space can shrink the layer to; so a rank never grows a layer. The filter depends only on shapes and config,
 so each param's choices are the same in every trial. If only None remains, nothing is suggested.
+Target format: with `target.format` (e.g. gguf) the quantize and embeddings choices are narrowed to what that
+format holds and the techniques it cannot hold are refused (spaces/formats.py); under gguf every quantized
+unit gets its `gguf_type`.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
 from autocompress.selection import select_embeddings, select_layers
 from autocompress.spaces._base import SearchSpace
+from autocompress.spaces.formats import FormatChoices, check_space
 
 TECHNIQUES = ("lowrank", "quantize", "embeddings", "prune", "structured")  # the order decisions are drawn in
 FIELDS = {"lowrank": {"rank", "rank_method"},
@@ -88,20 +92,31 @@ def _wanted_or_off(value: Any, choices: Sequence[Any]) -> Any:
 
 
 class ConfigSpace(SearchSpace):
-    """The per-unit space of a `SpaceSection` over a model inventory (see the module docstring)."""
+    """The per-unit space of a `SpaceSection` over a model inventory (see the module docstring).
+    `target_format` (`target.format`, e.g. "gguf") restricts the choices to what that format holds
+    (spaces/formats.py); `UserError` for a space it cannot hold."""
 
-    def __init__(self, space: SpaceSection, info: ModelInfo) -> None:
+    def __init__(self, space: SpaceSection, info: ModelInfo, target_format: str | None = None) -> None:
         self.space, self.info = space, info
+        try:
+            check_space(space, target_format)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        self.formats = FormatChoices(target_format)
         self._check_choices()
         self.technique_units: dict[str, dict[str, tuple[str, ...]]] = {}
         for tech in ("lowrank", "quantize", "prune"):
             sec = getattr(space, tech)
             if sec is not None:
                 names = select_layers(info, sec.targets, sec.ignore, where=f"space.{tech}")
+                if tech == "quantize":
+                    names = self._fitting(names, "space.quantize", lambda n: info.layers[n].in_features)
                 self.technique_units[tech] = self._group(names)
         if space.embeddings is not None:
             e = space.embeddings
-            self.technique_units["embeddings"] = self._table_units(select_embeddings(info, e.targets, e.ignore))
+            tables = self._fitting(select_embeddings(info, e.targets, e.ignore), "space.embeddings",
+                                   lambda n: info.embeddings[n].embedding_dim)
+            self.technique_units["embeddings"] = self._table_units(tables)
         if space.structured is not None:
             st = space.structured
             names = [n for n in select_layers(info, st.targets, st.ignore, structures=True, where="space.structured")
@@ -203,16 +218,17 @@ class ConfigSpace(SearchSpace):
         """Label -> (technique, the one choice of its main field) for each uniform baseline (with
         `all_embeddings`, also the embedding choices a quantize baseline already covers; with `formats`, each
         weight-bit choice once per activation choice when act_bits has several)."""
-        sp, wanted = self.space, []
+        sp, wanted, of = self.space, [], self.formats.of
         if sp.quantize:
-            per_format = formats and len(sp.quantize.act_bits) > 1
-            for b in (b for b in sp.quantize.bits if b is not None):
+            act_bits = of("act_bits", sp.quantize.act_bits)
+            per_format = formats and len(act_bits) > 1
+            for b in (b for b in of("bits", sp.quantize.bits) if b is not None):
                 if per_format:
-                    wanted += [("quantize", {"bits": b, "act_bits": a}) for a in sp.quantize.act_bits]
+                    wanted += [("quantize", {"bits": b, "act_bits": a}) for a in act_bits]
                 else:
                     wanted.append(("quantize", {"bits": b}))
         if sp.embeddings and (all_embeddings or not sp.quantize):
-            wanted += [("embeddings", {"bits": b}) for b in sp.embeddings.bits if b is not None]
+            wanted += [("embeddings", {"bits": b}) for b in of("bits", sp.embeddings.bits) if b is not None]
         if sp.prune:
             for p in sp.prune.pattern:
                 if p == "unstructured":
@@ -255,30 +271,34 @@ class ConfigSpace(SearchSpace):
                     out[name].update(rank=rank, rank_method=method)
 
     def _quantize(self, pick: Pick, units: dict, out: dict) -> None:
-        q = self.space.quantize
+        q, of = self.space.quantize, self.formats.of
         for unit, members in units.items():
             fields: dict[str, Any] = {}
-            bits = pick(unit, "bits", q.bits)
+            bits = pick(unit, "bits", of("bits", q.bits))
             if bits is not None:
-                fields = dict(bits=bits, group_size=pick(unit, q.group_field(bits), q.group_sizes(bits)),
-                              symmetric=pick(unit, "symmetric", q.symmetric),
+                fields = dict(bits=bits,
+                              group_size=pick(unit, q.group_field(bits), of("group_size", q.group_sizes(bits))),
+                              symmetric=pick(unit, "symmetric", of("symmetric", q.symmetric, bits)),
                               quant_method=pick(unit, "quant_method", q.method))
-            fields["act_bits"] = pick(unit, "act_bits", q.act_bits)
+                fields.update(self.formats.fields(bits, fields["symmetric"]))
+            fields["act_bits"] = pick(unit, "act_bits", of("act_bits", q.act_bits))
             smoothable = [n for n in members if out[n].get("rank") is None and n not in self._tied]
-            smooth = pick(unit, "smooth", q.smooth) if fields["act_bits"] == 8 and smoothable else None
+            smooth = pick(unit, "smooth", of("smooth", q.smooth)) if fields["act_bits"] == 8 and smoothable else None
             for name in members:
                 out[name].update(fields)
                 if smooth is not None and name in smoothable:
                     out[name]["smooth"] = smooth
 
     def _embeddings(self, pick: Pick, units: dict, out: dict) -> None:
-        e = self.space.embeddings
+        e, of = self.space.embeddings, self.formats.of
         for unit, members in units.items():
-            bits = pick(unit, "bits", e.bits)
+            bits = pick(unit, "bits", of("bits", e.bits))
             if bits is None:
                 continue
-            fields = dict(bits=bits, group_size=pick(unit, e.group_field(bits), e.group_sizes(bits)),
-                          symmetric=pick(unit, "symmetric", e.symmetric))
+            fields = dict(bits=bits,
+                          group_size=pick(unit, e.group_field(bits), of("group_size", e.group_sizes(bits))),
+                          symmetric=pick(unit, "symmetric", of("symmetric", e.symmetric, bits)))
+            fields.update(self.formats.fields(bits, fields["symmetric"]))
             for name in members:
                 out[name].update(fields)
 
@@ -320,6 +340,14 @@ class ConfigSpace(SearchSpace):
             unit = owner.get(name, name)
             units.setdefault(unit, self.info.groups[unit] if unit in owner.values() else (name,))
         return units
+
+    def _fitting(self, names: list[str], where: str, inputs: Callable[[str], int]) -> list[str]:
+        """The selected weights the target format can quantize (all of them without one); `UserError` if none."""
+        kept = [n for n in names if self.formats.fits(inputs(n))]
+        if names and not kept:
+            raise UserError(f"{where}: none of the selected weights has a multiple of 32 inputs, which "
+                            f"target.format {self.formats.fmt} needs; select others or drop target.format")
+        return kept
 
     def _table_units(self, tables: list[str]) -> dict[str, tuple[str, ...]]:
         """Each table a unit named by itself, holding itself, or for a table tied to a Linear that Linear (see

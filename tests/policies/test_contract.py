@@ -22,6 +22,8 @@ VARIANTS = {
     "rtn-4bit-g16": ("quantize", [Rule(LayerPlan(bits=4, group_size=16))]),
     "rtn-3bit-channel-asym": ("quantize", [Rule(LayerPlan(bits=3, group_size=None, symmetric=False))]),
     "gptq-3bit-g16": ("quantize", [Rule(LayerPlan(bits=3, group_size=16, quant_method="gptq"))]),
+    "ggml-q4_1": ("quantize", [Rule(LayerPlan(gguf_type="Q4_1"))]),
+    "ggml-q5_0-gptq": ("quantize", [Rule(LayerPlan(gguf_type="Q5_0", quant_method="gptq"))]),
     "w8a8": ("quantize", [Rule(LayerPlan(bits=8, act_bits=8))]),
     "w8a8-smooth": ("smooth", [Rule(LayerPlan(bits=8, group_size=None, act_bits=8, smooth=0.5))]),
     "magnitude-50": ("sparsify", [Rule(LayerPlan(sparsity=0.5))]),
