@@ -9,6 +9,7 @@ to float32). A layer GGUF holds exactly but larger than planned is one warning l
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from autocompress.export.formats import ExportFormat
@@ -28,9 +29,7 @@ def write(model: Any, plan: Any, info: Any, out_dir: Any, tokenizer: Any = None,
     """`gguf_writer.write_gguf`, with its "larger than planned" lines as the report's warnings."""
     report = write_gguf(model, plan, info, out_dir, tokenizer=tokenizer, base_config=base_config, card=card,
                         strict=strict)
-    report.format = FORMAT_NAME
-    report.warnings = list(report.differences)
-    return report
+    return dataclasses.replace(report, format=FORMAT_NAME, warnings=list(report.differences))
 
 
 def load(out_dir: str, task: str):

@@ -22,7 +22,7 @@ from autocompress.policies import apply_plan
 from autocompress.search.driver import run_search
 from autocompress.search.rundir import RunDir
 from tests.gguf_files import write_tiny_gguf
-from tests.search.test_driver import make_config
+from tests.support import make_config
 
 SPACE = {"quantize": {"bits": [4, 5, 8, None], "symmetric": [True, False], "method": ["rtn", "gptq"]},
          "embeddings": {"bits": [8, 4, None], "symmetric": [True, False]}}
@@ -172,3 +172,22 @@ def test_smollm2_every_ggml_type(smollm2, tmp_path):
     ids = smollm2.tokenizer(text, return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(model(ids).logits, back(ids).logits)
+
+
+def test_export_format_gguf_from_a_run_measures_the_file_through_transformers(searched, capsys):
+    """`autocompress export RUN --format gguf`: the registry's gguf entry writes the file, transformers' GGUF
+    loader reads it back, and the re-measured metrics are the searched ones; the card says how to load it."""
+    import json
+
+    from autocompress.cli import main
+
+    tmp, _ = searched
+    out = tmp / "gguf-export"
+    assert main(["export", str(tmp / "run"), "--out", str(out), "--format", "gguf", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["format"] == "gguf"
+    for k in QUALITY:
+        assert abs(result["measured"][k] - result["searched"][k]) <= 1e-3 * max(abs(result["searched"][k]), 1e-9), k
+    assert (out / GGUF_FILE).is_file() and result["file_bytes"] == (out / GGUF_FILE).stat().st_size
+    card = (out / "README.md").read_text()
+    assert "llama-cli -m" in card and "gguf_file=" in card
