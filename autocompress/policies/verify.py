@@ -25,6 +25,8 @@ def _grid_violation(module: nn.Module, w: torch.Tensor, entry: LayerPlan) -> str
     grid = getattr(module, GRID_ATTR, None)
     if not isinstance(grid, QuantGrid):
         return "quantized by the plan but has no recorded grid (_autocompress_grid)"
+    if entry.gguf_type is not None or grid.gguf_type is not None:
+        return _ggml_violation(w, entry, grid)
     planned = (entry.bits, entry.group_size, entry.symmetric)
     if (grid.bits, grid.group_size, grid.symmetric) != planned:
         return (f"recorded grid (bits, group_size, symmetric) = {(grid.bits, grid.group_size, grid.symmetric)}, "
@@ -44,6 +46,28 @@ def _grid_violation(module: nn.Module, w: torch.Tensor, entry: LayerPlan) -> str
     off = dequantize(q, scale, zero, grid.group_size).to(w.dtype) != w
     if bool(off.any()):
         return f"{int(off.sum())} of {w.numel()} weights are off the recorded {grid.bits}-bit grid"
+    return None
+
+
+def _ggml_violation(w: torch.Tensor, entry: LayerPlan, grid: QuantGrid) -> str | None:
+    """The ggml-block form of `_grid_violation` (policies/ggml.py): the recorded grid is the planned ggml type,
+    its fp16 block scales (and minimums) are float16 values, and every weight equals the value its stored integer
+    (in the type's range) gives on that grid, in w's dtype: what the GGUF writer packs."""
+    from autocompress.policies.ggml import ggml_codes, ggml_dequantize, levels
+
+    if grid.gguf_type != entry.gguf_type:
+        return f"recorded ggml type {grid.gguf_type}, planned {entry.gguf_type}"
+    for name, t in (("scales", grid.scale), ("minimums", grid.minimum)):
+        if t is not None and not torch.equal(t.to(torch.float16).to(t.dtype), t):
+            return f"recorded grid has {name} that are not float16 values"
+    codes = ggml_codes(w, grid)
+    top = levels(grid.gguf_type)
+    low = -top if grid.gguf_type == "Q8_0" else 0
+    if bool((codes < low).any() or (codes > top).any()):
+        return f"stored integers outside [{low}, {top}] of {grid.gguf_type}"
+    off = ggml_dequantize(codes, grid).to(w.dtype) != w
+    if bool(off.any()):
+        return f"{int(off.sum())} of {w.numel()} weights are off the recorded {grid.gguf_type} grid"
     return None
 
 
