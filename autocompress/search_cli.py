@@ -44,7 +44,8 @@ def _run_and_report(config: Any, args: argparse.Namespace) -> int:
     from rich.table import Table
 
     names = list(result.pareto[0].values) if result.pareto else []
-    table = Table(title=f"Pareto front of {result.study_name}: {len(result.pareto)} feasible trials")
+    n = len(result.pareto)
+    table = Table(title=f"Pareto front of {result.study_name}: {n} feasible trial{'' if n == 1 else 's'}")
     for col in ("trial", *names, "plan (layers per setting)"):
         table.add_column(col, justify="right" if col in names or col == "trial" else "left")
     first = names[0] if names else None
