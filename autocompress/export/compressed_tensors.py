@@ -38,7 +38,7 @@ from torch import nn
 from autocompress.errors import UserError
 from autocompress.evaluators.size import plan_size
 from autocompress.export.ct_layers import Decisions, Scheme, decide
-from autocompress.export.formats import ExportFormat, write_side_files
+from autocompress.export.formats import ExportFormat, write_side_files, writer_target
 from autocompress.export.matrix import _check_grid
 from autocompress.export.packed import tied_aliases
 from autocompress.export.save import ExportReport
@@ -135,12 +135,7 @@ def save_compressed_tensors(model: nn.Module, plan: CompressionPlan, info: Model
     from compressed_tensors.compressors import ModelCompressor
     from safetensors.torch import save_file
 
-    out_dir = os.fspath(out_dir)
-    config = base_config if base_config is not None else getattr(model, "config", None)
-    if config is None or not hasattr(config, "save_pretrained"):
-        raise UserError("export: the model has no transformers config; pass base_config=<the original config>")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"export directory {out_dir!r} is a file; give a new or existing directory")
+    out_dir, config = writer_target(model, out_dir, base_config)
     decisions = decide(model, plan, info, strict)
     qconfig = quantization_config(decisions)
     dtype = next(model.parameters()).dtype

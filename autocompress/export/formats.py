@@ -83,6 +83,18 @@ def weight_bytes(out_dir: str, fmt: ExportFormat) -> int:
     return sum(p.stat().st_size for pattern in fmt.weights for p in Path(out_dir).glob(pattern))
 
 
+def writer_target(model: Any, out_dir: Any, base_config: Any = None) -> tuple[str, Any]:
+    """(out_dir as a str, the transformers config to write) for a format's `write`: `base_config`, else
+    `model.config`. `UserError` when there is no config or `out_dir` is a file (before anything is written)."""
+    out_dir = os.fspath(out_dir)
+    config = base_config if base_config is not None else getattr(model, "config", None)
+    if config is None or not hasattr(config, "save_pretrained"):
+        raise UserError("export: the model has no transformers config; pass base_config=<the original config>")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"export directory {out_dir!r} is a file; give a new or existing directory")
+    return out_dir, config
+
+
 def write_side_files(out_dir: str, model: Any, config: Any, tokenizer: Any = None) -> list[str]:
     """Write what every format's directory has beside the weights: config.json (`config`), the tokenizer files
     (chat template included) and, for a model that generates, generation_config.json. Returns the names written."""

@@ -45,6 +45,7 @@ from autocompress.evaluators.size import plan_size
 from autocompress.export.gguf_arch import Arch, check_model, permute_rows, tensor_names, write_metadata
 from autocompress.export.gguf_blocks import dense_tensor, int_grid_type, quantized_tensor, whole_blocks
 from autocompress.export.gguf_tokenizer import check_tokenizer, write_tokenizer
+from autocompress.export.formats import writer_target
 from autocompress.export.save import ExportReport
 from autocompress.models import ModelInfo
 from autocompress.modules import weight_matrix
@@ -187,12 +188,7 @@ def write_gguf(model: nn.Module, plan: CompressionPlan, info: ModelInfo, out_dir
     inventory) to `out_dir` as the directory of the module docstring and return its `ExportReport` (`formats`:
     each layer's ggml type). `UserError` (before anything is written) for what GGUF cannot hold;
     ValueError when the model does not realize the plan."""
-    config = base_config if base_config is not None else getattr(model, "config", None)
-    if config is None:
-        raise UserError("GGUF export: the model has no transformers config; pass base_config")
-    out_dir = os.fspath(out_dir)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"export directory {out_dir!r} is a file; give a new or existing directory")
+    out_dir, config = writer_target(model, out_dir, base_config)
     arch = check_gguf_export(plan, info, config, tokenizer, strict)
     tensors = _tensors(model, plan, info, config, arch)
     _, larger = gguf_plan_problems(plan, info)

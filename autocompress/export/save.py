@@ -30,7 +30,7 @@ from torch import nn
 
 from autocompress.errors import UserError
 from autocompress.evaluators.size import plan_size
-from autocompress.export.formats import ExportFormat, write_side_files
+from autocompress.export.formats import ExportFormat, write_side_files, writer_target
 from autocompress.export.packed import PackedModel, pack_model
 from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan
@@ -125,12 +125,7 @@ def save_compressed(model: nn.Module, plan: CompressionPlan, info: ModelInfo, ou
     changes nothing here: this format holds every plan."""
     from safetensors.torch import save_file
 
-    out_dir = os.fspath(out_dir)
-    config = base_config if base_config is not None else getattr(model, "config", None)
-    if config is None or not hasattr(config, "save_pretrained"):
-        raise UserError("export: the model has no transformers config; pass base_config=<the original config>")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"export directory {out_dir!r} is a file; give a new or existing directory")
+    out_dir, config = writer_target(model, out_dir, base_config)
     packed = pack_model(model, plan, info)
     sizes = plan_size(plan, info)
     os.makedirs(out_dir, exist_ok=True)
