@@ -35,7 +35,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.errors import UserError
 from autocompress.evaluators.size import plan_size
 from autocompress.export.ct_layers import Decisions, Scheme, decide
 from autocompress.export.formats import ExportFormat, write_side_files, writer_target

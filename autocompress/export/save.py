@@ -28,7 +28,6 @@ from typing import Any
 
 from torch import nn
 
-from autocompress.errors import UserError
 from autocompress.evaluators.size import plan_size
 from autocompress.export.formats import ExportFormat, write_side_files, writer_target
 from autocompress.export.packed import PackedModel, pack_model
