@@ -145,11 +145,33 @@ def orchestration_rows(results: Path) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+def llm_rows(data: dict | None, source: str = "llm_search_quality.json") -> list[tuple[str, str, str, str, str]]:
+    """Rows of the SmolLM2 search-quality benchmark: hypervolume per pair, and its two targets per arm."""
+    if data is None:
+        return [("LLM (SmolLM2): search vs the sensitivity knapsack", "not measured", "", "not measured", source)]
+    s, n = data["summary"], len(data["runs"])
+    names = {"search": "search", "seeded": "seeded"}
+    rows = []
+    for pair, x in (("size", "size"), ("decode", "decode ms")):
+        hv = "; ".join(f"{names[a]} {pm(s[a]['hv'][pair])}" for a in s)
+        rows.append((f"LLM (SmolLM2): hypervolume (KL, {x}), {data['setup']['trials']} trials",
+                     f"{hv}; knapsack {data['hv']['knapsack'][pair]:.3f}; uniform {data['hv']['uniform'][pair]:.3f}",
+                     "", "reported", source))
+    for key, what in (("matches or beats the knapsack at every budget", "KL within 2% of the knapsack's at each "
+                       "uniform plan's size and decode ms"),
+                      ("dominates every uniform plan on (KL, size)", "every uniform plan dominated on (KL, size)")):
+        met = {a: s[a]["targets"][key] for a in s}
+        every = [names[a] for a in s if met[a] == n]
+        rows.append((f"LLM (SmolLM2): {what}", "; ".join(f"{names[a]} {met[a]} of {n} seeds" for a in s),
+                     "every seed", f"met ({', '.join(every)})" if every else "not met", source))
+    return rows
+
+
 def all_rows(results: Path = RESULTS) -> list[tuple[str, str, str, str, str]]:
     """Every row: (what is measured, figure, target, verdict, results file)."""
     out = search_rows(load(SEARCH_WIDE, results), "size", f"{SEARCH_WIDE}.json")
     out += search_rows(load(SEARCH_WIDE + "_latency", results), "latency", f"{SEARCH_WIDE}_latency.json")
-    return out + orchestration_rows(results)
+    return out + llm_rows(load("llm_search_quality", results)) + orchestration_rows(results)
 
 
 def markdown(selected: list[tuple[str, str, str, str, str]]) -> str:
