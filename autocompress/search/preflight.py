@@ -25,6 +25,7 @@ import re
 
 from autocompress.config import SearchConfig
 from autocompress.errors import UserError
+from autocompress.secrets import mask_url
 
 
 def check_weight_files(spec: str) -> None:
@@ -103,7 +104,7 @@ def check_tracking(uri: str) -> None:
     except Exception as exc:  # requests, urllib3 and MlflowException all mean the same here
         errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", str(exc))
         reason = errno.group(0) if errno else (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"tracking.uri {uri!r} cannot be reached: {reason}; start the MLflow server or set "
+        raise UserError(f"tracking.uri {mask_url(uri)!r} cannot be reached: {reason}; start the MLflow server or set "
                         "tracking.uri: none") from None
 
 
