@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from autocompress.config_sections import (  # noqa: F401  (re-exported: the config's public names)
     METRICS,
@@ -33,6 +33,7 @@ from autocompress.config_sections import (  # noqa: F401  (re-exported: the conf
 )
 from autocompress.data import TEXT_SOURCES
 from autocompress.errors import UserError
+from autocompress.secrets import expand_references
 
 _CONSTRAINT = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 _OBJECTIVE = re.compile(r"^\s*(maximize|minimize)\s+([a-z_][a-z0-9_]*)\s*$")
@@ -205,6 +206,7 @@ class SearchConfig(_Strict):
     study_name: str | None = None
     run_dir: str | None = None
     pick: str | None = None
+    _written: dict[str, str] = PrivateAttr(default_factory=dict)  # storage, tracking.uri as written: ${NAME}s
 
     @field_validator("objectives")
     @classmethod
@@ -250,13 +252,20 @@ class SearchConfig(_Strict):
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "config") -> "SearchConfig":
+        """Validate `data`; `${NAME}` references in storage and tracking.uri are expanded from the environment
+        (secrets.py), and kept as written for the run directory (`secrets.run_dir_config`)."""
         if not isinstance(data, dict):
             raise UserError(f"{where}: the YAML must be a mapping of keys (model, space, ...), "
                             f"not a {type(data).__name__}")
         try:
-            return cls.model_validate(data)
+            data, written = expand_references(data)
+            config = cls.model_validate(data)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
         except ValidationError as exc:
             raise UserError(f"{where}: {_explain(exc)}") from None
+        config._written = written
+        return config
 
     def resolved(self, base: Path, default_name: str = "search") -> "SearchConfig":
         """Fill the defaults that depend on where the config lives: study name, run dir, storage."""

@@ -136,7 +136,12 @@ def _loading(spec: str) -> Iterator[None]:
         if type(exc).__name__ == "SafetensorError":  # a truncated or corrupt weights file
             raise UserError(f"model {spec!r}: a weights file is not valid safetensors ({exc}); re-download "
                             "or re-save the model") from None
-        if type(exc).__name__ == "UnpicklingError":  # torch.load(weights_only=True) refused a pickled object
+        path = _model_path(spec)
+        if os.path.isdir(path):  # a pytorch_model.bin torch.load(weights_only=True) refused or could not read
+            from autocompress.checkpoints import check_bin_files
+
+            check_bin_files(path, spec)  # a UserError saying what the file is: no checkpoint, a pickle, ...
+        if type(exc).__name__ == "UnpicklingError":
             raise UserError(f"model {spec!r}: its .bin weights hold pickled objects, not only tensors, and "
                             "autocompress loads pickles with weights_only=True; save the model as safetensors "
                             "from a trusted environment") from None

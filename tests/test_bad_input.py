@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,20 @@ BASE = {"model": {"name": "random:bert"}, "space": {"quantize": {"bits": [4, 8]}
         "backend": {"name": "local"}}
 
 
-def _model_dir(tmp: Path, corrupt: bool = False, config: bool = True) -> str:
-    """A real (random-weight) BERT directory; optionally without config.json or with a truncated weights file."""
+class _Payload:
+    """Unpickled, it would run `touch MARKER` (a malicious pickle's `__reduce__`)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _model_dir(tmp: Path, corrupt: bool = False, config: bool = True, bin: str | None = None) -> str:
+    """A real (random-weight) BERT directory; optionally without config.json or with a truncated weights file.
+    `bin`: its weights as a pytorch_model.bin instead, a "pickle" or a torch "zip" checkpoint whose unpickling
+    would create the file PWNED beside `tmp`, or "random" bytes."""
     from autocompress.loading import load_model
 
     path = tmp / "model"
@@ -31,6 +44,15 @@ def _model_dir(tmp: Path, corrupt: bool = False, config: bool = True) -> str:
         weights.write_bytes(weights.read_bytes()[:4096])
     if not config:
         (path / "config.json").unlink()
+    if bin is not None:
+        (path / "model.safetensors").unlink()
+        weights = {"bert.embeddings.word_embeddings.weight": _Payload(tmp.parent / "PWNED")}
+        if bin == "pickle":
+            (path / "pytorch_model.bin").write_bytes(pickle.dumps(weights))
+        elif bin == "zip":
+            torch.save(weights, path / "pytorch_model.bin")
+        else:
+            (path / "pytorch_model.bin").write_bytes(bytes(range(7, 256)) * 40)
     return str(path)
 
 
@@ -70,6 +92,13 @@ CASES = [
     ("model-not-a-model", lambda t: {**BASE, "model": {"name": _model_dir(t, config=False)}}, "no config.json"),
     ("corrupt-safetensors", lambda t: {**BASE, "model": {"name": _model_dir(t, corrupt=True)}},
      "not a valid safetensors file"),
+    ("bin-pickle-runs-no-code", lambda t: {**BASE, "model": {"name": _model_dir(t, bin="pickle")}},
+     "pytorch_model.bin is a legacy pickle that holds pickled objects other than tensors; autocompress loads "
+     "weights only with weights_only=True; convert it to safetensors"),
+    ("bin-zip-runs-no-code", lambda t: {**BASE, "model": {"name": _model_dir(t, bin="zip")}},
+     "pytorch_model.bin is a torch zip checkpoint that holds pickled objects other than tensors"),
+    ("bin-random-bytes", lambda t: {**BASE, "model": {"name": _model_dir(t, bin="random")}},
+     "pytorch_model.bin is not a PyTorch checkpoint (it starts with bytes 07 08 09 0a"),
     ("empty-texts", lambda t: {**BASE, "data": {"evaluation": {"source": _write(t, "e.txt", "\n\n")}}},
      "holds no texts"),
     ("texts-not-utf8", lambda t: {**BASE, "data": {"calibration": {"source": _write(t, "c.txt", b"\xff\xfe\xfa")}}},
@@ -109,6 +138,7 @@ def test_search_refuses_bad_input(tmp_path, capsys, make, expected):
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert expected in err, err
     assert sorted(os.listdir(tmp_path)) == before  # no run dir, no optuna.db, no mlflow.db
+    assert not (tmp_path / "PWNED").exists()  # no pickle ran
 
 
 def test_plan_from_a_newer_version(tmp_path, capsys):

@@ -162,3 +162,91 @@ def test_no_password_reaches_mlflow(tmp_path):
         assert secret not in logged and "***" in logged
     finally:
         delete_studies(url, name)
+
+
+def _postgres() -> str:
+    """The test PostgreSQL URL (no password; its trust auth accepts any), or skip."""
+    from autocompress.search.storage import open_storage
+
+    url = os.environ.get("AUTOCOMPRESS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        open_storage(url)
+    except UserError:
+        pytest.skip(f"no PostgreSQL at {url} (set AUTOCOMPRESS_TEST_POSTGRES)")
+    return url
+
+
+def _with_password(url: str, password: str) -> str:
+    scheme, rest = url.split("://", 1)
+    user, host = rest.split("@", 1)
+    return f"{scheme}://{user.split(':')[0]}:{password}@{host}"
+
+
+def test_no_password_in_the_run_directory_or_the_output(tmp_path, capsys, monkeypatch):
+    """A real search on a storage URL with a literal password: no file under tmp_path (the run directory, the
+    MLflow store and its artifacts) and no line the search printed holds it. The run directory's config.yaml
+    names ${AUTOCOMPRESS_STORAGE_PASSWORD} instead (one stderr line says so), and a resume from that file is
+    refused, naming the variable, until it is set."""
+    import yaml
+
+    from autocompress.cli import main
+    from tests.search.services import delete_studies, unique_name
+
+    secret, env = "s3cr3t-test", "AUTOCOMPRESS_STORAGE_PASSWORD"
+    url, name, run = _with_password(_postgres(), secret), unique_name("secret-rundir"), tmp_path / "run"
+    monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("COLUMNS", "400")  # rich does not fold the last line
+    cfg = tmp_path / "search.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"name": "random:bert"}, "space": {"quantize": {"bits": [4, 8]}},
+        "data": {"calibration": {"n": 4}, "evaluation": {"n": 4}}, "budget": {"n_trials": 1},
+        "storage": url, "study_name": name, "run_dir": str(run),
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}}))
+
+    def leaks() -> list[str]:
+        return [str(p) for p in tmp_path.rglob("*") if p.is_file() and p != cfg and secret.encode() in p.read_bytes()]
+
+    try:
+        assert main(["search", str(cfg), "--quiet"]) == 0
+        out, err = capsys.readouterr()
+        assert secret not in out + err and leaks() == []
+        assert f"study: {_with_password(_postgres(), '***')}" in out
+        assert "${" + env + "}" in (run / "config.yaml").read_text()
+        assert len([line for line in err.splitlines() if env in line]) == 1, err
+        assert main(["search", str(run / "config.yaml"), "--quiet", "--trials", "2"]) == 2
+        assert "${" + env + "}, which is not set" in capsys.readouterr().err
+        monkeypatch.setenv(env, secret)
+        assert main(["search", str(run / "config.yaml"), "--trials", "2", "--json", "--quiet"]) == 0
+        out, err = capsys.readouterr()
+        assert sum(json.loads(out)["counts"].values()) == 2  # resumed: the study's second trial
+        assert secret not in out + err and leaks() == []
+    finally:
+        delete_studies(url, name)
+
+
+def test_libpq_reads_pgpassword_for_a_url_without_one(monkeypatch):
+    """A postgresql storage URL without a password takes PGPASSWORD from the environment (libpq's own)."""
+    from autocompress.search.storage import open_storage
+
+    url = _postgres()
+    monkeypatch.setenv("PGPASSWORD", "from-the-environment")
+    engine = open_storage(url)._backend.engine
+    with engine.connect() as conn:
+        assert conn.connection.dbapi_connection.info.password == "from-the-environment"
+
+
+@pytest.mark.parametrize("section", [
+    {"tracking": {"uri": "http://me:tr4ck-pw@127.0.0.1:1"}},
+    {"storage": "postgresql://postgres:tr4ck-pw@127.0.0.1:1/test"},
+], ids=["tracking-uri", "storage"])
+def test_a_password_in_an_error_line_is_masked(tmp_path, capsys, section):
+    import yaml
+
+    from autocompress.cli import main
+
+    cfg = tmp_path / "search.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"name": "random:bert"}, "space": {"quantize": {"bits": [8]}},
+                                   "run_dir": str(tmp_path / "run"), **section}))
+    assert main(["search", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "tr4ck-pw" not in err and ("me:***@" in err or "postgres:***@" in err), err

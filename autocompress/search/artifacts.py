@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from autocompress.config import SearchConfig
+from autocompress.secrets import mask_url
 from autocompress.search.tracking import _T, _all_runs
 
 
@@ -41,7 +42,8 @@ def find_runs(config: SearchConfig, trial_number: int | None = None) -> tuple[An
     if exp is None:
         return client, None, None
     parents = [r for r in _all_runs(client, exp.experiment_id, f"tags.`{_T}study_name` = '{config.study_name}'")
-               if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get(_T + "storage") == config.storage]
+               if "mlflow.parentRunId" not in r.data.tags
+               and r.data.tags.get(_T + "storage") == mask_url(config.storage)]
     if not parents:
         return client, None, None
     parent = parents[0].info.run_id

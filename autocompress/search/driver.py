@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -35,6 +36,7 @@ from autocompress.search.study import assign_generation, finished_metrics, is_re
 from autocompress.search.summary import ParetoTrial, SearchResult, summarize  # noqa: F401
 from autocompress.search.trial import TrialOutcome, worker_name
 from autocompress.search.trial_writes import one_transaction
+from autocompress.secrets import run_dir_config
 
 REFRESH_S = 1.0  # the progress bar's figures are read from the storage at most this often
 
@@ -308,11 +310,14 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
     preflight(config)  # bad input fails here, before anything is written
     run_dir = Path(config.run_dir)
     (run_dir / "plans").mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    written, notes = run_dir_config(config)  # no password in the run directory
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
     study = open_study(config)
     with study_lock(study):  # the processes of a sweep find-or-create one MLflow parent run, one at a time
         tracker = open_tracker(config.tracking.uri, config.tracking.experiment, config.study_name, config.storage,
-                               config.model_dump(mode="json"), str(run_dir))
+                               written, str(run_dir))
     if config.tracking.writer == "process" and tracker.uri != "none":
         from autocompress.search.tracker_process import TrackerProcess
 

@@ -1,8 +1,9 @@
 """Checks a search runs before it writes anything: bad input fails fast, in one line, leaving no run
 directory, no Optuna study and no MLflow run behind.
 
-`preflight(config) -> task` checks, in order and cheaply (no weights are loaded):
-  the model (its directory, config.json, the task it implies, every *.safetensors header, trust_remote_code),
+`preflight(config) -> task` checks, in order and cheaply (no weights are loaded but a legacy-pickle .bin):
+  the model (its directory, config.json, the task it implies, every *.safetensors header or else its
+  pytorch_model*.bin read weights-only, trust_remote_code),
   the metrics against that task, `target.mode: decode` against it (a causal LM only), the search space
   against the model's inventory (built on the `meta` device: selectors that match nothing, choices that fit
   no layer), the calibration / evaluation / label files, the Optuna storage URL (a server storage is opened;
@@ -24,11 +25,14 @@ import re
 
 from autocompress.config import SearchConfig
 from autocompress.errors import UserError
+from autocompress.secrets import mask_url
 
 
 def check_weight_files(spec: str) -> None:
     """Read the header of every *.safetensors file of a model directory (a truncated or corrupt file fails
-    here, in milliseconds, instead of on a worker)."""
+    here, in milliseconds, instead of on a worker), and the pytorch_model*.bin files of one without
+    safetensors the weights-only way (checkpoints.py: a pickle other than tensors is refused, never run)."""
+    from autocompress.checkpoints import check_bin_files
     from autocompress.loading import MINILM_ALIASES, minilm_path
 
     path = (minilm_path() or spec) if spec in MINILM_ALIASES else spec
@@ -43,6 +47,7 @@ def check_weight_files(spec: str) -> None:
         except Exception as exc:  # SafetensorError, OSError
             raise UserError(f"model {spec!r}: {os.path.basename(file)} is not a valid safetensors file ({exc}); "
                             "re-download or re-save the model") from None
+    check_bin_files(path, spec)
 
 
 def check_data(config: SearchConfig) -> None:
@@ -99,7 +104,7 @@ def check_tracking(uri: str) -> None:
     except Exception as exc:  # requests, urllib3 and MlflowException all mean the same here
         errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", str(exc))
         reason = errno.group(0) if errno else (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"tracking.uri {uri!r} cannot be reached: {reason}; start the MLflow server or set "
+        raise UserError(f"tracking.uri {mask_url(uri)!r} cannot be reached: {reason}; start the MLflow server or set "
                         "tracking.uri: none") from None
 
 

@@ -142,7 +142,7 @@ class WorkerPruning:
         if self._study is None and not self._failed:
             import optuna
 
-            from autocompress.search.storage import open_storage
+            from autocompress.search.storage import display_url, open_storage
 
             try:
                 self._study = optuna.load_study(study_name=self.config.study_name + SUFFIX,
@@ -151,7 +151,7 @@ class WorkerPruning:
                                                 pruner=make_pruner(self.config, self.task))
             except Exception as exc:  # another machine that cannot reach the storage: run unpruned
                 self._failed = True
-                warnings.warn(f"this worker cannot open the pruning study in {self.config.storage!r} "
+                warnings.warn(f"this worker cannot open the pruning study in {display_url(self.config.storage)!r} "
                               f"({type(exc).__name__}: {exc}); its trials run without pruning", stacklevel=3)
         return self._study
 

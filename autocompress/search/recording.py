@@ -27,6 +27,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from autocompress.secrets import mask_url
+
 MIN_RETRY_S = 1.0  # the writer's shortest pause between failed attempts (retry_s 0 would spin on a dead server)
 
 
@@ -170,7 +172,7 @@ class TrialRecorder:
         if self.pending:
             warnings.warn(
                 f"MLflow is still unreachable: {len(self.pending)} finished trial(s) ({_numbers(self.pending)}) "
-                f"are only in the Optuna storage {self.storage_url}; run the same command again once MLflow "
+                f"are only in the Optuna storage {mask_url(self.storage_url)}; run the same command again once MLflow "
                 "answers and they are logged", stacklevel=2)
         return self.untracked
 

@@ -15,7 +15,7 @@ from autocompress.config import SearchConfig, parse_objective
 from autocompress.errors import UserError
 from autocompress.plan import CompressionPlan
 from autocompress.search.pareto import PickRule, default_rule, metrics_of
-from autocompress.search.storage import open_storage
+from autocompress.search.storage import display_url, open_storage
 
 
 @dataclass
@@ -44,11 +44,11 @@ class RunDir:
         try:
             study = optuna.load_study(study_name=config.study_name, storage=storage)
         except KeyError:
-            raise UserError(f"study {config.study_name!r} is not in {config.storage}; was the search started "
-                            f"from this run directory?") from None
+            raise UserError(f"study {config.study_name!r} is not in {display_url(config.storage)}; was the search "
+                            f"started from this run directory?") from None
         except Exception as exc:  # the storage's own errors (SQLAlchemy, redis, ...)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"storage {config.storage!r} of run directory {str(path)!r} cannot be opened: "
+            raise UserError(f"storage {display_url(config.storage)!r} of run directory {str(path)!r} cannot be opened: "
                             f"{first}") from None
         return cls(root, config, study)
 

@@ -21,9 +21,9 @@ URL forms (`storage_kind(url)` names each):
                                         and unix:///path.sock?db=N): safe for sweeps across machines.
 
 A URL that cannot be opened (bad scheme, missing driver package, server down, database missing) raises
-`UserError`. Passwords in URLs never appear in messages (`display_url`). Connecting gives up after
-`CONNECT_TIMEOUT_S` unless the URL sets its own timeout (postgresql `connect_timeout`, redis
-`socket_connect_timeout`).
+`UserError`. Passwords in URLs never appear in messages (`display_url`, which is `secrets.mask_url`).
+Connecting gives up after `CONNECT_TIMEOUT_S` unless the URL sets its own timeout (postgresql
+`connect_timeout`, redis `socket_connect_timeout`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from autocompress.errors import UserError
+from autocompress.secrets import mask_url
 
 CONNECT_TIMEOUT_S = 10
 FORMS = ("sqlite:///PATH.db, postgresql://USER@HOST:PORT/DB, journal:///ABS/PATH.log (or PATH.log) "
@@ -58,9 +59,7 @@ def storage_kind(url: str) -> str:
                     "run directory)")
 
 
-def display_url(url: str) -> str:
-    """The URL with any password replaced by ***: what messages, logs and tags may show."""
-    return re.sub(r"^([A-Za-z][\w+.-]*://[^/@:]*:)[^@/]*@", r"\1***@", url)
+display_url = mask_url  # the URL with any password shown as ***: what messages, logs and tags show
 
 
 def journal_path(url: str) -> str:

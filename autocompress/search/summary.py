@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from autocompress.config import SearchConfig
+from autocompress.secrets import mask_url
 from autocompress.search.pareto import PickRule, default_rule, markdown_table, metrics_of, pareto_rows
 
 
@@ -92,7 +93,7 @@ def summarize(config: SearchConfig, study: Any, search: Any, recorder: Any, run_
     recorder.call("log_metrics", {**{f"best_{k}": v for k, v in best.items()},
                                   **{f"trials_{k.lower()}": float(v) for k, v in counts.items()}})
     result = SearchResult(
-        study_name=config.study_name, storage=config.storage, tracking_uri=config.tracking.uri,
+        study_name=config.study_name, storage=mask_url(config.storage), tracking_uri=mask_url(config.tracking.uri),
         run_dir=str(run_dir), counts=counts, pareto=[entry(t) for t in front],
         picked=entry(chosen) if chosen is not None else None, pick_rule=str(rule), elapsed_s=elapsed,
         ui_hint=recorder.tracker.ui_hint(), untracked=untracked,

@@ -136,7 +136,7 @@ class Tracker(NullTracker):
             except Exception as exc:  # requests, urllib3 and MlflowException all mean the same here
                 errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", str(exc))  # e.g. [Errno 111] Connection refused
                 reason = errno.group(0) if errno else (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-                raise UserError(f"MLflow tracking URI {uri!r} cannot be reached: {reason}; "
+                raise UserError(f"MLflow tracking URI {display_url(uri)!r} cannot be reached: {reason}; "
                                 f"start the server or set tracking.uri: none") from None
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
@@ -272,8 +272,8 @@ class Tracker(NullTracker):
     def ui_hint(self) -> str:
         """What a user runs or opens to see this study in the MLflow UI."""
         if self.uri.startswith(("http://", "https://")):
-            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}"
-        return f"mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1"
+            return f"{display_url(self.uri).rstrip('/')}/#/experiments/{self.experiment_id}"
+        return f"mlflow ui --backend-store-uri {display_url(self.uri)} --host 127.0.0.1"
 
     def _batch(self, run_id: str | None = None, params: dict | None = None, metrics: dict | None = None,
                timestamp: float | None = None, step: int = 0) -> None:
