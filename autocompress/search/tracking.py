@@ -154,7 +154,10 @@ class Tracker(NullTracker):
         else:
             exp_id = exp.experiment_id
             if KIND_TAG not in exp.tags:  # made before autocompress tagged it, or by hand: open it on its runs
-                client.set_experiment_tag(exp_id, KIND_TAG, KIND)
+                try:
+                    client.set_experiment_tag(exp_id, KIND_TAG, KIND)
+                except mlflow.exceptions.MlflowException:  # e.g. no permission on a shared server: only a UI default
+                    pass
         storage_url = display_url(storage_url)  # no password in tags or params
         if isinstance(config.get("storage"), str):
             config = {**config, "storage": display_url(config["storage"])}
