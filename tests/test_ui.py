@@ -194,3 +194,24 @@ def test_a_signal_stops_the_real_servers(run_dir, signum):
     proc = _ui(run_dir, ports)
     _wait_listening(proc, ports, 180)
     _stop_and_check(proc, ports, signum, 60)
+
+
+def test_a_server_that_ignores_sigterm_is_killed(monkeypatch):
+    """`Servers.stop`: a group still there STOP_S seconds after SIGTERM gets SIGKILL, grandchildren included."""
+    from autocompress import ui
+
+    monkeypatch.setattr(ui, "STOP_S", 1.0)
+    deaf = "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \
+           "subprocess.Popen([sys.executable, '-c', 'import signal, time; " \
+           "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)']); time.sleep(60)"
+    servers = ui.Servers()
+    servers.start("deaf", [sys.executable, "-c", deaf])
+    leader = servers.procs[0][1].pid
+    deadline = time.monotonic() + 20
+    while not _descendants(leader):  # the leader ignores SIGTERM before it starts the grandchild
+        assert time.monotonic() < deadline, "the grandchild did not start"
+        time.sleep(0.1)
+    started, begun = {leader} | _descendants(leader), time.monotonic()
+    servers.stop()
+    assert not [p for p in started if _alive(p)] and servers.procs == []
+    assert time.monotonic() - begun >= 1.0  # SIGTERM was ignored: SIGKILL ended them
