@@ -4,7 +4,8 @@
   autocompress report RUN_DIR [--out DIR] [--pick RULE | --trial N]
   autocompress ui [RUN_DIR] [--tracking-uri URI] [--host 127.0.0.1] [--port 5000] [--dashboard-port 8080]
 
-Kept apart from `cli.py` so that each command family fits in one file; `cli.build_parser` mounts them.
+Kept apart from `cli.py` so that each command family fits in one file; `cli.build_parser` mounts them. `ui`
+runs in `ui.py` (its servers, ports and signals).
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
-import sys
 from typing import Any
 
 from autocompress.cli import _console
 from autocompress.errors import UserError
+from autocompress.ui import cmd_ui
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -78,57 +77,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tracking_uri(args: argparse.Namespace) -> tuple[str, str | None]:
-    """(MLflow URI, Optuna storage URL or None) for `ui`, from --tracking-uri or the run directory's config."""
-    uri, storage = args.tracking_uri, None
-    if args.run_dir:
-        from autocompress.config import read_yaml
-
-        cfg_path = os.path.join(args.run_dir, "config.yaml")
-        if not os.path.isfile(cfg_path):
-            raise UserError(f"{args.run_dir!r} is not a run directory (no config.yaml); give the run_dir of a search")
-        cfg = read_yaml(cfg_path)
-        storage = cfg.get("storage")
-        uri = uri or (cfg.get("tracking") or {}).get("uri", "sqlite:///mlflow.db")
-    return uri or "sqlite:///mlflow.db", storage
-
-
-def _dashboard(storage: str | None, host: str, port: int) -> subprocess.Popen | None:
-    """optuna-dashboard on the study's storage, when it is installed and the storage is a database URL."""
-    exe = shutil.which("optuna-dashboard") or os.path.join(os.path.dirname(sys.executable), "optuna-dashboard")
-    if storage is None or not os.path.exists(exe) or not storage.startswith(("sqlite:", "postgresql", "mysql")):
-        return None
-    cmd = [exe, storage, "--host", host, "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    print(f"optuna-dashboard: http://{host}:{port}  (study storage {storage})", flush=True)
-    return proc
-
-
-def _cmd_ui(args: argparse.Namespace) -> int:
-    """Start the MLflow UI on the study's tracking store (127.0.0.1 unless --host says otherwise), and
-    optuna-dashboard on its Optuna storage when that is installed."""
-    uri, storage = _tracking_uri(args)
-    if uri == "none":
-        raise UserError("this search ran with tracking.uri: none; there is nothing for the MLflow UI to show")
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
-        raise UserError(f"no MLflow store at {uri}; run a search first or pass --tracking-uri")
-    dashboard = None if args.no_dashboard else _dashboard(storage, args.host, args.dashboard_port)
-    try:
-        if uri.startswith("http"):
-            print(f"MLflow is served at {uri}", flush=True)
-            return dashboard.wait() if dashboard is not None else 0
-        exe = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
-        print(f"MLflow UI: http://{args.host}:{args.port}  (store {uri}; Ctrl-C stops it)", flush=True)
-        cmd = [exe, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-        return subprocess.call(cmd, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if dashboard is not None and dashboard.poll() is None:
-            dashboard.terminate()
-            dashboard.wait(timeout=10)
-
-
 def add_run_commands(sub: Any) -> None:
     """Mount `export`, `report` and `ui` on the top-level subparsers."""
     p = sub.add_parser("export", help="write a trial's compressed model: packed (autocompress), compressed-tensors "
@@ -160,4 +108,4 @@ def add_run_commands(sub: Any) -> None:
     p.add_argument("--port", type=int, default=5000, help="MLflow UI port (default 5000)")
     p.add_argument("--dashboard-port", type=int, default=8080, help="optuna-dashboard port (default 8080)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start optuna-dashboard")
-    p.set_defaults(func=_cmd_ui)
+    p.set_defaults(func=cmd_ui)

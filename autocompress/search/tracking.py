@@ -3,7 +3,7 @@
 The driver process is the only writer. Everything goes through an explicit `mlflow.MlflowClient`
 (never the fluent `mlflow.start_run` state), so nothing leaks between studies, threads or tests.
 
-Layout in MLflow (experiment = `tracking.experiment`):
+Layout in MLflow (experiment = `tracking.experiment`, tagged mlflow.experimentKind: custom_model_development):
   parent run  name=<study_name>, tags autocompress.study_name / .storage / .run_dir, params = the config
               flattened to "section.key", artifact config.yaml; later the Pareto table and summary metrics.
   child runs  name=trial-0007, tags mlflow.parentRunId, autocompress.trial_number / .state / .worker / .logged_at
@@ -31,6 +31,8 @@ STATES = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # tri
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 _T = "autocompress."
 MAX_KEY, MAX_TAG = 250, 5000  # MLflow's key limit; tag values are cut well below its 8000
+# MLflow 3's UI opens an experiment by this tag: without it on the GenAI overview (empty here), with it on the runs
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # shown as "Machine learning"
 
 
 def _key(name: str) -> str:
@@ -115,6 +117,7 @@ class Tracker(NullTracker):
         Processes opening the same study at once end up with one parent run: each one that created a parent
         looks again and keeps the oldest (deleting its own if that is not it); the driver also opens the
         tracker under the study's lock, which serializes them. A password in the storage URL is masked.
+        The experiment carries KIND_TAG (set on an existing one that has no kind), so the UI opens it on its runs.
         """
         import mlflow
         import yaml
@@ -141,7 +144,8 @@ class Tracker(NullTracker):
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             try:
-                exp_id = client.create_experiment(experiment, artifact_location=artifact_location)
+                exp_id = client.create_experiment(experiment, artifact_location=artifact_location,
+                                                  tags={KIND_TAG: KIND})
             except mlflow.exceptions.MlflowException:  # another process created it first
                 exp_id = client.get_experiment_by_name(experiment).experiment_id
         elif exp.lifecycle_stage == "deleted":
@@ -149,6 +153,11 @@ class Tracker(NullTracker):
                             f"or choose another tracking.experiment")
         else:
             exp_id = exp.experiment_id
+            if KIND_TAG not in exp.tags:  # made before autocompress tagged it, or by hand: open it on its runs
+                try:
+                    client.set_experiment_tag(exp_id, KIND_TAG, KIND)
+                except mlflow.exceptions.MlflowException:  # e.g. no permission on a shared server: only a UI default
+                    pass
         storage_url = display_url(storage_url)  # no password in tags or params
         if isinstance(config.get("storage"), str):
             config = {**config, "storage": display_url(config["storage"])}
@@ -272,7 +281,7 @@ class Tracker(NullTracker):
     def ui_hint(self) -> str:
         """What a user runs or opens to see this study in the MLflow UI."""
         if self.uri.startswith(("http://", "https://")):
-            return f"{display_url(self.uri).rstrip('/')}/#/experiments/{self.experiment_id}"
+            return f"{display_url(self.uri).rstrip('/')}/#/experiments/{self.experiment_id}/runs"
         return f"mlflow ui --backend-store-uri {display_url(self.uri)} --host 127.0.0.1"
 
     def _batch(self, run_id: str | None = None, params: dict | None = None, metrics: dict | None = None,

@@ -120,6 +120,21 @@ def test_resume_reuses_parent_and_skips_logged_trials(sqlite_uri, tmp_path):
     assert open_tracker(sqlite_uri, "autocompress", "study-a", STORAGE, {}, "r").logged_trials() == {0, 1, 2, 3}
 
 
+def test_experiment_opens_on_its_runs(sqlite_uri):
+    """MLflow 3's UI opens an experiment by its kind tag, an untagged one on the (empty) GenAI overview: the
+    experiment a search creates is marked machine learning, an existing untagged one gets the tag when a study
+    opens it, and one a user marked otherwise keeps its kind."""
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    tracker = log_study(sqlite_uri)
+    assert client.get_experiment(tracker.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    old = client.create_experiment("made-before")
+    mine = client.create_experiment("mine", tags={"mlflow.experimentKind": "genai_development"})
+    for name in ("made-before", "mine"):
+        Tracker.open(sqlite_uri, name, "study-b", STORAGE, {}, "r").close()
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(mine).tags["mlflow.experimentKind"] == "genai_development"
+
+
 def test_half_written_trial_is_replaced_on_resume(sqlite_uri):
     tracker = log_study(sqlite_uri)
     client = MlflowClient(tracking_uri=sqlite_uri)
@@ -176,7 +191,7 @@ def test_real_server_round_trip(mlflow_server, tmp_path, capsys):
     tracker = log_study(mlflow_server, experiment="tracking-round-trip")
     assert capsys.readouterr().out == ""  # no "View run ..." lines in the driver's terminal
     check_study(mlflow_server, tracker, tmp_path)
-    assert tracker.ui_hint() == f"{mlflow_server}/#/experiments/{tracker.experiment_id}"
+    assert tracker.ui_hint() == f"{mlflow_server}/#/experiments/{tracker.experiment_id}/runs"
     again = Tracker.open(mlflow_server, "tracking-round-trip", "study-a", STORAGE, CONFIG, "runs/study-a")
     assert again.parent_run_id == tracker.parent_run_id and again.logged_trials() == {0, 1, 2}
     again.close()
