@@ -295,7 +295,8 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
     from autocompress.search.liveness import Liveness
     from autocompress.search.progress import SearchProgress
     from autocompress.search.pruning import PruningStudy
-    from autocompress.search.study import join_study, open_study, study_lock
+    from autocompress.search.identity import check, run_identity
+    from autocompress.search.study import join_study, open_study, record_identity, stored_identity, study_lock
     from autocompress.search.tracking import open_tracker
     from autocompress.spaces import ConfigSpace
 
@@ -305,12 +306,15 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
     t_start = time.perf_counter()
     from autocompress.search.preflight import preflight
 
-    preflight(config)  # bad input fails here, before anything is written
+    task = preflight(config)  # bad input fails here, before anything is written
+    identity = run_identity(config, task)  # a resume searches what the run searched (search/identity.py)
+    check(stored_identity(config), identity, where="the config")
     run_dir = Path(config.run_dir)
     (run_dir / "plans").mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     study = open_study(config)
     with study_lock(study):  # the processes of a sweep find-or-create one MLflow parent run, one at a time
+        record_identity(study, identity)
         tracker = open_tracker(config.tracking.uri, config.tracking.experiment, config.study_name, config.storage,
                                config.model_dump(mode="json"), str(run_dir))
     if config.tracking.writer == "process" and tracker.uri != "none":

@@ -28,8 +28,9 @@ class RunDir:
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":
-        """Read `path/config.yaml` and load the study it names. `UserError` if `path` is not a run directory
-        or its study cannot be found in the storage."""
+        """Read `path/config.yaml` and load the study it names. `UserError` if `path` is not a run directory,
+        its study cannot be found in the storage, or config.yaml names another model, task, data or space
+        than the study recorded (search/identity.py)."""
         import optuna
 
         root = Path(path).resolve()
@@ -50,6 +51,9 @@ class RunDir:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"storage {config.storage!r} of run directory {str(path)!r} cannot be opened: "
                             f"{first}") from None
+        from autocompress.search.identity import ATTR, check, run_identity
+
+        check(study.user_attrs.get(ATTR), run_identity(config))  # config.yaml names what the run searched
         return cls(root, config, study)
 
     @property
