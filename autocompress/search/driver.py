@@ -293,6 +293,7 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
     from autocompress.search import interrupts
     from autocompress.search.backends import make_backend
     from autocompress.search.liveness import Liveness
+    from autocompress.search.plan_files import repair
     from autocompress.search.progress import SearchProgress
     from autocompress.search.pruning import PruningStudy
     from autocompress.search.identity import check, run_identity
@@ -333,6 +334,7 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
         space = ConfigSpace(config.space, info, config.target_format)
         pruning = PruningStudy(config, study, info.task) if config.pruner.name != "none" else None
         search = _Search(config, study, space, info, recorder, run_dir, liveness, pruning)
+        repair(run_dir, study.get_trials(deepcopy=False), space)  # plan files missing or corrupt: rebuilt
         end_companions(pruning, liveness.recover())  # dead drivers' RUNNING trials: FAIL, params queued again
         recorder.reconcile(study.get_trials(deepcopy=False), search.record_of)  # finished, but not in MLflow
         # a fresh study starts from the uniform baselines, so the front is never worse than them: enqueued once
