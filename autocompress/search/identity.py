@@ -112,13 +112,13 @@ def _data(config: Any) -> str:
 
 def run_identity(config: Any, task: str | None = None) -> dict[str, Any]:
     """The identity of what `config` (a `SearchConfig`) searches: the module docstring's parts."""
-    from autocompress.loading import model_task
+    from autocompress.loading import _resolve
 
     m = config.model
     weights = None
-    try:  # a part the model is not on this machine for is not compared
-        task = task or model_task(m.name, m.task, m.trust_remote_code)
-    except (UserError, OSError):
+    try:  # a part the model is not on this machine for is not compared; the hub is never asked
+        task = task or _resolve(m.name, m.task, m.trust_remote_code, local_files_only=True)[1]
+    except (UserError, OSError, ValueError):
         pass
     try:
         weights = weights_fingerprint(m.name)
