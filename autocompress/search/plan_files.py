@@ -100,8 +100,8 @@ def repair(run_dir: str | os.PathLike, trials: Iterable[Any], space: Any) -> lis
     if done:
         names = "; ".join(text for _, text in done[:SHOWN]) + (f"; and {len(done) - SHOWN} more" if
                                                                  len(done) > SHOWN else "")
-        print(f"{Path(run_dir) / 'plans'}: rebuilt {len(done)} plan file{'s' * (len(done) > 1)} from their "
-              f"trials' parameters in the study ({names})", file=sys.stderr)
+        print(f"{Path(run_dir) / 'plans'}: rebuilt {len(done)} plan file{'s' * (len(done) > 1)} from the "
+              f"trial parameters in the study ({names})", file=sys.stderr)
     if failed:
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         print(f"warning: {failed[0]}{more}", file=sys.stderr)

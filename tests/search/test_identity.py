@@ -55,8 +55,8 @@ def test_data_and_space_parts(tmp_path):
     base = run_identity(make_config(tmp_path, data={"evaluation": {"source": str(texts), "n": 2}}))
     texts.write_text("one text\nchanged text\n")
     changed = run_identity(make_config(tmp_path, data={"evaluation": {"source": str(texts), "n": 2}}))
-    assert difference(base, changed) .startswith("the run measured its trials on other data: the file "
-                                                 "data.evaluation.source names has changed")
+    assert difference(base, changed).startswith("the run measured its trials on other data: the file "
+                                                "data.evaluation.source names has changed")
     moved = tmp_path / "moved.txt"
     shutil.copy(texts, moved)
     same = run_identity(make_config(tmp_path, data={"evaluation": {"source": str(moved), "n": 2}}))
