@@ -295,9 +295,11 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
     from autocompress.search import interrupts
     from autocompress.search.backends import make_backend
     from autocompress.search.liveness import Liveness
+    from autocompress.search.plan_files import repair
     from autocompress.search.progress import SearchProgress
     from autocompress.search.pruning import PruningStudy
-    from autocompress.search.study import join_study, open_study, study_lock
+    from autocompress.search.identity import check, run_identity
+    from autocompress.search.study import join_study, open_study, record_identity, stored_identity, study_lock
     from autocompress.search.tracking import open_tracker
     from autocompress.spaces import ConfigSpace
 
@@ -307,7 +309,9 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
     t_start = time.perf_counter()
     from autocompress.search.preflight import preflight
 
-    preflight(config)  # bad input fails here, before anything is written
+    task = preflight(config)  # bad input fails here, before anything is written
+    identity = run_identity(config, task)  # a resume searches what the run searched (search/identity.py)
+    check(stored_identity(config), identity, where="the config")
     run_dir = Path(config.run_dir)
     (run_dir / "plans").mkdir(parents=True, exist_ok=True)
     written, notes = run_dir_config(config)  # no password in the run directory
@@ -316,6 +320,7 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
     (run_dir / "config.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
     study = open_study(config)
     with study_lock(study):  # the processes of a sweep find-or-create one MLflow parent run, one at a time
+        record_identity(study, identity)
         tracker = open_tracker(config.tracking.uri, config.tracking.experiment, config.study_name, config.storage,
                                written, str(run_dir))
     if config.tracking.writer == "process" and tracker.uri != "none":
@@ -334,6 +339,7 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
         space = ConfigSpace(config.space, info, config.target_format)
         pruning = PruningStudy(config, study, info.task) if config.pruner.name != "none" else None
         search = _Search(config, study, space, info, recorder, run_dir, liveness, pruning)
+        repair(run_dir, study.get_trials(deepcopy=False), space)  # plan files missing or corrupt: rebuilt
         end_companions(pruning, liveness.recover())  # dead drivers' RUNNING trials: FAIL, params queued again
         recorder.reconcile(study.get_trials(deepcopy=False), search.record_of)  # finished, but not in MLflow
         # a fresh study starts from the uniform baselines, so the front is never worse than them: enqueued once

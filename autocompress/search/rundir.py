@@ -28,8 +28,9 @@ class RunDir:
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":
-        """Read `path/config.yaml` and load the study it names. `UserError` if `path` is not a run directory
-        or its study cannot be found in the storage."""
+        """Read `path/config.yaml` and load the study it names. `UserError` if `path` is not a run directory,
+        its study cannot be found in the storage, or config.yaml names another model, task, data or space
+        than the study recorded (search/identity.py)."""
         import optuna
 
         root = Path(path).resolve()
@@ -50,6 +51,9 @@ class RunDir:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"storage {display_url(config.storage)!r} of run directory {str(path)!r} cannot be opened: "
                             f"{first}") from None
+        from autocompress.search.identity import ATTR, check, run_identity
+
+        check(study.user_attrs.get(ATTR), run_identity(config))  # config.yaml names what the run searched
         return cls(root, config, study)
 
     @property
@@ -118,11 +122,24 @@ class RunDir:
         return [t.number for t in self.front()]
 
     def plan(self, number: int) -> CompressionPlan:
-        """The plan trial `number` ran, from `plans/trial-NNNN.json`."""
-        path = self.path / "plans" / f"trial-{number:04d}.json"
-        if not path.is_file():
-            raise UserError(f"{path} is missing: the run directory is incomplete (was it copied without plans/?)")
-        return CompressionPlan.load(str(path))
+        """The plan trial `number` ran, from `plans/trial-NNNN.json`; a file that is missing or does not parse
+        is rebuilt from the trial's params and written back, with one line on stderr (search/plan_files.py).
+        `UserError` naming the file when it cannot be rebuilt (e.g. the model is not on this machine)."""
+        from autocompress.search.plan_files import plan_of
+
+        trial = next((t for t in self.trials if t.number == number), None)
+        if trial is None:
+            raise UserError(f"trial {number} is not in study {self.config.study_name!r}")
+        return plan_of(self.path, trial, self.space)
+
+    def space(self) -> Any:
+        """The run's search space (`ConfigSpace`) over the model's inventory, built from its config alone."""
+        from autocompress.loading import meta_inventory
+        from autocompress.spaces import ConfigSpace
+
+        m = self.config.model
+        info = meta_inventory(m.name, task=m.task, trust_remote_code=m.trust_remote_code)
+        return ConfigSpace(self.config.space, info, self.config.target_format)
 
 
 def _ranges(trials: list[Any]) -> str:

@@ -52,6 +52,46 @@ def open_study(config: SearchConfig) -> Any:
                              sampler=_sampler(config, finished))
 
 
+def stored_identity(config: SearchConfig) -> dict[str, Any] | None:
+    """The identity (search/identity.py) recorded in the study `config` names, read without creating
+    anything: None when the storage or the study does not exist yet, or the study was made before
+    identities were recorded. `UserError` when the storage cannot be opened."""
+    import os
+
+    import optuna
+
+    from autocompress.search.identity import ATTR
+    from autocompress.search.storage import journal_path, storage_kind
+
+    url, kind = config.storage, storage_kind(config.storage)
+    if kind == "sqlite" and url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].split("?")[0]
+        if path != ":memory:" and not (os.path.isfile(path) and os.path.getsize(path) > 0):
+            return None
+    if kind == "journal" and not os.path.isfile(journal_path(url)):
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url)
+    try:
+        study_id = storage.get_study_id_from_name(config.study_name)
+    except KeyError:
+        return None
+    return storage.get_study_user_attrs(study_id).get(ATTR)
+
+
+def record_identity(study: Any, identity: dict[str, Any], where: str = "the config") -> None:
+    """Store `identity` in `study` (user attr `identity.ATTR`) when the study is new (no identity, no
+    trials); check it against the stored one otherwise (`identity.check`: `UserError` naming the
+    difference). A study made before identities were recorded (trials, no identity) is left as it is."""
+    from autocompress.search.identity import ATTR, check
+
+    stored = study.user_attrs.get(ATTR)
+    if stored is None and not study.get_trials(deepcopy=False):
+        study.set_user_attr(ATTR, identity)
+    else:
+        check(stored, identity, where)
+
+
 def join_study(study: Any, config: SearchConfig, baselines: Sequence[tuple[str, Mapping[str, Any]]] = (),
                stale_s: float = STALE_S) -> int:
     """Register this process with the study before its first `ask`, safely however many processes of a
