@@ -40,7 +40,18 @@ def _write(tmp: Path, name: str, data: bytes | str) -> str:
     return str(path)
 
 
-# (id, function(tmp) -> config dict or raw YAML text, text the one-line error must contain)
+def _yaml(data: dict) -> str:
+    """A config as YAML text: no run_dir or tracking added, so the defaults (runs/NAME, ./mlflow.db) apply."""
+    return yaml.safe_dump(data)
+
+
+def _tree(root: Path) -> list[str]:
+    """Every path under `root`, relative to it: what a refusal must leave unchanged."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+# (id, function(tmp) -> config dict (run_dir and tracking in tmp added), raw YAML text, or a Path: the config
+# path to give, text the one-line error must contain)
 CASES = [
     ("unknown-key", lambda t: {**BASE, "sapce": {}}, "did you mean 'space'"),
     ("unknown-nested-key", lambda t: {**BASE, "space": {"quantize": {"bitz": [4]}}}, "did you mean 'bits'"),
@@ -86,6 +97,21 @@ CASES = [
      "set backend.device: cuda"),
     ("cuda-on-ray-without-gpus", lambda t: {**BASE, "backend": {"name": "ray", "device": "cuda"}},
      "needs gpus_per_trial > 0"),
+    # the run directory and the files a search creates (issue 27, 2)
+    # (issue 27, 3)
+    # (issue 27, 8)
+    # (issue 27, 9, 10)
+    ("config-is-a-directory", lambda t: t, "config '{t}' is a directory; give the path of a YAML file"),
+    ("config-empty", lambda t: "", "is empty"),
+    ("config-only-comments", lambda t: "# nothing yet\n", "is empty"),
+    ("yaml-duplicate-key", lambda t: "model: {name: 'random:bert'}\nbudget: {n_trials: 2}\nspace: {}\n"
+     "budget: {n_trials: 3}\n", "duplicate key 'budget' (lines 2 and 4)"),
+    ("yaml-duplicate-nested-key", lambda t: "model: {name: 'random:bert'}\nspace:\n  quantize:\n    bits: [4]\n"
+     "    bits: [8]\n", "duplicate key 'bits' (lines 4 and 5)"),
+    ("huge-constraint-list", lambda t: {**BASE, "constraints": ["size_mb <= 1"] * 20000 + ["bogus"]},
+     "constraint 'bogus' must read"),
+    ("huge-constraint", lambda t: {**BASE, "constraints": ["size_mb <= " + "9" * 100_000 + " x"]},
+     "constraint 'size_mb <= 999"),
 ]
 if not torch.cuda.is_available():  # (on a GPU machine this config is good input)
     CASES.append(("cuda-without-a-gpu", lambda t: {**BASE, "backend": {"device": "cuda"}},
@@ -93,22 +119,34 @@ if not torch.cuda.is_available():  # (on a GPU machine this config is good input
 
 
 @pytest.mark.parametrize("make, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_search_refuses_bad_input(tmp_path, capsys, make, expected):
+def test_search_refuses_bad_input(tmp_path, capsys, monkeypatch, make, expected):
+    """Run from a working directory inside tmp_path, so that the default run_dir (runs/NAME) and MLflow store
+    (./mlflow.db) of a raw-YAML case, and any path escaping them, would show up in the tree compared."""
     work = tmp_path / "work"
     work.mkdir()
+    monkeypatch.chdir(work)
     data = make(work)
     cfg = work / "search.yaml"
-    if isinstance(data, dict):
+    if isinstance(data, Path):
+        cfg = data
+    elif isinstance(data, dict):
         data = {"run_dir": str(tmp_path / "run"), "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}, **data}
         cfg.write_text(yaml.safe_dump(data))
     else:
         cfg.write_text(data)
-    before = sorted(os.listdir(tmp_path))
-    assert main(["search", str(cfg), "--quiet"]) == 2
+    _refused(["search", str(cfg), "--quiet"], tmp_path, capsys, expected.format(t=work))
+
+
+def _refused(argv: list[str], root: Path, capsys, expected: str) -> str:
+    """`autocompress ARGV` exits 2 with one short line holding `expected`, and writes nothing under `root`."""
+    before = _tree(root)
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err[:2000]
+    assert len(err) < 1000, f"{len(err)} characters: {err[:2000]}"  # echoed input is capped
     assert expected in err, err
-    assert sorted(os.listdir(tmp_path)) == before  # no run dir, no optuna.db, no mlflow.db
+    assert _tree(root) == before  # no run dir, no optuna.db, no mlflow.db
+    return err
 
 
 def test_plan_from_a_newer_version(tmp_path, capsys):
