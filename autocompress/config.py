@@ -36,6 +36,7 @@ from autocompress.errors import UserError, echo
 from autocompress.yaml_io import read_yaml  # noqa: F401  (re-exported: rundir_cli reads run configs with it)
 
 _CONSTRAINT = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows)
 _OBJECTIVE = re.compile(r"^\s*(maximize|minimize)\s+([a-z_][a-z0-9_]*)\s*$")
 
 
@@ -224,6 +225,20 @@ class SearchConfig(_Strict):
         for text in v:
             parse_constraint(text)
         return v
+
+    @model_validator(mode="after")
+    def _study_name_as_a_path(self) -> "SearchConfig":
+        """Without run_dir the study name is a directory's name (runs/STUDY_NAME): a plain name that fits."""
+        name = self.study_name
+        if name is None or self.run_dir is not None:
+            return self
+        if name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise ValueError(f"study_name: {echo(name)} names the run directory (runs/STUDY_NAME), so it must be a "
+                             "plain name: not '.' or '..', no '/', '\\' or NUL; rename it, or set run_dir")
+        if len(name.encode()) > NAME_MAX:
+            raise ValueError(f"study_name: {len(name.encode())} bytes, too long for the name of the run directory "
+                             f"(runs/STUDY_NAME, at most {NAME_MAX} bytes); shorten it, or set run_dir")
+        return self
 
     @model_validator(mode="after")
     def _space_fits_format(self) -> "SearchConfig":

@@ -307,9 +307,9 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
 
     preflight(config)  # bad input fails here, before anything is written
     run_dir = Path(config.run_dir)
+    study = open_study(config)  # a resume refused (other objectives) before config.yaml is rewritten
     (run_dir / "plans").mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    study = open_study(config)
     with study_lock(study):  # the processes of a sweep find-or-create one MLflow parent run, one at a time
         tracker = open_tracker(config.tracking.uri, config.tracking.experiment, config.study_name, config.storage,
                                config.model_dump(mode="json"), str(run_dir))
