@@ -113,6 +113,8 @@ CASES = [
      "storage " + "'sqlite:///{t}/afile/optuna.db': '{t}/afile' is a file, not a directory"),
     ("mlflow-store-under-a-file", lambda t: {**BASE, "tracking": {"uri": f"sqlite:///{_write(t, 'afile', 'x')}/m.db"}},
      "tracking.uri " + "'sqlite:///{t}/afile/m.db': '{t}/afile' is a file, not a directory"),
+    ("mlflow-dir-store-under-a-file", lambda t: {**BASE, "tracking": {"uri": f"{_write(t, 'afile', 'x')}/mlruns"}},
+     "tracking.uri " + "'{t}/afile/mlruns': '{t}/afile' is a file, not a directory"),
     # (issue 27, 3)
     ("mlflow-unknown-scheme", lambda t: {**BASE, "tracking": {"uri": "foo://x"}},
      "tracking.uri 'foo://x': MLflow has no tracking store for scheme 'foo'; use one of"),
@@ -215,6 +217,15 @@ def test_resume_with_other_objectives_changes_nothing(tmp_path, capsys):
     cfg.write_text(yaml.safe_dump({**BASE, "run_dir": str(run), "tracking": {"uri": "none"}}))
     _refused(["search", str(cfg), "--quiet"], tmp_path, capsys, "was created with objectives ['maximize']")
     assert (run / "config.yaml").read_text() == "the config of the first run\n"
+
+
+def test_mlflow_stores_named_without_a_scheme_are_not_paths(tmp_path, monkeypatch):
+    from autocompress.search.preflight import check_tracking
+
+    monkeypatch.chdir(tmp_path)
+    for uri in ("databricks", "databricks-uc", "uc", "mlruns", f"file://{tmp_path}/mlruns", "none"):
+        check_tracking(uri)  # known to MLflow; a local directory that can be created here
+    assert os.listdir(tmp_path) == []
 
 
 def test_an_sqlite_file_that_is_not_an_optuna_storage(tmp_path, capsys):

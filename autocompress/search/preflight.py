@@ -29,6 +29,9 @@ from autocompress.config import SearchConfig
 from autocompress.errors import UserError, echo
 
 
+MLFLOW_NAMED_STORES = ("databricks", "databricks-uc", "uc")  # tracking URIs without a scheme that are no path
+
+
 def check_weight_files(spec: str) -> None:
     """Read the header of every *.safetensors file of a model directory (a truncated or corrupt file fails
     here, in milliseconds, instead of on a worker)."""
@@ -116,7 +119,7 @@ def check_tracking(uri: str) -> None:
     label = f"tracking.uri {echo(display_url(uri))}"
     if sqlite_path(uri) is not None:
         check_file(sqlite_path(uri), label)
-    elif not re.match(r"^[A-Za-z][\w+.-]*:", uri) or uri.startswith("file:"):  # a local store directory
+    elif uri.startswith("file:") or not (re.match(r"^[A-Za-z][\w+.-]*:", uri) or uri in MLFLOW_NAMED_STORES):
         check_dir(re.sub(r"^file:(//)?", "", uri), label)
     if not uri.startswith(("http://", "https://")):
         return
