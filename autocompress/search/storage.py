@@ -34,7 +34,7 @@ import re
 import time
 from typing import Any
 
-from autocompress.errors import UserError
+from autocompress.errors import UserError, echo
 
 CONNECT_TIMEOUT_S = 10
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
@@ -95,18 +95,22 @@ def check_sqlite_file(url: str) -> None:
     import sqlite3
     import urllib.parse
 
-    where = f"storage {display_url(url)!r}"
+    where = f"storage {echo(display_url(url))}"
     fix = "move it away to start a new study, or put back a good copy"
     with open(path, "rb") as fh:
         if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
             raise UserError(f"{where} is not a SQLite database (truncated or overwritten?); {fix}")
     try:  # mode=rw: never creates the file, and a clean close removes the -wal and -shm files it opened
-        con = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw", uri=True)
+        con = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw", uri=True, timeout=10)
         try:
             tables = sorted(row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
             check = con.execute("PRAGMA quick_check(1)").fetchone()[0]
         finally:
             con.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):  # another process of a sweep is writing it: not damaged
+            return
+        check = str(exc)
     except sqlite3.DatabaseError as exc:
         check = str(exc)
     if check != "ok":
