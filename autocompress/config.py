@@ -1,9 +1,9 @@
 """The search config: one YAML file, validated strictly before any work.
 
-`SearchConfig.from_yaml(path)` reads with `yaml.safe_load` and validates every key with pydantic
-(`extra="forbid"`): an unknown key, a wrong type or a value out of range raises `UserError` naming the
-key's path, the valid keys (with a "did you mean") or the valid range. Every key is documented in
-examples/README.md.
+`SearchConfig.from_yaml(path)` reads with `yaml.safe_load` (a repeated key refused: yaml_io.py) and validates
+every key with pydantic (`extra="forbid"`): an unknown key, a wrong type or a value out of range raises
+`UserError` naming the key's path, the valid keys (with a "did you mean") or the valid range, and repeating
+at most ~200 characters of the value (errors.echo). Every key is documented in examples/README.md.
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ from autocompress.config_sections import (  # noqa: F401  (re-exported: the conf
     _Strict,
 )
 from autocompress.data import TEXT_SOURCES
-from autocompress.errors import UserError
+from autocompress.errors import UserError, echo
 from autocompress.secrets import expand_references
+from autocompress.yaml_io import read_yaml  # noqa: F401  (re-exported: rundir_cli reads run configs with it)
 
 _CONSTRAINT = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows)
 _OBJECTIVE = re.compile(r"^\s*(maximize|minimize)\s+([a-z_][a-z0-9_]*)\s*$")
 
 
@@ -227,6 +229,20 @@ class SearchConfig(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _study_name_as_a_path(self) -> "SearchConfig":
+        """Without run_dir the study name is a directory's name (runs/STUDY_NAME): a plain name that fits."""
+        name = self.study_name
+        if name is None or self.run_dir is not None:
+            return self
+        if name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise ValueError(f"study_name: {echo(name)} names the run directory (runs/STUDY_NAME), so it must be a "
+                             "plain name: not '.' or '..', no '/', '\\' or NUL; rename it, or set run_dir")
+        if len(name.encode()) > NAME_MAX:
+            raise ValueError(f"study_name: {len(name.encode())} bytes, too long for the name of the run directory "
+                             f"(runs/STUDY_NAME, at most {NAME_MAX} bytes); shorten it, or set run_dir")
+        return self
+
+    @model_validator(mode="after")
     def _space_fits_format(self) -> "SearchConfig":
         from autocompress.spaces.formats import check_space
 
@@ -254,6 +270,9 @@ class SearchConfig(_Strict):
     def from_dict(cls, data: Any, where: str = "config") -> "SearchConfig":
         """Validate `data`; `${NAME}` references in storage and tracking.uri are expanded from the environment
         (secrets.py), and kept as written for the run directory (`secrets.run_dir_config`)."""
+        if data is None:
+            raise UserError(f"{where}: the config is empty (no keys); a search config needs at least `model:` "
+                            "and `space:` (every key: examples/README.md)")
         if not isinstance(data, dict):
             raise UserError(f"{where}: the YAML must be a mapping of keys (model, space, ...), "
                             f"not a {type(data).__name__}")
@@ -331,7 +350,7 @@ def parse_objective(text: str) -> tuple[str, str]:
     """'maximize fidelity' -> ('maximize', 'fidelity')."""
     m = _OBJECTIVE.match(text)
     if not m:
-        raise ValueError(f"objective {text!r} must read 'maximize METRIC' or 'minimize METRIC'")
+        raise ValueError(f"objective {echo(text)} must read 'maximize METRIC' or 'minimize METRIC'")
     _check_metric(m.group(2))
     return m.group(1), m.group(2)
 
@@ -340,27 +359,12 @@ def parse_constraint(text: str) -> tuple[str, str, float]:
     """'fidelity >= 0.98' -> ('fidelity', '>=', 0.98)."""
     m = _CONSTRAINT.match(text)
     if not m:
-        raise ValueError(f"constraint {text!r} must read 'METRIC OP NUMBER' with OP one of <=, >=, <, >")
+        raise ValueError(f"constraint {echo(text)} must read 'METRIC OP NUMBER' with OP one of <=, >=, <, >")
     _check_metric(m.group(1))
     try:
         return m.group(1), m.group(2), float(m.group(3))
     except ValueError:
-        raise ValueError(f"constraint {text!r}: {m.group(3)!r} is not a number") from None
-
-
-def read_yaml(path: str | os.PathLike) -> Any:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise UserError(f"config {str(path)!r} does not exist") from None
-    except UnicodeDecodeError:
-        raise UserError(f"config {str(path)!r} is not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0]
-        raise UserError(f"config {str(path)!r} is not valid YAML (safe_load refuses it: {first})") from None
+        raise ValueError(f"constraint {echo(text)}: {echo(m.group(3))} is not a number") from None
 
 
 def _explain(exc: ValidationError) -> str:
@@ -384,4 +388,4 @@ def _explain(exc: ValidationError) -> str:
     if err["type"] == "missing":
         return f"missing required key {loc!r}"
     msg = err["msg"].removeprefix("Value error, ")
-    return f"{loc}: {msg} (got {err.get('input')!r})" if loc else msg
+    return f"{loc}: {msg} (got {echo(err.get('input'))})" if loc else msg

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from autocompress.errors import UserError
+from autocompress.errors import UserError, echo
 
 # metrics a trial can report, and whether the plan alone decides them (no model work needed)
 METRICS = {
@@ -37,7 +37,7 @@ def _check_metric(metric: str) -> None:
     if metric not in METRICS:
         close = difflib.get_close_matches(metric, list(METRICS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown metric {metric!r}{hint} (known: {', '.join(METRICS)})")
+        raise ValueError(f"unknown metric {echo(metric)}{hint} (known: {', '.join(METRICS)})")
 
 
 class _Selectable(_Strict):

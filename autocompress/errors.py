@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+ECHO_CHARS = 200  # the most of a user's value an error message repeats
+
+
+def echo(value: Any, limit: int = ECHO_CHARS) -> str:
+    """`repr(value)` for an error message, cut to about `limit` characters: a longer one ends in "..." and
+    says how long the value is, so a 10 MB value gives a short line, not a 10 MB one."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} {'characters' if isinstance(value, str) else 'items'})" if hasattr(value, "__len__") else ""
+    return f"{text[:limit]}...{size}"
+
 
 class UserError(ValueError):
     """Bad input from the user: a plan, a config, a path, a name.

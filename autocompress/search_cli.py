@@ -81,6 +81,10 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     task = info.task
     name = os.path.basename(os.path.normpath(args.model)).replace(":", "-") or "model"
     run_dir = os.path.abspath(args.run_dir or os.path.join("runs", f"auto-{name}"))
+    from autocompress.errors import echo
+    from autocompress.paths import check_dir
+
+    check_dir(run_dir, f"--run-dir {echo(run_dir)}")  # before auto.yaml is written into it
     if args.target:
         from autocompress.hardware import load_profile
 

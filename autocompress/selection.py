@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from autocompress.errors import UserError
+from autocompress.errors import UserError, echo
 from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan, LayerPlan
 
@@ -33,7 +33,7 @@ def _check_regex(selector: str, where: str) -> None:
         try:
             re.compile(selector[3:])
         except re.error as exc:
-            raise UserError(f"{where}: {selector!r} is not a valid regular expression ({exc})") from None
+            raise UserError(f"{where}: {echo(selector)} is not a valid regular expression ({exc})") from None
 
 
 def select_layers(info: ModelInfo, targets: Sequence[str] | None = None, ignore: Sequence[str] = (),
@@ -64,8 +64,8 @@ def select_layers(info: ModelInfo, targets: Sequence[str] | None = None, ignore:
     chosen -= expand(ignore)
     if not chosen:
         kind = "structures" if structures else "layers"
-        raise UserError(f"{where}: found no {kind} to compress (targets={list(targets or [])}, "
-                        f"ignore={list(ignore)}); check the names with `autocompress inspect MODEL`")
+        raise UserError(f"{where}: found no {kind} to compress (targets={echo(list(targets or []))}, "
+                        f"ignore={echo(list(ignore))}); check the names with `autocompress inspect MODEL`")
     return [n for n in pool if n in chosen]
 
 
@@ -81,8 +81,8 @@ def select_embeddings(info: ModelInfo, targets: Sequence[str] | None = None, ign
     chosen -= {n for n in pool if any(_matches(i, n, "Embedding") for i in ignore)}
     if not chosen:
         have = f"the model's tables: {', '.join(pool)}" if pool else "the model has no embedding tables"
-        raise UserError(f"{where}: found no embedding tables to compress (targets={list(targets or [])}, "
-                        f"ignore={list(ignore)}; {have}); check the names with `autocompress inspect MODEL`")
+        raise UserError(f"{where}: found no embedding tables to compress (targets={echo(list(targets or []))}, "
+                        f"ignore={echo(list(ignore))}; {have}); check the names with `autocompress inspect MODEL`")
     return [n for n in pool if n in chosen]
 
 

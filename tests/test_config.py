@@ -82,6 +82,14 @@ def test_missing_and_binary_files(tmp_path):
         SearchConfig.from_yaml(bad)
 
 
+@pytest.mark.parametrize("name", ["../../escaped", "team/a", "a\\b", "..", "x" * 256])
+def test_study_name_must_be_a_plain_name_where_it_names_the_run_dir(name):
+    with pytest.raises(UserError, match="study_name: .*; (rename|shorten) it, or set run_dir"):
+        cfg(study_name=name)
+    assert cfg(study_name=name, run_dir="runs/x").study_name == name  # with run_dir it names the study only
+    assert cfg(study_name="ok-name_1.v2").study_name == "ok-name_1.v2"
+
+
 def test_metrics_checked_against_the_task():
     c = cfg(objectives=["minimize perplexity"])
     c.check_task("causal-lm")

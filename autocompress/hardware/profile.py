@@ -214,6 +214,8 @@ def load_profile(name_or_path: str | os.PathLike) -> DeviceProfile:
     """A shipped profile by name (`h100-sxm`) or a profile YAML file by path. `UserError` if neither."""
     import yaml
 
+    from autocompress.yaml_io import safe_load
+
     path = Path(name_or_path)
     if not path.suffix:
         path = PROFILE_DIR / f"{name_or_path}.yaml"
@@ -222,7 +224,7 @@ def load_profile(name_or_path: str | os.PathLike) -> DeviceProfile:
                         f"{', '.join(list_profiles())}, or give a profile .yaml path "
                         "(make one with `autocompress latency calibrate`)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))  # a repeated key refused (yaml_io.py)
         return DeviceProfile.model_validate(data)
     except yaml.YAMLError as exc:
         raise UserError(f"device profile {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None

@@ -313,12 +313,12 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
     identity = run_identity(config, task)  # a resume searches what the run searched (search/identity.py)
     check(stored_identity(config), identity, where="the config")
     run_dir = Path(config.run_dir)
+    study = open_study(config)  # a resume refused (other objectives) before config.yaml is rewritten
     (run_dir / "plans").mkdir(parents=True, exist_ok=True)
     written, notes = run_dir_config(config)  # no password in the run directory
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
-    study = open_study(config)
     with study_lock(study):  # the processes of a sweep find-or-create one MLflow parent run, one at a time
         record_identity(study, identity)
         tracker = open_tracker(config.tracking.uri, config.tracking.experiment, config.study_name, config.storage,

@@ -41,6 +41,11 @@ class PickRule:
         cond = " and ".join(f"{m} {op} {v:g}" for m, op, v in self.conditions)
         return f"{self.direction} {self.metric}" + (f" where {cond}" if cond else "")
 
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Every metric the rule reads: the one it optimizes, then those its conditions name."""
+        return tuple(dict.fromkeys((self.metric, *(m for m, _, _ in self.conditions))))
+
     def matches(self, metrics: dict[str, float]) -> bool:
         return all(m in metrics and OPS[op](metrics[m], v) for m, op, v in self.conditions)
 

@@ -2,13 +2,15 @@
 directory, no Optuna study and no MLflow run behind.
 
 `preflight(config) -> task` checks, in order and cheaply (no weights are loaded but a legacy-pickle .bin):
-  the model (its directory, config.json, the task it implies, every *.safetensors header or else its
-  pytorch_model*.bin read weights-only, trust_remote_code),
-  the metrics against that task, `target.mode: decode` against it (a causal LM only), the search space
-  against the model's inventory (built on the `meta` device: selectors that match nothing, choices that fit
-  no layer), the calibration / evaluation / label files, the Optuna storage URL (a server storage is opened;
-  SQLite needs no server), the MLflow tracking URI (an http server must answer) and `backend.device: cuda`
-  (torch must see a GPU here). Each failure is a `UserError` naming the key or file and the fix.
+  the run directory (a directory, or one it can create, that this process writes: paths.py), the model (its
+  directory, config.json, the task it implies, every *.safetensors header or else its pytorch_model*.bin read
+  weights-only, trust_remote_code), the metrics against that task, `target.mode: decode` against it (a causal
+  LM only), the search space against the model's inventory (built on the `meta` device: selectors that match
+  nothing, choices that fit no layer), the calibration / evaluation / label files, the Optuna storage URL (a
+  server storage is opened; a SQLite or journal file must be writable where it is, and an existing SQLite file
+  an Optuna storage), the MLflow tracking URI (a scheme MLflow has a store for; an http server must answer; a
+  SQLite file or a store directory writable where it is) and `backend.device: cuda` (torch must see a GPU
+  here). Each failure is a `UserError` naming the key or file and the fix.
 
 When every check has passed, a GGUF model (a .gguf file, `SmolLM2-135M-Instruct`) is converted into the GGUF
 cache (gguf_cache.py) here, on the driver, once, if the cache does not hold it yet: the workers started after
@@ -24,8 +26,11 @@ import os
 import re
 
 from autocompress.config import SearchConfig
-from autocompress.errors import UserError
+from autocompress.errors import UserError, echo
 from autocompress.secrets import mask_url
+
+
+MLFLOW_NAMED_STORES = ("databricks", "databricks-uc", "uc")  # tracking URIs without a scheme that are no path
 
 
 def check_weight_files(spec: str) -> None:
@@ -67,13 +72,30 @@ def check_data(config: SearchConfig) -> None:
             raise UserError(f"data.labels: {exc}") from None
 
 
-def check_storage(url: str) -> None:
-    """A storage URL that names a server (PostgreSQL, MySQL, Redis) must open now; SQLite and journal files
-    are created on first use and need nothing. `UserError` for a string that is not a storage URL."""
-    from autocompress.search.storage import open_storage, storage_kind
+def check_run_dir(path: str) -> None:
+    """The run directory is a directory, or can be created as one, that this process writes (paths.py)."""
+    from autocompress.paths import check_dir
 
-    if storage_kind(url) in ("rdb", "redis"):
+    check_dir(path, f"run_dir {echo(path)}")
+
+
+def check_storage(url: str) -> None:
+    """A storage URL that names a server (PostgreSQL, MySQL, Redis) must open now. A SQLite or journal file
+    is created on first use: its place must be writable (paths.py), and an existing SQLite file must be a
+    SQLite database holding an Optuna storage (`storage.check_sqlite_file`; only read). `UserError` for a
+    string that is not a storage URL."""
+    from autocompress.paths import check_file
+    from autocompress.search.storage import check_sqlite_file, display_url, journal_path, open_storage, \
+        sqlite_path, storage_kind
+
+    kind = storage_kind(url)
+    if kind in ("rdb", "redis"):
         open_storage(url)
+        return
+    path = journal_path(url) if kind == "journal" else sqlite_path(url)
+    if path is not None:
+        check_file(path, f"storage {echo(display_url(url))}")
+        check_sqlite_file(url)
 
 
 def check_device(config: SearchConfig) -> None:
@@ -90,7 +112,19 @@ def check_device(config: SearchConfig) -> None:
 
 
 def check_tracking(uri: str) -> None:
-    """An http(s) MLflow server must answer within ~5 s (the same check `Tracker.open` makes)."""
+    """MLflow has a tracking store for the URI's scheme; an http(s) MLflow server must answer within ~5 s (the
+    same check `Tracker.open` makes); a SQLite file or a store directory must be writable where it is."""
+    if uri == "none":
+        return
+    check_tracking_scheme(uri)
+    from autocompress.paths import check_dir, check_file
+    from autocompress.search.storage import display_url, sqlite_path
+
+    label = f"tracking.uri {echo(display_url(uri))}"
+    if sqlite_path(uri) is not None:
+        check_file(sqlite_path(uri), label)
+    elif uri.startswith("file:") or not (re.match(r"^[A-Za-z][\w+.-]*:", uri) or uri in MLFLOW_NAMED_STORES):
+        check_dir(re.sub(r"^file:(//)?", "", uri), label)
     if not uri.startswith(("http://", "https://")):
         return
     import mlflow
@@ -108,11 +142,33 @@ def check_tracking(uri: str) -> None:
                         "tracking.uri: none") from None
 
 
+def check_tracking_scheme(uri: str) -> None:
+    """`UserError` naming the supported schemes when MLflow has no tracking store for `uri`'s: asks MLflow's
+    own registry of tracking stores (the one `MlflowClient` builds its store from, plugins included)."""
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry as registry
+    except ImportError:  # MLflow moved it: the store is built, and refused, when the search opens it
+        return
+    try:
+        registry.get_store_builder(uri)
+    except UnsupportedModelRegistryStoreURIException as exc:
+        from autocompress.search.storage import display_url
+
+        scheme = uri.split(":", 1)[0]
+        schemes = ", ".join(s for s in exc.supported_uri_schemes if s) + " or a local path"
+        raise UserError(f"tracking.uri {echo(display_url(uri))}: MLflow has no tracking store for scheme "
+                        f"{echo(scheme, 40)}; use one of {schemes} (e.g. sqlite:///mlflow.db, "
+                        "http://127.0.0.1:5000), or tracking.uri: none") from None
+
+
 def preflight(config: SearchConfig) -> str:
     """Run every check of the module docstring; return the model's task."""
     from autocompress.loading import convert_gguf_once, meta_inventory
     from autocompress.spaces import ConfigSpace
 
+    check_run_dir(config.run_dir)
     m = config.model
     info = meta_inventory(m.name, task=m.task, trust_remote_code=m.trust_remote_code)  # config.json only
     check_weight_files(m.name)

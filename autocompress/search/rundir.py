@@ -93,7 +93,8 @@ class RunDir:
     def choose(self, trial: int | None = None, pick: str | None = None) -> Any:
         """The trial to export: number `trial` (any COMPLETE trial), else the one `pick` selects from the
         feasible front, else the config's own `pick` rule (or its first objective). `UserError` when there
-        is no finished trial, the number is unknown or not COMPLETE, or the rule matches nothing."""
+        is no finished trial, the number is unknown or not COMPLETE, the rule names a metric no finished trial
+        measured, or the rule matches nothing."""
         done = self.completed()
         if not done:
             states = ", ".join(sorted({t.state.name for t in self.trials})) or "no trials at all"
@@ -110,6 +111,11 @@ class RunDir:
             return match
         text = pick or self.config.pick
         rule = PickRule.parse(text) if text else default_rule(self.config.objectives)
+        measured = sorted(set().union(*(metrics_of(t) for t in done)))
+        unmeasured = [m for m in rule.metrics if m not in measured]
+        if unmeasured:
+            raise UserError(f"pick rule {str(rule)!r}: this study did not measure {unmeasured[0]!r}; it measured "
+                            f"{', '.join(measured)}; pick by one of those")
         front = self.front()
         chosen = rule.choose(front)
         if chosen is None:

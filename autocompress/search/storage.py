@@ -6,7 +6,8 @@ URL forms (`storage_kind(url)` names each):
   sqlite:///PATH.db          "sqlite"   Optuna's RDBStorage on a file; the default (run_dir/optuna.db); no
                                         server. One machine; fine for a single search, not for sweeps.
                                         Opened in WAL mode with synchronous=NORMAL (`_sqlite_wal`), so the
-                                        file needs a local file system.
+                                        file needs a local file system. An existing file must be a
+                                        SQLite database holding an Optuna storage (`check_sqlite_file`).
   postgresql://USER@HOST[:PORT]/DB, mysql+pymysql://..., any SQLAlchemy URL
                              "rdb"      RDBStorage on a database server: the team set-up, safe for sweeps
                                         (several `autocompress search` processes on one study). The driver
@@ -33,10 +34,11 @@ import re
 import time
 from typing import Any
 
-from autocompress.errors import UserError
+from autocompress.errors import UserError, echo
 from autocompress.secrets import mask_url
 
 CONNECT_TIMEOUT_S = 10
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 FORMS = ("sqlite:///PATH.db, postgresql://USER@HOST:PORT/DB, journal:///ABS/PATH.log (or PATH.log) "
          "or redis://HOST:PORT/DB")
 # module -> pip package; SQLAlchemy 2.1 opens postgresql:// with psycopg (3), 2.0 with psycopg2
@@ -73,6 +75,51 @@ def journal_path(url: str) -> str:
     return os.path.abspath(url)
 
 
+def sqlite_path(url: str) -> str | None:
+    """The file of a sqlite:/// URL (relative to the working directory unless absolute); None for an in-memory
+    database or another kind of URL."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):].split("?")[0]
+    return path if path and path != ":memory:" else None
+
+
+def check_sqlite_file(url: str) -> None:
+    """The existing file of a sqlite URL opens as a SQLite database and holds an Optuna storage, or no tables
+    yet (a missing or empty file is a new storage). `UserError` naming the file otherwise: a truncated or
+    overwritten file, a damaged one (`PRAGMA quick_check`), another program's database. Changes nothing."""
+    path = sqlite_path(url)
+    if path is None or not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    import sqlite3
+    import urllib.parse
+
+    where = f"storage {echo(display_url(url))}"
+    fix = "move it away to start a new study, or put back a good copy"
+    with open(path, "rb") as fh:
+        if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+            raise UserError(f"{where} is not a SQLite database (truncated or overwritten?); {fix}")
+    try:  # mode=rw: never creates the file, and a clean close removes the -wal and -shm files it opened
+        con = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw", uri=True, timeout=10)
+        try:
+            tables = sorted(row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+            check = con.execute("PRAGMA quick_check(1)").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):  # another process of a sweep is writing it: not damaged
+            return
+        check = str(exc)
+    except sqlite3.DatabaseError as exc:
+        check = str(exc)
+    if check != "ok":
+        raise UserError(f"{where} is a damaged SQLite database ({check}; truncated?); {fix}")
+    if tables and "studies" not in tables:
+        shown = ", ".join(tables[:6]) + (", ..." if len(tables) > 6 else "")
+        raise UserError(f"{where} is a SQLite database but not an Optuna storage (its tables: {shown}); name "
+                        "another file, or leave storage out for optuna.db in the run directory")
+
+
 def open_storage(url: str) -> Any:
     """An Optuna storage (`optuna.storages.BaseStorage`) for `url`, created if new (tables, log file): for
     the sqlite and rdb kinds `_CachedStorage(RDBStorage(url))`, what `optuna.storages.get_storage(url)`
@@ -87,17 +134,25 @@ def open_storage(url: str) -> Any:
     except UserError:
         raise
     except Exception as exc:  # SQLAlchemy, DB-API, redis and OS errors vary by backend: one line each
-        raise _explain(url, exc) from None
+        raise _explain(url, exc, kind) from None
+
+
+def close_storage(storage: Any) -> None:
+    """Close the database connections of an RDB storage from `open_storage` (a SQLite file's last connection
+    removes its -wal and -shm files); nothing for a journal storage."""
+    engine = getattr(getattr(storage, "_backend", storage), "engine", None)  # _CachedStorage(RDBStorage)
+    if engine is not None:
+        engine.dispose()
 
 
 def _rdb(url: str, kind: str) -> Any:
     import optuna
     import sqlalchemy.exc
 
-    if kind == "sqlite" and url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):].split("?")[0]
-        if path and path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    path = sqlite_path(url) if kind == "sqlite" else None
+    if path is not None:
+        check_sqlite_file(url)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("postgresql") and "connect_timeout" not in url:
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
@@ -163,8 +218,9 @@ def _journal_redis(url: str) -> Any:
     return JournalStorage(backend)  # reads the log (or its snapshot) at once: a dead server fails here
 
 
-def _explain(url: str, exc: Exception) -> UserError:
-    """One line for an exception raised while opening `url`: what failed, then the fix."""
+def _explain(url: str, exc: Exception, kind: str) -> UserError:
+    """One line for an exception raised while opening `url` (of `storage_kind` `kind`): what failed, then the
+    fix; "start the server" only for a storage that has one."""
     shown = display_url(url)
     missing = _missing_module(exc)
     if missing:
@@ -186,6 +242,8 @@ def _explain(url: str, exc: Exception) -> UserError:
         fix = "use a path this user can create and write"
     elif "does not exist" in reason and "database" in reason:
         fix = "create the database first (e.g. `createdb NAME`) or name an existing one"
+    elif kind in ("sqlite", "journal"):
+        fix = "check the file, or move it away to start a new study"
     elif type(exc).__module__.startswith(("redis", "psycopg", "pymysql", "sqlalchemy")) or "connect" in reason.lower():
         fix = "start the server or fix host and port in the URL"
     else:

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from autocompress.config import SearchConfig, parse_objective
 from autocompress.errors import UserError
-from autocompress.search.storage import display_url, open_storage
+from autocompress.search.storage import close_storage, display_url, open_storage
 
 LOCK_SUFFIX = ":autocompress-lock"  # name suffix of the short-lived study that is `study_lock`
 STALE_S = 120.0  # a lock held longer than this by one holder is taken as left by a killed process
@@ -40,6 +40,7 @@ def open_study(config: SearchConfig) -> Any:
                                 load_if_exists=True)
     existing = probe.metric_names
     if [d.name.lower() for d in probe.directions] != directions or (existing and existing != metrics):
+        close_storage(storage)  # refused: leave the run directory as it was (no -wal, -shm files)
         have = existing or [d.name.lower() for d in probe.directions]
         raise UserError(f"study {config.study_name!r} in {display_url(config.storage)} was created with "
                         f"objectives {have}; use another study_name or run_dir to search with different objectives")

@@ -88,6 +88,13 @@ def test_profile_with_negative_bandwidth_is_a_user_error_naming_it(tmp_path):
         load_profile(_write_variant(tmp_path, bandwidth_gbs=-1.0))
 
 
+def test_profile_with_a_repeated_key_is_a_user_error_naming_it_and_its_lines(tmp_path):
+    path = _write_variant(tmp_path)
+    path.write_text(path.read_text(encoding="utf-8") + "bandwidth_gbs: 1.0\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"duplicate key 'bandwidth_gbs' \(lines \d+ and \d+\)"):
+        load_profile(path)
+
+
 def test_profile_file_round_trips_unchanged(tmp_path):
     assert load_profile(_write_variant(tmp_path)) == load_profile("h100-sxm")
 

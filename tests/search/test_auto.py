@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import yaml
@@ -93,6 +94,16 @@ def test_auto_seed_sensitivity_seeds_the_study_from_measured_plans(tmp_path, mon
 def test_auto_unknown_target_exits_2(capsys):
     assert main(["auto", "random:bert", "--target", "nope", "--quiet"]) == 2
     assert "shipped profiles" in capsys.readouterr().err
+
+
+def test_auto_run_dir_that_is_a_file_exits_2_before_writing(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    assert main(["auto", "random:bert", "--run-dir", str(taken), "--backend", "local", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --run-dir '{taken}' is a file, not a directory; name a directory (created if missing) " \
+                  "or move it away"
+    assert taken.read_text() == "keep me" and os.listdir(tmp_path) == ["taken"]
 
 
 @pytest.mark.parametrize("spec", ["random:llama-tied", "random:gpt2", "random:bert"])

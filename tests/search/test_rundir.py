@@ -45,6 +45,16 @@ def test_choose_by_number_and_rule(finished_run):
         run.choose(trial=99)
 
 
+@pytest.mark.parametrize("rule, missing", [("minimize latency_ms", "latency_ms"),
+                                           ("minimize size_mb where perplexity <= 20", "perplexity")])
+def test_a_pick_rule_on_a_metric_the_study_did_not_measure_says_so(finished_run, rule, missing):
+    path, _ = finished_run
+    with pytest.raises(UserError) as info:
+        RunDir.open(path).choose(pick=rule)
+    assert str(info.value) == (f"pick rule {rule!r}: this study did not measure {missing!r}; it measured "
+                               "fidelity, fidelity_min, size_mb, size_ratio, topk_agreement; pick by one of those")
+
+
 def test_not_a_run_directory(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         RunDir.open(tmp_path / "nope")
@@ -60,6 +70,8 @@ def test_export_bad_input_exits_2_with_one_line(finished_run, tmp_path, capsys):
          "matches no feasible Pareto trial"),
         (["export", str(path), "--out", str(tmp_path / "o"), "--trial", "1", "--pick", "minimize size_mb"],
          "not both"),
+        (["export", str(path), "--out", str(tmp_path / "o"), "--pick", "minimize latency_ms"],
+         "this study did not measure 'latency_ms'"),
     ]
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("keep me")

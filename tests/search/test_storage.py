@@ -109,6 +109,29 @@ def test_storage_that_cannot_be_opened_is_a_one_line_user_error(url, says):
     assert "s3cret" not in message
 
 
+def test_a_file_that_is_not_sqlite_is_named_as_a_file(tmp_path):
+    """A truncated or overwritten optuna.db: the message is about the file, not a server (issue 27, 8)."""
+    bad = tmp_path / "optuna.db"
+    bad.write_bytes(b"not a database " * 100)
+    with pytest.raises(UserError) as err:
+        open_storage(f"sqlite:///{bad}")
+    assert str(err.value) == (f"storage 'sqlite:///{bad}' is not a SQLite database (truncated or overwritten?); "
+                              "move it away to start a new study, or put back a good copy")
+
+
+def test_a_sqlite_error_never_says_start_the_server(tmp_path, monkeypatch):
+    import optuna
+    import sqlalchemy.exc
+
+    def locked(*args, **kwargs):
+        raise sqlalchemy.exc.OperationalError("PRAGMA journal_mode=WAL", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", locked)
+    with pytest.raises(UserError) as err:
+        open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    assert str(err.value).endswith("database is locked; check the file, or move it away to start a new study")
+
+
 def test_missing_redis_package_names_the_install(tmp_path):
     """In a fresh interpreter where `import redis` fails, as on a machine without the package."""
     code = ("import sys; sys.modules['redis'] = None\n"
