@@ -216,11 +216,12 @@ def test_smollm2_in_compressed_tensors_reproduces_the_search_in_a_fresh_transfor
         max_length=128)
     print(f"SmolLM2 {name}: searched {searched}; fresh transformers process {measured}")
     assert report.warnings == [] and searched["kl"] > 1e-3
-    for k in ("perplexity", "nll"):
-        assert abs(measured[k] - searched[k]) <= 1e-3 * searched[k], (k, measured[k], searched[k])
     if name == "w4-g32":
         assert measured == searched
-    else:  # transformers rounds int8 activations on another grid (absmax / 127.5): measured +9% KL, docs/export.md
+    else:  # transformers rounds int8 activations on another grid (absmax / 127.5, the search and vLLM absmax / 127):
+        # measured +8% KL and +0.3% perplexity, docs/export.md
+        for k in ("perplexity", "nll"):
+            assert abs(measured[k] - searched[k]) <= 1e-2 * searched[k], (k, measured[k], searched[k])
         assert abs(measured["kl"] - searched["kl"]) <= 0.15 * searched["kl"]
     lm, model = export_and_measure.last
     served = AutoModelForCausalLM.from_pretrained(str(out))
