@@ -186,7 +186,7 @@ def test_a_server_that_stops_stops_the_other(run_dir, fakes):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+@pytest.mark.parametrize("signum", [signal.SIGTERM], ids=lambda s: s.name)  # SIGINT and SIGHUP: the fast tests above
 def test_a_signal_stops_the_real_servers(run_dir, signum):
     """The real MLflow UI (uvicorn under `mlflow server`) and optuna-dashboard: nothing listens after `ui`."""
     _need_dashboard()
