@@ -75,9 +75,11 @@ def stored_identity(config: SearchConfig) -> dict[str, Any] | None:
     storage = open_storage(url)
     try:
         study_id = storage.get_study_id_from_name(config.study_name)
+        return storage.get_study_user_attrs(study_id).get(ATTR)
     except KeyError:
         return None
-    return storage.get_study_user_attrs(study_id).get(ATTR)
+    finally:
+        close_storage(storage)  # a refused resume leaves no -wal / -shm file behind
 
 
 def record_identity(study: Any, identity: dict[str, Any], where: str = "the config") -> None:
