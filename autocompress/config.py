@@ -33,12 +33,11 @@ from autocompress.config_sections import (  # noqa: F401  (re-exported: the conf
 )
 from autocompress.data import TEXT_SOURCES
 from autocompress.errors import UserError, echo
+from autocompress.objectives import parse_constraint, parse_objective, threshold_bounds  # noqa: F401  (re-exported)
 from autocompress.secrets import expand_references
-from autocompress.yaml_io import read_yaml  # noqa: F401  (re-exported: rundir_cli reads run configs with it)
+from autocompress.yaml_io import read_yaml  # noqa: F401  (re-exported: cli/run.py and ui.py read run configs with it)
 
-_CONSTRAINT = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows)
-_OBJECTIVE = re.compile(r"^\s*(maximize|minimize)\s+([a-z_][a-z0-9_]*)\s*$")
 
 
 class ModelSection(_Strict):
@@ -331,8 +330,6 @@ class SearchConfig(_Strict):
             raise UserError(f"pruner.metric {self.pruner.metric!r} is not measured for a model of task {task!r}; "
                             f"use one of {', '.join(sorted(TASK_METRICS[task]))}")
         if self.pruner.name == "threshold":
-            from autocompress.search.pruning import threshold_bounds
-
             threshold_bounds(self, task)  # raises when there is no bound to stop at
 
 
@@ -344,27 +341,6 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def parse_objective(text: str) -> tuple[str, str]:
-    """'maximize fidelity' -> ('maximize', 'fidelity')."""
-    m = _OBJECTIVE.match(text)
-    if not m:
-        raise ValueError(f"objective {echo(text)} must read 'maximize METRIC' or 'minimize METRIC'")
-    _check_metric(m.group(2))
-    return m.group(1), m.group(2)
-
-
-def parse_constraint(text: str) -> tuple[str, str, float]:
-    """'fidelity >= 0.98' -> ('fidelity', '>=', 0.98)."""
-    m = _CONSTRAINT.match(text)
-    if not m:
-        raise ValueError(f"constraint {echo(text)} must read 'METRIC OP NUMBER' with OP one of <=, >=, <, >")
-    _check_metric(m.group(1))
-    try:
-        return m.group(1), m.group(2), float(m.group(3))
-    except ValueError:
-        raise ValueError(f"constraint {echo(text)}: {echo(m.group(3))} is not a number") from None
 
 
 def _explain(exc: ValidationError) -> str:

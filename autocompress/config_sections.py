@@ -187,7 +187,7 @@ class DistillSpace(_Strict):
 
 
 class PrunerSection(_Strict):
-    """Early stopping of bad trials with an Optuna pruner (search/pruning.py). Unset arguments keep Optuna's
+    """Early stopping of bad trials with an Optuna pruner (search/early_stopping.py). Unset arguments keep Optuna's
     defaults; an argument the named pruner does not take is refused."""
 
     name: Literal["none", "median", "percentile", "successive_halving", "hyperband", "threshold"] = "none"

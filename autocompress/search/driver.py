@@ -12,7 +12,7 @@ Faults: every trial ends COMPLETE, PRUNED or FAIL with user attr "error"/"reason
 timeouts are the backend's (backends.py, inflight.py); trials left RUNNING by a dead driver are failed and
 queued again (liveness.py); MLflow being down never stops the search (recording.py).
 
-Pruning (a `pruner` configured; search/pruning.py): each trial sent to a worker gets a companion trial in the
+Pruning (a `pruner` configured; search/early_stopping.py): each trial sent to a worker gets a companion trial in the
 study `<study_name>:pruning`, whose number goes to the worker with the plan. A trial the pruner stops ends
 PRUNED with reason "pruned by <pruner> at step k (<metric> x)" and its last intermediate metrics; its
 companion ends PRUNED too, and a finished trial's companion ends COMPLETE with the final quality (or FAIL).
@@ -297,7 +297,7 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
     from autocompress.search.liveness import Liveness
     from autocompress.search.plan_files import repair
     from autocompress.search.progress import SearchProgress
-    from autocompress.search.pruning import PruningStudy
+    from autocompress.search.early_stopping import PruningStudy
     from autocompress.search.identity import check, run_identity
     from autocompress.search.study import join_study, open_study, record_identity, stored_identity, study_lock
     from autocompress.search.tracking import open_tracker

@@ -8,7 +8,7 @@ base model (search/workspace.py) that each trial compresses and the next puts ba
 instead of deep-copying the base model per trial; all of it on `backend.device`. `run(plan_json)` takes that
 copy, applies the plan and its distillation (`apply_and_distill`: the teacher is the base model, the data the
 calibration batches), evaluates, and returns a `TrialOutcome`. With a pruner
-(search/pruning.py) and a companion trial number, it reports the quality on a subset of the evaluation
+(search/early_stopping.py) and a companion trial number, it reports the quality on a subset of the evaluation
 texts after applying the plan and every `distill.eval_every` steps, and stops when the pruner says so: the
 outcome is then `pruned` and carries the last intermediate metrics; the full evaluation runs only for plans
 that survive. It never raises for a
@@ -78,7 +78,7 @@ class TrialRunner:
         self.evaluator = self._evaluator()
         self.pruning, self.subset_evaluator = None, None
         if config.pruner.name != "none":  # nothing of this without a pruner
-            from autocompress.search.pruning import WorkerPruning, subset_size
+            from autocompress.search.early_stopping import WorkerPruning, subset_size
 
             self.pruning = WorkerPruning(config, self.loaded.task)
             self.subset_evaluator = self._evaluator(lambda n: subset_size(n, config.pruner.subset))

@@ -4,8 +4,7 @@
   autocompress report RUN_DIR [--out DIR] [--pick RULE | --trial N]
   autocompress ui [RUN_DIR] [--tracking-uri URI] [--host 127.0.0.1] [--port 5000] [--dashboard-port 8080]
 
-Kept apart from `cli.py` so that each command family fits in one file; `cli.build_parser` mounts them. `ui`
-runs in `ui.py` (its servers, ports and signals).
+Mounted by `autocompress.cli.build_parser`; `ui` runs in autocompress/ui.py (its servers, ports and signals).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import json
 import os
 from typing import Any
 
-from autocompress.cli import _console
+from autocompress.cli.common import console
 from autocompress.errors import UserError
 from autocompress.ui import cmd_ui
 
@@ -25,7 +24,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.trial is not None and args.pick:
         raise UserError("give either --trial N or --pick RULE, not both")
-    err = _console(stderr=True)
+    err = console(stderr=True)
 
     def progress(message: str) -> None:
         if err.is_terminal:
@@ -39,7 +38,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(json.dumps({**result.__dict__, "max_metric_diff": result.max_metric_diff,
                           "max_relative_diff": result.max_relative_diff}, indent=2))
         return 0
-    out = _console()
+    out = console()
     out.print(f"exported trial {result.trial} to {result.out_dir} ({result.format} format)")
     out.print(f"  weight files: {result.file_bytes / 1e6:.3f} MB (size model: "
               f"{result.predicted_bytes / 1e6:.3f} MB, {result.file_bytes / max(result.predicted_bytes, 1) - 1:+.2%})")
@@ -68,7 +67,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     files = write_report(run.path, args.out, pick=args.pick, trial=args.trial)
     folder = os.path.dirname(str(files.paths()[0]))
     logged = attach(run.config, folder, "report")
-    out = _console()
+    out = console()
     out.print(f"report written to {folder}:")
     for path in files.paths():
         out.print(f"  {path}")

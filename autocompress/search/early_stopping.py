@@ -20,52 +20,19 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from autocompress.config import METRICS, PLAN_METRICS, SearchConfig, parse_objective
+from autocompress.config import SearchConfig
+from autocompress.objectives import quality_metric, threshold_bounds
 
 SUFFIX = ":pruning"
-TASK_QUALITY = {"embedding": "fidelity", "causal-lm": "perplexity", "sequence-classification": "accuracy"}
 
 
 def enabled(config: SearchConfig) -> bool:
     return config.pruner.name != "none"
 
 
-def quality_metric(config: SearchConfig, task: str) -> tuple[str, str]:
-    """(metric, "maximize"|"minimize") the pruner watches: `pruner.metric`, else the first objective the
-    task's evaluator measures, else the task's quality metric."""
-    from autocompress.config import TASK_METRICS
-
-    metric = config.pruner.metric
-    if metric is None:
-        measured = [m for _, m in map(parse_objective, config.objectives)
-                    if m in TASK_METRICS[task] and m not in PLAN_METRICS]
-        metric = measured[0] if measured else TASK_QUALITY[task]
-    return metric, "maximize" if METRICS[metric] == "max" else "minimize"
-
-
 def subset_size(n: int, share: float) -> int:
     """How many of `n` evaluation texts the intermediate steps use: `share` of them, at least 8 (or all)."""
     return min(n, max(8, int(round(n * share))))
-
-
-def threshold_bounds(config: SearchConfig, task: str) -> dict[str, float]:
-    """`lower` / `upper` of the threshold pruner: the configured ones, else the constraints on the pruner's
-    quality metric (`fidelity >= 0.9` -> lower 0.9). Raises `UserError` when there is neither."""
-    from autocompress.config import parse_constraint
-    from autocompress.errors import UserError
-
-    p = config.pruner
-    bounds = {k: getattr(p, k) for k in ("lower", "upper") if getattr(p, k) is not None}
-    if bounds:
-        return bounds
-    metric, _ = quality_metric(config, task)
-    for name, op, value in map(parse_constraint, config.constraints):
-        if name == metric:
-            bounds["lower" if op in (">=", ">") else "upper"] = value
-    if not bounds:
-        raise UserError(f"pruner threshold has no bound: add a constraint on {metric} (e.g. '{metric} >= 0.9') "
-                        "or set pruner.lower / pruner.upper")
-    return bounds
 
 
 def make_pruner(config: SearchConfig, task: str = "embedding") -> Any:

@@ -4,7 +4,7 @@
   autocompress auto MODEL [--target DEVICE] [--max-drop 0.01] [--trials N] [--run-dir DIR]
   autocompress sensitivity CONFIG.yaml [--run-dir DIR] [--force] [--json]
 
-Kept apart from `cli.py` so that each command family fits in one file; `cli.build_parser` mounts them.
+Mounted by `autocompress.cli.build_parser`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from autocompress.cli import MODEL_HELP, _console
+from autocompress.cli.common import MODEL_HELP, console
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _run_and_report(config: Any, args: argparse.Namespace) -> int:
     from autocompress.search.driver import run_search
 
-    out = _console()
+    out = console()
     result = run_search(config, show_progress=not args.quiet)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -92,7 +92,7 @@ def _cmd_auto(args: argparse.Namespace) -> int:
     data = auto_config(args.model, task, args.max_drop, args.trials, run_dir, args.backend, args.workers,
                        target=args.target, seed_sensitivity=args.seed_sensitivity, info=info)
     path = write_auto_config(data, run_dir)
-    _console(stderr=True).print(f"wrote {path}: edit it and run `autocompress search {path}` to change the search")
+    console(stderr=True).print(f"wrote {path}: edit it and run `autocompress search {path}` to change the search")
     return _run_and_report(SearchConfig.from_yaml(path), args)
 
 
@@ -125,7 +125,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(sens.__dict__, indent=1))
         return 0
-    out = _console()
+    out = console()
     from rich.table import Table
 
     labels = list(dict.fromkeys(label for drops in sens.layers.values() for label in drops))

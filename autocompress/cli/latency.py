@@ -1,6 +1,6 @@
 """The `autocompress latency` command group: calibrate a device profile here, list profiles, predict a plan.
 
-Kept apart from `cli.py` so that each command family fits in one file; `cli.build_parser` mounts it.
+Mounted by `autocompress.cli.build_parser`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from autocompress.cli import _console, _step
+from autocompress.cli.common import console, step
 from autocompress.errors import UserError
 
 
@@ -38,9 +38,9 @@ def _cmd_latency_calibrate(args: argparse.Namespace) -> int:
             raise UserError(f"--update {args.update}: not a profile calibrated on a {kind} (a spec-sheet profile, or "
                             "another kind of device); calibrate into a new file (drop --update)")
     check_mode(args.mode, model_task(args.model, args.task, args.trust_remote_code), args.model, "--mode")
-    with _step(f"loading {args.model}"):
+    with step(f"loading {args.model}"):
         loaded = load_model(args.model, task=args.task, trust_remote_code=args.trust_remote_code)
-    err = _console(stderr=True)
+    err = console(stderr=True)
     start = time.perf_counter()
     with Progress(TextColumn("{task.description:<36}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err, disable=not err.is_terminal) as bar:
@@ -56,7 +56,7 @@ def _cmd_latency_calibrate(args: argparse.Namespace) -> int:
     if old is not None:
         profile = merge_profiles(old, profile)
     path = save_profile(profile, args.out)
-    out = _console()
+    out = console()
     layouts = sorted({(e.format, e.group or 0) for e in profile.table})
     counts = ", ".join(f"{f}{f' g{g}' if g else ''} {sum((e.format, e.group or 0) == (f, g) for e in profile.table)}"
                        for f, g in layouts)
@@ -85,7 +85,7 @@ def _cmd_latency_profiles(args: argparse.Namespace) -> int:
         fast = ", ".join(["dense", *(f for f, k in p.kernels.items() if k.fast and f != "dense")])
         t.add_row(name, p.kind, p.dtype, f"{p.peak(p.dtype):g}", f"{p.bandwidth_gbs:g}", f"{p.overhead_us:g}", fast,
                   "table" if p.table else ("yes" if p.calibration else "spec sheet"))
-    _console().print(t)
+    console().print(t)
     return 0
 
 
@@ -120,10 +120,10 @@ def _cmd_latency_predict(args: argparse.Namespace) -> int:
     if latency.needs_model:
         raise UserError(f"--latency-model {name} times the real model; use roofline or table here")
     model = latency(profile)
-    with _step(f"loading {model_name}"):
+    with step(f"loading {model_name}"):
         info = load_model(model_name, task=task, trust_remote_code=trust_remote_code).info
     where = (f"{name} on {profile.name}, batch {workload.batch}, seq_len {workload.seq_len}, {workload.mode}")
-    out = _console()
+    out = console()
     if is_config:
         from autocompress.spaces import ConfigSpace
 

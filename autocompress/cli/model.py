@@ -1,21 +1,8 @@
-"""The `autocompress` command line.
+"""`autocompress inspect` and `autocompress apply`: the commands on a model and a plan, without a search.
 
   autocompress inspect MODEL [--task T] [--json]
   autocompress apply MODEL PLAN.json [--eval fidelity,size] [--texts builtin|python-docs|FILE] [--labels FILE]
                      [--json]
-  autocompress search CONFIG.yaml [--trials N] [--backend local|ray] [--workers N] [--run-dir DIR] [--json]
-  autocompress auto MODEL [--target DEVICE] [--max-drop 0.01] [--trials N] [--run-dir DIR]
-  autocompress export RUN_DIR [--trial N | --pick RULE] --out DIR [--format autocompress|compressed-tensors|gguf]
-                      [--strict] [--force]
-  autocompress report RUN_DIR [--out DIR]
-  autocompress ui [RUN_DIR] [--tracking-uri URI] [--host 127.0.0.1] [--port 5000]
-  autocompress latency calibrate --model MODEL --out PROFILE.yaml [--device cpu|cuda] [--batch 1] [--seq-len 128]
-  autocompress latency profiles
-  autocompress latency predict PLAN.json|CONFIG.yaml --profile P [--model MODEL] [--latency-model roofline|table]
-
-Bad input (a missing model, a plan that does not fit the model, values out of range) prints one line,
-`error: ...`, naming the problem and the fix, and exits with code 2. Progress goes to stderr; results to
-stdout.
 """
 
 from __future__ import annotations
@@ -24,29 +11,14 @@ import argparse
 import copy
 import json
 import sys
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from autocompress.calibration import TOKENS_PER_INPUT
+from autocompress.cli.common import MODEL_HELP, console, step
 from autocompress.errors import UserError
-from autocompress.terminal import console as _console
-
-MODEL_HELP = ("model directory, .gguf file, all-MiniLM-L6-v2, SmolLM2-135M-Instruct, or "
-              "random:bert|llama|llama-tied|gpt2")
 
 EVALS = ("fidelity", "next_token", "perplexity", "accuracy", "size")
 DEFAULT_EVAL = {"embedding": "fidelity", "causal-lm": "next_token", "sequence-classification": "accuracy"}
-
-
-@contextmanager
-def _step(message: str) -> Iterator[None]:
-    """A spinner on stderr while a slow step runs (silent when stderr is not a terminal)."""
-    console = _console(stderr=True)
-    if console.is_terminal:
-        with console.status(message):
-            yield
-    else:
-        yield
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -54,7 +26,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     from autocompress.loading import load_model
 
-    with _step(f"loading {args.model}"):
+    with step(f"loading {args.model}"):
         info = load_model(args.model, task=args.task, trust_remote_code=args.trust_remote_code).info
     if args.json:
         print(json.dumps({
@@ -69,7 +41,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                                "tied_to": e.tied_to} for n, e in info.embeddings.items()},
         }, indent=2))
         return 0
-    console = _console()
+    out = console()
     table = Table(title=f"{info.model_type} ({info.task}): {info.total_params:,} parameters, "
                         f"{len(info.layers)} Linear layers")
     for col in ("layer", "class", "in", "out", "params", "block"):
@@ -77,14 +49,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     for n, li in info.layers.items():
         table.add_row(n, li.module_class, str(li.in_features), str(li.out_features), f"{li.params:,}",
                       "-" if li.block is None else str(li.block))
-    console.print(table)
+    out.print(table)
     st = Table(title="structures (prunable with pattern: structured)")
     for col in ("structure", "kind", "units", "unit size", "producers -> consumer"):
         st.add_column(col)
     for n, s in info.structures.items():
         prods = ", ".join(p.rsplit(".", 1)[-1] for p in s.producers)
         st.add_row(n, s.kind, str(s.units), str(s.unit_size), f"{prods} -> {s.consumer.rsplit('.', 1)[-1]}")
-    console.print(st)
+    out.print(st)
     if info.embeddings:
         et = Table(title="embedding tables (weight bits only: space.embeddings)")
         for col in ("table", "rows", "dim", "params", "tied to"):
@@ -92,9 +64,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         for n, e in info.embeddings.items():
             tied = f"{e.tied_to} (one weight: the table's bits go on {e.tied_to})" if e.tied_to else "-"
             et.add_row(n, str(e.num_embeddings), str(e.embedding_dim), f"{e.params:,}", tied)
-        console.print(et)
+        out.print(et)
     if info.groups:
-        console.print(f"groups (one setting for all members): {len(info.groups)}, e.g. "
+        out.print(f"groups (one setting for all members): {len(info.groups)}, e.g. "
                       f"{next(iter(info.groups))} = {', '.join(next(iter(info.groups.values())))}")
     return 0
 
@@ -168,7 +140,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
     plan = CompressionPlan.load(args.plan)
     _wanted_evals(args, args.task if args.task != "auto" else "embedding")  # fail fast on a bad --eval
-    with _step(f"loading {args.model}"):
+    with step(f"loading {args.model}"):
         loaded = load_model(args.model, task=args.task, trust_remote_code=args.trust_remote_code)
     validate_plan(plan, loaded.info)
     calibration = None
@@ -183,24 +155,22 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         calibration = Calibration(make_batches(loaded.tokenizer, calib_texts, batch_size=16, max_length=128),
                                   sequential=resolve_sequential(sequential, loaded.task))
     reference = copy.deepcopy(loaded.model)
-    with _step(f"applying the plan to {len(plan)} layers"):
+    with step(f"applying the plan to {len(plan)} layers"):
         model = apply_plan(loaded.model, plan, calibration, info=loaded.info)
-    with _step("evaluating"):
+    with step("evaluating"):
         metrics = _evaluate(args, loaded, reference, model, plan)
     if args.json:
         print(json.dumps({"model": args.model, "plan": args.plan, "metrics": metrics}, indent=2))
         return 0
-    console = _console()
-    console.print(plan)
+    out = console()
+    out.print(plan)
     for k, v in metrics.items():
-        console.print(f"{k:>16}: {v:.6g}")
+        out.print(f"{k:>16}: {v:.6g}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autocompress", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_model_commands(sub: Any) -> None:
+    """Mount `inspect` and `apply` on the top-level subparsers."""
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("model", help=MODEL_HELP)
         p.add_argument("--task", default="auto", help="auto, embedding, causal-lm or sequence-classification")
@@ -229,30 +199,3 @@ def build_parser() -> argparse.ArgumentParser:
                         "data.calibration.sequential: null)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_apply)
-
-    from autocompress.search_cli import add_search_commands
-
-    add_search_commands(sub)
-    from autocompress.latency_cli import add_latency_commands
-
-    add_latency_commands(sub)
-    from autocompress.rundir_cli import add_run_commands
-
-    add_run_commands(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

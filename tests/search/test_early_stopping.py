@@ -1,4 +1,4 @@
-"""Distillation in the search space and early stopping with Optuna's pruners (search/pruning.py), on tiny
+"""Distillation in the search space and early stopping with Optuna's pruners (search/early_stopping.py), on tiny
 random models: pruning stops trials on both backends and says why in Optuna and MLflow, the companion study
 mirrors the main one, the worker stops distillation at the pruned step, and without a pruner nothing changes."""
 
@@ -13,7 +13,8 @@ from autocompress.config import SearchConfig
 from autocompress.errors import UserError
 from autocompress.plan import CompressionPlan
 from autocompress.search.driver import run_search
-from autocompress.search.pruning import SUFFIX, WorkerPruning, make_pruner, quality_metric, subset_size
+from autocompress.objectives import quality_metric
+from autocompress.search.early_stopping import SUFFIX, WorkerPruning, make_pruner, subset_size
 from autocompress.search.trial import TrialRunner
 from tests.support import children, stored_trials
 
@@ -210,7 +211,7 @@ def test_companion_of_a_dead_drivers_trial_ends_fail_with_it(tmp_path):
     import socket
     import subprocess
 
-    from autocompress.search.pruning import PruningStudy
+    from autocompress.search.early_stopping import PruningStudy
 
     config = make_config(tmp_path, budget={"n_trials": 2}, tracking={"uri": "none"})
     Path(config.run_dir).mkdir(parents=True)
