@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/autocompress search examples/quickstart.yaml
 
+# Two pytest-xdist workers (the suite waits on servers and subprocesses a lot); tests are handed out one by one
+# to whichever worker is free (worksteal), so the long ones do not pile up at the end on one worker.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 clean:
 	rm -rf $(VENV) build *.egg-info

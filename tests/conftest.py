@@ -7,7 +7,9 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# two pytest-xdist workers share the 2 cores: one torch thread each (two threads each would oversubscribe them,
+# and OpenMP's spinning threads slow a contended run down by far more than 2x)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")
@@ -20,10 +22,15 @@ def minilm():
 @pytest.fixture(scope="session", autouse=True)
 def autocompress_cache(tmp_path_factory):
     """AUTOCOMPRESS_CACHE (where GGUF files are converted to, `autocompress.gguf_cache`) points at one tmp dir
-    for the whole session: no test writes into the user's cache, and a GGUF (the real SmolLM2) is converted
-    once per session. Set in os.environ, so subprocesses (CLI tests, Ray workers) inherit it."""
+    for the whole session (shared by the pytest-xdist workers of one run): no test writes into the user's cache,
+    and a GGUF (the real SmolLM2) is converted once per run. Set in os.environ, so subprocesses (CLI tests, Ray
+    workers) inherit it."""
     saved = os.environ.get("AUTOCOMPRESS_CACHE")
-    path = tmp_path_factory.mktemp("autocompress-cache")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one cache for every worker of the run (gguf_cache locks it)
+        path = tmp_path_factory.getbasetemp().parent / "autocompress-cache"
+        path.mkdir(exist_ok=True)
+    else:
+        path = tmp_path_factory.mktemp("autocompress-cache")
     os.environ["AUTOCOMPRESS_CACHE"] = str(path)
     yield path
     if saved is None:
