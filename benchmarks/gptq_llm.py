@@ -95,7 +95,7 @@ def main() -> None:
     held_out = set(eval_texts)
     pool_file = Path(tempfile.mkdtemp()) / "calibration_pool.txt"
     pool_file.write_text("\n".join(t for t in builtin_corpus() if t not in held_out) + "\n")
-    evaluator = PerplexityEvaluator(tokenizer, eval_texts, max_length=args.max_length, reference_model=model)
+    evaluator = PerplexityEvaluator(model, tokenizer, eval_texts, max_length=args.max_length)
     print(f"loaded {source} in {time.perf_counter() - t0:.0f} s; base perplexity {evaluator.reference_perplexity:.3f}",
           flush=True)
 

@@ -154,7 +154,7 @@ def smollm2(evaluation: list[str], calibration: list[str], alphas: tuple[float, 
     from autocompress.evaluators.perplexity import PerplexityEvaluator
 
     model, tokenizer, info = load_smollm2()
-    evaluator = PerplexityEvaluator(tokenizer, evaluation, max_length=MAX_LENGTH, batch_size=8)
+    evaluator = PerplexityEvaluator(None, tokenizer, evaluation, max_length=MAX_LENGTH, batch_size=8)
     return run_model("SmolLM2-135M", model, tokenizer, info, "perplexity", evaluator.evaluate, calibration,
                      ("input_ids", "attention_mask"), alphas, only)
 

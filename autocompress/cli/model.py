@@ -18,7 +18,6 @@ from autocompress.cli.common import MODEL_HELP, console, step
 from autocompress.errors import UserError
 
 EVALS = ("fidelity", "next_token", "perplexity", "accuracy", "size")
-DEFAULT_EVAL = {"embedding": "fidelity", "causal-lm": "next_token", "sequence-classification": "accuracy"}
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -72,7 +71,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _wanted_evals(args: argparse.Namespace, task: str) -> list[str]:
-    wanted = [e.strip() for e in (args.eval or DEFAULT_EVAL[task] + ",size").split(",") if e.strip()]
+    from autocompress.evaluators import TASK_EVALUATOR
+
+    wanted = [e.strip() for e in (args.eval or TASK_EVALUATOR[task] + ",size").split(",") if e.strip()]
     for e in wanted:
         if e not in EVALS:
             raise UserError(f"--eval {e!r} is unknown; use a comma list of {', '.join(EVALS)}")
@@ -93,27 +94,16 @@ def _evaluate(args: argparse.Namespace, loaded: Any, reference: Any, model: Any,
     needs_text = [e for e in wanted if e != "size"]
     if needs_text and loaded.tokenizer is None:
         raise UserError(f"model {args.model!r} has no tokenizer; only --eval size works for it")
-    if "fidelity" in wanted:
-        from autocompress.evaluators.fidelity import FidelityEvaluator
+    from autocompress.evaluators import build_evaluator
 
-        texts = load_texts(args.texts, n=args.n_eval, seed=args.seed)
-        metrics.update(FidelityEvaluator(reference, loaded.tokenizer, texts).evaluate(model))
-    if "next_token" in wanted:  # KL, top-1 agreement, and the perplexity metrics from the same pass
-        from autocompress.evaluators.next_token import NextTokenEvaluator
-
-        texts = load_texts(args.texts, n=args.n_eval, seed=args.seed)
-        metrics.update(NextTokenEvaluator(reference, loaded.tokenizer, texts).evaluate(model))
-    elif "perplexity" in wanted:
-        from autocompress.evaluators.perplexity import PerplexityEvaluator
-
-        texts = load_texts(args.texts, n=args.n_eval, seed=args.seed)
-        metrics.update(PerplexityEvaluator(loaded.tokenizer, texts, reference_model=reference).evaluate(model))
-    if "accuracy" in wanted:
-        from autocompress.evaluators.accuracy import AccuracyEvaluator
-
-        texts, labels = load_labeled(args.labels)
-        label2id = getattr(loaded.model.config, "label2id", None)
-        metrics.update(AccuracyEvaluator(loaded.tokenizer, texts, labels, label2id=label2id).evaluate(model))
+    for name in ("fidelity", "next_token", "perplexity", "accuracy"):
+        if name not in wanted or (name == "perplexity" and "next_token" in wanted):
+            continue  # next_token gives the perplexity metrics from the same pass
+        if name == "accuracy":
+            texts, labels = load_labeled(args.labels)
+        else:
+            texts, labels = load_texts(args.texts, n=args.n_eval, seed=args.seed), None
+        metrics.update(build_evaluator(name, reference, loaded.tokenizer, texts, labels=labels).evaluate(model))
     return metrics
 
 

@@ -6,13 +6,17 @@ reference work happens in `__init__`. Then `evaluate(model)` is called on many c
 named float metrics. It runs under `torch.inference_mode`, puts the model in eval mode for the call and
 restores its previous mode, moves the batches to the model's device, and never changes weights. Non-finite
 model outputs give NaN metrics instead of raising, so a search can mark the trial failed and move on.
+
+Every evaluator of a model is built alike: `Cls(reference_model, tokenizer, texts, [labels,] batch_size=...,
+max_length=..., ...)`, and `build_evaluator(name, ...)` builds one by its registered name (what the search's
+workers and `autocompress apply` both call). `TASK_EVALUATOR` is the evaluator a task's search uses.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -45,6 +49,19 @@ class Evaluator:
 
 
 EVALUATORS: Registry[type[Evaluator]] = Registry("evaluator")
+TASK_EVALUATOR = {"embedding": "fidelity", "causal-lm": "next_token", "sequence-classification": "accuracy"}
+
+
+def build_evaluator(name: str, reference_model: nn.Module | None, tokenizer: Any, texts: Sequence[str],
+                    labels: Sequence[Any] | None = None, **options: Any) -> Evaluator:
+    """The evaluator registered as `name` (fidelity, next_token, perplexity, accuracy), built on `texts` against
+    `reference_model`; `labels` only for accuracy; `options` (batch_size, max_length, ...) as its constructor
+    takes them, None values left out (the evaluator's default)."""
+    cls = EVALUATORS.get(name)
+    options = {k: v for k, v in options.items() if v is not None}
+    if labels is not None:
+        options["labels"] = labels
+    return cls(reference_model, tokenizer, texts, **options)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -37,21 +37,24 @@ def resolve_labels(labels: Sequence[Any], label2id: Mapping[str, int] | None) ->
 class AccuracyEvaluator(Evaluator):
     """Share of `texts` whose argmax logit equals the label.
 
-    `label2id` (normally `model.config.label2id`) maps string labels; without it, string labels that are not
-    integer literals are mapped by the evaluated model's `config.label2id` on the first `evaluate`.
+    `label2id` maps string labels; by default the `reference_model`'s `config.label2id` (the reference's outputs
+    are not needed: accuracy compares with the labels). Without either, string labels that are not integer
+    literals are mapped by the evaluated model's `config.label2id` on the first `evaluate`.
     Raises `UserError` for an unknown label, a class id outside the model's logits, or no texts.
     """
 
     name = "accuracy"
     metrics: ClassVar[dict[str, str]] = {"accuracy": "higher"}
 
-    def __init__(self, tokenizer: Any, texts: Sequence[str], labels: Sequence[Any],
+    def __init__(self, reference_model: nn.Module | None, tokenizer: Any, texts: Sequence[str], labels: Sequence[Any],
                  label2id: Mapping[str, int] | None = None, batch_size: int = 32, max_length: int = 128) -> None:
         if len(texts) != len(labels):
             raise UserError(f"accuracy: {len(texts)} texts but {len(labels)} labels; give one label per text")
         if not texts:
             raise UserError("accuracy needs at least one labeled text")
         self.batches = make_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length)
+        if label2id is None and reference_model is not None:
+            label2id = getattr(getattr(reference_model, "config", None), "label2id", None)
         self.raw_labels = list(labels)
         self.labels: torch.Tensor | None = None
         if label2id is not None or all(isinstance(x, int) or _INT.match(str(x).strip()) for x in labels):

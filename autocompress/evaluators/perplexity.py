@@ -39,15 +39,15 @@ def mean_nll(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> fl
 class PerplexityEvaluator(Evaluator):
     """Perplexity on `texts` (tokenized once, right-padded, truncated to `max_length`).
 
-    With `reference_model`, its perplexity is computed once here (the model is not kept) and `evaluate`
-    also reports "perplexity_ratio". Raises `UserError` when the texts give no token to predict.
+    With a `reference_model` (None: no ratio), its perplexity is computed once here (the model is not kept) and
+    `evaluate` also reports "perplexity_ratio". Raises `UserError` when the texts give no token to predict.
     """
 
     name = "perplexity"
     metrics: ClassVar[dict[str, str]] = {"perplexity": "lower", "nll": "lower", "perplexity_ratio": "lower"}
 
-    def __init__(self, tokenizer: Any, texts: Sequence[str], max_length: int = 128, batch_size: int = 8,
-                 reference_model: nn.Module | None = None) -> None:
+    def __init__(self, reference_model: nn.Module | None, tokenizer: Any, texts: Sequence[str], batch_size: int = 8,
+                 max_length: int = 128) -> None:
         self.batches = make_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length,
                                     keys=("input_ids", "attention_mask"))
         targets = sum(int(b["attention_mask"][:, 1:].sum()) for b in self.batches)

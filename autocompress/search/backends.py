@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 from autocompress.config import SearchConfig
 from autocompress.errors import UserError
@@ -25,6 +25,26 @@ from autocompress.search.trial import TrialOutcome, TrialRunner
 from autocompress.threads import torch_threads, trial_threads
 
 READY_TIMEOUT_S = 600  # the longest a replacement worker may take to load the model
+
+
+class Backend(Protocol):
+    """The contract of the module docstring, as the driver and the sensitivity measurement use it."""
+
+    @property
+    def capacity(self) -> int: ...  # trials that may be in flight at once
+
+    @property
+    def workers(self) -> int: ...
+
+    def start(self) -> Any: ...  # the model's ModelInfo
+
+    def submit(self, number: int, plan_json: str, pruning: int | None = None) -> None: ...
+
+    def in_flight(self) -> int: ...
+
+    def collect(self) -> list[tuple[int, TrialOutcome]]: ...
+
+    def close(self) -> None: ...
 
 
 class LocalBackend:
@@ -310,5 +330,6 @@ class _TrialActor:
         return self.runner.run(plan_json, number=number, attempt=attempt, pruning=pruning)
 
 
-def make_backend(config: SearchConfig) -> LocalBackend | RayBackend:
+def make_backend(config: SearchConfig) -> Backend:
+    """The backend `backend.name` names (not started)."""
     return {"local": LocalBackend, "ray": RayBackend}[config.backend.name](config)

@@ -28,7 +28,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autocompress.config import SearchConfig, parse_constraint, parse_objective
 from autocompress.search.recording import TrialRecord, TrialRecorder
@@ -37,6 +37,9 @@ from autocompress.search.summary import ParetoTrial, SearchResult, summarize  # 
 from autocompress.search.trial import TrialOutcome, worker_name
 from autocompress.search.trial_writes import one_transaction
 from autocompress.secrets import run_dir_config
+
+if TYPE_CHECKING:
+    from autocompress.search.backends import Backend
 
 REFRESH_S = 1.0  # the progress bar's figures are read from the storage at most this often
 
@@ -87,7 +90,7 @@ class _Search:
             out["latency_ms"] = model.predict(plan, self.info, workload).total_ms
         return out
 
-    def start_trial(self, backend: Any, trials: list[Any] | None = None) -> None:
+    def start_trial(self, backend: Backend, trials: list[Any] | None = None) -> None:
         """Ask, sample and size a plan; end it at once (PRUNED by the plan, or a repeat of a finished plan)
         or send it to `backend`. `trials`: the study's trials as the loop just read them (for the repeat
         check; read again when None)."""
@@ -248,7 +251,7 @@ def _memory_target(config: SearchConfig) -> tuple[int, int, str] | None:
     return t.batch, t.seq_len, load_profile(t.profile).dtype
 
 
-def _sensitivity_seeds(config: SearchConfig, study: Any, backend: Any, info: Any, space: Any,
+def _sensitivity_seeds(config: SearchConfig, study: Any, backend: Backend, info: Any, space: Any,
                        recorder: Any, show_progress: bool = False) -> list[tuple[str, dict[str, Any]]]:
     """(label, params) of the plans seeded from per-unit sensitivity, for a fresh study whose config asks
     for them (measured on this backend, with a progress bar when `show_progress`, or read from the run

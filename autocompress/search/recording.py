@@ -25,9 +25,12 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from autocompress.secrets import mask_url
+
+if TYPE_CHECKING:
+    from autocompress.search.tracking import TrialTracker
 
 MIN_RETRY_S = 1.0  # the writer's shortest pause between failed attempts (retry_s 0 would spin on a dead server)
 
@@ -50,7 +53,7 @@ class TrialRecord:
 class TrialRecorder:
     """The driver's only way to MLflow during a search (`tracker` is a `Tracker` or a `NullTracker`)."""
 
-    def __init__(self, tracker: Any, storage_url: str, timeout_s: float = 10.0, retry_s: float = 30.0,
+    def __init__(self, tracker: TrialTracker, storage_url: str, timeout_s: float = 10.0, retry_s: float = 30.0,
                  background: bool = True) -> None:
         self.tracker, self.storage_url = tracker, storage_url
         self.timeout_s, self.retry_s, self.background = timeout_s, retry_s, background

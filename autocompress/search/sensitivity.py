@@ -28,13 +28,16 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from autocompress.config import SearchConfig, parse_objective
+from autocompress.objectives import TASK_QUALITY
+
+if TYPE_CHECKING:
+    from autocompress.search.backends import Backend
 
 QUALITY = {"fidelity": "maximize", "accuracy": "maximize", "perplexity": "minimize", "perplexity_ratio": "minimize",
            "kl": "minimize", "kl_p99": "minimize", "top1_agreement": "maximize"}
-TASK_QUALITY = {"embedding": "fidelity", "causal-lm": "perplexity", "sequence-classification": "accuracy"}
 _MAIN = {"bits", "sparsity", "pattern", "rank"}
 _MILD = _MAIN | {"act_bits"}  # fields a plan not told otherwise takes at their mildest setting
 _FORMATS = {"quantize": ("group_size", "symmetric", "act_bits"), "embeddings": ("group_size", "symmetric")}
@@ -149,7 +152,7 @@ def jobs(space: Any) -> dict[tuple[str, str], Any]:
     return out
 
 
-def measure(config: SearchConfig, backend: Any, info: Any, space: Any,
+def measure(config: SearchConfig, backend: Backend, info: Any, space: Any,
             progress: Callable[[int, int], None] | None = None) -> Sensitivity:
     """Run every single-unit plan of `jobs(space)` on the started `backend` and return the drops. Plans that
     fail are left out (their unit keeps only the choices that ran)."""
@@ -212,7 +215,7 @@ def seed_params(space: Any, sens: Sensitivity, thresholds: Sequence[float]) -> d
     return out
 
 
-def load_or_measure(config: SearchConfig, backend: Any, info: Any, space: Any, run_dir: Path,
+def load_or_measure(config: SearchConfig, backend: Backend, info: Any, space: Any, run_dir: Path,
                     progress: Callable[[int, int], None] | None = None) -> tuple[Sensitivity, bool]:
     """The cached measurement in `run_dir` when its fingerprint matches this config, else a new one (saved).
     Returns (sensitivity, measured_now)."""

@@ -25,7 +25,10 @@ import os
 import pickle
 import subprocess
 import sys
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    from autocompress.search.tracking import TrialTracker
 
 STOP_TIMEOUT_S = 10.0  # how long `stop` waits for the child to finish its call and exit before killing it
 
@@ -37,7 +40,7 @@ class TrackerProcessError(RuntimeError):
 class TrackerProcess:
     """A `Tracker` (tracking.py) whose `log_trial` runs in a child process; see the module docstring."""
 
-    def __init__(self, tracker: Any) -> None:
+    def __init__(self, tracker: TrialTracker) -> None:
         self.tracker = tracker
         self._proc: subprocess.Popen | None = None
 

@@ -125,18 +125,12 @@ class TrialRunner:
         d, task, tok, base = self.config.data, self.loaded.task, self.loaded.tokenizer, self.loaded.model
         cut = (lambda xs: xs) if keep is None else (lambda xs: xs[:keep(len(xs))])
         texts, labels = self._evaluation_data()
-        texts = cut(texts)
-        if task == "embedding":
-            from autocompress.evaluators.fidelity import FidelityEvaluator
+        from autocompress.evaluators import TASK_EVALUATOR, build_evaluator
 
-            return FidelityEvaluator(base, tok, texts, batch_size=d.batch_size, max_length=d.max_length)
-        if task == "causal-lm":  # KL, top-1 agreement and perplexity from one forward pass per batch
-            from autocompress.evaluators.next_token import NextTokenEvaluator
-
-            return NextTokenEvaluator(base, tok, texts, batch_size=d.batch_size, max_length=d.max_length)
-        from autocompress.evaluators.accuracy import AccuracyEvaluator
-
-        return AccuracyEvaluator(tok, texts, cut(labels), label2id=getattr(base.config, "label2id", None))
+        # causal-lm: next_token, KL, top-1 agreement and perplexity from one forward pass per batch
+        options = {} if task == "sequence-classification" else {"batch_size": d.batch_size, "max_length": d.max_length}
+        return build_evaluator(TASK_EVALUATOR[task], base, tok, cut(texts),
+                               labels=None if labels is None else cut(labels), **options)
 
     def run(self, plan_json: str, number: int | None = None, attempt: int = 0,
             pruning: int | None = None) -> TrialOutcome:

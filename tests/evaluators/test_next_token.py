@@ -48,7 +48,7 @@ def test_the_original_model_scores_zero_kl_and_full_agreement(llama, texts):
 
 def test_perplexity_and_nll_are_perplexity_evaluators(llama, texts):
     ev = NextTokenEvaluator(llama.model, llama.tokenizer, texts, batch_size=5)
-    ppl = PerplexityEvaluator(llama.tokenizer, texts, batch_size=5, reference_model=llama.model)
+    ppl = PerplexityEvaluator(llama.model, llama.tokenizer, texts, batch_size=5)
     other = perturbed(llama.model)
     for model in (llama.model, other):
         got, want = ev.evaluate(model), ppl.evaluate(model)

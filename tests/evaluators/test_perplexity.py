@@ -25,7 +25,7 @@ def texts():
 
 
 def test_same_model_ratio_one_and_hand_nll(gpt2, texts):
-    ev = EVALUATORS.get("perplexity")(gpt2.tokenizer, texts, batch_size=5, reference_model=gpt2.model)
+    ev = EVALUATORS.get("perplexity")(gpt2.model, gpt2.tokenizer, texts, batch_size=5)
     got = ev.evaluate(gpt2.model)
     assert set(got) == {"perplexity", "nll", "perplexity_ratio"}
     assert math.isfinite(got["perplexity"]) and got["perplexity"] > 1
@@ -43,17 +43,17 @@ def test_same_model_ratio_one_and_hand_nll(gpt2, texts):
 
 
 def test_changed_model_changes_ratio(gpt2, texts):
-    ev = PerplexityEvaluator(gpt2.tokenizer, texts[:4], reference_model=gpt2.model)
+    ev = PerplexityEvaluator(gpt2.model, gpt2.tokenizer, texts[:4])
     other = copy.deepcopy(gpt2.model)
     with torch.no_grad():
         other.transformer.h[0].mlp.c_fc.weight.mul_(5.0)
     got = ev.evaluate(other)
     assert math.isfinite(got["perplexity"]) and got["perplexity_ratio"] != 1.0
-    assert "perplexity_ratio" not in PerplexityEvaluator(gpt2.tokenizer, texts[:4]).evaluate(other)
+    assert "perplexity_ratio" not in PerplexityEvaluator(None, gpt2.tokenizer, texts[:4]).evaluate(other)
 
 
 def test_nan_logits_give_nan(gpt2, texts):
-    ev = PerplexityEvaluator(gpt2.tokenizer, texts[:3])
+    ev = PerplexityEvaluator(None, gpt2.tokenizer, texts[:3])
     broken = copy.deepcopy(gpt2.model)
     with torch.no_grad():
         broken.transformer.h[1].attn.c_proj.weight.fill_(math.nan)
@@ -72,4 +72,4 @@ class OneTokenTokenizer:
 
 def test_texts_with_nothing_to_predict():
     with pytest.raises(UserError, match="two tokens"):
-        PerplexityEvaluator(OneTokenTokenizer(), ["a", "b"])
+        PerplexityEvaluator(None, OneTokenTokenizer(), ["a", "b"])
