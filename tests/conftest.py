@@ -64,10 +64,3 @@ def calibration_batches():
     g = torch.Generator().manual_seed(0)
     return [{"input_ids": torch.randint(100, 1000, (4, 16), generator=g),
              "attention_mask": torch.ones(4, 16, dtype=torch.long)} for _ in range(2)]
-
-
-def pytest_collection_modifyitems(config, items):
-    """Modules with slow tests run first, each module's tests kept together and in order: with pytest-xdist's
-    worksteal the long tests then start early on both workers, and the run ends on short ones."""
-    slow = {getattr(item, "module", None) for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: getattr(item, "module", None) not in slow)
