@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from autocompress.cli.common import console, step
+from autocompress.cli.common import add_task_args, console, step
 from autocompress.errors import UserError
 
 
@@ -167,8 +167,7 @@ def add_latency_commands(sub: Any) -> None:
     p.add_argument("--update", metavar="PROFILE.yaml",
                    help="add this calibration to a profile calibrated here before (e.g. decode to a prefill one): "
                         "its other workloads and GEMMs are kept; written to --out")
-    p.add_argument("--task", default="auto", help="auto, embedding, causal-lm or sequence-classification")
-    p.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (off by default)")
+    add_task_args(p)
     p.set_defaults(func=_cmd_latency_calibrate)
     p = lat_sub.add_parser("profiles", help="list the shipped device profiles")
     p.set_defaults(func=_cmd_latency_profiles)
@@ -176,7 +175,7 @@ def add_latency_commands(sub: Any) -> None:
     p.add_argument("plan", help="a CompressionPlan JSON (with --model), or a search config YAML")
     p.add_argument("--profile", required=True, help="a shipped device profile name or a profile YAML path")
     p.add_argument("--model", help="the model the plan is for (a config YAML names its own)")
-    p.add_argument("--task", default="auto", help="auto, embedding, causal-lm or sequence-classification")
+    add_task_args(p, trust_remote_code=False)
     p.add_argument("--latency-model", choices=("roofline", "table"),
                    help="default: table when the profile has a measured table, else roofline")
     p.add_argument("--batch", type=int, default=1, help="sequences per call (default 1)")

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from autocompress.calibration import TOKENS_PER_INPUT
-from autocompress.cli.common import MODEL_HELP, console, step
+from autocompress.cli.common import MODEL_HELP, add_output_args, add_task_args, console, step
 from autocompress.errors import UserError
 
 EVALS = ("fidelity", "next_token", "perplexity", "accuracy", "size")
@@ -163,9 +163,8 @@ def add_model_commands(sub: Any) -> None:
     """Mount `inspect` and `apply` on the top-level subparsers."""
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("model", help=MODEL_HELP)
-        p.add_argument("--task", default="auto", help="auto, embedding, causal-lm or sequence-classification")
-        p.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (off by default)")
-        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        add_task_args(p)
+        add_output_args(p, "print machine-readable JSON", progress=False)
 
     p = sub.add_parser("inspect", help="print the layer inventory: names, shapes, params, structures, groups")
     model_args(p)

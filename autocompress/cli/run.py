@@ -14,7 +14,7 @@ import json
 import os
 from typing import Any
 
-from autocompress.cli.common import console
+from autocompress.cli.common import add_output_args, console
 from autocompress.errors import UserError
 from autocompress.ui import cmd_ui
 
@@ -90,7 +90,7 @@ def add_run_commands(sub: Any) -> None:
     p.add_argument("--strict", action="store_true",
                    help="refuse a plan the format would write partly dense or without its sparse saving")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    add_output_args(p, "print a machine-readable summary", progress=False)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("report", help="the Pareto front, baselines and the picked plan as PNG, HTML and markdown")

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from autocompress.cli.common import MODEL_HELP, console
+from autocompress.cli.common import MODEL_HELP, add_output_args, add_task_args, console
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -157,13 +157,12 @@ def add_search_commands(sub: Any) -> None:
     p.add_argument("--backend", choices=("local", "ray"), help="override backend.name")
     p.add_argument("--workers", type=int, help="override backend.workers")
     p.add_argument("--run-dir", help="override run_dir (the study's SQLite storage moves with it)")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary last")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_args(p, "print a machine-readable summary last")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("auto", help="hands-off: write a complete config for MODEL into the run dir and run it")
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("--task", default="auto", help="auto, embedding or causal-lm")
+    add_task_args(p, trust_remote_code=False, task_help="auto, embedding or causal-lm")
     p.add_argument("--target", help="device profile to optimize predicted latency for (e.g. h100-sxm, cpu-local; "
                                     "`autocompress latency profiles` lists them); without it, packed size")
     p.add_argument("--max-drop", type=float, default=0.01,
@@ -175,14 +174,12 @@ def add_search_commands(sub: Any) -> None:
     p.add_argument("--seed-sensitivity", action="store_true",
                    help="measure each unit's sensitivity first and start the study from the plans it suggests "
                         "(better fronts; costs one evaluation per unit and choice)")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary last")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_args(p, "print a machine-readable summary last")
     p.set_defaults(func=_cmd_auto)
 
     p = sub.add_parser("sensitivity", help="measure each layer's quality drop when it alone is compressed")
     p.add_argument("config", help="a search config (its space, data, backend and run_dir are used)")
     p.add_argument("--run-dir", help="override run_dir (the measurement is cached there)")
     p.add_argument("--force", action="store_true", help="measure again even if a cached result matches")
-    p.add_argument("--json", action="store_true", help="print the measurement as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_args(p, "print the measurement as JSON")
     p.set_defaults(func=_cmd_sensitivity)

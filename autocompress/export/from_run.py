@@ -33,6 +33,7 @@ from autocompress.errors import UserError
 from autocompress.evaluators.generation import DEFAULT_PROMPTS
 from autocompress.export.card import CARD_NEW_TOKENS, model_card
 from autocompress.export.formats import DEFAULT_FORMAT, ExportFormat, get_format
+from autocompress.search.plan_files import plan_path
 from autocompress.threads import torch_threads  # noqa: F401  (re-exported)
 
 FIDELITY_TOLERANCE = 1e-4  # the exported model's metrics match the searched model's to this
@@ -148,7 +149,7 @@ def _rebuild_and_write(run: Any, chosen: Any, plan: Any, out: Path, say: Any, th
         searched = dict(chosen.user_attrs.get("metrics", {}))
         # what runs packed with kernels=True here (the autocompress format's CPU kernels)
         fast = load_compressed(tmp, kernels=True).kernels if fmt.name == DEFAULT_FORMAT else {}
-        result = ExportResult(str(out), chosen.number, str(run.path / "plans" / f"trial-{chosen.number:04d}.json"),
+        result = ExportResult(str(out), chosen.number, str(plan_path(run.path, chosen.number)),
                               searched, measured, int(report.file_bytes), int(report.predicted_bytes),
                               kernels=dict(fast), torch_threads=threads, format=fmt.name,
                               warnings=list(report.warnings))

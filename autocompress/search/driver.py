@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autocompress.config import SearchConfig, parse_constraint, parse_objective
+from autocompress.search.plan_files import plan_path
 from autocompress.search.recording import TrialRecord, TrialRecorder
 from autocompress.search.study import assign_generation, finished_metrics, is_repeat
 from autocompress.search.summary import ParetoTrial, SearchResult, summarize  # noqa: F401
@@ -63,7 +64,7 @@ class _Search:
                 self.known.setdefault(_key(t.params), t.user_attrs["metrics"])
 
     def plan_path(self, number: int) -> Path:
-        return self.run_dir / "plans" / f"trial-{number:04d}.json"
+        return plan_path(self.run_dir, number)
 
     def constraint_values(self, metrics: dict[str, float]) -> dict[str, float]:
         """Optuna's convention: <= 0 is feasible. A metric not measured (a pruned plan) counts as met."""
