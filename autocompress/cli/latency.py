@@ -68,6 +68,10 @@ def _cmd_latency_calibrate(args: argparse.Namespace) -> int:
     out.print(f"  bandwidth: {profile.bandwidth_gbs:.4g} GB/s; overhead: {profile.overhead_us:.4g} us/op; "
               f"cache: {profile.cache_mb:g} MB")
     out.print(f"  table: {len(profile.table)} GEMMs ({counts}); rest_scale: {rest}")
+    for mode, w in profile.calibration.workloads.items():
+        if w.call_overhead_ms:
+            costs = ", ".join(f"{f} {ms * 1e3:+.4g} us" for f, ms in w.call_overhead_ms.items())
+            out.print(f"  in-model cost per call ({mode}): {costs}")
     out.print(f"wrote {path} (calibrated in {elapsed:.0f} s); use it with --profile {path}")
     return 0
 

@@ -108,12 +108,15 @@ class TableEntry(_Strict):
 
 class WorkloadCalibration(_Strict):
     """One calibrated workload: the model timed, its batch and sequence length, and `rest_scale`, the measured
-    non-GEMM time of one call (attention, element-wise work, dispatch) over the roofline's estimate of it."""
+    non-GEMM time of one call (attention, element-wise work, dispatch) over the roofline's estimate of it, and
+    `call_overhead_ms`, per kernel format (and "act_quant"), what one call costs inside the whole model beyond
+    its table price (`evaluators.latency.call_overhead`; absent: nothing added)."""
 
     model: str
     batch: int = Field(ge=1)
     seq_len: int = Field(ge=1)
     rest_scale: float = Field(1.0, gt=0)
+    call_overhead_ms: dict[str, float] = Field(default_factory=dict)
     date: str | None = None  # when this workload was measured (`Calibration.date` when absent)
 
 
@@ -142,6 +145,12 @@ class Calibration(_Strict):
         """The non-GEMM scale of `mode`; a profile calibrated for the other workload only uses that one's."""
         w = self.workloads.get(mode) or next(iter(self.workloads.values()))
         return w.rest_scale
+
+    def call_overheads(self, mode: str) -> dict[str, float]:
+        """Per-call in-model costs of `mode` (format -> ms); empty when that mode was not calibrated with them
+        (another mode's are not used: they depend on the workload's token count)."""
+        w = self.workloads.get(mode)
+        return dict(w.call_overhead_ms) if w is not None else {}
 
 
 class DeviceProfile(_Strict):

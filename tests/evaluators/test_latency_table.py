@@ -139,7 +139,7 @@ def test_table_exact_at_measured_shapes(calibrated, bert):
     assert all(key(op) in table for op in gemms)
     expected = (sum(table[key(op)] for op in gemms)
                 + sum(op_time(op, profile)[0] for op in ops if op.kind != "gemm"))
-    report = TableLatency(profile).predict(plan, bert.info, WORKLOAD)
+    report = TableLatency(profile, call_overhead_ms={}).predict(plan, bert.info, WORKLOAD)  # the table alone
     assert report.model == "table"
     assert report.total_ms == pytest.approx(expected, rel=1e-9)
     for o in report.ops:
@@ -297,7 +297,7 @@ def test_calibrate_decode_refuses_an_encoder(bert):
 def test_decode_prices_int4_groups_with_the_kernel_and_per_channel_4bit_dense(decode_profile, llama):
     if "w4" not in available_formats("cpu"):
         pytest.skip("torch here has no int4 CPU kernel")
-    model = TableLatency(decode_profile)
+    model = TableLatency(decode_profile, call_overhead_ms={})  # the table alone
     name = "model.layers.0.mlp.up_proj"
     table = {(e.format, e.group, e.m, e.k, e.n): e.ms for e in decode_profile.table}
 

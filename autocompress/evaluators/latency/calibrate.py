@@ -19,6 +19,9 @@ Micro-benchmarks, all timed with `time_ms` (warm-up, then the median of repeats)
              profile's efficiency is 1.0;
   bandwidth  a copy of a large tensor (256 MB by default) into a preallocated one: bytes read + written / time;
   overhead   a tiny operator (an add of two 8-element tensors);
+  call cost  per kernel format (and the int8 activation hook), what one call costs inside the whole model
+             beyond its table price: a uniform plan of that format timed interleaved with the dense model
+             (`call_overhead.py`);
   rest_scale the whole dense model timed with `measure_model` at the workload (decode: one token against a KV
              cache of seq_len positions), minus the table's GEMMs, over the roofline's estimate of the non-GEMM
              operators (attention, element-wise work): what they really cost here, per workload mode.
@@ -43,6 +46,7 @@ from torch import nn
 
 from autocompress.errors import UserError
 from autocompress.evaluators.latency._base import Workload, plan_ops, time_ms
+from autocompress.evaluators.latency.call_overhead import measure_call_overheads
 from autocompress.evaluators.latency.kernels import available_formats, build_real_model, dense_dtype, real_linear
 from autocompress.evaluators.latency.machine import (is_cuda, sync, cache_mb, machine_name, measure_bandwidth,
                                                      measure_overhead)
@@ -203,14 +207,15 @@ def _time_table(jobs: dict[Key, int | None], device: str, repeats: int, min_tota
 def calibrate(base_model: nn.Module, info: ModelInfo, device: str = "cpu", workload: Workload = Workload(),
               model_name: str = "", progress: Progress | None = None, *, name: str | None = None,
               repeats: int = 20, min_total_s: float = 0.2, passes: int = 3,
-              bandwidth_mb: int = 256) -> DeviceProfile:
+              bandwidth_mb: int = 256, in_model: bool = True) -> DeviceProfile:
     """Measure a `DeviceProfile` of this machine for `base_model` (inventory `info`) at `workload` (prefill or
     decode; decode needs a causal LM).
 
     `progress(advance, total, description)` is called as each measurement finishes. Every table GEMM is
     timed in `passes` interleaved sweeps (the fastest median wins: another process taking the cores only ever
     slows a sweep down), each with `time_ms(repeats=repeats, min_total_s=min_total_s)`; a GEMM slower than a
-    larger one of its format is then timed again. Raises `UserError` for a device that is not here, or decode
+    larger one of its format is then timed again. Last, with `in_model`, each kernel format's per-call cost
+    inside the whole model beyond its table price (`call_overhead.measure_call_overheads`). Raises `UserError` for a device that is not here, or decode
     of an encoder."""
     from autocompress.evaluators.latency.measured import _is_causal
     from autocompress.evaluators.latency.table import TableLatency
@@ -277,9 +282,16 @@ def calibrate(base_model: nn.Module, info: ModelInfo, device: str = "cpu", workl
     rest_ms = sum(op_time(o.op, profile, workload.mode)[0] for o in predicted.ops if o.op.kind != "gemm")
     lo, hi = REST_SCALE_RANGE
     rest_scale = min(max((measured - gemm_ms) / rest_ms, lo), hi) if rest_ms > 0 else 1.0
-    report(1, total, f"done in {time.perf_counter() - start:.0f} s")
     this = this.model_copy(update={"rest_scale": float(f"{rest_scale:.4g}")})
-    return profile.model_copy(update={"calibration": calib.model_copy(update={"workloads": {workload.mode: this}})})
+    profile = profile.model_copy(update={"calibration": calib.model_copy(update={"workloads": {workload.mode: this}})})
+    if in_model:
+        overheads = measure_call_overheads(base_model, info, device, workload, profile, kernels,
+                                           report=lambda what: report(0, total, what))
+        this = this.model_copy(update={"call_overhead_ms": overheads})
+        profile = profile.model_copy(
+            update={"calibration": calib.model_copy(update={"workloads": {workload.mode: this}})})
+    report(1, total, f"done in {time.perf_counter() - start:.0f} s")
+    return profile
 
 
 def _description(machine: str, calib: Calibration) -> str:

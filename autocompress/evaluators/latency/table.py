@@ -22,6 +22,11 @@ a GEMM as follows:
 Non-GEMM operators (attention core, element-wise work) go to the roofline, which scales them by the
 profile's calibrated `rest_scale` of the workload's mode. The bottleneck reported for a GEMM is the roofline's
 verdict on it.
+
+In-model cost per call: a GEMM that runs a format's kernel (rule 1 or 2) gets that format's
+`call_overhead_ms` of the workload's mode added, and an activation fake-quantization gets "act_quant"'s: what one
+call cost inside the whole model beyond its isolated price when the profile was calibrated
+(`call_overhead.py`). A call is never priced below MIN_SHARE of its isolated price.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ from autocompress.evaluators.latency.roofline import DTYPE_BYTES, op_time, weigh
 from autocompress.hardware.profile import WEIGHT_FORMATS, DeviceProfile, TableEntry, group_key
 from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan
+
+MIN_SHARE = 0.1  # an in-model overhead below zero never takes a call under this share of its isolated price
+ACT_QUANT = "act_quant"
 
 
 def _isotonic(ys: list[float], weights: list[float]) -> list[float]:
@@ -83,8 +91,11 @@ class TableLatency(LatencyModel):
 
     name = "table"
 
-    def __init__(self, profile: DeviceProfile | None) -> None:
+    def __init__(self, profile: DeviceProfile | None, call_overhead_ms: dict[str, float] | None = None) -> None:
+        """`call_overhead_ms` replaces the profile's per-call in-model costs for every mode (calibration uses it
+        while it measures them); None reads them from the profile's calibration per workload mode."""
         super().__init__(profile)
+        self._overhead_override = None if call_overhead_ms is None else dict(call_overhead_ms)
         if profile is None or not profile.table:
             where = f"device profile {profile.name!r}" if profile is not None else "the latency model"
             raise UserError(f"{where} has no measured table for latency model 'table'; calibrate one with "
@@ -132,9 +143,24 @@ class TableLatency(LatencyModel):
             return op_time(op, self.profile)[0] + extra_ms
         return self._curve(fmt, group, op.m)(op.gemm_flops) + extra_ms
 
+    def call_overheads(self, mode: str) -> dict[str, float]:
+        """format -> milliseconds added per call in a call of workload mode `mode` (see the module docstring)."""
+        if self._overhead_override is not None:
+            return self._overhead_override
+        calib = self.profile.calibration
+        return calib.call_overheads(mode) if calib is not None else {}
+
+    def op_ms(self, op: Op, mode: str, overheads: dict[str, float]) -> tuple[float, str]:
+        """(milliseconds, bottleneck) of one operator in a call of workload mode `mode`."""
+        roof_ms, bottleneck = op_time(op, self.profile, mode)
+        if op.kind == "gemm":
+            ms = self.gemm_ms(op)
+            extra = overheads.get(op.fmt, 0.0) if op.fmt != "dense" and self.runs_kernel(op) else 0.0
+        else:
+            ms, extra = roof_ms, overheads.get(ACT_QUANT, 0.0) if op.kind == "act_quant" else 0.0
+        return max(ms + extra, MIN_SHARE * ms), bottleneck
+
     def predict(self, plan: CompressionPlan, info: ModelInfo, workload: Workload) -> LatencyReport:
-        ops = []
-        for op in plan_ops(plan, info, workload):
-            roof_ms, bottleneck = op_time(op, self.profile, workload.mode)
-            ops.append(OpLatency(op, self.gemm_ms(op) if op.kind == "gemm" else roof_ms, bottleneck))
+        overheads = self.call_overheads(workload.mode)
+        ops = [OpLatency(op, *self.op_ms(op, workload.mode, overheads)) for op in plan_ops(plan, info, workload)]
         return LatencyReport(sum(o.ms for o in ops), ops, model=self.name)
