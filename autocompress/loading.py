@@ -92,6 +92,12 @@ def _check_task(task: str) -> None:
         raise UserError(f"task {task!r} is unknown; use auto or one of {', '.join(TASKS)}")
 
 
+def random_config(spec: str) -> dict[str, Any]:
+    """The transformers config fields of the random model `spec` names (`random:llama`); `UserError` for an
+    unknown kind."""
+    return dict(_RANDOM[_random_kind(spec)])
+
+
 def _random_kind(spec: str) -> str:
     kind = spec.split(":", 1)[1]
     if kind not in _RANDOM:
@@ -99,7 +105,7 @@ def _random_kind(spec: str) -> str:
     return kind
 
 
-def _model_path(spec: str) -> str:
+def model_path(spec: str) -> str:
     """The directory, GGUF file (or hub name) `spec` stands for; `UserError` if it names nothing loadable."""
     from autocompress.gguf_source import SMOLLM2_ALIASES, is_gguf_path, smollm2_path
 
@@ -136,7 +142,7 @@ def _loading(spec: str) -> Iterator[None]:
         if type(exc).__name__ == "SafetensorError":  # a truncated or corrupt weights file
             raise UserError(f"model {spec!r}: a weights file is not valid safetensors ({exc}); re-download "
                             "or re-save the model") from None
-        path = _model_path(spec)
+        path = model_path(spec)
         if os.path.isdir(path):  # a pytorch_model.bin torch.load(weights_only=True) refused or could not read
             from autocompress.checkpoints import check_bin_files
 
@@ -153,7 +159,7 @@ def _loading(spec: str) -> Iterator[None]:
         raise
 
 
-def _resolve(spec: str, task: str, trust_remote_code: bool,
+def resolve_config(spec: str, task: str, trust_remote_code: bool,
              local_files_only: bool = False) -> tuple[Any, str, str | None]:
     """(transformers config, task, directory or hub name; None for random:*) of `spec`, from its config
     alone. A GGUF file's path stands for its cache entry when it has been converted; otherwise the path of
@@ -167,7 +173,7 @@ def _resolve(spec: str, task: str, trust_remote_code: bool,
         cfg = dict(_RANDOM[kind])
         config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
         return config, _RANDOM_TASK[kind] if task == "auto" else task, None
-    path = _model_path(spec)
+    path = model_path(spec)
     if _is_gguf(path):
         from autocompress.gguf_cache import find_converted
         from autocompress.gguf_source import gguf_config
@@ -189,7 +195,7 @@ def convert_gguf_once(spec: str) -> str | None:
     user on stderr). None for any other spec. A search's preflight calls it so that its workers only read."""
     if spec.startswith("random:"):
         return None
-    path = _model_path(spec)
+    path = model_path(spec)
     if not _is_gguf(path):
         return None
     from autocompress.gguf_cache import converted_model_dir
@@ -202,7 +208,7 @@ def model_task(spec: str, task: str = "auto", trust_remote_code: bool = False) -
     _check_task(task)
     if task != "auto":
         return task
-    return _resolve(spec, task, trust_remote_code)[1]
+    return resolve_config(spec, task, trust_remote_code)[1]
 
 
 def meta_inventory(spec: str, task: str = "auto", trust_remote_code: bool = False,
@@ -214,7 +220,7 @@ def meta_inventory(spec: str, task: str = "auto", trust_remote_code: bool = Fals
 
     import torch
 
-    config, task, _ = _resolve(spec, task, trust_remote_code, local_files_only)
+    config, task, _ = resolve_config(spec, task, trust_remote_code, local_files_only)
     with _loading(spec), warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
         model = _auto_class(task).from_config(config, trust_remote_code=trust_remote_code)
@@ -227,7 +233,7 @@ def load_model(spec: str, task: str = "auto", trust_remote_code: bool = False, s
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    config, task, path = _resolve(spec, task, trust_remote_code)
+    config, task, path = resolve_config(spec, task, trust_remote_code)
     if path is None:  # random:*
         torch.manual_seed(seed)
         model = _auto_class(task).from_config(config)
@@ -238,7 +244,7 @@ def load_model(spec: str, task: str = "auto", trust_remote_code: bool = False, s
             from autocompress.gguf_cache import converted_model_dir
 
             path = converted_model_dir(path, spec, config)
-            config, _, _ = _resolve(path, task, trust_remote_code)
+            config, _, _ = resolve_config(path, task, trust_remote_code)
         with _loading(spec):
             model = _auto_class(task).from_pretrained(path, config=config, trust_remote_code=trust_remote_code)
             tokenizer = _load_tokenizer(path)

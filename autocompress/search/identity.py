@@ -75,11 +75,11 @@ def file_fingerprint(path: str) -> str:
 def weights_fingerprint(spec: str) -> str:
     """The `weights` part of the model `spec` names (the module docstring). `UserError` (from loading.py)
     when `spec` names nothing that exists; OSError when a file cannot be read."""
-    from autocompress.loading import _RANDOM, _model_path, _random_kind
+    from autocompress.loading import model_path, random_config
 
     if spec.startswith("random:"):
-        return _digest({"random": spec, "config": _RANDOM[_random_kind(spec)]})
-    path = _model_path(spec)
+        return _digest({"random": spec, "config": random_config(spec)})
+    path = model_path(spec)
     if os.path.isfile(path):
         return _digest({"file": file_fingerprint(path)})
     if not os.path.isdir(path):
@@ -112,12 +112,12 @@ def _data(config: Any) -> str:
 
 def run_identity(config: Any, task: str | None = None) -> dict[str, Any]:
     """The identity of what `config` (a `SearchConfig`) searches: the module docstring's parts."""
-    from autocompress.loading import _resolve
+    from autocompress.loading import resolve_config
 
     m = config.model
     weights = None
     try:  # a part the model is not on this machine for is not compared; the hub is never asked
-        task = task or _resolve(m.name, m.task, m.trust_remote_code, local_files_only=True)[1]
+        task = task or resolve_config(m.name, m.task, m.trust_remote_code, local_files_only=True)[1]
     except (UserError, OSError, ValueError):
         pass
     try:
