@@ -177,6 +177,8 @@ def main() -> int:
                             passes=args.calibrate_passes)
     else:
         profile = load_profile(args.profile)
+    overheads = profile.calibration.call_overheads(args.mode) if profile.calibration else {}
+    print(f"in-model cost per call ({args.mode}): {overheads}", flush=True)
     spec = spec_sheet(args)
     predictors = {"table (calibrated)": LATENCY_MODELS.get("table")(profile),
                   "roofline (calibrated)": LATENCY_MODELS.get("roofline")(profile),
@@ -214,7 +216,7 @@ def main() -> int:
     env.update({"model": args.model, "mode": args.mode, "batch": args.batch, "seq_len": args.seq_len,
                 "n_plans": args.n_plans, "rounds": args.rounds, "pairs": args.pairs, "seed": args.seed,
                 "profile": "calibrated in this run" if args.calibrate else args.profile,
-                "spec": spec.description, "predicted_anchor_ms": pred_anchor})
+                "spec": spec.description, "predicted_anchor_ms": pred_anchor, "call_overhead_ms": overheads})
     stem = f"latency_fidelity_{args.device}_seed{args.seed}" + (f"_{args.tag}" if args.tag else "")
     save_results(stem, *report(env, rows))
     return 0
