@@ -11,9 +11,9 @@ VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
 mkdir -p "$DEST"
 cd "$DEST"
 if [ ! -d "llama_cpp_python-$VERSION" ]; then
-  url=$(curl -fsS "https://pypi.org/pypi/llama-cpp-python/$VERSION/json" | python3 -c '
-import json, sys
-files = json.load(sys.stdin)["urls"]
+  url=$(curl -fsS "https://pypi.org/pypi/llama-cpp-python/json" | VERSION="$VERSION" python3 -c '
+import json, os, sys
+files = json.load(sys.stdin)["releases"][os.environ["VERSION"]]
 print(next(f["url"] for f in files if f["packagetype"] == "sdist"))')
   case "$url" in http*) ;; *) url="https://pypi.org/${url#../../}" ;; esac
   curl -fsSL -o sdist.tar.gz "$url"
