@@ -1,10 +1,10 @@
 """What a kernel call costs inside the whole model beyond its table price (`call_overhead_ms`).
 
-The table times each GEMM's kernel module alone. Inside a model the same call costs more or less than that: the
-weight-only kernels cast activations to bfloat16 and back around every call, an int8 activation hook runs in
-Python in front of a layer, and caches and dispatch behave differently when a module sits between a norm and a
-residual add. Priced from isolated timings alone, every plan that swaps in kernels was predicted 7-12% faster
-than it measured on SmolLM2 decode (see docs/latency.md).
+The table times each GEMM's kernel module alone. Inside a model the same call costs more or less than that:
+caches, the weight copies the table cycles through, and dispatch behave differently when a module sits between a
+norm and a residual add, and an int8 activation hook in front of a layer runs in Python, which the roofline's
+count of element-wise launches underprices. Priced from isolated timings alone, random plans on SmolLM2 decode
+were predicted 7-12% faster than they measured (see docs/latency.md).
 
 `measure_call_overheads` measures that difference per format, on the whole model, at the workload being
 calibrated. For each weight format with a real kernel here, a uniform plan (every Linear in that format, in the
