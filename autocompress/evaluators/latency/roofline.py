@@ -6,7 +6,9 @@ weight layouts it takes): a format with a fast kernel runs in its own compute ty
 bytes (bits / 8 per weight, plus `SCALE_BYTES_PER_GROUP` per group of `group_size` inputs, or per output row);
 a format without one runs dense (dequantized at load) or, with `fallback: dequant`, dense plus a pass over the
 packed and the dequantized weights on every call. Non-GEMM operators (except an activation quantization, whose
-launches are counted) are scaled by the profile's calibrated `rest_scale` of the workload's mode.
+launches are counted) are scaled by the profile's calibrated `rest_scale` of the workload's mode. A decode
+step's attention also reads its block's KV cache: `cache_values` at `cache_bits` (the plan's `kv_cache`) or in
+the device dtype.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def op_time(op: Op, profile: DeviceProfile, mode: str = "prefill") -> tuple[floa
         scale = 1.0
     else:
         t_compute = op.flops / (profile.peak(profile.dtype) * 1e12 * profile.efficiency.compute)
-        bytes_ = op.elements * a * 2
+        bytes_ = op.elements * a * 2 + op.cache_values * (a if op.cache_bits is None else op.cache_bits / 8)
         scale = 1.0 if op.kind == "act_quant" else rest  # its launches are counted, the others' estimated
     t_memory = bytes_ / bw
     body = max(t_compute, t_memory)
