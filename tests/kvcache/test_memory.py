@@ -53,13 +53,17 @@ def test_memory_counts_the_cache_at_its_bits_per_block(info):
 def test_decode_reads_the_cache_at_its_bits(info):
     profile = load_profile("cpu-local")
     decode, prefill = Workload(batch=8, seq_len=4096, mode="decode"), Workload(batch=1, seq_len=64)
-    attention = [op for op in plan_ops(CompressionPlan({}), info, decode) if op.kind == "attention"]
-    assert [op.cache_values for op in attention] == [2.0 * 8 * 4 * 4096 * 16] * 2
-    assert all(op.cache_bits is None for op in attention)
-    quantized = [op for op in plan_ops(_kv(bits=4, layers={1: 8}), info, decode) if op.kind == "attention"]
+    reads = [op for op in plan_ops(CompressionPlan({}), info, decode) if op.kind == "kv_cache"]
+    assert [(op.layer, op.elements, op.kernels) for op in reads] == [
+        (f"model.layers.{b}.kv_cache", 2.0 * 8 * 4 * 4096 * 16, 0) for b in (0, 1)]
+    assert all(op.cache_bits is None for op in reads)
+    quantized = [op for op in plan_ops(_kv(bits=4, layers={1: 8}), info, decode) if op.kind == "kv_cache"]
     assert [op.cache_bits for op in quantized] == [6.0, 10.0]
-    assert all(op.cache_values == 0 for op in plan_ops(_kv(bits=4), info, prefill) if op.kind == "attention")
+    assert not [op for op in plan_ops(_kv(bits=4), info, prefill) if op.kind == "kv_cache"]
     model = RooflineLatency(profile)
+    full = next(o for o in model.predict(CompressionPlan({}), info, decode).ops if o.op.kind == "kv_cache")
+    assert full.ms == pytest.approx(reads[0].elements * 4 / (profile.bandwidth_gbs * 1e9
+                                                             * profile.efficiency.memory) * 1e3)  # unscaled
     ms = [model.predict(p, info, decode).total_ms for p in (CompressionPlan({}), _kv(bits=8), _kv(bits=2))]
     assert ms[0] > ms[1] > ms[2]
     assert model.predict(_kv(bits=2), info, prefill).total_ms == model.predict(CompressionPlan({}), info,
