@@ -74,7 +74,8 @@ from autocompress.spaces._base import SearchSpace
 from autocompress.spaces.formats import FormatChoices, check_space
 from autocompress.spaces.kv_cache import FIELDS as KV_FIELDS, KVCacheChoices
 
-TECHNIQUES = ("lowrank", "quantize", "embeddings", "prune", "structured", "kv_cache")  # the order decisions are drawn in
+# the order decisions are drawn in (kv_cache, plan-level, after distill: see `_build`)
+TECHNIQUES = ("lowrank", "quantize", "embeddings", "prune", "structured", "kv_cache")
 FIELDS = {"lowrank": {"rank", "rank_method"},
           "quantize": {"bits", "group_size", "symmetric", "quant_method", "act_bits", "smooth"},
           "embeddings": {"bits", "group_size", "symmetric"},

@@ -185,8 +185,9 @@ def plan_ops(plan: CompressionPlan, info: ModelInfo, workload: Workload) -> list
 
 
 def _cache_read(info: ModelInfo, workload: Workload, heads: int, head_dim: int) -> float:
-    """Cached keys and values one decode step of a block with `heads` query heads reads: 2 x batch x kv heads x seq_len x head_dim (the
-    kv heads are the query heads kept over the query heads per kv head). 0 outside a causal LM's decode."""
+    """Cached keys and values one decode step of a block with `heads` query heads reads: 2 x batch x kv heads x
+    seq_len x head_dim (the kv heads are the query heads kept over the query heads per kv head). 0 outside a
+    causal LM's decode."""
     extra = info.extra
     if workload.mode != "decode" or not extra.get("num_kv_heads"):
         return 0.0
