@@ -21,3 +21,16 @@ def test_kv_bits_on_the_cached_projections():
                                      info).columns] == ["bits"]
     space = SpaceSection.model_validate({"quantize": {"bits": [4]}, "kv_cache": {"bits": [16, 8]}})
     assert [c.key for c in plan_grid(CompressionPlan({}), info, space).columns] == ["bits", "kv_bits"]
+
+
+def test_both_heat_maps_draw_the_kv_column():
+    from autocompress.report.figures import plan_figure
+    from autocompress.report.interactive import plan_heatmap
+
+    info = load_model("random:llama").info
+    grid = plan_grid(CompressionPlan({"model.layers.0.mlp.up_proj": LayerPlan(bits=4)},
+                                     kv_cache=KVCachePlan(bits=2, layers={0: 8})), info)
+    assert [c.key for c in grid.columns] == ["bits", "kv_bits"]
+    figure = plan_figure(grid, "a plan with a quantized cache")
+    assert [a.get_title() for a in figure.axes if a.get_title()] == ["weight bits", "KV-cache bits"]
+    assert plan_heatmap(grid) is not None
