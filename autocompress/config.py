@@ -22,6 +22,7 @@ from autocompress.config_sections import (  # noqa: F401  (re-exported: the conf
     TASK_METRICS,
     DistillSpace,
     EmbeddingSpace,
+    KVCacheSpace,
     LowRankSpace,
     PrunerSection,
     PruneSpace,

@@ -147,6 +147,26 @@ class LowRankSpace(_Selectable):
     method: list[Literal["svd", "whitened"]] = Field(["whitened"], min_length=1)
 
 
+class KVCacheSpace(_Strict):
+    """KV-cache quantization of a causal LM (`autocompress.kvcache`; spaces/kv_cache.py). `bits` are the
+    choices (16 = not quantized), drawn once for the whole cache (param `kv_cache.bits`) or, with
+    `per_block: true`, once per block (`kv_cache.block<i>.bits`); group_size and symmetric are drawn once,
+    only when some block is quantized. The uniform baselines get one plan per bits choice below 16."""
+
+    bits: list[Literal[16, 8, 4, 2]] = Field([16, 8, 4], min_length=1)
+    group_size: list[int | None] = Field([32], min_length=1)
+    symmetric: list[bool] = Field([False], min_length=1)
+    per_block: bool = False
+
+    @field_validator("group_size")
+    @classmethod
+    def _groups(cls, v: list[int | None]) -> list[int | None]:
+        if any(g is not None and g < 1 for g in v):
+            raise ValueError("each group_size must be a positive integer (channels of one head per scale), or "
+                             "null for one scale per head and token")
+        return v
+
+
 class DistillSpace(_Strict):
     """Knowledge distillation after the layers are compressed (`autocompress.distill.DistillConfig`). A list
     is a choice the sampler makes, a scalar a constant; the fields other than steps are drawn only when the
@@ -244,10 +264,11 @@ class SpaceSection(_Strict):
     structured: StructuredSpace | None = None
     lowrank: LowRankSpace | None = None
     distill: DistillSpace | None = None
+    kv_cache: KVCacheSpace | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> "SpaceSection":
-        if not any((self.quantize, self.embeddings, self.prune, self.structured, self.lowrank)):
+        if not any((self.quantize, self.embeddings, self.prune, self.structured, self.lowrank, self.kv_cache)):
             raise ValueError("the search space is empty; add at least one of quantize, embeddings, prune, "
-                             "structured, lowrank")
+                             "structured, lowrank, kv_cache")
         return self

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from autocompress.distill.config import DistillConfig
 from autocompress.errors import UserError, from_fields
+from autocompress.kvcache.plan import KVCachePlan
 
 PLAN_VERSION = 1
 QUANT_METHODS = ("rtn", "gptq")
@@ -208,11 +209,14 @@ class CompressionPlan:
     written by a newer autocompress. `distill` (optional, plan-level): knowledge distillation run after the
     layers are compressed (`autocompress.distill.apply_and_distill`); a config with 0 steps is dropped like a
     no-op layer, and the JSON key "distill" is written only when set (plans without it read and write as before).
+    `kv_cache` (optional, plan-level): the KV cache's quantization (`autocompress.kvcache.KVCachePlan`); one
+    with every block at 16 bits is dropped, and the JSON key "kv_cache" is written only when set.
     """
 
     layers: Mapping[str, LayerPlan]
     version: int = PLAN_VERSION
     distill: DistillConfig | None = None
+    kv_cache: KVCachePlan | None = None
 
     def __post_init__(self) -> None:
         for name, lp in self.layers.items():
@@ -224,6 +228,10 @@ class CompressionPlan:
             raise TypeError(f"plan distill: expected DistillConfig or None, got {type(self.distill).__name__}")
         if self.distill is not None and not self.distill.enabled:
             object.__setattr__(self, "distill", None)
+        if self.kv_cache is not None and not isinstance(self.kv_cache, KVCachePlan):
+            raise TypeError(f"plan kv_cache: expected KVCachePlan or None, got {type(self.kv_cache).__name__}")
+        if self.kv_cache is not None and self.kv_cache.is_noop:
+            object.__setattr__(self, "kv_cache", None)
         ggml = next((k for k, v in kept.items() if v.gguf_type is not None), None)
         if self.distill is not None and ggml is not None:
             raise UserError(f"plan layer {ggml!r} has gguf_type {kept[ggml].gguf_type}, and distillation keeps "
@@ -233,23 +241,25 @@ class CompressionPlan:
         if not isinstance(other, CompressionPlan):
             return NotImplemented
         return (self.version == other.version and dict(self.layers) == dict(other.layers)
-                and self.distill == other.distill)
+                and self.distill == other.distill and self.kv_cache == other.kv_cache)
 
     def __hash__(self) -> int:
-        return hash((self.version, tuple(self.layers.items()), self.distill))
+        return hash((self.version, tuple(self.layers.items()), self.distill, self.kv_cache))
 
     def __len__(self) -> int:
         return len(self.layers)
 
     @property
     def is_empty(self) -> bool:
-        return not self.layers
+        return not self.layers and self.kv_cache is None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"autocompress_plan": self.version,
                                "layers": {k: v.to_dict() for k, v in self.layers.items()}}
         if self.distill is not None:
             out["distill"] = self.distill.to_dict()
+        if self.kv_cache is not None:
+            out["kv_cache"] = self.kv_cache.to_dict()
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -271,7 +281,10 @@ class CompressionPlan:
         distill = data.get("distill")
         if distill is not None:
             distill = DistillConfig.from_dict(distill, where=f"{where}: distill")
-        return cls(layers, version=PLAN_VERSION, distill=distill)
+        kv_cache = data.get("kv_cache")
+        if kv_cache is not None:
+            kv_cache = KVCachePlan.from_dict(kv_cache, where=where)
+        return cls(layers, version=PLAN_VERSION, distill=distill, kv_cache=kv_cache)
 
     @classmethod
     def from_json(cls, text: str, where: str = "plan") -> "CompressionPlan":
@@ -301,12 +314,17 @@ class CompressionPlan:
         if self.distill is not None:
             flat.update({f"distill.{k}": (v if not isinstance(v, list) else ",".join(map(str, v)))
                          for k, v in self.distill.to_dict().items()})
+        if self.kv_cache is not None:
+            flat.update(self.kv_cache.flatten())
         return flat
 
     def summary(self) -> str:
         """One line: how many layers get each setting, e.g. "bits 3x6 4x12 8x6; act int8x6; smooth 0.5x6;
         structured 25%x3", then the
-        distillation if any (e.g. "; distill 200 steps lr 0.0001")."""
+        distillation if any (e.g. "; distill 200 steps lr 0.0001"), then a quantized KV cache (e.g. "; kv 4")."""
+        if self.kv_cache is not None:
+            head = CompressionPlan(self.layers, distill=self.distill).summary()
+            return self.kv_cache.summary() if head == "empty" else f"{head}; {self.kv_cache.summary()}"
         if self.distill is not None:
             return f"{CompressionPlan(self.layers).summary()}; {self.distill.summary()}"
         if self.is_empty:
@@ -367,8 +385,11 @@ class CompressionPlan:
         return tuple(self._COLUMNS[i] for i in keep), [tuple(r[i] for i in keep) for r in rows]
 
     def __str__(self) -> str:
-        if self.is_empty:
+        kv = self.kv_cache.summary() if self.kv_cache is not None else None
+        if not self.layers:
             tail = f"; then {self.distill.summary()}" if self.distill is not None else ""
+            if kv is not None:
+                return f"CompressionPlan (weights left as they are{tail}; {kv})"
             return f"CompressionPlan (empty: the model is left as it is{tail})"
         columns, body = self._visible()
         rows = [columns, *body]
@@ -377,6 +398,8 @@ class CompressionPlan:
         lines.insert(1, "  ".join("-" * w for w in widths))
         if self.distill is not None:
             lines.append(f"then {self.distill.summary()}")
+        if kv is not None:
+            lines.append(kv)
         return "\n".join(lines)
 
     def __rich__(self) -> Any:
@@ -384,7 +407,8 @@ class CompressionPlan:
 
         columns, body = self._visible()
         table = Table(title=f"CompressionPlan v{self.version}: {len(self)} layers",
-                      caption=f"then {self.distill.summary()}" if self.distill is not None else None)
+                      caption="; ".join(c for c in (f"then {self.distill.summary()}" if self.distill else "",
+                                                    self.kv_cache.summary() if self.kv_cache else "") if c) or None)
         for col in columns:
             table.add_column(col, justify="left" if col in ("layer", "pattern") else "right", no_wrap=True)
         for row in body:

@@ -38,6 +38,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             "groups": {n: list(v) for n, v in info.groups.items()},
             "embeddings": {n: {"rows": e.num_embeddings, "dim": e.embedding_dim, "params": e.params,
                                "tied_to": e.tied_to} for n, e in info.embeddings.items()},
+            "kv_cache": _kv_cache(info),
         }, indent=2))
         return 0
     out = console()
@@ -67,7 +68,22 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if info.groups:
         out.print(f"groups (one setting for all members): {len(info.groups)}, e.g. "
                       f"{next(iter(info.groups))} = {', '.join(next(iter(info.groups.values())))}")
+    kv = _kv_cache(info)
+    if kv is not None:
+        out.print(f"KV cache: {kv['blocks']} blocks x {kv['kv_heads']} kv heads x {kv['head_dim']} channels x 2 = "
+                  f"{kv['values_per_token']:,} values per token (quantized by a plan's kv_cache / space.kv_cache: "
+                  "16, 8, 4 or 2 bits)")
     return 0
+
+
+def _kv_cache(info: Any) -> dict[str, int] | None:
+    """The KV cache's shape per token ({blocks, kv_heads, head_dim, values_per_token}), None for an encoder."""
+    e = info.extra
+    if not e.get("causal") or not e.get("num_kv_heads") or not e.get("head_dim"):
+        return None
+    blocks = e.get("num_blocks") or 0
+    return {"blocks": blocks, "kv_heads": e["num_kv_heads"], "head_dim": e["head_dim"],
+            "values_per_token": 2 * blocks * e["num_kv_heads"] * e["head_dim"]}
 
 
 def _wanted_evals(args: argparse.Namespace, task: str) -> list[str]:

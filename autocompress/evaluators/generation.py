@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from autocompress.evaluators._base import evaluation, model_device
+from autocompress.kvcache.runtime import cache_kwargs
 
 # short factual questions: an instruction-tuned model answers them, a base model continues the text
 DEFAULT_PROMPTS = (
@@ -54,7 +55,7 @@ def generate_samples(model: nn.Module, tokenizer: Any, prompts: Sequence[str] = 
             ids = prompt_ids(tokenizer, prompt).to(device)
             generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                        max_new_tokens=max_new_tokens, pad_token_id=pad, temperature=None,
-                                       top_p=None, top_k=None)
+                                       top_p=None, top_k=None, **cache_kwargs(model))
             completion = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True).strip()
             out.append((prompt, completion))
     return out

@@ -48,6 +48,7 @@ from autocompress.data import make_batches
 from autocompress.errors import UserError
 from autocompress.evaluators._base import EVALUATORS, Evaluator, evaluation, model_device, output_tensor, safe_exp, \
     to_device
+from autocompress.kvcache.runtime import cache_kwargs
 
 DEFAULT_TOP_K = 128
 DEFAULT_TAIL_SAMPLES = 64
@@ -173,7 +174,7 @@ def predicted_rows(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
     for batch in batches:
         with evaluation(model):
             b = to_device(batch, device)
-            logits = output_tensor(model(**b), "logits")
+            logits = output_tensor(model(**b, **cache_kwargs(model)), "logits")
             mask = (b["attention_mask"][:, :-1] * b["attention_mask"][:, 1:]).bool()
             finite = bool(torch.isfinite(logits).all())
             rows = [((logits[row, :-1][mask[row]].to(torch.float32) if finite else None),

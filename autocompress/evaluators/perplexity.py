@@ -12,6 +12,7 @@ from autocompress.data import make_batches
 from autocompress.errors import UserError
 from autocompress.evaluators._base import EVALUATORS, Evaluator, evaluation, model_device, output_tensor, safe_exp, \
     to_device
+from autocompress.kvcache.runtime import cache_kwargs
 
 
 def mean_nll(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> float:
@@ -24,7 +25,7 @@ def mean_nll(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> fl
     with evaluation(model):
         for batch in batches:
             b = to_device(batch, device)
-            logits = output_tensor(model(**b), "logits")[:, :-1].to(torch.float32)
+            logits = output_tensor(model(**b, **cache_kwargs(model)), "logits")[:, :-1].to(torch.float32)
             if not torch.isfinite(logits).all():
                 return math.nan
             targets = b["input_ids"][:, 1:]

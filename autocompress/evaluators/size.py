@@ -29,7 +29,8 @@ The packed format counted here (an exporter writes exactly this):
 Memory at deployment (`plan_memory`, the `memory_mb` metric) is the packed weights above plus, for a causal
 LM, its KV cache at a batch and context: batch x seq_len positions, each holding a key and a value vector per
 block (2 x num_kv_heads x head_dim values per block, fewer heads where structured pruning removed some), each
-value in the deployment dtype's bytes (`kv_value_bytes`). An encoder keeps no cache: its memory is the weights
+value in the deployment dtype's bytes (`kv_value_bytes`), or, for the blocks a plan's `kv_cache` quantizes, in its
+bits plus its fp16 scales (`autocompress.kvcache.memory`). An encoder keeps no cache: its memory is the weights
 alone. Activations and the runtime's own buffers are not counted.
 """
 
@@ -41,6 +42,7 @@ from typing import Any, ClassVar
 
 from autocompress.evaluators._base import EVALUATORS, Evaluator
 from autocompress.hardware.profile import DTYPE_BYTES
+from autocompress.kvcache.memory import cache_bytes
 from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
 from autocompress.validation import validate_plan
@@ -161,8 +163,8 @@ class MemoryReport:
 
 def kv_value_bytes(plan: CompressionPlan, dtype: str) -> float:
     """Bytes per cached key or value under `plan` on a device whose deployment dtype is `dtype` ("fp32",
-    "bf16", ...): the dtype's bytes. The one place a quantized KV cache (a plan field such as `kv_bits`) would
-    change the bytes per value."""
+    "bf16", ...): the dtype's bytes, for the blocks whose cache the plan leaves unquantized (the quantized ones
+    are counted at their bits by `autocompress.kvcache.memory.cache_bytes`)."""
     return DTYPE_BYTES[dtype]
 
 
@@ -170,23 +172,30 @@ def kv_cache_values(plan: CompressionPlan, info: ModelInfo, batch: int, seq_len:
     """Keys and values a causal LM caches for `batch` sequences of `seq_len` positions: per position and
     block, 2 x kv heads kept x head_dim (`ModelInfo.extra` num_kv_heads, head_dim). 0 for a model without a
     cache (an encoder: num_kv_heads None)."""
+    head_dim = info.extra.get("head_dim")
+    return 2 * batch * seq_len * (head_dim or 0) * sum(kv_heads_per_block(plan, info).values())
+
+
+def kv_heads_per_block(plan: CompressionPlan, info: ModelInfo) -> dict[int, int]:
+    """{block: key/value heads it caches after the plan's structured pruning}; {} for a model without a cache."""
     kv_heads, head_dim = info.extra.get("num_kv_heads"), info.extra.get("head_dim")
     if not kv_heads or not head_dim:
-        return 0
+        return {}
     heads = {block: kv_heads for block in range(info.extra.get("num_blocks") or 0)}
     for name, s in info.structures.items():
         entry = plan.layers.get(name)
         if s.kind == "heads" and s.block in heads and entry is not None and entry.pattern == "structured":
             heads[s.block] -= min(round(entry.sparsity * s.units), s.units - 1) // s.kv_groups
-    return 2 * batch * seq_len * head_dim * sum(heads.values())
+    return heads
 
 
 def plan_memory(plan: CompressionPlan, info: ModelInfo, batch: int, seq_len: int, dtype: str) -> MemoryReport:
     """The `MemoryReport` of `info`'s model compressed by `plan`, serving `batch` sequences of `seq_len`
     positions on a device whose deployment dtype is `dtype` (see the module docstring). Raises `UserError` for
     a plan that does not fit the model."""
-    kv = kv_cache_values(plan, info, batch, seq_len) * kv_value_bytes(plan, dtype)
-    return MemoryReport(weights_bytes=plan_size(plan, info).total_bytes, kv_cache_bytes=round(kv))
+    kv = cache_bytes(plan.kv_cache, kv_heads_per_block(plan, info), info.extra.get("head_dim") or 0, batch, seq_len,
+                     kv_value_bytes(plan, dtype))
+    return MemoryReport(weights_bytes=plan_size(plan, info).total_bytes, kv_cache_bytes=kv)
 
 
 @EVALUATORS.register("size")

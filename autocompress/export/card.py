@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from autocompress.kvcache.export import card_lines
+
 CARD_NEW_TOKENS = 24  # greedy tokens per prompt in a causal LM's model card
 
 
@@ -105,6 +107,7 @@ def model_card(run: Any, trial: Any, plan: Any, result: Any, task: str, fmt: Any
         markdown_table(["metric", "search", "this export"], rows),
         *(samples_section(samples) if samples else []),
         *format_section(fmt, result, task),
+        *card_lines(getattr(plan, "kv_cache", None)),
         "## Plan",
         "",
         markdown_table(list(columns), [list(r) for r in body]) if body else "(empty plan: the original model)\n",

@@ -19,7 +19,8 @@ Refused (`UserError`, one line, before anything is written), because no dense fo
   removed attention heads or FFN neurons (the architecture's config.json has one head and neuron count for
   every block), smoothed (SmoothQuant) layers (the format cannot divide a layer's input by a vector), and
   int8 activations on a layer the format keeps dense (a low-rank pair, a GPT-2 Conv1D).
-With `strict`, every warning is a refusal too.
+A plan's quantized KV cache is not written (a warning: the format's kv_cache_scheme holds static scales, see
+kvcache/export.py). With `strict`, every warning is a refusal too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import NamedTuple
 from torch import nn
 
 from autocompress.errors import UserError
+from autocompress.kvcache.export import compressed_tensors_warning
 from autocompress.models import ModelInfo
 from autocompress.modules import LowRankLinear
 from autocompress.plan import CompressionPlan
@@ -150,6 +152,8 @@ def decide(model: nn.Module, plan: CompressionPlan, info: ModelInfo, strict: boo
         if entry is not None and entry.bits is not None:
             out.warnings.append(f"{table}: a quantized embedding table, written dense with its quantized values "
                                 "(engines load compressed-tensors tables dense)")
+    if plan.kv_cache is not None:  # a run-time cache this format cannot describe (kvcache/export.py)
+        out.warnings.append(compressed_tensors_warning(plan.kv_cache))
     if strict and out.warnings:
         raise UserError(f"--strict: {out.warnings[0]}; export with --format autocompress, or without --strict")
     for group, members in info.groups.items():

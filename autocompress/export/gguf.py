@@ -14,6 +14,7 @@ from typing import Any
 
 from autocompress.export.formats import ExportFormat
 from autocompress.export.gguf_writer import FORMAT_NAME, GGUF_FILE, load_gguf, write_gguf
+from autocompress.kvcache.export import gguf_note
 
 ENGINES = f"""- **llama.cpp**: `llama-cli -m PATH/{GGUF_FILE}` or `llama-server -m PATH/{GGUF_FILE}` (ggml types Q4_0,
   Q4_1, Q5_0, Q5_1, Q8_0 and F32 are native to llama.cpp, with CPU and GPU kernels).
@@ -29,7 +30,8 @@ def write(model: Any, plan: Any, info: Any, out_dir: Any, tokenizer: Any = None,
     """`gguf_writer.write_gguf`, with its "larger than planned" lines as the report's warnings."""
     report = write_gguf(model, plan, info, out_dir, tokenizer=tokenizer, base_config=base_config, card=card,
                         strict=strict)
-    return dataclasses.replace(report, format=FORMAT_NAME, warnings=list(report.differences))
+    notes = [gguf_note(plan.kv_cache)] if plan.kv_cache is not None else []  # a run-time setting in llama.cpp
+    return dataclasses.replace(report, format=FORMAT_NAME, warnings=list(report.differences) + notes)
 
 
 def load(out_dir: str, task: str):

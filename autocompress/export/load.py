@@ -28,6 +28,7 @@ from autocompress.export.embedding import PackedEmbedding
 from autocompress.export.matrix import unpack_int
 from autocompress.export.packed import SUFFIXES, PackedModel, smoothing_vectors, unpack_state_dict, weight_parts
 from autocompress.export.save import FORMAT_NAME, FORMAT_VERSION, unmark_config
+from autocompress.kvcache.runtime import attach_kv_cache
 from autocompress.models import inspect_model
 from autocompress.loading import _auto_class
 from autocompress.modules import in_out_features, set_module
@@ -210,7 +211,9 @@ def load_compressed(path: str, kernels: bool = False, device: str = "cpu") -> Co
     """Load the export directory `path` (see the module docstring) onto `device`, in eval mode. With
     `kernels=True` (CPU only) layers whose format has a real kernel run it (`CompressedModel.kernels`).
     Raises `UserError` for a directory that is not a complete export, a corrupt or truncated
-    model.safetensors, a newer format version, or tensors that do not fit config.json."""
+    model.safetensors, a newer format version, or tensors that do not fit config.json. A plan with a `kv_cache`
+    entry leaves the model carrying it (`autocompress.kvcache.runtime`): `model.generate(**cache_kwargs(model))`
+    and the evaluators write the cache on its grid, as the search scored it."""
     path = os.fspath(path)
     info = read_export(path)
     plan = CompressionPlan.load(os.path.join(path, "plan.json"))
@@ -229,6 +232,7 @@ def load_compressed(path: str, kernels: bool = False, device: str = "cpu") -> Co
     used = _apply_kernels(model, packed) if kernels and str(device) == "cpu" else {}
     _add_act_hooks(model, packed, used, device)
     model.to(device)
+    attach_kv_cache(model, plan.kv_cache)  # generation and the evaluators run it with the plan's quantized cache
     tokenizer = None
     if os.path.isfile(os.path.join(path, "tokenizer_config.json")):
         from transformers import AutoTokenizer

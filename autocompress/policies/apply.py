@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from autocompress.kvcache.runtime import attach_kv_cache
 from autocompress.models import ModelInfo, inspect_model
 from autocompress.plan import CompressionPlan
 from autocompress.policies._base import ORDER, POLICIES, Calibration
@@ -25,7 +26,8 @@ def apply_plan(model: nn.Module, plan: CompressionPlan,
     on the model as the earlier stages left it (with `Calibration(sequential=True)`, GPTQ block by block
     through the blocks it already quantized: sequential.py). `calibration` is a `Calibration` or a list of
     tokenized batches; it is only required by plans that use gptq, wanda, whitened SVD or smooth. An empty
-    plan leaves the model unchanged.
+    plan leaves the model unchanged. A `kv_cache` entry changes no weight: the model carries it
+    (`autocompress.kvcache.runtime`), and the evaluators and generation run it with the quantized cache.
     """
     validate_plan(plan, info or inspect_model(model))
     if calibration is not None and not isinstance(calibration, Calibration):
@@ -37,5 +39,6 @@ def apply_plan(model: nn.Module, plan: CompressionPlan,
             policy = POLICIES.get(name)()
             if policy.entries(plan):
                 policy.apply(model, plan, calibration)
+    attach_kv_cache(model, plan.kv_cache)  # no weights: the model carries the grid its cache is written on
     model.train(was_training)
     return model

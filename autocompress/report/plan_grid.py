@@ -3,7 +3,9 @@
 Both heat maps (the PNG and the HTML one) draw a `PlanGrid`. Rows are layers in natural order (block
 index, then name); structure keys (attention heads, FFN neurons) get rows of their own, filled only in the
 "units removed" column. A cell the plan leaves alone has value None and text "-". Each `Column` has its
-own scale: `strength` maps a value onto 0..1 where 1 is the strongest compression on that scale.
+own scale: `strength` maps a value onto 0..1 where 1 is the strongest compression on that scale. A plan's
+quantized KV cache (`kv_cache`) fills the "KV-cache bits" column on the rows of the layers whose outputs each
+block caches (k/v projections, GPT-2's fused c_attn), at that block's bits.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ COLUMNS = {
     "rank": Column("rank", "rank fraction", "rank /\nmin(in, out)", 0, 1, True, "Greens", (0, 0.5, 1)),
     "units": Column("units", "units removed", "share of heads\nor neurons removed", 0, 0.95, False, "Purples",
                     (0, 0.5, 0.95)),
+    "kv_bits": Column("kv_bits", "KV-cache bits", "bits per\ncached value", 2, 16, True, "Greys", (2, 4, 8, 16)),
 }
+KV_ROLES = ("k_proj", "v_proj", "key", "value", "c_attn")  # the layers whose outputs a block caches
 
 
 @dataclass
@@ -78,7 +82,7 @@ def plan_grid(plan: CompressionPlan, info: Any = None, space: Any = None) -> Pla
             rows.append(name)
             layer = info.layers.get(name) if info is not None else None
             cells = {"bits": _bits(entry), "act_bits": _act(entry), "sparsity": _sparsity(entry),
-                     "rank": _rank(entry, layer)}
+                     "rank": _rank(entry, layer), "kv_bits": _kv(plan, layer)}
         values.append([cells.get(k, (None, "-"))[0] for k in keys])
         texts.append([cells.get(k, (None, "-"))[1] for k in keys])
     return PlanGrid(rows, [COLUMNS[k] for k in keys], values, texts)
@@ -99,6 +103,8 @@ def _columns(plan: CompressionPlan, space: Any) -> list[str]:
                                  ("act_bits", q is not None and 8 in q.act_bits),
                                  ("sparsity", space.prune is not None), ("rank", space.lowrank is not None),
                                  ("units", space.structured is not None)) if on}
+    if plan.kv_cache is not None or getattr(space, "kv_cache", None) is not None:
+        used.add("kv_bits")
     return [k for k in COLUMNS if k in used] or ["bits"]
 
 
@@ -131,6 +137,13 @@ def _rank(p: LayerPlan, layer: Any) -> Cell:
         return None, f"r{p.rank}"
     frac = p.rank / min(layer.in_features, layer.out_features)
     return frac, f"r{p.rank} {frac:.0%}"
+
+
+def _kv(plan: CompressionPlan, layer: Any) -> Cell:
+    if plan.kv_cache is None or layer is None or layer.block is None or not layer.name.endswith(KV_ROLES):
+        return None, "-"
+    bits = plan.kv_cache.bits_for(layer.block)
+    return (None, "16") if bits == 16 else (float(bits), f"kv {bits}")
 
 
 def _units(p: LayerPlan, structure: Any) -> Cell:

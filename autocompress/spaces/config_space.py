@@ -33,9 +33,12 @@ the sampler sees only real decisions. Conditional (define-by-run), in this order
              the pattern choices gain a leading "dense" (leave the unit alone) and the other sparsity
              values are unused. prune_method only when the sparsity is > 0.
   structured per structure: sparsity; prune_method only when > 0. Composes with every other technique.
-  distill    last, one plan-level decision (`space.distill`, params "distill.<field>"): steps; lr,
+  distill    after the layers, one plan-level decision (`space.distill`, params "distill.<field>"): steps; lr,
              temperature, alpha, beta, layers only when steps > 0; batch_size, max_length, eval_every and
              seed are constants. The uniform baselines take steps 0 when 0 is a choice (no distillation).
+  kv_cache   last, plan-level (`space.kv_cache`, spaces/kv_cache.py): bits once
+             (`kv_cache.bits`) or per block (`kv_cache.block<i>.bits`); group_size, symmetric only when some
+             block is below 16 bits. Its uniform baselines: one per bits choice below 16.
 Uniform baselines: one per compressing choice of each technique's main field. "quantize bits=b" also puts
 the embedding tables at b bits when b is among space.embeddings' choices (else leaves them alone): uniform
 means every quantizable weight. When `quantize.act_bits` offers more than one choice, each weight-bit baseline
@@ -69,12 +72,15 @@ from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
 from autocompress.selection import select_embeddings, select_layers
 from autocompress.spaces._base import SearchSpace
 from autocompress.spaces.formats import FormatChoices, check_space
+from autocompress.spaces.kv_cache import FIELDS as KV_FIELDS, KVCacheChoices
 
-TECHNIQUES = ("lowrank", "quantize", "embeddings", "prune", "structured")  # the order decisions are drawn in
+# the order decisions are drawn in (kv_cache, plan-level, after distill: see `_build`)
+TECHNIQUES = ("lowrank", "quantize", "embeddings", "prune", "structured", "kv_cache")
 FIELDS = {"lowrank": {"rank", "rank_method"},
           "quantize": {"bits", "group_size", "symmetric", "quant_method", "act_bits", "smooth"},
           "embeddings": {"bits", "group_size", "symmetric"},
-          "prune": {"pattern", "sparsity", "prune_method"}, "structured": {"sparsity", "prune_method"}}
+          "prune": {"pattern", "sparsity", "prune_method"}, "structured": {"sparsity", "prune_method"},
+          "kv_cache": KV_FIELDS}
 Pick = Callable[[str, str, Sequence[Any]], Any]  # (unit, field, choices) -> value
 COMPANIONS = {"quantize": ("quantize", "embeddings")}  # techniques a uniform baseline of the key also sets
 
@@ -131,6 +137,7 @@ class ConfigSpace(SearchSpace):
         if space.prune and 0.0 in space.prune.sparsity and "unstructured" not in patterns:
             patterns.insert(0, "dense")
         self._patterns = patterns
+        self.kv = KVCacheChoices(space.kv_cache, info) if space.kv_cache is not None else None
 
     # ---- the contract --------------------------------------------------------------------------------
     @property
@@ -171,6 +178,8 @@ class ConfigSpace(SearchSpace):
         for name, (tech, want) in self._uniform_wanted().items():
             techs = COMPANIONS.get(tech, (tech,))
             own = {u for t in techs for u in self.technique_units.get(t, {})}
+            if "kv_cache" in techs and self.kv is not None:
+                own |= {*self.kv.units, "kv_cache"}
             fields_ = set().union(*(FIELDS[t] for t in techs))
             params: dict[str, Any] = {}
 
@@ -211,13 +220,13 @@ class ConfigSpace(SearchSpace):
         """Label -> (technique, {field: value}) for every compressing choice of each technique's main field,
         e.g. "quantize bits=4" -> ("quantize", {"bits": 4}) (the uniform baselines use the same labels, plus
         " act_bits=a" when they come once per activation format)."""
-        return self._uniform_wanted(all_embeddings=True, formats=False)
+        return self._uniform_wanted(all_embeddings=True, formats=False, kv=False)
 
-    def _uniform_wanted(self, all_embeddings: bool = False,
-                        formats: bool = True) -> dict[str, tuple[str, dict[str, Any]]]:
+    def _uniform_wanted(self, all_embeddings: bool = False, formats: bool = True,
+                        kv: bool = True) -> dict[str, tuple[str, dict[str, Any]]]:
         """Label -> (technique, the one choice of its main field) for each uniform baseline (with
         `all_embeddings`, also the embedding choices a quantize baseline already covers; with `formats`, each
-        weight-bit choice once per activation choice when act_bits has several)."""
+        weight-bit choice once per activation choice when act_bits has several; with `kv`, the KV-cache bits)."""
         sp, wanted, of = self.space, [], self.formats.of
         if sp.quantize:
             act_bits = of("act_bits", sp.quantize.act_bits)
@@ -239,6 +248,8 @@ class ConfigSpace(SearchSpace):
             wanted += [("structured", {"sparsity": s}) for s in sp.structured.sparsity if s > 0]
         if sp.lowrank:
             wanted += [("lowrank", {"rank": r}) for r in sp.lowrank.rank if r is not None]
+        if kv and self.kv is not None:
+            wanted += self.kv.baselines()
         return {f"{tech} " + " ".join(f"{k}={_fmt(v)}" for k, v in want.items()): (tech, want)
                 for tech, want in wanted}
 
@@ -249,7 +260,9 @@ class ConfigSpace(SearchSpace):
             if tech in techniques and tech in self.technique_units:
                 getattr(self, f"_{tech}")(pick, self.technique_units[tech], out)
         layers = {name: LayerPlan(**fields) for name, fields in out.items()}
-        return CompressionPlan(layers, distill=self._distill(pick) if distill else None)
+        distilled = self._distill(pick) if distill else None
+        kv = self.kv.draw(pick) if self.kv is not None and "kv_cache" in techniques else None
+        return CompressionPlan(layers, distill=distilled, kv_cache=kv)
 
     def _distill(self, pick: Pick) -> DistillConfig | None:
         d = self.space.distill

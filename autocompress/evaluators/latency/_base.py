@@ -5,7 +5,9 @@ x n out) in the kernel format its plan gives it (with its quantization group siz
 takes the layer is decided per GEMM, `DeviceProfile.kernel_for`), shrunk by structured pruning and split in
 two by low rank, behind an element-wise activation quantization when it has int8 activations outside W8A8;
 plus per block the attention core (scores and context, over the heads kept) and the element-wise work
-(norms, activation, residuals), and the embeddings. Latency models price these operators:
+(norms, activation, residuals), and the embeddings. In a decode step of a causal LM each block's attention also
+reads its KV cache: a `kv_cache` operator of that many keys and values, at the plan's `kv_cache` bits plus
+scales (`cache_bits`), or in the device dtype (None). Latency models price these operators:
 `roofline` from the device profile's peaks, `table` from measured operators, `measured` by timing the real
 model. `time_ms` is the one timing harness (warm-up, then the median of repeats).
 """
@@ -19,6 +21,7 @@ from typing import Any, Callable, ClassVar, Literal
 
 from autocompress.errors import UserError
 from autocompress.hardware.profile import DeviceProfile, format_of
+from autocompress.kvcache.memory import bits_per_value
 from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
 from autocompress.registry import Registry
@@ -56,10 +59,11 @@ class Op:
     input channels per scale (None: one scale per output channel). attention: `flops` over `elements` of
     scores. elementwise: `elements` values read and written by `kernels` launches (an estimate per block,
     which calibration scales). act_quant: the same, for one activation fake-quantization whose launches are
-    counted (not scaled)."""
+    counted (not scaled). kv_cache: `elements` cached keys and values a decode step's attention reads (no
+    launch of its own), `cache_bits` bits each with their scales, or the device dtype's when None."""
 
     layer: str
-    kind: Literal["gemm", "attention", "elementwise", "act_quant"]
+    kind: Literal["gemm", "attention", "elementwise", "act_quant", "kv_cache"]
     m: int = 0
     k: int = 0
     n: int = 0
@@ -68,6 +72,7 @@ class Op:
     flops: float = 0.0
     elements: float = 0.0
     kernels: int = 1
+    cache_bits: float | None = None
 
     @property
     def gemm_flops(self) -> float:
@@ -170,9 +175,24 @@ def plan_ops(plan: CompressionPlan, info: ModelInfo, workload: Workload) -> list
         scores = float(b * h * q_len * workload.seq_len)
         prefix = f"{info.block_prefix}.{block}"
         ops.append(Op(f"{prefix}.attention", "attention", flops=4.0 * scores * d, elements=3.0 * scores, kernels=3))
+        cache = _cache_read(info, workload, h, d)
+        if cache:
+            ops.append(Op(f"{prefix}.kv_cache", "kv_cache", elements=cache, kernels=0,
+                          cache_bits=bits_per_value(plan.kv_cache, block, d)))
         width = ffn.get(block, 4 * hidden)
         ops.append(Op(f"{prefix}.elementwise", "elementwise", elements=t * (8.0 * hidden + 2.0 * width), kernels=6))
     return ops
+
+
+def _cache_read(info: ModelInfo, workload: Workload, heads: int, head_dim: int) -> float:
+    """Cached keys and values one decode step of a block with `heads` query heads reads: 2 x batch x kv heads x
+    seq_len x head_dim (the kv heads are the query heads kept over the query heads per kv head). 0 outside a
+    causal LM's decode."""
+    extra = info.extra
+    if workload.mode != "decode" or not extra.get("num_kv_heads"):
+        return 0.0
+    per_kv = max(1, (extra.get("num_heads") or 1) // extra["num_kv_heads"])
+    return 2.0 * workload.batch * max(1, heads // per_kv) * workload.seq_len * head_dim
 
 
 def time_ms(fn: Callable[[], Any], warmup: int = 3, repeats: int = 15, min_total_s: float = 0.2) -> float:

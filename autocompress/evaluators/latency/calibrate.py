@@ -278,8 +278,9 @@ def calibrate(base_model: nn.Module, info: ModelInfo, device: str = "cpu", workl
     finally:
         del model
     predicted = TableLatency(profile).predict(CompressionPlan({}), info, workload)
-    gemm_ms = sum(o.ms for o in predicted.ops if o.op.kind == "gemm")
-    rest_ms = sum(op_time(o.op, profile, workload.mode)[0] for o in predicted.ops if o.op.kind != "gemm")
+    gemm_ms = sum(o.ms for o in predicted.ops if o.op.kind in ("gemm", "kv_cache"))  # kv_cache: bytes, unscaled
+    rest_ms = sum(op_time(o.op, profile, workload.mode)[0] for o in predicted.ops
+                  if o.op.kind not in ("gemm", "kv_cache"))
     lo, hi = REST_SCALE_RANGE
     rest_scale = min(max((measured - gemm_ms) / rest_ms, lo), hi) if rest_ms > 0 else 1.0
     this = this.model_copy(update={"rest_scale": float(f"{rest_scale:.4g}")})

@@ -6,7 +6,9 @@ weight layouts it takes): a format with a fast kernel runs in its own compute ty
 bytes (bits / 8 per weight, plus `SCALE_BYTES_PER_GROUP` per group of `group_size` inputs, or per output row);
 a format without one runs dense (dequantized at load) or, with `fallback: dequant`, dense plus a pass over the
 packed and the dequantized weights on every call. Non-GEMM operators (except an activation quantization, whose
-launches are counted) are scaled by the profile's calibrated `rest_scale` of the workload's mode.
+launches are counted) are scaled by the profile's calibrated `rest_scale` of the workload's mode, except a
+decode step's KV-cache reads (`kv_cache` operators): their bytes (at the plan's `kv_cache` bits plus scales, or
+in the device dtype) over the bandwidth, unscaled and with no launch of their own.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ def op_time(op: Op, profile: DeviceProfile, mode: str = "prefill") -> tuple[floa
         bytes_ += (op.m * op.k + op.m * op.n) * a
         t_compute = flops / (profile.peak(compute) * 1e12 * profile.efficiency.compute)
         scale = 1.0
+    elif op.kind == "kv_cache":  # read by the attention kernel: its bytes over the bandwidth, counted, not scaled
+        t_compute, scale = 0.0, 1.0
+        bytes_ = op.elements * (a if op.cache_bits is None else op.cache_bits / 8)
     else:
         t_compute = op.flops / (profile.peak(profile.dtype) * 1e12 * profile.efficiency.compute)
         bytes_ = op.elements * a * 2
