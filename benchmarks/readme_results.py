@@ -167,11 +167,46 @@ def llm_rows(data: dict | None, source: str = "llm_search_quality.json") -> list
     return rows
 
 
+ACCEPTED_KL = 0.01  # "a KL a user accepts" for the decode-speed target: llama.cpp's Q8_0 territory
+TARGET_DECODE_X = 4.0
+
+
+def decode_rows(results: Path = RESULTS) -> list[tuple[str, str, str, str, str]]:
+    """Decode speed against the original model in PyTorch fp32 at KL <= ACCEPTED_KL (torch's CPU kernels on the
+    packed format; llama.cpp on the GGUF export), and the decode latency model's fidelity per seed."""
+    rows = []
+    target = f">= {TARGET_DECODE_X:g}x at KL <= {ACCEPTED_KL:g}"
+    for name, what, key in (("decode_speed", "packed format on torch's CPU kernels", "speedup"),
+                            ("llamacpp_decode", "GGUF export on llama.cpp", "speedup_vs_torch_fp32")):
+        data = load(name, results)
+        if data is None:
+            rows.append((f"LLM (SmolLM2) decode vs PyTorch fp32: {what}", "not measured", target, "not measured",
+                         f"{name}.json"))
+            continue
+        ok = [r for r in data["rows"] if r["kl"] <= ACCEPTED_KL]
+        best = max(ok, key=lambda r: r[key])
+        rows.append((f"LLM (SmolLM2) decode vs PyTorch fp32: {what}",
+                     f"{best[key]:.2f}x at KL {best['kl']:.4f} ({best['case']})", target,
+                     "met" if best[key] >= TARGET_DECODE_X else "not met", f"{name}.json"))
+    for tag, what in (("", "MiniLM prefill"), ("_smollm2-decode", "SmolLM2 decode")):
+        shares = []
+        for seed in range(3):
+            data = load(f"latency_fidelity_cpu_seed{seed}{tag}", results)
+            shares.append(None if data is None else data["ratio"]["table (calibrated)"]["within_10pct"])
+        figure = " / ".join("-" if x is None else f"{x:.0%}" for x in shares)
+        met = all(x is not None and x >= 0.9 for x in shares)
+        rows.append((f"latency table model, {what}: random plans within 10% of measured (seeds 0 / 1 / 2)", figure,
+                     ">= 90% in each of 3 runs", "met" if met else "not met",
+                     f"latency_fidelity_cpu_seed*{tag}.json"))
+    return rows
+
+
 def all_rows(results: Path = RESULTS) -> list[tuple[str, str, str, str, str]]:
     """Every row: (what is measured, figure, target, verdict, results file)."""
     out = search_rows(load(SEARCH_WIDE, results), "size", f"{SEARCH_WIDE}.json")
     out += search_rows(load(SEARCH_WIDE + "_latency", results), "latency", f"{SEARCH_WIDE}_latency.json")
-    return out + llm_rows(load("llm_search_quality", results)) + orchestration_rows(results)
+    return (out + llm_rows(load("llm_search_quality", results)) + decode_rows(results)
+            + orchestration_rows(results))
 
 
 def markdown(selected: list[tuple[str, str, str, str, str]]) -> str:
