@@ -25,23 +25,34 @@ class GramHooks:
         self.counts: dict[str, int] = {}
         self.mask: torch.Tensor | None = None
         self._handles: list = []
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (input, rows, X^T X)
 
     def _hook(self, name: str):
         def fn(_mod: nn.Module, args: tuple) -> None:
-            x = args[0].detach()
-            if self.mask is not None and x.dim() == 3 and x.shape[:2] == self.mask.shape:
-                x = x[self.mask]
-            x = x.reshape(-1, x.shape[-1]).float()
-            g = x.T @ x
+            x, g = self._gram(args[0])
             self.sums[name] = self.sums[name] + g if name in self.sums else g
             self.counts[name] = self.counts.get(name, 0) + x.shape[0]
         return fn
+
+    def _gram(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked rows, their X^T X) of one input tensor. Modules that read the very same tensor object one after
+        another (q/k/v of one attention, gate/up of one MLP) share one product: it is computed once."""
+        if self._last is not None and self._last[0] is inputs:
+            return self._last[1], self._last[2]
+        x = inputs.detach()
+        if self.mask is not None and x.dim() == 3 and x.shape[:2] == self.mask.shape:
+            x = x[self.mask]
+        x = x.reshape(-1, x.shape[-1]).float()
+        g = x.T @ x
+        self._last = (inputs, x, g)
+        return x, g
 
     def __enter__(self) -> "GramHooks":
         self._handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in self.modules.items()]
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._last = None
         for h in self._handles:
             h.remove()
         self._handles = []
