@@ -16,7 +16,7 @@ from autocompress.report.labels import axis_label, fmt, natural_key
 from autocompress.report.plan_grid import plan_grid
 from autocompress.report.sensitivity import load_sensitivity, sensitivity_figure
 from autocompress.report.study_view import Point, StudyView, study_view
-from autocompress.search.rundir import RunDir
+from autocompress.search.rundir.reader import RunDir
 
 
 def visible_texts(fig) -> list[Text]:

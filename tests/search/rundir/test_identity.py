@@ -1,4 +1,4 @@
-"""The identity of what a search searched (search/identity.py): each part changes with what it stands for
+"""The identity of what a search searched (search/rundir/identity.py): each part changes with what it stands for
 and with nothing else, and `check` names the first part that differs."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from autocompress.errors import UserError
-from autocompress.search.identity import check, difference, file_fingerprint, run_identity, weights_fingerprint
+from autocompress.search.rundir.identity import check, difference, file_fingerprint, run_identity, weights_fingerprint
 from tests.support import make_config
 
 

@@ -1,4 +1,4 @@
-"""A run directory's plan files (search/plan_files.py): one that is missing or does not parse is rebuilt from
+"""A run directory's plan files (search/rundir/plan_files.py): one that is missing or does not parse is rebuilt from
 its trial's parameters in the study, equal to the plan the trial ran, by `RunDir.plan` (export, report) and
 by a resume; one that cannot be rebuilt is refused with the file named."""
 
@@ -13,7 +13,7 @@ import yaml
 from autocompress.cli import main
 from autocompress.errors import UserError
 from autocompress.search.driver import run_search
-from autocompress.search.rundir import RunDir
+from autocompress.search.rundir.reader import RunDir
 from tests.support import make_config
 
 CORRUPT = {"truncated": '{"autocompress_plan": 1, "layers": {"encoder.layer.0', "empty": "",

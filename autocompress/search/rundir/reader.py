@@ -30,7 +30,7 @@ class RunDir:
     def open(cls, path: str | Path) -> "RunDir":
         """Read `path/config.yaml` and load the study it names. `UserError` if `path` is not a run directory,
         its study cannot be found in the storage, or config.yaml names another model, task, data or space
-        than the study recorded (search/identity.py)."""
+        than the study recorded (search/rundir/identity.py)."""
         import optuna
 
         root = Path(path).resolve()
@@ -51,7 +51,7 @@ class RunDir:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"storage {display_url(config.storage)!r} of run directory {str(path)!r} cannot be opened: "
                             f"{first}") from None
-        from autocompress.search.identity import ATTR, check, run_identity
+        from autocompress.search.rundir.identity import ATTR, check, run_identity
 
         check(study.user_attrs.get(ATTR), run_identity(config))  # config.yaml names what the run searched
         return cls(root, config, study)
@@ -129,9 +129,9 @@ class RunDir:
 
     def plan(self, number: int) -> CompressionPlan:
         """The plan trial `number` ran, from `plans/trial-NNNN.json`; a file that is missing or does not parse
-        is rebuilt from the trial's params and written back, with one line on stderr (search/plan_files.py).
+        is rebuilt from the trial's params and written back, with one line on stderr (search/rundir/plan_files.py).
         `UserError` naming the file when it cannot be rebuilt (e.g. the model is not on this machine)."""
-        from autocompress.search.plan_files import plan_of
+        from autocompress.search.rundir.plan_files import plan_of
 
         trial = next((t for t in self.trials if t.number == number), None)
         if trial is None:

@@ -1,7 +1,7 @@
 """One child process that holds a `TrialRunner`: what the local backend runs trials in when they have a time
 limit (`budget.trial_timeout_s`), because a hung trial can only be stopped by killing its process.
 
-The child is a fresh interpreter (`python -m autocompress.search.procworker FD`: no fork of a process
+The child is a fresh interpreter (`python -m autocompress.search.workers.child_process FD`: no fork of a process
 holding torch threads or a Ray client, and unlike multiprocessing's "spawn" it never re-imports the
 caller's main module, so a script calling `run_search` needs no `if __name__ == "__main__"` guard). It gets
 the config over a socket pair, loads the model once, then answers (number, attempt, plan JSON) requests one
@@ -18,7 +18,7 @@ from typing import Any
 
 from autocompress.config import SearchConfig
 from autocompress.errors import UserError
-from autocompress.search.trial import TrialOutcome
+from autocompress.search.workers.runner import TrialOutcome
 
 
 class WorkerLost(RuntimeError):
@@ -31,7 +31,7 @@ class ProcessWorker:
     def __init__(self, config: SearchConfig) -> None:
         self.conn, child = multiprocessing.Pipe()
         fd = child.fileno()
-        self.process = subprocess.Popen([sys.executable, "-m", "autocompress.search.procworker", str(fd)],
+        self.process = subprocess.Popen([sys.executable, "-m", "autocompress.search.workers.child_process", str(fd)],
                                         pass_fds=[fd], stdin=subprocess.DEVNULL)
         child.close()
         self.conn.send(config)
@@ -88,7 +88,7 @@ class ProcessWorker:
 
 def _serve(conn: Any) -> None:
     """The child's main loop: the config, then one plan at a time until the socket closes."""
-    from autocompress.search.trial import TrialRunner
+    from autocompress.search.workers.runner import TrialRunner
     from autocompress.threads import torch_threads, trial_threads
 
     try:

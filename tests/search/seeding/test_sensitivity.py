@@ -6,8 +6,8 @@ import optuna
 import pytest
 
 from autocompress.loading import load_model
-from autocompress.search.backends import make_backend
-from autocompress.search.sensitivity import Sensitivity, jobs, load_or_measure, seed_params
+from autocompress.search.workers.backends import make_backend
+from autocompress.search.seeding.sensitivity import Sensitivity, jobs, load_or_measure, seed_params
 from autocompress.spaces import ConfigSpace
 from tests.support import make_config
 
@@ -56,7 +56,7 @@ def test_group_sizes_per_bit_width_are_measured_per_width():
     """With `group_size` per bit width, each width is measured at its own group sizes, drawn under its own
     param (`group_size_4bit`), and labelled with the plain field name."""
     from autocompress.config import SpaceSection
-    from autocompress.search.sensitivity import measured_choices
+    from autocompress.search.seeding.sensitivity import measured_choices
 
     info = load_model("random:bert").info
     space = ConfigSpace(SpaceSection.model_validate(
@@ -107,7 +107,7 @@ def test_a_search_seeded_from_sensitivity(tmp_path):
     """`sensitivity: {thresholds: [...]}` measures once, caches, logs it, and enqueues one plan per threshold
     right after the uniform baselines; `seed: false` turns it off for comparison."""
     from autocompress.search.driver import run_search
-    from autocompress.search.rundir import RunDir
+    from autocompress.search.rundir.reader import RunDir
 
     config = make_config(tmp_path, space=SPACE, budget={"n_trials": 8}, backend={"name": "local"},
                          sensitivity={"thresholds": [0.0, 1.0]})
@@ -156,7 +156,7 @@ def test_the_sensitivity_command_prints_a_table_and_json(tmp_path, capsys):
 def test_a_seeded_search_reports_the_measurement_as_it_goes(tmp_path, monkeypatch):
     """With the progress bar on, the measurement before the first trial reports each plan done to the bar's
     callback (the bar itself draws only on a terminal)."""
-    import autocompress.search.sensitivity as sensitivity
+    import autocompress.search.seeding.sensitivity as sensitivity
     from autocompress.search.driver import run_search
 
     seen, real = [], sensitivity.load_or_measure
@@ -176,7 +176,7 @@ def test_a_seeded_search_reports_the_measurement_as_it_goes(tmp_path, monkeypatc
 
 
 def test_quality_metric_follows_a_next_token_objective(tmp_path):
-    from autocompress.search.sensitivity import quality_metric
+    from autocompress.search.seeding.sensitivity import quality_metric
 
     llm = {"model": {"name": "random:llama"}, "tracking": {"uri": "none"}}
     assert quality_metric(make_config(tmp_path, **llm, objectives=["minimize size_mb", "minimize kl"]),

@@ -1,11 +1,11 @@
-"""backends.py: the Ray backend keeps one plan waiting per actor and sends it the moment the actor is free,
+"""workers/backends.py: the Ray backend keeps one plan waiting per actor and sends it the moment the actor is free,
 before the driver has told Optuna about the trial that just ended."""
 
 from __future__ import annotations
 
 from autocompress.config import SearchConfig
 from autocompress.plan import CompressionPlan, LayerPlan
-from autocompress.search.backends import RayBackend
+from autocompress.search.workers.backends import RayBackend
 
 
 def test_ray_sends_the_waiting_plan_before_collect_returns(tmp_path):
@@ -37,7 +37,7 @@ def test_ray_sends_the_waiting_plan_before_collect_returns(tmp_path):
 def test_local_trials_run_with_cpus_per_trial_torch_threads(tmp_path):
     import torch
 
-    from autocompress.search.backends import LocalBackend
+    from autocompress.search.workers.backends import LocalBackend
 
     before = torch.get_num_threads()
     try:

@@ -13,8 +13,8 @@ import yaml
 from autocompress.cli import main
 from autocompress.errors import UserError
 from autocompress.search.driver import run_search
-from autocompress.search.identity import ATTR, run_identity
-from autocompress.search.rundir import RunDir
+from autocompress.search.rundir.identity import ATTR, run_identity
+from autocompress.search.rundir.reader import RunDir
 from tests.support import make_config, stored_trials
 
 MESSAGE = ("error: the run searched random:bert (task embedding); config.yaml now names all-MiniLM-L6-v2: "

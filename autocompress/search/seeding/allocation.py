@@ -82,7 +82,7 @@ def knapsack_plans(space: Any, sens: Any, info: Any, latency: tuple[Any, Any] | 
     (cost, baseline) whose budget some plan meets, duplicates and uniform plans included: the one-shot
     sensitivity + knapsack allocation of per-layer formats under a size (average bits) or latency budget."""
     from autocompress.evaluators.size import plan_size
-    from autocompress.search.sensitivity import measured_choices, plan_params, single_unit_plan
+    from autocompress.search.seeding.sensitivity import measured_choices, plan_params, single_unit_plan
 
     choices = measured_choices(space)
     reference = single_unit_plan(space, None, {})[1]

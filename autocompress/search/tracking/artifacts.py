@@ -1,7 +1,7 @@
 """Attach files to a finished study in MLflow: its parent run, and optionally one trial's nested run.
 
 `export` and `report` run after the search, in another process. They find the study's parent run by the
-tags the search gave it (`autocompress.study_name` and `autocompress.storage`, see tracking.py) and add
+tags the search gave it (`autocompress.study_name` and `autocompress.storage`, see tracking/runs.py) and add
 artifacts to it without touching its status, params or metrics.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from autocompress.config import SearchConfig
 from autocompress.secrets import mask_url
-from autocompress.search.tracking import _T, _all_runs
+from autocompress.search.tracking.runs import _T, _all_runs
 
 
 def _client(uri: str) -> Any:

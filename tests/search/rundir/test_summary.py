@@ -1,11 +1,11 @@
-"""summary.py: the advice drawn from how a search went (`writer_hint`)."""
+"""rundir/summary.py: the advice drawn from how a search went (`writer_hint`)."""
 
 from __future__ import annotations
 
 import optuna
 
 from autocompress.config import SearchConfig
-from autocompress.search.summary import writer_hint
+from autocompress.search.rundir.summary import writer_hint
 
 
 def config(tmp_path, **tracking) -> SearchConfig:

@@ -14,7 +14,7 @@ way round for perplexity: positive means worse.
 Seeding (`seed_params`): for each threshold t, every unit takes, per technique, the choice that saves the
 most bytes among those whose own drop is <= t (else its mildest setting). Small t gives a safe plan, large
 t an aggressive one (between choices saving as much, the one of least drop); the sampler starts from these
-instead of from nothing. `search/allocation.py` seeds one more plan per uniform baseline from the same file.
+instead of from nothing. `search/seeding/allocation.py` seeds one more plan per uniform baseline from the same file.
 
 File `RUN_DIR/sensitivity.json`: {"metric", "reference", "fingerprint", "seconds", "evaluations",
 "layers": {unit: {label: drop}}, "saved_bytes": {unit: {label: bytes saved vs the reference}}}.
@@ -34,7 +34,7 @@ from autocompress.config import SearchConfig, parse_objective
 from autocompress.objectives import TASK_QUALITY
 
 if TYPE_CHECKING:
-    from autocompress.search.backends import Backend
+    from autocompress.search.workers.backends import Backend
 
 QUALITY = {"fidelity": "maximize", "accuracy": "maximize", "perplexity": "minimize", "perplexity_ratio": "minimize",
            "kl": "minimize", "kl_p99": "minimize", "top1_agreement": "maximize"}

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from autocompress.secrets import mask_url
 
 if TYPE_CHECKING:
-    from autocompress.search.tracking import TrialTracker
+    from autocompress.search.tracking.runs import TrialTracker
 
 MIN_RETRY_S = 1.0  # the writer's shortest pause between failed attempts (retry_s 0 would spin on a dead server)
 
@@ -120,7 +120,7 @@ class TrialRecorder:
     def close(self, status: str) -> bool:
         """End the search's MLflow side: wait for the writer, one more (unforced) try at what is kept, then the
         parent run's terminal status (FINISHED, FAILED, KILLED) through `call`; a writer process
-        (tracker_process.py) ends with it, whether or not MLflow answered."""
+        (tracking/writer_process.py) ends with it, whether or not MLflow answered."""
         self.wait()
         if self.pending:
             self.flush()
@@ -180,7 +180,7 @@ class TrialRecorder:
         return self.untracked
 
     def _try(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
-        from autocompress.search.tracking import _env
+        from autocompress.search.tracking.runs import _env
 
         try:
             with _env(MLFLOW_HTTP_REQUEST_TIMEOUT=str(max(1, math.ceil(self.timeout_s))),

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from autocompress.errors import UserError
-from autocompress.search.tracking import NullTracker, Tracker, open_tracker
+from autocompress.search.tracking.runs import NullTracker, Tracker, open_tracker
 from tests.search.conftest import free_port
 
 CONFIG = {"model": {"name": "all-MiniLM-L6-v2", "task": "auto"},

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from autocompress.search.allocation import least_drop
+from autocompress.search.seeding.allocation import least_drop
 
 
 def brute_force(groups, required):
@@ -58,7 +58,7 @@ FORMATS = {"quantize": {"bits": [2, 4, 8, None], "group_size": [32, 128], "act_b
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
-    from tests.search.test_sensitivity import measure_twice
+    from tests.search.seeding.test_sensitivity import measure_twice
 
     _, space, (sens, _), _ = measure_twice(tmp_path_factory.mktemp("alloc"), FORMATS)
     return space, sens
@@ -76,7 +76,7 @@ def predicted(space, sens, plan):
 
 def test_each_format_combination_is_measured_with_activations_off(measured):
     space, sens = measured
-    from autocompress.search.sensitivity import jobs
+    from autocompress.search.seeding.sensitivity import jobs
 
     expected = {f"quantize bits={b} group_size={g} act_bits={a}" for b in (2, 4, 8) for g in (32, 128)
                 for a in (8, None)}
@@ -98,7 +98,7 @@ def test_budget_plans_fit_each_uniform_baseline_at_no_more_predicted_drop(measur
     import optuna
 
     from autocompress.evaluators.size import plan_size
-    from autocompress.search.allocation import budget_params
+    from autocompress.search.seeding.allocation import budget_params
 
     space, sens = measured
     seeds = budget_params(space, sens, space.info)
@@ -114,7 +114,7 @@ def test_a_search_starts_from_the_budget_plans_once_each(tmp_path):
     import json
 
     from autocompress.search.driver import run_search
-    from autocompress.search.rundir import RunDir
+    from autocompress.search.rundir.reader import RunDir
     from tests.support import make_config
 
     config = make_config(tmp_path, space=FORMATS, budget={"n_trials": 14}, backend={"name": "local"},
@@ -135,7 +135,7 @@ def test_a_search_starts_from_the_budget_plans_once_each(tmp_path):
 def test_latency_budget_plans_are_no_slower_than_their_baseline(measured, tmp_path):
     import optuna
 
-    from autocompress.search.allocation import budget_params
+    from autocompress.search.seeding.allocation import budget_params
     from autocompress.search.driver import _plan_latency_model
     from tests.support import make_config
 
@@ -164,7 +164,7 @@ def test_knapsack_plans_one_per_baseline_within_its_bytes_and_the_seeds_among_th
     import optuna
 
     from autocompress.evaluators.size import plan_size
-    from autocompress.search.allocation import budget_params, knapsack_plans
+    from autocompress.search.seeding.allocation import budget_params, knapsack_plans
 
     space, sens = measured
     plans = knapsack_plans(space, sens, space.info)

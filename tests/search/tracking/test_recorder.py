@@ -1,6 +1,6 @@
-"""recording.py: the MLflow writer thread never holds the driver, and nothing recorded is lost.
+"""tracking/recorder.py: the MLflow writer thread never holds the driver, and nothing recorded is lost.
 
-MLflow itself is exercised end to end in test_tracking.py and test_faults.py (a real server going away, a
+MLflow itself is exercised end to end in test_runs.py and test_faults.py (a real server going away, a
 hung one); here a tracker stands in whose calls block or fail on command, which is what makes the thread's
 ordering observable without timing anything."""
 
@@ -10,7 +10,7 @@ import threading
 import time
 import warnings
 
-from autocompress.search.recording import TrialRecord, TrialRecorder
+from autocompress.search.tracking.recorder import TrialRecord, TrialRecorder
 
 
 class GatedTracker:
@@ -85,7 +85,7 @@ def test_close_logs_what_is_kept_before_ending_the_parent_run() -> None:
 
 
 def test_nothing_is_started_when_tracking_is_off() -> None:
-    from autocompress.search.tracking import NullTracker
+    from autocompress.search.tracking.runs import NullTracker
 
     recorder = TrialRecorder(NullTracker(), "sqlite:///o.db")
     recorder.record(rec(0))

@@ -1,4 +1,4 @@
-"""tracker_process.py: nested runs logged by a child process look exactly like the writer thread's, an MLflow
+"""tracking/writer_process.py: nested runs logged by a child process look exactly like the writer thread's, an MLflow
 error or a dead child comes back as a logging failure the recorder keeps and retries, and no child outlives
 the search. Real MLflow (SQLite) and real child processes throughout."""
 
@@ -11,11 +11,11 @@ import pytest
 from mlflow import MlflowClient
 
 from autocompress.search.driver import run_search
-from autocompress.search.recording import TrialRecord, TrialRecorder
-from autocompress.search.tracker_process import TrackerProcess, TrackerProcessError
-from autocompress.search.tracking import Tracker
+from autocompress.search.tracking.recorder import TrialRecord, TrialRecorder
+from autocompress.search.tracking.writer_process import TrackerProcess, TrackerProcessError
+from autocompress.search.tracking.runs import Tracker
 from tests.support import children, make_config
-from tests.search.test_tracking import CONFIG, PLANS, STORAGE, TRIALS, check_study, flat
+from tests.search.tracking.test_runs import CONFIG, PLANS, STORAGE, TRIALS, check_study, flat
 
 
 @pytest.fixture

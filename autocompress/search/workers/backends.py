@@ -5,7 +5,7 @@ model of its own with Ray); `capacity` trials may be in flight at once; `submit(
 never blocks (`pruning`: the companion trial's number in the pruning study, passed on to the worker); `collect`
 returns at least one finished (number, outcome) pair when anything is in flight, waiting for it if need be;
 `close()` releases the workers. A trial's own failure (an exception, NaN, running out of memory) arrives as
-`outcome.error`. Faults of the worker processes follow inflight.py: a worker that dies mid-trial is replaced
+`outcome.error`. Faults of the worker processes follow workers/inflight.py: a worker that dies mid-trial is replaced
 and the trial retried on the new one (`backend.max_retries`), a trial over `budget.trial_timeout_s` ends as
 an error outcome and its worker is killed and replaced. Only processes can be killed, so the local backend
 runs trials in a child process when a trial timeout is set, and in the driver process otherwise.
@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 from autocompress.config import SearchConfig
 from autocompress.errors import UserError
-from autocompress.search.inflight import Attempt, InFlight
-from autocompress.search.trial import TrialOutcome, TrialRunner
+from autocompress.search.workers.inflight import Attempt, InFlight
+from autocompress.search.workers.runner import TrialOutcome, TrialRunner
 from autocompress.threads import torch_threads, trial_threads
 
 READY_TIMEOUT_S = 600  # the longest a replacement worker may take to load the model
@@ -52,7 +52,7 @@ class LocalBackend:
 
     Each trial runs with `backend.cpus_per_trial` torch threads (rounded down, at least 1), as a Ray actor does;
     the process's own count is restored after it. Without `budget.trial_timeout_s` the trials run in this
-    process: nothing to start, nothing can stop a hung one. With it they run in one child process (procworker.py) that is killed and replaced when a trial runs
+    process: nothing to start, nothing can stop a hung one. With it they run in one child process (workers/child_process.py) that is killed and replaced when a trial runs
     out of time, and replaced (the trial retried) when it dies mid-trial, as a Ray actor is.
     """
 
@@ -79,7 +79,7 @@ class LocalBackend:
         if not self.isolated:
             self.runner = TrialRunner(self.config)
             return self.runner.info
-        from autocompress.search.procworker import ProcessWorker
+        from autocompress.search.workers.child_process import ProcessWorker
 
         self.worker = ProcessWorker(self.config)
         return self.worker.ready()
@@ -99,7 +99,7 @@ class LocalBackend:
             with torch_threads(trial_threads(self.config.backend.cpus_per_trial)):
                 outcome = self.runner.run(plan_json, number=number, pruning=self.pruning.pop(number, None))
             return [(number, outcome)]
-        from autocompress.search.procworker import WorkerLost
+        from autocompress.search.workers.child_process import WorkerLost
 
         while True:
             if not self.flight:
@@ -133,7 +133,7 @@ class LocalBackend:
 
     def _restart(self) -> None:
         """Kill the child process and start a new one; returns once it has loaded the model."""
-        from autocompress.search.procworker import ProcessWorker
+        from autocompress.search.workers.child_process import ProcessWorker
 
         self.worker.kill()
         self.worker = ProcessWorker(self.config)

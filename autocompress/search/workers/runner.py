@@ -4,7 +4,7 @@
 (per process: the driver for the local backend, each Ray actor for the ray backend), and a memo of what
 data-aware methods compute on the unchanged base model (calibration Gram matrices, GPTQ-quantized layers:
 policies/memo.py), so a later plan reuses them exactly instead of recomputing, and one working copy of the
-base model (search/workspace.py) that each trial compresses and the next puts back in place, bit for bit,
+base model (search/workers/workspace.py) that each trial compresses and the next puts back in place, bit for bit,
 instead of deep-copying the base model per trial; all of it on `backend.device`. `run(plan_json)` takes that
 copy, applies the plan and its distillation (`apply_and_distill`: the teacher is the base model, the data the
 calibration batches), evaluates, and returns a `TrialOutcome`. With a pruner
@@ -16,7 +16,7 @@ trial's own failure: the exception (or non-finite metrics) comes back as `error`
 take a worker down. Running out of memory (MemoryError, torch.OutOfMemoryError) is such a failure too: the
 error reads "out of memory: ..." and what the trial added to the working copy is freed (and the CUDA cache
 emptied) before the worker takes the next plan. A worker process that is killed instead (the kernel's OOM
-killer, a lost node) is the backend's business: see backends.py.
+killer, a lost node) is the backend's business: see workers/backends.py.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class TrialRunner:
         copy (the same results; benchmarks compare the two)."""
         from autocompress.calibration import search_calibration
         from autocompress.loading import load_model
-        from autocompress.search.workspace import ModelWorkspace
+        from autocompress.search.workers.workspace import ModelWorkspace
 
         self.config = config
         self.loaded = load_model(config.model.name, task=config.model.task,
@@ -138,11 +138,11 @@ class TrialRunner:
         back as `error`.
 
         `number` and `attempt` (the trial number, and how often it was started before on a worker that died)
-        only feed the test hook in faulthook.py. `pruning` is the number of the trial's companion trial in
+        only feed the test hook in workers/fault_hook.py. `pruning` is the number of the trial's companion trial in
         the pruning study (None: no pruning)."""
         from autocompress.distill.train import apply_and_distill
         from autocompress.plan import CompressionPlan
-        from autocompress.search import faulthook
+        from autocompress.search.workers import fault_hook
 
         import torch
 
@@ -150,7 +150,7 @@ class TrialRunner:
         out_of_memory, model = False, None
         try:
             plan = CompressionPlan.from_json(plan_json)
-            faulthook.before_trial(number, attempt)
+            fault_hook.before_trial(number, attempt)
             t0 = time.perf_counter()
             reporter = self.pruning.trial(pruning) if self.pruning is not None else None
             if reporter is None:
@@ -162,7 +162,7 @@ class TrialRunner:
             if reporter is not None and reporter.pruned:
                 outcome.apply_s, outcome.pruned, outcome.metrics = t1 - t0, reporter.pruned, reporter.last
                 return outcome
-            metrics = faulthook.after_trial(number, attempt, self.evaluator.evaluate(model))
+            metrics = fault_hook.after_trial(number, attempt, self.evaluator.evaluate(model))
             model = None
             outcome.apply_s, outcome.eval_s = t1 - t0, time.perf_counter() - t1
             if self.latency is not None:  # timed on this worker's device with the real kernels
@@ -197,7 +197,7 @@ class TrialRunner:
     def _put_back(self) -> None:
         """Restore the working copy; if that fails, a fresh deep copy replaces it, so one bad trial never
         spoils the next."""
-        from autocompress.search.workspace import ModelWorkspace
+        from autocompress.search.workers.workspace import ModelWorkspace
 
         try:
             self.workspace.restore()

@@ -8,7 +8,7 @@ from pathlib import Path
 from autocompress.config import SearchConfig
 from autocompress.evaluators.next_token import NextTokenEvaluator
 from autocompress.plan import CompressionPlan
-from autocompress.search.trial import TrialRunner
+from autocompress.search.workers.runner import TrialRunner
 
 NEXT_TOKEN = {"kl", "kl_p99", "top1_agreement", "perplexity", "nll", "perplexity_ratio"}
 

@@ -3,7 +3,7 @@ not parse is rebuilt from its trial's parameters in the study and written back.
 
 A trial's plan is `space.sample(trial)` (search/driver.py), a function of the trial's params alone, and the
 space is a function of the config's space section and the model's inventory, which the run's identity
-(search/identity.py) keeps unchanged; so `space.sample(optuna.trial.FixedTrial(trial.params))` is the plan
+(search/rundir/identity.py) keeps unchanged; so `space.sample(optuna.trial.FixedTrial(trial.params))` is the plan
 the trial ran, exactly (its `to_json` equal to the file the driver wrote).
 
 `read_plan(path) -> (plan or None, why)`: why it is None ("is missing", "is not valid JSON (...)", ...).

@@ -16,8 +16,8 @@ from autocompress.plan import CompressionPlan
 from autocompress.policies import Calibration, apply_plan
 from autocompress.policies.quantize import ACT_ATTR
 from autocompress.policies.smooth import SMOOTH_ATTR
-from autocompress.search.trial import TrialRunner
-from autocompress.search.workspace import ModelWorkspace
+from autocompress.search.workers.runner import TrialRunner
+from autocompress.search.workers.workspace import ModelWorkspace
 from autocompress.selection import build_plan
 from tests.policies.test_contract import VARIANTS, batch, run  # noqa: F401 (batch: a fixture)
 

@@ -8,7 +8,7 @@ import pytest
 from autocompress.cli import main
 from autocompress.errors import UserError
 from autocompress.search.driver import run_search
-from autocompress.search.rundir import RunDir
+from autocompress.search.rundir.reader import RunDir
 from tests.support import make_config
 
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from autocompress.search.trial import TrialOutcome
+from autocompress.search.workers.runner import TrialOutcome
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """`TrackerProcess`: a `Tracker` whose nested runs are logged by a child process (`tracking.writer: process`).
 
 Why: logging one trial to MLflow is about 40 ms of Python on a local SQLite store (four client calls through
-SQLAlchemy and the plan artifact; benchmarks/tracking_cost.py). On the writer thread (recording.py) that time
+SQLAlchemy and the plan artifact; benchmarks/tracking_cost.py). On the writer thread (tracking/recorder.py) that time
 is taken from the driver's interpreter, so a search of short trials (a GPU worker's tens of milliseconds) is
 held to the driver's Optuna work *plus* MLflow's. In a child process MLflow's work runs beside the driver on
 another core: the driver's writer thread only sends the trial and waits, holding no interpreter lock, for the
@@ -28,7 +28,7 @@ import sys
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
-    from autocompress.search.tracking import TrialTracker
+    from autocompress.search.tracking.runs import TrialTracker
 
 STOP_TIMEOUT_S = 10.0  # how long `stop` waits for the child to finish its call and exit before killing it
 
@@ -38,7 +38,7 @@ class TrackerProcessError(RuntimeError):
 
 
 class TrackerProcess:
-    """A `Tracker` (tracking.py) whose `log_trial` runs in a child process; see the module docstring."""
+    """A `Tracker` (tracking/runs.py) whose `log_trial` runs in a child process; see the module docstring."""
 
     def __init__(self, tracker: TrialTracker) -> None:
         self.tracker = tracker
@@ -92,7 +92,7 @@ class TrackerProcess:
             return self._proc
         self.stop()
         t = self.tracker
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this package's
+        root = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 3))  # this package's
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)  # (a checkout not installed)
         proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 env={**os.environ, "PYTHONPATH": path})
@@ -109,7 +109,7 @@ def _serve(inbox: BinaryIO, outbox: BinaryIO) -> None:
 
     import mlflow
 
-    from autocompress.search.tracking import Tracker, _env
+    from autocompress.search.tracking.runs import Tracker, _env
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     uri, experiment_id, parent_run_id = pickle.load(inbox)
