@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from autocompress.distill import DistillConfig
+from autocompress.distill_spec import DistillConfig
 from autocompress.errors import UserError
 from autocompress.plan import CompressionPlan, LayerPlan
 
@@ -87,3 +87,17 @@ def test_importing_the_plan_stays_light():
     code = "import sys, autocompress.plan; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_plan_does_not_import_the_distillation_package():
+    """The plan type holds a `DistillConfig` without depending on `autocompress.distill` (training, torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, autocompress.plan, autocompress.distill_spec; "
+            "print(sorted(m for m in sys.modules if m == 'autocompress.distill' or m.startswith('autocompress.distill.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    from autocompress.distill import DistillConfig as Reexported
+
+    assert Reexported is DistillConfig

@@ -1,7 +1,9 @@
 """`DistillConfig`: how a compressed model is trained to match its original, as immutable, JSON-exact data.
 
 It is the optional plan-level `distill` field of `CompressionPlan`, so a plan states everything a trial did.
-This module imports nothing heavy (no torch): `autocompress.plan` imports it.
+It is plan-side data, kept apart from the distillation package: this module imports nothing heavy (no torch)
+and nothing from `autocompress.distill`, so `autocompress.plan` depends on it alone, and the training
+(`autocompress.distill.train`: `distill`, `apply_and_distill`) imports it from here.
 """
 
 from __future__ import annotations
