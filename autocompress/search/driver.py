@@ -34,7 +34,7 @@ from autocompress.config import SearchConfig, parse_constraint, parse_objective
 from autocompress.search.rundir.plan_files import plan_path
 from autocompress.search.tracking.recorder import TrialRecord, TrialRecorder
 from autocompress.search.study import assign_generation, finished_metrics, is_repeat
-from autocompress.search.rundir.summary import ParetoTrial, SearchResult, summarize  # noqa: F401
+from autocompress.search.rundir.summary import SearchResult, summarize  # noqa: F401
 from autocompress.search.workers.runner import TrialOutcome, worker_name
 from autocompress.search.trial_writes import one_transaction
 from autocompress.secrets import run_dir_config

@@ -15,6 +15,7 @@ from autocompress.config import SearchConfig, parse_objective
 from autocompress.errors import UserError
 from autocompress.plan import CompressionPlan
 from autocompress.search.pareto import PickRule, default_rule, metrics_of
+from autocompress.search.rundir.trial_result import is_feasible
 from autocompress.search.storage import display_url, open_storage
 
 
@@ -88,7 +89,7 @@ class RunDir:
 
     def is_feasible(self, trial: Any) -> bool:
         """True when every constraint set on the trial (`trial.set_constraint`) is met: value <= 0."""
-        return all(v <= 0 for v in trial.constraints.values())
+        return is_feasible(trial)
 
     def choose(self, trial: int | None = None, pick: str | None = None) -> Any:
         """The trial to export: number `trial` (any COMPLETE trial), else the one `pick` selects from the

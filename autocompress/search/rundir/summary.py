@@ -10,16 +10,8 @@ from typing import Any
 
 from autocompress.config import SearchConfig
 from autocompress.secrets import mask_url
-from autocompress.search.pareto import PickRule, default_rule, markdown_table, metrics_of, pareto_rows
-
-
-@dataclass
-class ParetoTrial:
-    number: int
-    values: dict[str, float]
-    metrics: dict[str, float]
-    plan_path: str
-    plan_summary: str = ""
+from autocompress.search.pareto import PickRule, default_rule, markdown_table, pareto_rows
+from autocompress.search.rundir.trial_result import TrialResult
 
 
 @dataclass
@@ -29,8 +21,8 @@ class SearchResult:
     tracking_uri: str
     run_dir: str
     counts: dict[str, int]
-    pareto: list[ParetoTrial]
-    picked: ParetoTrial | None
+    pareto: list[TrialResult]  # the feasible Pareto front, by trial number
+    picked: TrialResult | None
     pick_rule: str
     elapsed_s: float
     ui_hint: str = ""
@@ -78,9 +70,8 @@ def summarize(config: SearchConfig, study: Any, search: Any, recorder: Any, run_
     rule = PickRule.parse(config.pick) if config.pick else default_rule(config.objectives)
     chosen = rule.choose(front)
 
-    def entry(t: Any) -> ParetoTrial:
-        return ParetoTrial(t.number, dict(zip(names, t.values)), metrics_of(t), str(search.plan_path(t.number)),
-                           t.user_attrs.get("plan_summary", ""))
+    def entry(t: Any) -> TrialResult:
+        return TrialResult.of(t, names, str(search.plan_path(t.number)), front=True)
 
     counts = counts_by_state(study)
     trials = study.get_trials(deepcopy=False)  # read once for the repeats and the hint
