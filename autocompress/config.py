@@ -101,7 +101,7 @@ class SensitivitySection(_Strict):
                                     description="quality drop each unit may cost alone, one seeded plan each")
     budgets: bool = Field(True, description="also one plan per uniform baseline: the least summed drop at no "
                                             "more packed bytes, and at no more predicted latency when the "
-                                            "target prices plans (search/allocation.py)")
+                                            "target prices plans (search/seeding/allocation.py)")
 
     @field_validator("thresholds")
     @classmethod
@@ -152,7 +152,7 @@ class TrackingSection(_Strict):
                                 "again retry_s later (at least 1 s) by the MLflow writer thread, and at the end")
     writer: Literal["thread", "process"] = Field(
         "thread", description="who logs the trials: a thread of the driver, or a child process "
-                              "(search/tracker_process.py) that keeps MLflow's ~40 ms of Python per trial off the "
+                              "(search/tracking/writer_process.py) that keeps MLflow's ~40 ms of Python per trial off the "
                               "driver's interpreter; for trials well under a second (GPU workers)")
 
 

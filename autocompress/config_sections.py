@@ -185,7 +185,7 @@ class DistillSpace(_Strict):
 
     @model_validator(mode="after")
     def _valid(self) -> "DistillSpace":
-        from autocompress.distill.config import DistillConfig
+        from autocompress.distill_spec import DistillConfig
 
         for name in ("steps", "lr", "temperature", "alpha", "beta", "layers"):
             values = self.choices(name)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from autocompress.distill.config import DistillConfig
+from autocompress.distill_spec import DistillConfig
 from autocompress.errors import UserError, from_fields
 from autocompress.kvcache.plan import KVCachePlan
 

@@ -96,7 +96,7 @@ class LoopWindow:
 
 def loop_window(run_dir: str | Path) -> LoopWindow:
     """The `LoopWindow` of the search in `run_dir` (read from its Optuna storage)."""
-    from autocompress.search.rundir import RunDir
+    from autocompress.search.rundir.reader import RunDir
 
     done = sorted((t for t in RunDir.open(run_dir).trials if t.state.is_finished()), key=lambda t: t.number)
     evaluated = [t for t in done if "work_s" in t.user_attrs]

@@ -93,7 +93,7 @@ def main() -> None:
     from autocompress.export import load_compressed, save_compressed
     from autocompress.loading import load_model
     from autocompress.policies import Calibration, apply_plan
-    from autocompress.search.workspace import ModelWorkspace
+    from autocompress.search.workers.workspace import ModelWorkspace
 
     env = machine_env()
     loaded = load_model(MODEL)

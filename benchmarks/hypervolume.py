@@ -76,7 +76,7 @@ def hypervolume_curve(trials: Sequence[Any], objectives: Sequence[str | tuple[st
 def run_curve(run_dir: str | Path, reference: Mapping[str, float],
               ideal: Mapping[str, float] | None = None) -> list[float]:
     """`hypervolume_curve` of the study of an autocompress run directory (objectives from its config)."""
-    from autocompress.search.rundir import RunDir
+    from autocompress.search.rundir.reader import RunDir
 
     run = RunDir.open(run_dir)
     return hypervolume_curve(run.trials, run.config.objectives, reference, ideal)

@@ -87,7 +87,7 @@ def main() -> int:
     from autocompress.export.gguf_writer import GGUF_FILE, write_gguf
     from autocompress.loading import load_model
     from autocompress.policies import apply_plan
-    from autocompress.search.workspace import ModelWorkspace
+    from autocompress.search.workers.workspace import ModelWorkspace
 
     env = machine_env()
     loaded = load_model(MODEL)

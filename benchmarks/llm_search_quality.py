@@ -7,8 +7,8 @@ Writes benchmarks/results/llm_search_quality.{json,md} (--quick: a smoke run int
 AutoRound's AutoScheme and ModelOpt's AutoQuantize choose per-layer bits from a one-shot sensitivity score
 and a knapsack under an average-bits budget. Here, on SmolLM2-135M-Instruct, at equal packed size:
   uniform    every block Linear and the tied embedding / LM head at 3, 4, 5, 6 or 8 bits;
-  knapsack   the project's sensitivity (search/sensitivity.py: each unit alone at each choice, measured once)
-             and its multiple-choice knapsack (search/allocation.py `knapsack_plans`): the plan of least summed
+  knapsack   the project's sensitivity (search/seeding/sensitivity.py: each unit alone at each choice, measured once)
+             and its multiple-choice knapsack (search/seeding/allocation.py `knapsack_plans`): the plan of least summed
              drop at no more packed bytes than each uniform plan, and at no more predicted decode time;
   search     NSGA-II from the uniform baselines (what `autocompress search` does by default), `--trials`;
   seeded     the same with `sensitivity: {}` (`auto --seed-sensitivity`): the study also starts from the
@@ -162,11 +162,11 @@ def evaluate(shared, plan, label: str, latency, info, threads: int) -> dict:
 def measure_arms(work: Path, args, shared, log) -> dict:
     """Sensitivity, uniform and knapsack points (once), then the search arms per seed."""
     from autocompress.plan import CompressionPlan
-    from autocompress.search.allocation import knapsack_plans
-    from autocompress.search.backends import make_backend
+    from autocompress.search.seeding.allocation import knapsack_plans
+    from autocompress.search.workers.backends import make_backend
     from autocompress.search.driver import _plan_latency_model, run_search
-    from autocompress.search.rundir import RunDir
-    from autocompress.search.sensitivity import FILE, load_or_measure
+    from autocompress.search.rundir.reader import RunDir
+    from autocompress.search.seeding.sensitivity import FILE, load_or_measure
     from autocompress.spaces import ConfigSpace
 
     config = make_config(work / "sensitivity", args)

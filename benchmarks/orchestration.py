@@ -14,7 +14,7 @@ Writes benchmarks/results/<name>.json and <name>.md.  (issue 8, "Orchestration o
    marginal cost of one trial is (wall(2) - wall(1)) / (trials(2) - trials(1)), which leaves start-up out.
    Settings, for Optuna on SQLite and on a journal file: MLflow off; MLflow on a SQLite store (a nested run
    per trial) logged by the driver's writer thread (`tracking.writer: thread`, the default) or by a child
-   process (`writer: process`, search/tracker_process.py). The wall clock runs until the last trial is in
+   process (`writer: process`, search/tracking/writer_process.py). The wall clock runs until the last trial is in
    MLflow. And the ablation "one commit per write": MLflow off, SQLite, with the driver's writes of a trial
    not gathered into one transaction (search/trial_writes.py switched off, `writes_as`), run right after its
    counterpart so the machine's drift between them stays small.
@@ -57,7 +57,7 @@ class NoopRunner:
         self.info = load_model(config.model.name).info
 
     def run(self, plan_json: str, number=None, attempt: int = 0, pruning=None):
-        from autocompress.search.trial import TrialOutcome, worker_name
+        from autocompress.search.workers.runner import TrialOutcome, worker_name
 
         return TrialOutcome(metrics={"fidelity": 0.9 + 0.1 * random.Random(plan_json).random()},
                             worker=worker_name())
@@ -92,7 +92,7 @@ def noop_search(root: Path, trials: int, tracking: str, tag: str, storage: str =
     """(wall seconds, trials in the study): budget `trials`, plus the repeats NSGA-II proposed (driver work
     too: ask, sample, tell, log; they do not count toward the budget)."""
     from autocompress.config import SearchConfig
-    from autocompress.search import backends
+    from autocompress.search.workers import backends
     from autocompress.search.driver import run_search
 
     run_dir = root / f"noop-{tag}-{trials}"

@@ -29,7 +29,7 @@ from hypervolume import run_curve  # noqa: E402
 
 from autocompress.config import SearchConfig  # noqa: E402
 from autocompress.search.driver import run_search  # noqa: E402
-from autocompress.search.rundir import RunDir  # noqa: E402
+from autocompress.search.rundir.reader import RunDir  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 REFERENCE, IDEAL = {"fidelity": 0.9, "size_mb": 90.0}, {"fidelity": 1.0, "size_mb": 0.0}

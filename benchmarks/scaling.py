@@ -65,7 +65,7 @@ def load_vs_trial(root: Path, reloads: int) -> dict:
     import torch
 
     from autocompress.policies.memo import BaseModelMemo
-    from autocompress.search.trial import TrialRunner
+    from autocompress.search.workers.runner import TrialRunner
     from autocompress.spaces import ConfigSpace
 
     torch.set_num_threads(1)

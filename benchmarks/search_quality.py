@@ -28,7 +28,7 @@ Arms, per setting and sampler seed (0..--seeds-1):
              `autocompress auto` writes), starting from the uniform baselines, `--trials` trials;
   seeded     the same, plus `sensitivity: {}` (default thresholds and budgets): the study also starts from
              the plans built from per-unit sensitivity (one per threshold, and one per uniform baseline at its
-             bytes and at its predicted latency: search/allocation.py), measured once (its cost reported) and
+             bytes and at its predicted latency: search/seeding/allocation.py), measured once (its cost reported) and
              copied into each run;
   random xK  Optuna's RandomSampler with no baselines, K x `--trials` trials; random x1 is the first
              `--trials` trials of the same run (a random search's prefix is a random search of that budget);
@@ -104,7 +104,7 @@ def make_config(run_dir: Path, setting: str, arm: str, seed: int, trials: int):
 def run_arm(work: Path, setting: str, arm: str, seed: int, trials: int) -> list:
     """Run one study (or reuse its finished run directory) and return its trials."""
     from autocompress.search.driver import run_search
-    from autocompress.search.rundir import RunDir
+    from autocompress.search.rundir.reader import RunDir
 
     run_dir = work / f"{setting}-{arm}-s{seed}"
     config = make_config(run_dir, setting, arm, seed, trials)

@@ -9,12 +9,12 @@ local backend (1 trial at a time), tracking none, `--trials` per study. (A first
 sparsity among the choices was uninformative: almost every sampled plan broke the constraint, so no sampled
 trial ever improved a front made of baselines.)
 
-1. The sensitivity is measured ONCE (`autocompress.search.sensitivity.load_or_measure`, on the local backend)
+1. The sensitivity is measured ONCE (`autocompress.search.seeding.sensitivity.load_or_measure`, on the local backend)
    and its cost reported apart: evaluations, seconds, and trial equivalents (its seconds over the median
    seconds of one search trial in the same invocation, and its evaluation count: each is a full apply +
    evaluate, as a trial is).
 2. Each sampler runs unseeded (`sensitivity: {seed: false}`), seeded (`sensitivity.thresholds`, and the
-   default `budgets: true`: one plan per uniform baseline's bytes, search/allocation.py) and seeded from the
+   default `budgets: true`: one plan per uniform baseline's bytes, search/seeding/allocation.py) and seeded from the
    thresholds only (`budgets: false`, what seeding was before the budgets), each seeded arm with the measured
    sensitivity.json copied into the run directory first, so it is not measured again) for sampler seeds
    0..`--seeds`-1; both arms start from the same uniform baselines. The strongest unseeded sampler (mean
@@ -76,8 +76,8 @@ def make_config(run_dir: Path, sampler: str, seed: int, trials: int, seeded: boo
 def measure_sensitivity(work: Path, shared: SharedRunner) -> tuple[Path, dict]:
     """Measure once into work/sensitivity/sensitivity.json (a file already there from an earlier invocation
     with the same fingerprint is reused, and its own recorded cost reported); returns (path, cost)."""
-    from autocompress.search.backends import make_backend
-    from autocompress.search.sensitivity import FILE, load_or_measure
+    from autocompress.search.workers.backends import make_backend
+    from autocompress.search.seeding.sensitivity import FILE, load_or_measure
     from autocompress.spaces import ConfigSpace
 
     config = make_config(work / "sensitivity", "nsga2", 0, 1, seeded=True)
@@ -102,7 +102,7 @@ def run_one(work: Path, sampler: str, seed: int, trials: int, sens_file: Path | 
             ideal: dict, shared: SharedRunner, arm: str = "seeded") -> dict:
     """One study; returns its hypervolume curve, what the seeds did and what its final front is made of."""
     from autocompress.search.driver import run_search
-    from autocompress.search.rundir import RunDir
+    from autocompress.search.rundir.reader import RunDir
 
     arm = arm if sens_file else "unseeded"
     name = f"{sampler}-{arm.replace(' ', '-')}-s{seed}"

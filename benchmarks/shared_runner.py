@@ -26,7 +26,7 @@ class SharedRunner:
         self.hits, self.miss_s = 0, []
 
     def __call__(self, config):
-        from autocompress.search.trial import TrialRunner
+        from autocompress.search.workers.runner import TrialRunner
 
         key = json.dumps([config.model.model_dump(mode="json"), config.data.model_dump(mode="json")])
         if self.runner is None:
@@ -53,7 +53,7 @@ class SharedRunner:
 
 @contextmanager
 def shared_runner():
-    from autocompress.search import backends
+    from autocompress.search.workers import backends
 
     shared, original = SharedRunner(), backends.TrialRunner
     backends.TrialRunner = shared

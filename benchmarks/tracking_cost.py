@@ -3,7 +3,7 @@
 Run:  .venv/bin/python benchmarks/tracking_cost.py [--trials 600] [--repeats 3]
 Writes benchmarks/results/tracking_cost.json and tracking_cost.md.  (issue 8, "GPU: trials per minute")
 
-The MLflow writer (thread or process, search/recording.py and search/tracker_process.py) can log no faster
+The MLflow writer (thread or process, search/tracking/recorder.py and search/tracking/writer_process.py) can log no faster
 than this; with `tracking.writer: process` it is the pace a search of very short trials runs at whenever it
 is slower than the driver's Optuna work. Each repeat opens a fresh store and parent run, then logs `--trials`
 trials the way the driver does (a 36-unit plan flattened to params, three metrics, the plan as a JSON
@@ -31,7 +31,7 @@ WINDOW = 200  # trials per reported window
 
 def one_repeat(trials: int) -> list[float]:
     """ms per trial in each window of WINDOW trials, for one fresh store."""
-    from autocompress.search.tracking import open_tracker
+    from autocompress.search.tracking.runs import open_tracker
 
     root = tempfile.mkdtemp(prefix="tracking-cost-")
     tracker = open_tracker(f"sqlite:///{root}/mlflow.db", "cost", "study", f"sqlite:///{root}/optuna.db",

@@ -86,7 +86,7 @@ def search(root: Path, trials: int, n_eval: int, tracking: str) -> tuple[dict, l
 
 def floor(root: Path, plans: list[str], n_eval: int) -> dict:
     """The plans through one TrialRunner in a bare loop."""
-    from autocompress.search.trial import TrialRunner
+    from autocompress.search.workers.runner import TrialRunner
 
     runner = TrialRunner(make_config(root, "floor", len(plans), n_eval, "off"))
     runner.run(plans[0])  # warm-up: first-call costs (allocator, kernels), as the search's first trial pays

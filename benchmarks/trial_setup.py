@@ -9,7 +9,7 @@ Workload, the issue's quickstart-style trial: the real all-MiniLM-L6-v2, per-lay
 builtin sentences (the issue's 384, and a short evaluation where set-up weighs more, as on a GPU).
 
 1. Set-up alone, `--repeats` times each, after an RTN plan was applied: `copy.deepcopy(base)` against
-   `ModelWorkspace.restore()` (search/workspace.py), median and range in ms.
+   `ModelWorkspace.restore()` (search/workers/workspace.py), median and range in ms.
 2. Trials: two `TrialRunner`s built once, one deep-copying per trial (`reuse_model=False`) and one reusing
    its working copy (the default); each plan runs on both, in turns, and the metrics must be identical (the
    script stops otherwise). Median ms per trial (apply + evaluate, set-up inside apply) and the bare-loop
@@ -88,7 +88,7 @@ def setup_alone(runner, plan_json: str, repeats: int) -> dict:
 
 
 def trials(root: Path, n_eval: int, n_plans: int, device: str) -> dict:
-    from autocompress.search.trial import TrialRunner
+    from autocompress.search.workers.runner import TrialRunner
 
     config = make_config(root, n_eval, device)
     runners = {"deepcopy per trial": TrialRunner(config, reuse_model=False),

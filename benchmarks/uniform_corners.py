@@ -91,7 +91,7 @@ def main() -> int:
 
     from autocompress.config import SearchConfig
     from autocompress.evaluators.size import plan_size
-    from autocompress.search.trial import TrialRunner
+    from autocompress.search.workers.runner import TrialRunner
     from autocompress.spaces import ConfigSpace
 
     torch.set_num_threads(1)

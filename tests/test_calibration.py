@@ -60,7 +60,7 @@ def test_the_rules():
 
 @pytest.mark.parametrize("spec, sequential", [("random:llama", True), ("random:bert", False)])
 def test_a_search_worker_sizes_its_calibration(tmp_path, spec, sequential):
-    from autocompress.search.trial import TrialRunner
+    from autocompress.search.workers.runner import TrialRunner
 
     config = SearchConfig.from_dict({
         "model": {"name": spec}, "data": {"calibration": {"n": 4}, "evaluation": {"n": 8}, "max_length": 32},
@@ -105,7 +105,7 @@ def test_too_few_tokens_outside_the_excluded_texts_names_the_field(tmp_path, tok
 
 
 def test_a_search_worker_calibrates_apart_from_its_evaluation(tmp_path):
-    from autocompress.search.trial import TrialRunner
+    from autocompress.search.workers.runner import TrialRunner
 
     source = tmp_path / "texts.txt"
     source.write_text("".join(f"text number {i} of the shared source\n" for i in range(20)))

@@ -203,7 +203,7 @@ def test_a_search_preflight_converts_once_and_its_workers_only_read(tmp_path, ca
     (TrialRunner, as on every backend) then reads the entry without converting or rewriting it."""
     from autocompress.config import SearchConfig
     from autocompress.search.preflight import preflight
-    from autocompress.search.trial import TrialRunner
+    from autocompress.search.workers.runner import TrialRunner
 
     gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
     config = SearchConfig.from_dict({

@@ -122,7 +122,7 @@ def test_optional_smooth_field():
 
 
 def test_optional_distill_field():
-    from autocompress.distill import DistillConfig
+    from autocompress.distill_spec import DistillConfig
 
     old = '{"autocompress_plan": 1, "layers": {"x": {"bits": 4}}}'
     plan = CompressionPlan.from_json(old)

@@ -45,7 +45,7 @@ def run_dir(tmp_path_factory) -> Path:
     import optuna
     import yaml
 
-    from autocompress.search.tracking import Tracker
+    from autocompress.search.tracking.runs import Tracker
 
     tmp = tmp_path_factory.mktemp("ui")
     uri, storage = f"sqlite:///{tmp / 'mlflow.db'}", f"sqlite:///{tmp / 'optuna.db'}"

@@ -60,8 +60,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from autocompress.report import write_report
-    from autocompress.search.artifacts import attach
-    from autocompress.search.rundir import RunDir
+    from autocompress.search.tracking.artifacts import attach
+    from autocompress.search.rundir.reader import RunDir
 
     run = RunDir.open(args.run_dir)
     files = write_report(run.path, args.out, pick=args.pick, trial=args.trial)

@@ -100,11 +100,11 @@ def _cmd_auto(args: argparse.Namespace) -> int:
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
     """Measure (or read back) the per-unit sensitivity of a config's space, on its own backend."""
     from autocompress.config import SearchConfig
-    from autocompress.search.artifacts import attach
-    from autocompress.search.backends import make_backend
+    from autocompress.search.tracking.artifacts import attach
+    from autocompress.search.workers.backends import make_backend
     from autocompress.search.preflight import preflight
     from autocompress.search.progress import sensitivity_progress
-    from autocompress.search.sensitivity import FILE, load_or_measure
+    from autocompress.search.seeding.sensitivity import FILE, load_or_measure
     from autocompress.spaces import ConfigSpace
 
     config = SearchConfig.from_yaml(args.config, {"run_dir": args.run_dir} if args.run_dir else None)

@@ -1,7 +1,8 @@
 """Knowledge distillation as a compression step: train a compressed model to match its original.
 
-`DistillConfig` (config.py) is plain data that `autocompress.plan` imports; everything else here needs torch
-and is imported on first use (so `import autocompress.plan` stays light and free of import cycles):
+`DistillConfig` is plain plan-side data defined in `autocompress.distill_spec` (which `autocompress.plan`
+imports, so the plan type does not depend on this package) and re-exported here; everything else here needs
+torch and is imported on first use:
   - `distill(student, teacher, batches, cfg, task, ...) -> DistillResult`   (train.py)
   - `apply_and_distill(base_model, plan, calibration, info, ...)`           (train.py)
   - `constrain` / the constraint helpers that keep a plan true while training (constraints.py), with the
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autocompress.distill.config import DistillConfig
+from autocompress.distill_spec import DistillConfig
 
 _LAZY = {"distill": "train", "apply_and_distill": "train", "DistillResult": "train"}
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from autocompress.distill.batching import MODEL_INPUTS, cycle_batches, split_rows
-from autocompress.distill.config import DistillConfig
+from autocompress.distill_spec import DistillConfig
 from autocompress.distill.constraints import constrain
 from autocompress.distill.losses import TASK_OUTPUT, hidden_loss, logit_kl, output_kd
 from autocompress.errors import UserError

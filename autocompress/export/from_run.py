@@ -33,7 +33,7 @@ from autocompress.errors import UserError
 from autocompress.evaluators.generation import DEFAULT_PROMPTS
 from autocompress.export.card import CARD_NEW_TOKENS, model_card
 from autocompress.export.formats import DEFAULT_FORMAT, ExportFormat, get_format
-from autocompress.search.plan_files import plan_path
+from autocompress.search.rundir.plan_files import plan_path
 from autocompress.threads import torch_threads  # noqa: F401  (re-exported)
 
 FIDELITY_TOLERANCE = 1e-4  # the exported model's metrics match the searched model's to this
@@ -87,7 +87,7 @@ def export(source: Any, out_dir: str | os.PathLike, trial: int | None = None, pi
     """Export a trial of a finished search (module docstring). `progress(message)` is called before each
     long step when given. Raises `UserError` for an unknown format, a bad run directory, trial, pick rule or
     out directory, and a plan the format cannot hold (under `strict`, also one it would write partly dense)."""
-    from autocompress.search.rundir import RunDir
+    from autocompress.search.rundir.reader import RunDir
 
     fmt = get_format(format)
     say = progress or (lambda message: None)
@@ -104,7 +104,7 @@ def export(source: Any, out_dir: str | os.PathLike, trial: int | None = None, pi
         warnings.warn(f"the exported model's metrics differ from the search's by {drift:.2g} (> "
                       f"{FIDELITY_TOLERANCE:g}); see {out / 'README.md'}", stacklevel=2)
     if log:
-        from autocompress.search.artifacts import attach
+        from autocompress.search.tracking.artifacts import attach
 
         folder = f"export/trial-{chosen.number:04d}" + ("" if fmt.name == DEFAULT_FORMAT else f"-{fmt.name}")
         result.logged_to = attach(run.config, out, folder, trial_number=chosen.number,
@@ -129,7 +129,7 @@ def _rebuild_and_write(run: Any, chosen: Any, plan: Any, out: Path, say: Any, th
     from autocompress.distill.train import apply_and_distill
     from autocompress.evaluators.generation import generate_samples
     from autocompress.kvcache.runtime import attach_kv_cache
-    from autocompress.search.trial import TrialRunner
+    from autocompress.search.workers.runner import TrialRunner
 
     say(f"loading {run.config.model.name} and the search's data")
     runner = TrialRunner(run.config)

@@ -50,7 +50,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pick: s
     number) chooses the plan to draw; by default the config's own pick rule, else its first objective.
     `UserError` when the run directory is not one, has no COMPLETE trial, or an explicit pick/trial
     matches nothing."""
-    from autocompress.search.rundir import RunDir
+    from autocompress.search.rundir.reader import RunDir
 
     run = RunDir.open(run_dir)
     view = study_view(run, pick=pick, trial=trial)

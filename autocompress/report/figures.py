@@ -25,7 +25,8 @@ from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from autocompress.report.placement import place_labels
 from autocompress.report.plan_grid import PlanGrid
-from autocompress.report.study_view import Point, StudyView
+from autocompress.report.study_view import StudyView
+from autocompress.search.rundir.trial_result import TrialResult
 
 DPI = 150
 FONT = 10  # body text; nothing is drawn below 9 pt
@@ -68,14 +69,14 @@ def pareto_figure(view: StudyView) -> Figure:
     return fig
 
 
-def _xy(view: StudyView, p: Point, i: int | None, j: int) -> tuple[float, float]:
+def _xy(view: StudyView, p: TrialResult, i: int | None, j: int) -> tuple[float, float]:
     x = float(p.number) if i is None else p.values[view.metrics[i]]
     return x, p.values[view.metrics[j]]
 
 
 def _panel(ax, view: StudyView, i: int | None, j: int) -> bool:
     """Draw one pair of objectives; True when a constraint bound is drawn on it."""
-    def scatter(points: list[Point], **kw) -> None:
+    def scatter(points: list[TrialResult], **kw) -> None:
         if points:
             xs, ys = zip(*(_xy(view, p, i, j) for p in points))
             ax.scatter(xs, ys, **kw)
@@ -106,13 +107,13 @@ def _panel(ax, view: StudyView, i: int | None, j: int) -> bool:
     return _bounds(ax, view, i, j)
 
 
-def _front_line(view: StudyView, front: list[Point], i: int | None, j: int) -> list[tuple[float, float]]:
+def _front_line(view: StudyView, front: list[TrialResult], i: int | None, j: int) -> list[tuple[float, float]]:
     """The front points not dominated within this pair of objectives, sorted along x."""
     if i is None:
         return []
     pair = [view.objectives[i], view.objectives[j]]
 
-    def key(p: Point) -> tuple[float, float]:
+    def key(p: TrialResult) -> tuple[float, float]:
         return tuple(-p.values[m] if d == "maximize" else p.values[m] for d, m in pair)
 
     keep = [p for p in front if not any(all(a <= b for a, b in zip(key(q), key(p))) and key(q) != key(p)

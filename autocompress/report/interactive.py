@@ -123,7 +123,7 @@ def _short_hover(fig: Any, view: StudyView) -> None:
             continue
         points = [by_number.get(int(m.group(1))) for m in numbers]
         trace.text = [f"trial {p.number}<br>" + "<br>".join(f"{m} = {fmt(m, p.values[m])}" for m in view.metrics)
-                      + f"<br>{html.escape(p.summary)}" if p else "" for p in points]
+                      + f"<br>{html.escape(p.plan_summary)}" if p else "" for p in points]
 
 
 def history_plots(view: StudyView, study: Any) -> list[Any]:

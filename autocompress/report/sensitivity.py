@@ -1,6 +1,6 @@
 """Per-unit sensitivity: `RUN_DIR/sensitivity.json` read, checked and drawn as a heat map.
 
-The file is written by `autocompress sensitivity` (autocompress/search/sensitivity.py); the report reads
+The file is written by `autocompress sensitivity` (autocompress/search/seeding/sensitivity.py); the report reads
     {"metric": "fidelity",                       # optional: the quality metric
      "reference": 0.99998,                       # optional: its value for the mildest plan
      "layers": {"<unit>": {"<choice label>": <loss>, ...}, ...}, ...}   # other keys are ignored

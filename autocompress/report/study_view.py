@@ -1,4 +1,4 @@
-"""A finished study reduced to what a report draws: one `Point` per COMPLETE trial, the front, the pick.
+"""A finished study reduced to what a report draws: one `TrialResult` per COMPLETE trial, the front, the pick.
 
 Built once from a `RunDir` and shared by the markdown table, the PNGs and the HTML page, so all of them
 agree on which trials are feasible, on the front, baselines, and picked.
@@ -13,19 +13,8 @@ from autocompress.config import parse_constraint
 from autocompress.errors import UserError
 from autocompress.report.labels import axis_label, column_label
 from autocompress.search.pareto import default_rule
-
-
-@dataclass(frozen=True)
-class Point:
-    """One COMPLETE trial: its objective values (by metric), every metric it reported, and its roles."""
-
-    number: int
-    values: dict[str, float]
-    metrics: dict[str, float]
-    feasible: bool
-    front: bool
-    baseline: str | None
-    summary: str
+from autocompress.search.rundir.plan_files import plan_path
+from autocompress.search.rundir.trial_result import TrialResult
 
 
 @dataclass
@@ -34,9 +23,9 @@ class StudyView:
     objectives: list[tuple[str, str]]  # [(direction, metric)]
     constraints: list[tuple[str, str, float]]  # [(metric, op, bound)]
     target: Any  # config.target (TargetSection) or None
-    points: list[Point]
+    points: list[TrialResult]
     counts: dict[str, int]  # trial state -> how many
-    picked: Point | None
+    picked: TrialResult | None
     pick_rule: str
     notes: list[str] = field(default_factory=list)
 
@@ -45,14 +34,14 @@ class StudyView:
         return [m for _, m in self.objectives]
 
     @property
-    def front(self) -> list[Point]:
+    def front(self) -> list[TrialResult]:
         """The feasible Pareto trials, best first by the first objective."""
         direction, metric = self.objectives[0]
         pts = [p for p in self.points if p.front]
         return sorted(pts, key=lambda p: (p.values[metric], -p.number), reverse=direction == "maximize")
 
     @property
-    def baselines(self) -> list[Point]:
+    def baselines(self) -> list[TrialResult]:
         """The trials the search was started from: uniform settings, and plans seeded from the
         sensitivity (labels "sensitivity drop<=T") when the config asked for them."""
         return [p for p in self.points if p.baseline is not None]
@@ -69,7 +58,7 @@ class StudyView:
     def column(self, metric: str) -> str:
         return column_label(metric, self.target)
 
-    def dominates(self, a: Point, b: Point) -> bool:
+    def dominates(self, a: TrialResult, b: TrialResult) -> bool:
         """True when `a` is at least as good as `b` on every objective and better on one."""
         better = False
         for direction, metric in self.objectives:
@@ -81,7 +70,7 @@ class StudyView:
             better |= x < y
         return better
 
-    def dominated_by(self, point: Point) -> list[Point]:
+    def dominated_by(self, point: TrialResult) -> list[TrialResult]:
         """The front trials that dominate `point` (empty for a point on the front)."""
         return [f for f in self.front if f.number != point.number and self.dominates(f, point)]
 
@@ -100,7 +89,7 @@ class StudyView:
         if self.constraints:
             lines.append("Constraints: " + ", ".join(f"{m} {op} {b:g}" for m, op, b in self.constraints) + ".")
         if self.picked is not None:
-            lines.append(f"Picked by `{self.pick_rule}`: trial {self.picked.number} ({self.picked.summary}).")
+            lines.append(f"Picked by `{self.pick_rule}`: trial {self.picked.number} ({self.picked.plan_summary}).")
         lines += self.notes
         return lines
 
@@ -127,10 +116,8 @@ def study_view(run: Any, pick: str | None = None, trial: int | None = None) -> S
             if pick is not None:
                 raise
             notes.append(f"No trial is picked: {exc}")
-    points = [Point(number=t.number, values=dict(zip(metrics, t.values)),
-                    metrics=dict(t.user_attrs.get("metrics", {})), feasible=is_feasible(t),
-                    front=t.number in front, baseline=t.user_attrs.get("baseline"),
-                    summary=t.user_attrs.get("plan_summary", "?")) for t in done]
+    points = [TrialResult.of(t, metrics, str(plan_path(run.path, t.number)), front=t.number in front,
+                             unknown_summary="?") for t in done]
     picked = next((p for p in points if chosen is not None and p.number == chosen.number), None)
     counts: dict[str, int] = {}
     for t in run.trials:
@@ -138,8 +125,3 @@ def study_view(run: Any, pick: str | None = None, trial: int | None = None) -> S
     return StudyView(study_name=run.config.study_name, objectives=list(run.objectives),
                      constraints=[parse_constraint(c) for c in run.config.constraints], target=run.config.target,
                      points=points, counts=counts, picked=picked, pick_rule=rule, notes=notes)
-
-
-def is_feasible(trial: Any) -> bool:
-    """Every constraint value set on the trial is <= 0 (Optuna's convention; both of its storage formats)."""
-    return all(v <= 0 for v in trial.constraints.values())

@@ -21,7 +21,7 @@ def front_table(view: StudyView) -> Table:
     for p in view.front:
         mark = " (picked)" if view.picked is not None and p.number == view.picked.number else ""
         name = f" [{p.baseline}]" if p.baseline else ""
-        rows.append([f"{p.number}{mark}", *(fmt(m, p.values[m]) for m in view.metrics), p.summary + name])
+        rows.append([f"{p.number}{mark}", *(fmt(m, p.values[m]) for m in view.metrics), p.plan_summary + name])
     return header, rows
 
 

@@ -9,8 +9,8 @@ Re-running the same config and run directory resumes the study: finished trials 
 `budget.n_trials` and are never run again.
 
 Faults: every trial ends COMPLETE, PRUNED or FAIL with user attr "error"/"reason". Worker deaths and trial
-timeouts are the backend's (backends.py, inflight.py); trials left RUNNING by a dead driver are failed and
-queued again (liveness.py); MLflow being down never stops the search (recording.py).
+timeouts are the backend's (workers/backends.py, workers/inflight.py); trials left RUNNING by a dead driver are failed and
+queued again (liveness.py); MLflow being down never stops the search (tracking/recorder.py).
 
 Pruning (a `pruner` configured; search/early_stopping.py): each trial sent to a worker gets a companion trial in the
 study `<study_name>:pruning`, whose number goes to the worker with the plan. A trial the pruner stops ends
@@ -31,16 +31,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autocompress.config import SearchConfig, parse_constraint, parse_objective
-from autocompress.search.plan_files import plan_path
-from autocompress.search.recording import TrialRecord, TrialRecorder
+from autocompress.search.rundir.plan_files import plan_path
+from autocompress.search.tracking.recorder import TrialRecord, TrialRecorder
 from autocompress.search.study import assign_generation, finished_metrics, is_repeat
-from autocompress.search.summary import ParetoTrial, SearchResult, summarize  # noqa: F401
-from autocompress.search.trial import TrialOutcome, worker_name
+from autocompress.search.rundir.summary import SearchResult, summarize  # noqa: F401
+from autocompress.search.workers.runner import TrialOutcome, worker_name
 from autocompress.search.trial_writes import one_transaction
 from autocompress.secrets import run_dir_config
 
 if TYPE_CHECKING:
-    from autocompress.search.backends import Backend
+    from autocompress.search.workers.backends import Backend
 
 REFRESH_S = 1.0  # the progress bar's figures are read from the storage at most this often
 
@@ -260,8 +260,8 @@ def _sensitivity_seeds(config: SearchConfig, study: Any, backend: Backend, info:
     s = config.sensitivity
     if s is None or not s.seed or study.get_trials(deepcopy=False):
         return []
-    from autocompress.search.allocation import budget_params
-    from autocompress.search.sensitivity import FILE, load_or_measure, seed_params
+    from autocompress.search.seeding.allocation import budget_params
+    from autocompress.search.seeding.sensitivity import FILE, load_or_measure, seed_params
 
     from autocompress.search import interrupts
     from autocompress.search.progress import sensitivity_progress
@@ -297,14 +297,14 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
     import yaml
 
     from autocompress.search import interrupts
-    from autocompress.search.backends import make_backend
+    from autocompress.search.workers.backends import make_backend
     from autocompress.search.liveness import Liveness
-    from autocompress.search.plan_files import repair
+    from autocompress.search.rundir.plan_files import repair
     from autocompress.search.progress import SearchProgress
     from autocompress.search.early_stopping import PruningStudy
-    from autocompress.search.identity import check, run_identity
+    from autocompress.search.rundir.identity import check, run_identity
     from autocompress.search.study import join_study, open_study, record_identity, stored_identity, study_lock
-    from autocompress.search.tracking import open_tracker
+    from autocompress.search.tracking.runs import open_tracker
     from autocompress.spaces import ConfigSpace
 
     if config.tracking.uri != "none":
@@ -314,7 +314,7 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
     from autocompress.search.preflight import preflight
 
     task = preflight(config)  # bad input fails here, before anything is written
-    identity = run_identity(config, task)  # a resume searches what the run searched (search/identity.py)
+    identity = run_identity(config, task)  # a resume searches what the run searched (search/rundir/identity.py)
     check(stored_identity(config), identity, where="the config")
     run_dir = Path(config.run_dir)
     study = open_study(config)  # a resume refused (other objectives) before config.yaml is rewritten
@@ -328,7 +328,7 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
         tracker = open_tracker(config.tracking.uri, config.tracking.experiment, config.study_name, config.storage,
                                written, str(run_dir))
     if config.tracking.writer == "process" and tracker.uri != "none":
-        from autocompress.search.tracker_process import TrackerProcess
+        from autocompress.search.tracking.writer_process import TrackerProcess
 
         tracker = TrackerProcess(tracker)  # the nested runs logged by a child process, beside the driver
     recorder = TrialRecorder(tracker, config.storage, config.tracking.timeout_s, config.tracking.retry_s)

@@ -129,7 +129,7 @@ def check_tracking(uri: str) -> None:
         return
     import mlflow
 
-    from autocompress.search.tracking import _env
+    from autocompress.search.tracking.runs import _env
 
     try:
         with _env(MLFLOW_HTTP_REQUEST_TIMEOUT="5", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",

@@ -54,14 +54,14 @@ def open_study(config: SearchConfig) -> Any:
 
 
 def stored_identity(config: SearchConfig) -> dict[str, Any] | None:
-    """The identity (search/identity.py) recorded in the study `config` names, read without creating
+    """The identity (search/rundir/identity.py) recorded in the study `config` names, read without creating
     anything: None when the storage or the study does not exist yet, or the study was made before
     identities were recorded. `UserError` when the storage cannot be opened."""
     import os
 
     import optuna
 
-    from autocompress.search.identity import ATTR
+    from autocompress.search.rundir.identity import ATTR
     from autocompress.search.storage import journal_path, storage_kind
 
     url, kind = config.storage, storage_kind(config.storage)
@@ -86,7 +86,7 @@ def record_identity(study: Any, identity: dict[str, Any], where: str = "the conf
     """Store `identity` in `study` (user attr `identity.ATTR`) when the study is new (no identity, no
     trials); check it against the stored one otherwise (`identity.check`: `UserError` naming the
     difference). A study made before identities were recorded (trials, no identity) is left as it is."""
-    from autocompress.search.identity import ATTR, check
+    from autocompress.search.rundir.identity import ATTR, check
 
     stored = study.user_attrs.get(ATTR)
     if stored is None and not study.get_trials(deepcopy=False):

@@ -65,7 +65,7 @@ from typing import Any, Callable, Sequence
 import optuna
 
 from autocompress.config import SpaceSection
-from autocompress.distill.config import DistillConfig
+from autocompress.distill_spec import DistillConfig
 from autocompress.errors import UserError
 from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank

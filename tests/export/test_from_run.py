@@ -13,7 +13,7 @@ from autocompress.cli import main
 from autocompress.export import load_compressed
 from autocompress.export.from_run import export, searched_threads, torch_threads
 from autocompress.search.driver import run_search
-from autocompress.search.rundir import RunDir
+from autocompress.search.rundir.reader import RunDir
 from tests.support import children, make_config
 
 SPACE = {"quantize": {"bits": [3, 4, 8], "group_size": [16, None], "method": ["rtn", "gptq"]},

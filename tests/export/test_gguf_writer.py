@@ -20,7 +20,7 @@ from autocompress.loading import load_model
 from autocompress.plan import GGUF_TYPES, CompressionPlan, LayerPlan
 from autocompress.policies import apply_plan
 from autocompress.search.driver import run_search
-from autocompress.search.rundir import RunDir
+from autocompress.search.rundir.reader import RunDir
 from tests.gguf_files import write_tiny_gguf
 from tests.support import make_config
 
@@ -50,7 +50,7 @@ def searched(tmp_path_factory):
 
 def test_every_trial_written_as_gguf_is_the_model_the_search_scored(searched):
     from autocompress.distill.train import apply_and_distill
-    from autocompress.search.trial import TrialRunner
+    from autocompress.search.workers.runner import TrialRunner
 
     tmp, config = searched
     run = RunDir.open(tmp / "run")

@@ -18,7 +18,7 @@ from autocompress.kvcache.runtime import cache_kwargs, kv_plan_of
 from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan
 from autocompress.policies import apply_plan
-from autocompress.search.workspace import ModelWorkspace
+from autocompress.search.workers.workspace import ModelWorkspace
 
 
 @pytest.fixture(scope="module")

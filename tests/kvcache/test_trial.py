@@ -8,7 +8,7 @@ import optuna
 from autocompress.kvcache.plan import KVCachePlan
 from autocompress.plan import CompressionPlan
 from autocompress.search.early_stopping import SUFFIX
-from autocompress.search.trial import TrialRunner
+from autocompress.search.workers.runner import TrialRunner
 from tests.support import make_config
 
 

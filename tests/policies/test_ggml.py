@@ -85,7 +85,7 @@ def test_layer_plan_gguf_type_sets_and_checks_the_grid():
 
 
 def test_plans_with_gguf_types_refused_where_they_cannot_go():
-    from autocompress.distill.config import DistillConfig
+    from autocompress.distill_spec import DistillConfig
 
     with pytest.raises(UserError, match="distill"):
         CompressionPlan({"x": LayerPlan(gguf_type="Q4_0")}, distill=DistillConfig(steps=10))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from matplotlib.text import Text
@@ -15,8 +16,9 @@ from autocompress.report.inventory import model_inventory
 from autocompress.report.labels import axis_label, fmt, natural_key
 from autocompress.report.plan_grid import plan_grid
 from autocompress.report.sensitivity import load_sensitivity, sensitivity_figure
-from autocompress.report.study_view import Point, StudyView, study_view
-from autocompress.search.rundir import RunDir
+from autocompress.report.study_view import StudyView, study_view
+from autocompress.search.rundir.reader import RunDir
+from autocompress.search.rundir.trial_result import TrialResult
 
 
 def visible_texts(fig) -> list[Text]:
@@ -59,8 +61,9 @@ def test_constraint_bound_and_infeasible_markers(study2):
 
 def synthetic_view(objectives, n=6) -> StudyView:
     metrics = [m for _, m in objectives]
-    points = [Point(number=i, values={m: 1.0 + i * (k + 1) * 0.1 for k, m in enumerate(metrics)}, metrics={},
-                    feasible=True, front=i < 3, baseline="quantize bits=4" if i == 0 else None, summary="bits 4x6")
+    points = [TrialResult(number=i, values={m: 1.0 + i * (k + 1) * 0.1 for k, m in enumerate(metrics)}, metrics={},
+                          plan_path=f"plans/trial-{i:04d}.json", plan_summary="bits 4x6", feasible=True, front=i < 3,
+                          baseline="quantize bits=4" if i == 0 else None)
               for i in range(n)]
     return StudyView("synthetic", list(objectives), [], None, points, {"COMPLETE": n}, points[0], "x")
 
@@ -72,14 +75,14 @@ def test_one_and_four_objectives_lay_out():
                                          ("minimize", "size_ratio"), ("minimize", "nll")]))
     assert len(panels(four)) == 6  # every pair
     seeded = synthetic_view([("maximize", "accuracy"), ("minimize", "size_mb")])
-    seeded.points[0] = Point(0, seeded.points[0].values, {}, True, True, "sensitivity drop<=0.01", "bits 4x6")
+    seeded.points[0] = replace(seeded.points[0], baseline="sensitivity drop<=0.01")
     legend = [t.get_text() for t in pareto_figure(seeded).legends[0].get_texts()]
     assert "baseline or seeded plan" in legend
 
 
 def test_no_feasible_trial_still_draws():
     view = synthetic_view([("maximize", "fidelity"), ("minimize", "size_mb")])
-    view.points = [Point(p.number, p.values, {}, False, False, p.baseline, p.summary) for p in view.points]
+    view.points = [replace(p, feasible=False, front=False) for p in view.points]
     view.picked, view.constraints = None, [("fidelity", ">=", 5.0)]
     fig = pareto_figure(view)
     legend = [t.get_text() for t in fig.legends[0].get_texts()]

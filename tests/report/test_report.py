@@ -12,8 +12,8 @@ from PIL import Image
 
 from autocompress.errors import UserError
 from autocompress.report import ReportFiles, write_report
-from autocompress.search.rundir import RunDir
-from autocompress.search.sensitivity import Sensitivity as Measured
+from autocompress.search.rundir.reader import RunDir
+from autocompress.search.seeding.sensitivity import Sensitivity as Measured
 from autocompress.search.study import open_study
 from tests.report.conftest import make_config
 

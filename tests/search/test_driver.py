@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from autocompress.cli import main
 from autocompress.search.driver import counted_trials, run_search
-from autocompress.search.rundir import RunDir
+from autocompress.search.rundir.reader import RunDir
 from tests.support import SPACE, children, make_config, stored_trials
 
 

@@ -15,7 +15,7 @@ from autocompress.plan import CompressionPlan
 from autocompress.search.driver import run_search
 from autocompress.objectives import quality_metric
 from autocompress.search.early_stopping import SUFFIX, WorkerPruning, make_pruner, subset_size
-from autocompress.search.trial import TrialRunner
+from autocompress.search.workers.runner import TrialRunner
 from tests.support import children, stored_trials
 
 SPACE = {"quantize": {"bits": [2, 4, 8], "group_size": [16]},

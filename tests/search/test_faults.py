@@ -1,7 +1,7 @@
 """Faults during a search, each made real and each with nothing lost: a trial that raises, returns NaN or runs
 out of memory; a hung trial (trial timeout); a worker process killed mid-trial (retried once, then FAIL); the
 driver killed mid-search (resume); a driver on another host that stops sending heartbeats; MLflow going away
-mid-search. Faults are injected with the test hook in autocompress/search/faulthook.py (environment
+mid-search. Faults are injected with the test hook in autocompress/search/workers/fault_hook.py (environment
 variables, so they reach Ray actors and child processes), and processes are killed with SIGKILL."""
 
 from __future__ import annotations
@@ -474,8 +474,8 @@ def test_a_hung_mlflow_server_costs_one_request_per_retry_interval(tmp_path):
     tracking.timeout_s, the next trials are kept without a request (retry_s not over), `finish` tries once."""
     import socket
 
-    from autocompress.search.recording import TrialRecord, TrialRecorder
-    from autocompress.search.tracking import Tracker
+    from autocompress.search.tracking.recorder import TrialRecord, TrialRecorder
+    from autocompress.search.tracking.runs import Tracker
 
     hole = socket.socket()
     hole.bind(("127.0.0.1", 0))
@@ -515,7 +515,7 @@ def test_a_hung_mlflow_server_costs_one_request_per_retry_interval(tmp_path):
 def test_the_same_trial_logged_by_two_writers_keeps_one_run(tmp_path):
     """Two drivers logging one trial at once (a resumed driver reconciling while a live one logs) leave one
     run: the later writer deletes its own."""
-    from autocompress.search.tracking import Tracker
+    from autocompress.search.tracking.runs import Tracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     a = Tracker.open(uri, "autocompress", "faults", "sqlite:///x.db", {}, "run")

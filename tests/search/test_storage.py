@@ -14,7 +14,7 @@ import pytest
 from autocompress.cli import main
 from autocompress.errors import UserError
 from autocompress.search.driver import run_search
-from autocompress.search.rundir import RunDir
+from autocompress.search.rundir.reader import RunDir
 from autocompress.search.storage import display_url, journal_path, open_storage, storage_kind
 from autocompress.search.study import LOCK_SUFFIX, join_study, study_lock
 from tests.search.conftest import free_port
