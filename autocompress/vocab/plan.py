@@ -157,3 +157,17 @@ def check_vocab(plan: VocabPlan, info: Any, layers: Mapping[str, Any] | None = N
         if entry is not None and getattr(entry, "rank", None) is not None:
             raise UserError(f"plan layer {name!r}: low rank and vocab pruning of the same table do not compose; "
                             "drop its rank, or drop vocab")
+
+
+def vocab_rows(plan: Any, info: Any) -> dict[str, int]:
+    """{token table: kept rows, LM head: kept rows} under the `CompressionPlan` `plan` ({} without a vocab
+    entry): what the size, memory and latency models count instead of vocab_size rows."""
+    if getattr(plan, "vocab", None) is None:
+        return {}
+    rows = plan.vocab.rows(vocab_size(info))
+    return {name: rows for name in (token_table(info), lm_head(info)) if name is not None}
+
+
+def id_map_bytes(plan: Any, info: Any) -> int:
+    """Bytes of the stored id map (int32 per original id) under `plan`; 0 without a vocab entry."""
+    return ID_MAP_BYTES * vocab_size(info) if getattr(plan, "vocab", None) is not None else 0
