@@ -335,9 +335,8 @@ class CompressionPlan:
 
     def summary(self) -> str:
         """One line: how many layers get each setting, e.g. "bits 3x6 4x12 8x6; act int8x6; smooth 0.5x6;
-        structured 25%x3", then the
-        distillation if any (e.g. "; distill 200 steps lr 0.0001"), then a quantized KV cache (e.g. "; kv 4") and a pruned
-        vocabulary (e.g. "; vocab 50%")."""
+        structured 25%x3", then the distillation if any (e.g. "; distill 200 steps lr 0.0001"), then a quantized
+        KV cache (e.g. "; kv 4") and a pruned vocabulary (e.g. "; vocab 50%")."""
         if self.kv_cache is not None or self.vocab is not None:
             head = CompressionPlan(self.layers, distill=self.distill).summary()
             tail = self._plan_level()

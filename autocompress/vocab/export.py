@@ -97,7 +97,8 @@ def card_lines(plan: Any) -> list[str]:
     if vocab is None:
         return []
     return ["## Vocabulary", "",
-            f"The plan prunes the vocabulary ({vocab.summary()}): the token table and the LM head keep only the kept rows. "
+            f"The plan prunes the vocabulary ({vocab.summary()}): the token table and the LM head hold the kept "
+            "rows only. "
             "The model still takes the original tokenizer's ids: an id map in front of the table sends every "
             "dropped id to the fallback token's row, and the logits come back over the original ids, the "
             "fallback's probability shared evenly by the fallback and every dropped id. Text of another domain "
