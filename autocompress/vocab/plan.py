@@ -171,3 +171,17 @@ def vocab_rows(plan: Any, info: Any) -> dict[str, int]:
 def id_map_bytes(plan: Any, info: Any) -> int:
     """Bytes of the stored id map (int32 per original id) under `plan`; 0 without a vocab entry."""
     return ID_MAP_BYTES * vocab_size(info) if getattr(plan, "vocab", None) is not None else 0
+
+
+def vocab_summary(info: Any) -> dict[str, Any] | None:
+    """What `autocompress inspect` shows of the vocabulary: {"size", "table", "head", "tied", "params", "share"}
+    (the parameters of the token table and the LM head, counted once when tied, and their share of the model's),
+    or None for a model without a token table."""
+    size, table = vocab_size(info), token_table(info)
+    if not size or table is None:
+        return None
+    head = lm_head(info)
+    emb = info.embeddings[table]
+    params = emb.params + (info.layers[head].params if head is not None and emb.tied_to != head else 0)
+    return {"size": size, "table": table, "head": head, "tied": head is not None and emb.tied_to == head,
+            "params": params, "share": params / info.total_params if info.total_params else 0.0}
