@@ -1,0 +1,81 @@
+"""prune_vocab through apply_plan on small random models: rows kept, ties kept, the original ids taken, the
+kept ids' logits exactly the original's, specials and the fallback always kept."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from autocompress.errors import UserError
+from autocompress.loading import load_model
+from autocompress.plan import CompressionPlan, LayerPlan
+from autocompress.policies import apply_plan
+from autocompress.vocab.apply import special_tokens
+from autocompress.vocab.plan import VocabPlan
+from autocompress.vocab.runtime import id_map_of
+
+
+def _batch(loaded):
+    return dict(loaded.tokenizer(["the cat sat on the mat", "hello world"], return_tensors="pt", padding=True))
+
+
+@pytest.mark.parametrize("spec", ["random:llama", "random:llama-tied", "random:gpt2"])
+def test_decoders_keep_the_kept_logits(spec):
+    loaded = load_model(spec)
+    batch = _batch(loaded)
+    plan = CompressionPlan({}, vocab=VocabPlan(keep=0.25))
+    model = apply_plan(copy.deepcopy(loaded.model), plan, [batch], info=loaded.info)
+    table, head = model.get_input_embeddings(), model.get_output_embeddings()
+    assert table.weight.shape[0] == head.weight.shape[0] == round(0.25 * 30522)
+    assert (head.weight is table.weight) == (spec != "random:llama")
+    with torch.no_grad():
+        ours, theirs = model(**batch).logits, loaded.model(**batch).logits
+    kept = torch.unique(batch["input_ids"])  # every calibration token is kept
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours[..., kept], theirs[..., kept], atol=1e-5)
+    specials, fallback = special_tokens(loaded.model)
+    id_map = id_map_of(model)
+    dropped = int((id_map == id_map[fallback]).nonzero()[-1])  # the fallback and every dropped id share a logit
+    assert dropped != fallback and torch.equal(ours[..., dropped], ours[..., fallback])
+    rows = id_map[torch.tensor([*specials, fallback])].tolist()
+    assert len(set(rows)) == len(set([*specials, fallback]))  # each special has its own row
+
+
+def test_encoder_prunes_the_table_only():
+    loaded = load_model("random:bert")
+    batch = _batch(loaded)
+    model = apply_plan(copy.deepcopy(loaded.model), CompressionPlan({}, vocab=VocabPlan(keep=0.5)), [batch],
+                       info=loaded.info)
+    assert model.get_input_embeddings().weight.shape == (15261, 64)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).last_hidden_state, loaded.model(**batch).last_hidden_state)
+    assert loaded.tokenizer.unk_token_id in (id_map_of(model) == id_map_of(model)[loaded.tokenizer.unk_token_id]) \
+        .nonzero().flatten().tolist()
+
+
+def test_dropped_ids_read_the_fallback_row():
+    loaded = load_model("random:llama")
+    keep = [0, 1, 2, 10, 11]
+    model = apply_plan(copy.deepcopy(loaded.model), CompressionPlan({}, vocab=VocabPlan(keep_ids=keep, fallback=0)),
+                       info=loaded.info)
+    table = model.get_input_embeddings()
+    assert torch.equal(table(torch.tensor([500, 11])), table.weight[[0, 4]])
+    assert isinstance(model.lm_head, nn.Linear) and model.lm_head.out_features == 5
+
+
+def test_composes_with_quantization_of_the_head():
+    loaded = load_model("random:llama")
+    plan = CompressionPlan({"lm_head": LayerPlan(bits=4, group_size=32)}, vocab=VocabPlan(keep=0.5))
+    model = apply_plan(copy.deepcopy(loaded.model), plan, [_batch(loaded)], info=loaded.info)
+    assert model.lm_head.weight.shape[0] == 15261
+    with torch.no_grad():
+        assert torch.isfinite(model(**_batch(loaded)).logits).all()
+
+
+def test_a_share_needs_calibration_batches():
+    loaded = load_model("random:llama")
+    with pytest.raises(UserError, match="vocab.keep=0.5 ranks tokens by their frequency in the calibration data"):
+        apply_plan(copy.deepcopy(loaded.model), CompressionPlan({}, vocab=VocabPlan(keep=0.5)), info=loaded.info)
