@@ -159,6 +159,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     calibration = None
     aware = any(POLICIES.get(p)().needs_calibration(e) for p in ORDER for e in plan.layers.values()
                 if POLICIES.get(p)().handles(e))
+    aware = aware or (plan.vocab is not None and plan.vocab.keep_ids is None)  # a share: ids ranked on the text
     if loaded.tokenizer is not None and aware:  # no policy of the plan reads calibration data otherwise
         need = min_tokens([li.in_features for li in loaded.info.layers.values()])
         calib_texts = calibration_texts(loaded.tokenizer, args.calibration, args.n_calibration, args.seed + 1, 128,

@@ -24,3 +24,10 @@ def test_apply_refuses_a_bad_vocab_with_exit_2(tmp_path, capsys):
         assert main(["apply", "random:llama", str(bad)]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_apply_a_share_ranks_ids_on_the_calibration_text(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"autocompress_plan": 1, "layers": {}, "vocab": {"keep": 0.5}}')
+    assert main(["apply", "random:llama", str(plan), "--eval", "size", "--json"]) == 0
+    assert 0.5 < json.loads(capsys.readouterr().out)["metrics"]["size_ratio"] < 0.55  # both tables halved
