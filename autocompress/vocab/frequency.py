@@ -30,11 +30,12 @@ def token_counts(batches: Iterable[Mapping[str, torch.Tensor]], vocab_size: int)
     return counts
 
 
-def resolve_keep_ids(keep: float, counts: torch.Tensor, always: Iterable[int]) -> list[int]:
-    """The sorted ids a share `keep` of the vocabulary (`counts`' length) keeps (module docstring). `UserError`
-    when the ids that must stay outnumber the share's rows."""
+def resolve_keep_ids(keep: float, counts: torch.Tensor, always: Iterable[int], reserve: int = 0) -> list[int]:
+    """The sorted ids a share `keep` of the vocabulary (`counts`' length) keeps (module docstring), `reserve`
+    rows fewer (the mean row of a plan without a fallback id). `UserError` when the ids that must stay outnumber
+    the share's rows."""
     size = int(counts.numel())
-    n = kept_count(keep, size)
+    n = kept_count(keep, size) - reserve
     must = sorted({int(i) for i in always if 0 <= int(i) < size})
     if len(must) > n:
         raise UserError(f"vocab.keep={keep:g} keeps {n} ids, fewer than the {len(must)} special and fallback "

@@ -10,8 +10,12 @@ input token table and from the LM head together (tied or not). Two ways to say w
     (`space.vocab`); `keep: 1.0` is no plan;
   - `keep_ids`: the kept ids themselves (held sorted and unique), e.g. from a domain's own token list.
 
-`fallback` (optional): the original id every dropped id is mapped to; by default the tokenizer's unknown
-token, else its end-of-sequence token (vocab/apply.py). It is always kept.
+`fallback` (optional): where every dropped id goes. An id: that token (always kept). "mean": one extra row,
+the mean of the dropped rows (of the table, and of an untied head), which stands for every dropped token.
+Default: a share plan uses the tokenizer's own unknown token when it has a dedicated one ("[UNK]", "<unk>"),
+else "mean"; an id-list plan uses "mean". Not a special token such as "<|endoftext|>", which SmolLM2's and
+GPT-2's tokenizers name as their unknown token: a decoder reading it mid-text takes it for a document boundary
+and loses the context (vocab/apply.py).
 
 A plan whose `keep` is 1.0 and that names no ids is no plan: `CompressionPlan` drops it. This module is plain
 data (no torch), so `autocompress.plan` imports it.
@@ -25,6 +29,7 @@ from typing import Any, Mapping
 from autocompress.errors import UserError
 
 _FIELDS = ("keep", "keep_ids", "fallback")
+MEAN = "mean"
 ID_MAP_BYTES = 4  # the id map is int32: one entry per original id
 
 
@@ -46,7 +51,7 @@ class VocabPlan:
 
     keep: float = 1.0
     keep_ids: Any = None
-    fallback: int | None = None
+    fallback: int | str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) or not 0 < self.keep <= 1:
@@ -62,7 +67,10 @@ class VocabPlan:
             if not ids:
                 raise UserError("vocab.keep_ids is empty; list the token ids to keep, or use keep (a share)")
             object.__setattr__(self, "keep_ids", ids)
-        if self.fallback is not None:
+        if self.fallback is not None and self.fallback != MEAN:
+            if isinstance(self.fallback, str):
+                raise UserError(f"vocab.fallback={self.fallback!r} must be a token id or \"mean\" (a row averaging "
+                                "the dropped ones)")
             _check_id(self.fallback, "vocab.fallback")
 
     @property
@@ -71,11 +79,14 @@ class VocabPlan:
         return self.keep_ids is None and self.keep >= 1.0
 
     def rows(self, vocab_size: int) -> int:
-        """How many rows the pruned table and head hold for a vocabulary of `vocab_size` ids (the fallback is
-        added to an id list that lacks it)."""
+        """How many rows the pruned table and head hold for a vocabulary of `vocab_size` ids: a share's
+        `kept_count` (the mean row, if any, among them); an id list's ids plus the fallback id, or plus the mean
+        row (an id list without a fallback id)."""
         if self.keep_ids is None:
             return kept_count(self.keep, vocab_size)
-        return len(set(self.keep_ids) | ({self.fallback} if self.fallback is not None else set()))
+        if isinstance(self.fallback, int):
+            return len(set(self.keep_ids) | {self.fallback})
+        return len(self.keep_ids) + 1
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -147,7 +158,7 @@ def check_vocab(plan: VocabPlan, info: Any, layers: Mapping[str, Any] | None = N
     if not size or table is None:
         raise UserError(f"vocab: this {info.model_type} model has no token embedding table; drop vocab from the "
                         "plan (or space.vocab from the config)")
-    for i in (*(plan.keep_ids or ()), *(() if plan.fallback is None else (plan.fallback,))):
+    for i in (*(plan.keep_ids or ()), *((plan.fallback,) if isinstance(plan.fallback, int) else ())):
         if i >= size:
             field = "vocab.fallback" if i == plan.fallback else "vocab.keep_ids"
             raise UserError(f"{field}: id {i} is out of range; this model's vocabulary has {size} ids "

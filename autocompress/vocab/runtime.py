@@ -32,12 +32,12 @@ MAP = "vocab_id_map"
 GATHER, PENALTY = "vocab_gather", "vocab_penalty"
 
 
-def build_id_map(keep_ids: list[int], fallback: int, vocab_size: int) -> torch.Tensor:
+def build_id_map(keep_ids: list[int], fallback: int | None, vocab_size: int) -> torch.Tensor:
     """int32 [vocab_size]: the row of each original id among the sorted `keep_ids` (which hold `fallback`);
-    every other id -> the fallback's row."""
+    every other id -> the fallback's row, or, with `fallback` None, the row after the kept ones (the mean row)."""
     ids = torch.as_tensor(sorted(set(keep_ids)), dtype=torch.long)
     rows = torch.arange(ids.numel(), dtype=torch.int32)
-    fb_row = int(torch.searchsorted(ids, torch.tensor(fallback)))
+    fb_row = ids.numel() if fallback is None else int(torch.searchsorted(ids, torch.tensor(fallback)))
     id_map = torch.full((vocab_size,), fb_row, dtype=torch.int32)
     id_map[ids] = rows
     return id_map

@@ -36,12 +36,13 @@ def test_decoders_keep_the_kept_logits(spec):
     kept = torch.unique(batch["input_ids"])  # every calibration token is kept
     assert ours.shape == theirs.shape
     assert torch.allclose(ours[..., kept], theirs[..., kept], atol=1e-5)
-    specials, fallback = special_tokens(loaded.model)
+    specials, unk = special_tokens(loaded.model)
+    assert unk == loaded.tokenizer.unk_token_id  # the MiniLM tokenizer's [UNK]: a dedicated unknown token
     id_map = id_map_of(model)
-    dropped = int((id_map == id_map[fallback]).nonzero()[-1])  # the fallback and every dropped id share a logit
-    assert dropped != fallback and torch.equal(ours[..., dropped], ours[..., fallback])
-    rows = id_map[torch.tensor([*specials, fallback])].tolist()
-    assert len(set(rows)) == len(set([*specials, fallback]))  # each special has its own row
+    dropped = int((id_map == id_map[unk]).nonzero()[-1])  # the fallback and every dropped id share a logit
+    assert dropped != unk and torch.equal(ours[..., dropped], ours[..., unk])
+    rows = id_map[torch.tensor(specials)].tolist()
+    assert len(set(rows)) == len(specials)  # each special has its own row
 
 
 def test_encoder_prunes_the_table_only():
@@ -79,3 +80,28 @@ def test_a_share_needs_calibration_batches():
     loaded = load_model("random:llama")
     with pytest.raises(UserError, match="vocab.keep=0.5 ranks tokens by their frequency in the calibration data"):
         apply_plan(copy.deepcopy(loaded.model), CompressionPlan({}, vocab=VocabPlan(keep=0.5)), info=loaded.info)
+
+
+def test_the_mean_row_stands_for_every_dropped_id():
+    loaded = load_model("random:llama")
+    keep = [0, 1, 2, 10, 11]
+    model = apply_plan(copy.deepcopy(loaded.model), CompressionPlan({}, vocab=VocabPlan(keep_ids=keep)),
+                       info=loaded.info)
+    table, base = model.get_input_embeddings(), loaded.model.get_input_embeddings().weight
+    dropped = torch.ones(30522, dtype=torch.bool)
+    dropped[keep] = False
+    assert table.weight.shape[0] == 6 and torch.allclose(table.weight[5], base[dropped].mean(0))
+    assert torch.allclose(model.lm_head.weight[5], loaded.model.lm_head.weight[dropped].mean(0))
+    assert torch.equal(table(torch.tensor([500, 11])), table.weight[[5, 4]])
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[0, 1, 500]])).logits
+    assert torch.equal(logits[..., 500], logits[..., 3]) and not torch.equal(logits[..., 500], logits[..., 0])
+
+
+def test_a_share_with_the_mean_row_keeps_one_id_fewer():
+    loaded = load_model("random:llama-tied")
+    plan = CompressionPlan({}, vocab=VocabPlan(keep=0.25, fallback="mean"))
+    model = apply_plan(copy.deepcopy(loaded.model), plan, [_batch(loaded)], info=loaded.info)
+    assert model.get_input_embeddings().weight.shape[0] == 7630 == plan.vocab.rows(30522)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    assert int(id_map_of(model)[30000]) == 7629  # a dropped id reads the mean row, the last

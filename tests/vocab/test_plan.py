@@ -50,6 +50,7 @@ def test_flatten_and_summary():
     ({"keep_ids": []}, "vocab.keep_ids is empty"),
     ({"keep": 0.5, "keep_ids": [1]}, "give either keep (a share) or keep_ids"),
     ({"keep": 0.5, "share": 1}, "vocab has no field 'share'"),
+    ({"keep": 0.5, "fallback": "unk"}, "vocab.fallback='unk' must be a token id or \"mean\""),
 ])
 def test_bad_entries_are_user_errors(entry, message):
     with pytest.raises(UserError, match=None) as exc:
@@ -74,6 +75,8 @@ def test_names_rows_and_id_map_bytes(llama):
     assert vocab_rows(plan, llama) == {"model.embed_tokens": 15261, "lm_head": 15261}
     assert id_map_bytes(plan, llama) == 4 * 30522 and id_map_bytes(CompressionPlan({}), llama) == 0
     assert VocabPlan(keep_ids=[1, 2], fallback=0).rows(30522) == 3
+    assert VocabPlan(keep_ids=[1, 2]).rows(30522) == 3  # the mean row
+    assert VocabPlan(keep=0.5, fallback="mean").rows(30522) == 15261
     assert kept_count(1e-9, 100) == 1
 
 

@@ -15,6 +15,7 @@ def test_id_map_sends_dropped_ids_to_the_fallback_row():
     assert id_map.dtype == torch.int32
     assert id_map.tolist() == [1, 1, 0, 1, 1, 1, 1, 2, 1]
     assert fallback_class(id_map, torch.tensor([2, 5, 0, 7])).tolist() == [False, True, True, False]
+    assert build_id_map([2, 5, 7], fallback=None, vocab_size=9).tolist() == [3, 3, 0, 3, 3, 1, 3, 2, 3]
 
 
 def test_table_takes_original_ids_and_head_gives_a_distribution_over_them():
