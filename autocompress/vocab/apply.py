@@ -37,8 +37,9 @@ _CONFIG_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "
 
 
 def remember_tokenizer(model: nn.Module, tokenizer: Any) -> None:
-    """Keep on `model` (the attribute `_autocompress_vocab_tokens`) the tokenizer's special token ids and its
-    unk / eos / pad ids, which vocabulary pruning always keeps. No-op without a tokenizer."""
+    """Keep on `model` (the attribute `_autocompress_vocab_tokens`) the tokenizer's special token ids, which
+    vocabulary pruning always keeps, and its unknown token's id when that is a dedicated one (module
+    docstring). No-op without a tokenizer."""
     if tokenizer is None:
         return
     specials = sorted({int(i) for i in (getattr(tokenizer, "all_special_ids", None) or []) if i is not None})

@@ -100,6 +100,7 @@ def card_lines(plan: Any) -> list[str]:
             f"The plan prunes the vocabulary ({vocab.summary()}): the token table and the LM head hold the kept "
             "rows only. "
             "The model still takes the original tokenizer's ids: an id map in front of the table sends every "
-            "dropped id to the fallback token's row, and the logits come back over the original ids, the "
-            "fallback's probability shared evenly by the fallback and every dropped id. Text of another domain "
+            "dropped id to the fallback row (a kept unknown token, or the mean of the dropped rows), and the "
+            "logits come back over the original ids, that row's probability shared evenly by every id it stands "
+            "for. Text of another domain "
             "than the calibration corpus loses the most.", ""]

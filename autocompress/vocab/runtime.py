@@ -8,13 +8,14 @@ give the ORIGINAL tokenizer's ids is attached to them:
     dropped id -> the fallback's row), saved with the model's state, and a forward pre-hook that maps the
     input ids through it: `model(input_ids=...)` takes original ids, and a dropped id reads the fallback's row;
   - the head (a causal LM's) has a forward hook that turns its n logits back into logits over the original
-    vocabulary_size ids: a kept id gets its row's logit; the fallback and the D dropped ids all get the
-    fallback row's logit minus log(D + 1). The fallback row thus stands for "a token outside the kept set"
+    vocabulary_size ids: a kept id gets its row's logit; the ids that share the fallback's row (the D dropped
+    ids, plus the fallback token when the row is a kept token's rather than the mean row) get that row's logit
+    minus log(their number). The fallback row thus stands for "a token outside the kept set"
     and its probability is spread evenly over the ids it stands for, so the output is still a normalized
     distribution over the original vocabulary: perplexity and KL against the original model are measured on
-    the same ids as before (a target outside the kept set costs -log(p_fallback / (D + 1))), and greedy
-    generation never picks a dropped id unless the fallback class is the most likely, when the lowest id of
-    that class comes out (the fallback itself when its id is the lowest, as for unk / <|endoftext|> at 0).
+    the same ids as before (a target outside the kept set costs -log(p_row / ids of the row)), and greedy
+    generation never picks a dropped id unless the fallback's row is the most likely, when the lowest id of
+    that row comes out.
     The head's buffers (`vocab_gather` int64, `vocab_penalty` float) are not saved: `attach_vocab` rebuilds
     them from the id map.
 
