@@ -8,11 +8,11 @@ one extra row, the mean of the dropped rows, in the table and in an untied head 
 then keeps one id fewer, so the rows are `kept_count` either way. Not "<|endoftext|>" (SmolLM2's and GPT-2's
 unknown token): read mid-text it is a document boundary, and on SmolLM2-135M mapping 1.3% of held-out tokens to
 it cost 0.76 nats of KL at keep 0.5, the mean row 0.50 (benchmarks/results/vocab_pruning_smollm2.md). The
-special tokens and the unk come from the tokenizer the model was loaded with (`remember_tokenizer`, which `loading.load_model` calls),
-else from the model config's bos/eos/pad/unk ids.
+special tokens and the unk come from the tokenizer the model was loaded with (`remember_tokenizer`, which
+`loading.load_model` calls), else from the model config's bos/eos/pad/unk ids.
 
-The token table becomes `nn.Embedding(n, dim)` of the kept rows (in id order), the LM head (a causal LM's)
-`nn.Linear(dim, n)` of the same rows (one shared weight when they were tied), and both get the run-time id map
+The token table becomes `nn.Embedding(n, dim)` of the kept rows (in id order, then the mean row), the LM head
+(a causal LM's) `nn.Linear(dim, n)` of the same rows (one shared weight when they were tied), and both get the run-time id map
 of `vocab/runtime.py`: the model still takes and gives the original ids. `model.config` is unchanged
 (vocab_size stays the original's: the logits are over the original ids).
 """

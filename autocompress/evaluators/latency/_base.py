@@ -7,8 +7,8 @@ two by low rank, behind an element-wise activation quantization when it has int8
 plus per block the attention core (scores and context, over the heads kept) and the element-wise work
 (norms, activation, residuals), and the embeddings (a pruned vocabulary: the LM head's kept rows, and the
 logits mapped back to the original ids, `autocompress.vocab.latency`). In a decode step of a causal LM each
-block's attention also reads its KV cache: a `kv_cache` operator of that many keys and values, at the plan's `kv_cache` bits plus
-scales (`cache_bits`), or in the device dtype (None). Latency models price these operators:
+block's attention also reads its KV cache: a `kv_cache` operator of that many keys and values, at the plan's
+`kv_cache` bits plus scales (`cache_bits`), or in the device dtype (None). Latency models price these operators:
 `roofline` from the device profile's peaks, `table` from measured operators, `measured` by timing the real
 model. `time_ms` is the one timing harness (warm-up, then the median of repeats).
 """
