@@ -25,3 +25,14 @@ def logit_map_elements(plan: Any, info: Any, workload: Any) -> float:
         return 0.0
     positions = workload.batch if workload.mode == "prefill" else workload.tokens
     return 2.0 * positions * vocab_size(info)
+
+
+def data_free(vocab: Any, size: int) -> Any:
+    """A `VocabPlan` of the same rows as `vocab` for a vocabulary of `size` ids that needs no calibration data
+    (the first ids, then the mean row): what the `measured` latency model times. None for None."""
+    from autocompress.vocab.plan import VocabPlan
+
+    if vocab is None:
+        return None
+    rows = vocab.rows(size)
+    return VocabPlan(keep_ids=[0], fallback=0) if rows < 2 else VocabPlan(keep_ids=list(range(rows - 1)))

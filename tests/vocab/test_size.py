@@ -52,3 +52,17 @@ def test_latency_ops_use_the_kept_rows_and_map_the_logits_back():
     assert "vocab.logit_map" not in {op.layer for op in plan_ops(CompressionPlan({}), info, Workload())}
     bert = meta_inventory("random:bert")
     assert logit_map_elements(plan, bert, Workload()) == 0.0
+
+
+def test_the_measured_model_has_the_kept_rows_and_original_logits():
+    import torch
+
+    from autocompress.evaluators.latency.kernels import build_real_model
+    from autocompress.loading import load_model
+
+    loaded = load_model("random:llama")
+    plan = CompressionPlan({"lm_head": LayerPlan(bits=8, group_size=None)}, vocab=VocabPlan(keep=0.25))
+    model = build_real_model(loaded.model, plan, "cpu")
+    assert model.get_input_embeddings().num_embeddings == 7630
+    with torch.no_grad():
+        assert model(input_ids=torch.tensor([[1, 2, 3000]])).logits.shape == (1, 3, 30522)
