@@ -15,7 +15,7 @@ from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.policies import apply_plan
 from autocompress.vocab.apply import special_tokens
 from autocompress.vocab.plan import VocabPlan
-from autocompress.vocab.runtime import id_map_of
+from autocompress.vocab.runtime import fallback_class, id_map_of
 
 
 def _batch(loaded):
@@ -105,3 +105,17 @@ def test_a_share_with_the_mean_row_keeps_one_id_fewer():
     assert model.get_input_embeddings().weight.shape[0] == 7630 == plan.vocab.rows(30522)
     assert model.lm_head.weight is model.get_input_embeddings().weight
     assert int(id_map_of(model)[30000]) == 7629  # a dropped id reads the mean row, the last
+
+
+def test_greedy_generation_runs_on_original_ids():
+    loaded = load_model("random:llama")
+    batch = _batch(loaded)
+    model = apply_plan(copy.deepcopy(loaded.model), CompressionPlan({}, vocab=VocabPlan(keep=0.25)), [batch],
+                       info=loaded.info)
+    ids = batch["input_ids"][:1, :4]
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+                         pad_token_id=0)
+    new = out[0, 4:]
+    assert new.numel() == 5
+    # a kept token's logit is its own; a dropped one's is shared with 22,891 others, so greedy picks kept ids
+    assert not fallback_class(id_map_of(model), new).any()
