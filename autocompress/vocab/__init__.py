@@ -1,11 +1,12 @@
 """Vocabulary pruning: keep only the token ids a domain uses, in the input token table and the LM head.
 
-`VocabPlan` (plan.py) is plain data that `autocompress.plan` imports; the rest needs torch and is imported from
-its module:
+`VocabPlan` (plan.py) is plain data that `autocompress.plan` imports, with `check_vocab`, `vocab_rows` and
+`id_map_bytes` (what validation and the size model read); the rest is imported from its module:
   - `token_counts`, `resolve_keep_ids` (frequency.py): the kept ids from a share and the calibration corpus
-  - `VocabEmbedding`, `VocabHead` (modules.py): the pruned table behind an id map, the head over the kept rows
+  - `build_id_map`, `attach_table`, `attach_head` (runtime.py): the id map in front of the pruned table, the
+    head's logits mapped back to the original ids
   - `prune_vocab`, `remember_tokenizer` (apply.py): apply a plan's entry to a model
-  - `vocab_bytes` (size.py): what the size and latency models count
+  - `logit_map_elements`, `data_free` (latency.py): what the latency models count and time
   - export.py: the packed export's id map, the loader's restore, what the other formats say
 """
 
