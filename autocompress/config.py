@@ -29,6 +29,7 @@ from autocompress.config_sections import (  # noqa: F401  (re-exported: the conf
     QuantizeSpace,
     SpaceSection,
     StructuredSpace,
+    VocabSpace,
     _check_metric,
     _Strict,
 )

@@ -167,6 +167,23 @@ class KVCacheSpace(_Strict):
         return v
 
 
+class VocabSpace(_Strict):
+    """Vocabulary pruning (`autocompress.vocab`; spaces/vocab.py): `keep` are the choices of the share of the
+    vocabulary kept (param `vocab.keep`; 1.0 keeps every token), the kept ids ranked by their frequency in the
+    calibration data, the tokenizer's special tokens always kept. The uniform baselines get one plan per share
+    below 1."""
+
+    keep: list[float] = Field([1.0, 0.5, 0.25], min_length=1)
+
+    @field_validator("keep")
+    @classmethod
+    def _shares(cls, v: list[float]) -> list[float]:
+        if any(isinstance(k, bool) or not 0.0 < k <= 1.0 for k in v):
+            raise ValueError("each keep must be a share of the vocabulary in (0, 1], e.g. 0.5; 1.0 keeps every "
+                             "token")
+        return v
+
+
 class DistillSpace(_Strict):
     """Knowledge distillation after the layers are compressed (`autocompress.distill.DistillConfig`). A list
     is a choice the sampler makes, a scalar a constant; the fields other than steps are drawn only when the
@@ -265,10 +282,12 @@ class SpaceSection(_Strict):
     lowrank: LowRankSpace | None = None
     distill: DistillSpace | None = None
     kv_cache: KVCacheSpace | None = None
+    vocab: VocabSpace | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> "SpaceSection":
-        if not any((self.quantize, self.embeddings, self.prune, self.structured, self.lowrank, self.kv_cache)):
+        if not any((self.quantize, self.embeddings, self.prune, self.structured, self.lowrank, self.kv_cache,
+                    self.vocab)):
             raise ValueError("the search space is empty; add at least one of quantize, embeddings, prune, "
-                             "structured, lowrank, kv_cache")
+                             "structured, lowrank, kv_cache, vocab")
         return self

@@ -250,4 +250,7 @@ def load_model(spec: str, task: str = "auto", trust_remote_code: bool = False, s
             tokenizer = _load_tokenizer(path)
         source = path
     model.eval()
+    from autocompress.vocab.apply import remember_tokenizer
+
+    remember_tokenizer(model, tokenizer)  # the special tokens vocabulary pruning always keeps
     return LoadedModel(model, tokenizer, task, source, inspect_model(model, task))

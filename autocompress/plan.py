@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from autocompress.distill_spec import DistillConfig
 from autocompress.errors import UserError, from_fields
 from autocompress.kvcache.plan import KVCachePlan
+from autocompress.vocab.plan import VocabPlan
 
 PLAN_VERSION = 1
 QUANT_METHODS = ("rtn", "gptq")
@@ -211,12 +212,15 @@ class CompressionPlan:
     no-op layer, and the JSON key "distill" is written only when set (plans without it read and write as before).
     `kv_cache` (optional, plan-level): the KV cache's quantization (`autocompress.kvcache.KVCachePlan`); one
     with every block at 16 bits is dropped, and the JSON key "kv_cache" is written only when set.
+    `vocab` (optional, plan-level): the token ids a pruned vocabulary keeps (`autocompress.vocab.VocabPlan`);
+    one that keeps every token is dropped, and the JSON key "vocab" is written only when set.
     """
 
     layers: Mapping[str, LayerPlan]
     version: int = PLAN_VERSION
     distill: DistillConfig | None = None
     kv_cache: KVCachePlan | None = None
+    vocab: VocabPlan | None = None
 
     def __post_init__(self) -> None:
         for name, lp in self.layers.items():
@@ -232,6 +236,10 @@ class CompressionPlan:
             raise TypeError(f"plan kv_cache: expected KVCachePlan or None, got {type(self.kv_cache).__name__}")
         if self.kv_cache is not None and self.kv_cache.is_noop:
             object.__setattr__(self, "kv_cache", None)
+        if self.vocab is not None and not isinstance(self.vocab, VocabPlan):
+            raise TypeError(f"plan vocab: expected VocabPlan or None, got {type(self.vocab).__name__}")
+        if self.vocab is not None and self.vocab.is_noop:
+            object.__setattr__(self, "vocab", None)
         ggml = next((k for k, v in kept.items() if v.gguf_type is not None), None)
         if self.distill is not None and ggml is not None:
             raise UserError(f"plan layer {ggml!r} has gguf_type {kept[ggml].gguf_type}, and distillation keeps "
@@ -241,17 +249,17 @@ class CompressionPlan:
         if not isinstance(other, CompressionPlan):
             return NotImplemented
         return (self.version == other.version and dict(self.layers) == dict(other.layers)
-                and self.distill == other.distill and self.kv_cache == other.kv_cache)
+                and self.distill == other.distill and self.kv_cache == other.kv_cache and self.vocab == other.vocab)
 
     def __hash__(self) -> int:
-        return hash((self.version, tuple(self.layers.items()), self.distill, self.kv_cache))
+        return hash((self.version, tuple(self.layers.items()), self.distill, self.kv_cache, self.vocab))
 
     def __len__(self) -> int:
         return len(self.layers)
 
     @property
     def is_empty(self) -> bool:
-        return not self.layers and self.kv_cache is None
+        return not self.layers and self.kv_cache is None and self.vocab is None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"autocompress_plan": self.version,
@@ -260,6 +268,8 @@ class CompressionPlan:
             out["distill"] = self.distill.to_dict()
         if self.kv_cache is not None:
             out["kv_cache"] = self.kv_cache.to_dict()
+        if self.vocab is not None:
+            out["vocab"] = self.vocab.to_dict()
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -284,7 +294,10 @@ class CompressionPlan:
         kv_cache = data.get("kv_cache")
         if kv_cache is not None:
             kv_cache = KVCachePlan.from_dict(kv_cache, where=where)
-        return cls(layers, version=PLAN_VERSION, distill=distill, kv_cache=kv_cache)
+        vocab = data.get("vocab")
+        if vocab is not None:
+            vocab = VocabPlan.from_dict(vocab, where=where)
+        return cls(layers, version=PLAN_VERSION, distill=distill, kv_cache=kv_cache, vocab=vocab)
 
     @classmethod
     def from_json(cls, text: str, where: str = "plan") -> "CompressionPlan":
@@ -316,15 +329,18 @@ class CompressionPlan:
                          for k, v in self.distill.to_dict().items()})
         if self.kv_cache is not None:
             flat.update(self.kv_cache.flatten())
+        if self.vocab is not None:
+            flat.update(self.vocab.flatten())
         return flat
 
     def summary(self) -> str:
         """One line: how many layers get each setting, e.g. "bits 3x6 4x12 8x6; act int8x6; smooth 0.5x6;
-        structured 25%x3", then the
-        distillation if any (e.g. "; distill 200 steps lr 0.0001"), then a quantized KV cache (e.g. "; kv 4")."""
-        if self.kv_cache is not None:
+        structured 25%x3", then the distillation if any (e.g. "; distill 200 steps lr 0.0001"), then a quantized
+        KV cache (e.g. "; kv 4") and a pruned vocabulary (e.g. "; vocab 50%")."""
+        if self.kv_cache is not None or self.vocab is not None:
             head = CompressionPlan(self.layers, distill=self.distill).summary()
-            return self.kv_cache.summary() if head == "empty" else f"{head}; {self.kv_cache.summary()}"
+            tail = self._plan_level()
+            return tail if head == "empty" else f"{head}; {tail}"
         if self.distill is not None:
             return f"{CompressionPlan(self.layers).summary()}; {self.distill.summary()}"
         if self.is_empty:
@@ -384,8 +400,13 @@ class CompressionPlan:
         keep = [i for i, _ in enumerate(self._COLUMNS) if i == 0 or any(r[i] != "-" for r in rows)]
         return tuple(self._COLUMNS[i] for i in keep), [tuple(r[i] for i in keep) for r in rows]
 
+    def _plan_level(self) -> str | None:
+        """The plan-level entries other than distillation, e.g. "kv 4; vocab 50%", or None."""
+        parts = [x.summary() for x in (self.kv_cache, self.vocab) if x is not None]
+        return "; ".join(parts) if parts else None
+
     def __str__(self) -> str:
-        kv = self.kv_cache.summary() if self.kv_cache is not None else None
+        kv = self._plan_level()
         if not self.layers:
             tail = f"; then {self.distill.summary()}" if self.distill is not None else ""
             if kv is not None:
@@ -408,7 +429,7 @@ class CompressionPlan:
         columns, body = self._visible()
         table = Table(title=f"CompressionPlan v{self.version}: {len(self)} layers",
                       caption="; ".join(c for c in (f"then {self.distill.summary()}" if self.distill else "",
-                                                    self.kv_cache.summary() if self.kv_cache else "") if c) or None)
+                                                    self._plan_level() or "") if c) or None)
         for col in columns:
             table.add_column(col, justify="left" if col in ("layer", "pattern") else "right", no_wrap=True)
         for row in body:

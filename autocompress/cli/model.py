@@ -16,6 +16,7 @@ from typing import Any
 from autocompress.calibration import TOKENS_PER_INPUT
 from autocompress.cli.common import MODEL_HELP, add_output_args, add_task_args, console, step
 from autocompress.errors import UserError
+from autocompress.vocab.plan import vocab_summary
 
 EVALS = ("fidelity", "next_token", "perplexity", "accuracy", "size")
 
@@ -38,7 +39,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             "groups": {n: list(v) for n, v in info.groups.items()},
             "embeddings": {n: {"rows": e.num_embeddings, "dim": e.embedding_dim, "params": e.params,
                                "tied_to": e.tied_to} for n, e in info.embeddings.items()},
-            "kv_cache": _kv_cache(info),
+            "kv_cache": _kv_cache(info), "vocabulary": vocab_summary(info),
         }, indent=2))
         return 0
     out = console()
@@ -68,6 +69,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if info.groups:
         out.print(f"groups (one setting for all members): {len(info.groups)}, e.g. "
                       f"{next(iter(info.groups))} = {', '.join(next(iter(info.groups.values())))}")
+    vocab = vocab_summary(info)
+    if vocab is not None:
+        out.print(f"vocabulary: {vocab['size']:,} tokens; table {vocab['table']}"
+                  + (f", LM head {vocab['head']}{' (tied)' if vocab['tied'] else ''}" if vocab["head"] else "")
+                  + f": {vocab['params']:,} parameters, {vocab['share']:.1%} of the model (pruned by a plan's vocab /"
+                  " space.vocab: the share of tokens kept)")
     kv = _kv_cache(info)
     if kv is not None:
         out.print(f"KV cache: {kv['blocks']} blocks x {kv['kv_heads']} kv heads x {kv['head_dim']} channels x 2 = "
@@ -152,6 +159,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     calibration = None
     aware = any(POLICIES.get(p)().needs_calibration(e) for p in ORDER for e in plan.layers.values()
                 if POLICIES.get(p)().handles(e))
+    aware = aware or (plan.vocab is not None and plan.vocab.keep_ids is None)  # a share: ids ranked on the text
     if loaded.tokenizer is not None and aware:  # no policy of the plan reads calibration data otherwise
         need = min_tokens([li.in_features for li in loaded.info.layers.values()])
         calib_texts = calibration_texts(loaded.tokenizer, args.calibration, args.n_calibration, args.seed + 1, 128,

@@ -25,6 +25,8 @@ The packed format counted here (an exporter writes exactly this):
     pruning) fp16 values, 2 bytes each, counted in the layer's bytes.
   - An embedding table [num_embeddings, dim] is a weight matrix like the above (rows = tokens, groups along
     dim), always dense. A table tied to a Linear layer is counted once, as that layer.
+  - A plan's `vocab` entry (`autocompress.vocab`) leaves the token table and the LM head with the kept rows
+    only (`vocab_rows`), and stores the id map: 4 bytes (int32) per original id, counted in `other_bytes`.
 
 Memory at deployment (`plan_memory`, the `memory_mb` metric) is the packed weights above plus, for a causal
 LM, its KV cache at a batch and context: batch x seq_len positions, each holding a key and a value vector per
@@ -46,6 +48,7 @@ from autocompress.kvcache.memory import cache_bytes
 from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
 from autocompress.validation import validate_plan
+from autocompress.vocab.plan import id_map_bytes, vocab_rows
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,12 @@ def smooth_bytes(in_features: int, entry: LayerPlan | None) -> int:
 
 
 def pruned_shapes(plan: CompressionPlan, info: ModelInfo) -> dict[str, tuple[int, int]]:
-    """(out_features, in_features) of every Linear layer after the plan's structured pruning."""
+    """(out_features, in_features) of every Linear layer after the plan's structured pruning (and the LM head's
+    rows after its vocabulary pruning)."""
     shapes = {name: [li.out_features, li.in_features] for name, li in info.layers.items()}
+    for name, rows in vocab_rows(plan, info).items():
+        if name in shapes:
+            shapes[name][0] = rows
     for name, entry in plan.layers.items():
         s = info.structures.get(name)
         if s is None or entry.pattern != "structured":
@@ -127,10 +134,13 @@ def plan_size(plan: CompressionPlan, info: ModelInfo) -> SizeReport:
     original = info.total_params * db
     tables = [info.embeddings[n] for n in info.untied_tables()]
     other = original - (sum(li.params for li in info.layers.values()) + sum(e.params for e in tables)) * db
+    other += id_map_bytes(plan, info)
+    rows = vocab_rows(plan, info)
     per_layer: dict[str, int] = {}
     formats: dict[str, str] = {}
     for emb in tables:
-        per_layer[emb.name], formats[emb.name] = matrix_bytes(emb.num_embeddings, emb.embedding_dim,
+        n_rows = rows.get(emb.name, emb.num_embeddings)
+        per_layer[emb.name], formats[emb.name] = matrix_bytes(n_rows, emb.embedding_dim,
                                                               plan.layers.get(emb.name), db, sparse=False)
     for name, (out, inp) in pruned_shapes(plan, info).items():
         entry = plan.layers.get(name)

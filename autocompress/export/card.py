@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from autocompress.kvcache.export import card_lines
+from autocompress.vocab.export import card_lines as vocab_card_lines
 
 CARD_NEW_TOKENS = 24  # greedy tokens per prompt in a causal LM's model card
 
@@ -108,6 +109,7 @@ def model_card(run: Any, trial: Any, plan: Any, result: Any, task: str, fmt: Any
         *(samples_section(samples) if samples else []),
         *format_section(fmt, result, task),
         *card_lines(getattr(plan, "kv_cache", None)),
+        *vocab_card_lines(plan),
         "## Plan",
         "",
         markdown_table(list(columns), [list(r) for r in body]) if body else "(empty plan: the original model)\n",

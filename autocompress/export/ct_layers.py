@@ -20,7 +20,7 @@ Refused (`UserError`, one line, before anything is written), because no dense fo
   every block), smoothed (SmoothQuant) layers (the format cannot divide a layer's input by a vector), and
   int8 activations on a layer the format keeps dense (a low-rank pair, a GPT-2 Conv1D).
 A plan's quantized KV cache is not written (a warning: the format's kv_cache_scheme holds static scales, see
-kvcache/export.py). With `strict`, every warning is a refusal too.
+kvcache/export.py). A pruned vocabulary is refused (vocab/export.py). With `strict`, every warning is a refusal too.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from torch import nn
 
 from autocompress.errors import UserError
 from autocompress.kvcache.export import compressed_tensors_warning
+from autocompress.vocab.export import check_format
 from autocompress.models import ModelInfo
 from autocompress.modules import LowRankLinear
 from autocompress.plan import CompressionPlan
@@ -129,6 +130,7 @@ def _layer(name: str, module: nn.Module, entry, in_features: int, head: bool,
 def decide(model: nn.Module, plan: CompressionPlan, info: ModelInfo, strict: bool = False) -> Decisions:
     """The decisions of the module docstring for `model` (what `apply_plan` returned); raises `UserError`
     (the first refusal; under `strict` the first warning) before anything is written."""
+    check_format("compressed-tensors", plan)  # no id map in front of the table (vocab/export.py)
     refused = _refusals(plan, info)
     if refused:
         raise UserError(refused[0])

@@ -15,6 +15,7 @@ from typing import Any
 from autocompress.export.formats import ExportFormat
 from autocompress.export.gguf_writer import FORMAT_NAME, GGUF_FILE, load_gguf, write_gguf
 from autocompress.kvcache.export import gguf_note
+from autocompress.vocab.export import check_format
 
 ENGINES = f"""- **llama.cpp**: `llama-cli -m PATH/{GGUF_FILE}` or `llama-server -m PATH/{GGUF_FILE}` (ggml types Q4_0,
   Q4_1, Q5_0, Q5_1, Q8_0 and F32 are native to llama.cpp, with CPU and GPU kernels).
@@ -27,7 +28,9 @@ ENGINES = f"""- **llama.cpp**: `llama-cli -m PATH/{GGUF_FILE}` or `llama-server 
 
 def write(model: Any, plan: Any, info: Any, out_dir: Any, tokenizer: Any = None, base_config: Any = None,
           card: str | None = None, strict: bool = False):
-    """`gguf_writer.write_gguf`, with its "larger than planned" lines as the report's warnings."""
+    """`gguf_writer.write_gguf`, with its "larger than planned" lines as the report's warnings. A pruned
+    vocabulary is refused (`UserError`: vocab/export.py)."""
+    check_format("GGUF", plan)
     report = write_gguf(model, plan, info, out_dir, tokenizer=tokenizer, base_config=base_config, card=card,
                         strict=strict)
     notes = [gguf_note(plan.kv_cache)] if plan.kv_cache is not None else []  # a run-time setting in llama.cpp

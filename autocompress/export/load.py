@@ -37,6 +37,7 @@ from autocompress.policies.quantize import QuantGrid, add_act_quant
 from autocompress.policies.lowrank import low_rank_module
 from autocompress.policies.smooth import add_smoothing
 from autocompress.policies.structured import prune_units
+from autocompress.vocab.export import reattach, restore_skeleton
 
 REQUIRED = ("export.json", "config.json", "plan.json", "model.safetensors")
 DTYPES = ("float32", "float16", "bfloat16", "float64")  # model dtypes an export may name
@@ -137,6 +138,7 @@ def _skeleton(path: str, info: dict[str, Any], plan: CompressionPlan, packed: Pa
             n_in, n_out = in_out_features(module)
             r = record["rank"]
             set_module(model, name, low_rank_module(module, torch.zeros(r, n_in), torch.zeros(n_out, r)))
+    restore_skeleton(model, packed.tensors)  # a pruned vocabulary: the stored rows, behind the stored id map
     return model
 
 
@@ -230,6 +232,7 @@ def load_compressed(path: str, kernels: bool = False, device: str = "cpu") -> Co
                         "export the model again") from None
     _retie(model, packed.tied)
     used = _apply_kernels(model, packed) if kernels and str(device) == "cpu" else {}
+    reattach(model, packed.tensors)  # the id map on a table or head a kernel replaced
     _add_act_hooks(model, packed, used, device)
     model.to(device)
     attach_kv_cache(model, plan.kv_cache)  # generation and the evaluators run it with the plan's quantized cache

@@ -13,7 +13,9 @@ smoothed layers, version 4 the marked config.json; versions 1 to 3 still load):
   tokenizer files    when a tokenizer is given (`tokenizer.save_pretrained`: the chat template included)
   generation_config.json  for a model that generates
   plan.json          the plan (`CompressionPlan.save`), with its `kv_cache` entry: no tensor holds a KV cache,
-                     `load_compressed` gives the loaded model the plan's quantized cache (export.json repeats it)
+                     `load_compressed` gives the loaded model the plan's quantized cache (export.json repeats it);
+                     a `vocab` entry: the table and head hold the kept rows, model.safetensors the id map
+                     (`autocompress.vocab.export`)
   README.md          the caller's model card, or a minimal one
   export.json        format and version, model class, task, dtype, per-layer layout and bytes, the totals
                      (tensor, file and predicted bytes) and every difference from the prediction; written
@@ -152,6 +154,8 @@ def save_compressed(model: nn.Module, plan: CompressionPlan, info: ModelInfo, ou
     }
     if plan.kv_cache is not None:  # not stored: the cache is quantized at run time (load_compressed restores it)
         report["kv_cache"] = plan.kv_cache.to_dict()
+    if plan.vocab is not None:  # the kept rows are stored, and the id map (vocab/export.py)
+        report["vocab"] = plan.vocab.to_dict()
     _write_text(os.path.join(out_dir, "README.md"), card if card is not None else _card(model, plan, info, report))
     _write_text(stale, json.dumps(report, indent=2) + "\n")
     return ExportReport(out_dir=str(out_dir), files=sorted(os.listdir(out_dir)), tensor_bytes=packed.tensor_bytes,

@@ -12,6 +12,7 @@ from autocompress.models import ModelInfo, inspect_model
 from autocompress.plan import CompressionPlan
 from autocompress.policies._base import ORDER, POLICIES, Calibration
 from autocompress.validation import validate_plan
+from autocompress.vocab.apply import prune_vocab
 
 
 def apply_plan(model: nn.Module, plan: CompressionPlan,
@@ -27,14 +28,18 @@ def apply_plan(model: nn.Module, plan: CompressionPlan,
     through the blocks it already quantized: sequential.py). `calibration` is a `Calibration` or a list of
     tokenized batches; it is only required by plans that use gptq, wanda, whitened SVD or smooth. An empty
     plan leaves the model unchanged. A `kv_cache` entry changes no weight: the model carries it
-    (`autocompress.kvcache.runtime`), and the evaluators and generation run it with the quantized cache.
+    (`autocompress.kvcache.runtime`), and the evaluators and generation run it with the quantized cache. A
+    `vocab` entry runs first (`autocompress.vocab.apply`): the later policies see the pruned table and head.
     """
-    validate_plan(plan, info or inspect_model(model))
+    info = info or inspect_model(model)
+    validate_plan(plan, info)
     if calibration is not None and not isinstance(calibration, Calibration):
         calibration = Calibration(list(calibration))
     was_training = model.training
     model.eval()
     with torch.no_grad():
+        if plan.vocab is not None:  # rows go first, so a quantization grid is fitted to the kept rows only
+            prune_vocab(model, plan.vocab, info, calibration.batches if calibration is not None else None)
         for name in ORDER:
             policy = POLICIES.get(name)()
             if policy.entries(plan):

@@ -5,7 +5,8 @@ index, then name); structure keys (attention heads, FFN neurons) get rows of the
 "units removed" column. A cell the plan leaves alone has value None and text "-". Each `Column` has its
 own scale: `strength` maps a value onto 0..1 where 1 is the strongest compression on that scale. A plan's
 quantized KV cache (`kv_cache`) fills the "KV-cache bits" column on the rows of the layers whose outputs each
-block caches (k/v projections, GPT-2's fused c_attn), at that block's bits.
+block caches (k/v projections, GPT-2's fused c_attn), at that block's bits. A pruned vocabulary (`vocab`)
+fills the "vocab kept" column on the rows of the token table and the LM head, with the share of rows kept.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from typing import Any
 
 from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.report.labels import natural_key
+from autocompress.vocab.plan import lm_head, token_table, vocab_size
+
+
+def vocab_tables(info: Any) -> list[str]:
+    """The token table and LM head of the model of `info` (the rows a pruned vocabulary shrinks)."""
+    return [n for n in (token_table(info), lm_head(info)) if n is not None]
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ COLUMNS = {
                     (0, 0.5, 0.95)),
     "kv_bits": Column("kv_bits", "KV-cache bits", "bits per\ncached value", 2, 16, True, "Greys", (2, 4, 8, 16)),
 }
+COLUMNS["vocab"] = Column("vocab", "vocab kept", "share of\ntokens kept", 0, 1, True, "YlOrBr", (0, 0.5, 1))
 KV_ROLES = ("k_proj", "v_proj", "key", "value", "c_attn")  # the layers whose outputs a block caches
 
 
@@ -71,6 +79,8 @@ def plan_grid(plan: CompressionPlan, info: Any = None, space: Any = None) -> Pla
     keys = _columns(plan, space)
     if "units" in keys:
         names |= {s for s, st in structures.items() if st.block is not None}
+    if "vocab" in keys and info is not None:
+        names |= set(vocab_tables(info))
     rows, values, texts = [], [], []
     for name in sorted(names, key=natural_key):
         entry = plan.layers.get(name, LayerPlan())
@@ -82,7 +92,7 @@ def plan_grid(plan: CompressionPlan, info: Any = None, space: Any = None) -> Pla
             rows.append(name)
             layer = info.layers.get(name) if info is not None else None
             cells = {"bits": _bits(entry), "act_bits": _act(entry), "sparsity": _sparsity(entry),
-                     "rank": _rank(entry, layer), "kv_bits": _kv(plan, layer)}
+                     "rank": _rank(entry, layer), "kv_bits": _kv(plan, layer), "vocab": _vocab(plan, name, info)}
         values.append([cells.get(k, (None, "-"))[0] for k in keys])
         texts.append([cells.get(k, (None, "-"))[1] for k in keys])
     return PlanGrid(rows, [COLUMNS[k] for k in keys], values, texts)
@@ -105,6 +115,8 @@ def _columns(plan: CompressionPlan, space: Any) -> list[str]:
                                  ("units", space.structured is not None)) if on}
     if plan.kv_cache is not None or getattr(space, "kv_cache", None) is not None:
         used.add("kv_bits")
+    if plan.vocab is not None or getattr(space, "vocab", None) is not None:
+        used.add("vocab")
     return [k for k in COLUMNS if k in used] or ["bits"]
 
 
@@ -144,6 +156,13 @@ def _kv(plan: CompressionPlan, layer: Any) -> Cell:
         return None, "-"
     bits = plan.kv_cache.bits_for(layer.block)
     return (None, "16") if bits == 16 else (float(bits), f"kv {bits}")
+
+
+def _vocab(plan: CompressionPlan, name: str, info: Any) -> Cell:
+    if plan.vocab is None or info is None or name not in vocab_tables(info):
+        return None, "-"
+    share = plan.vocab.rows(vocab_size(info)) / vocab_size(info)
+    return share, f"{share:.0%}"
 
 
 def _units(p: LayerPlan, structure: Any) -> Cell:

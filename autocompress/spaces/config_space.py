@@ -39,6 +39,8 @@ the sampler sees only real decisions. Conditional (define-by-run), in this order
   kv_cache   last, plan-level (`space.kv_cache`, spaces/kv_cache.py): bits once
              (`kv_cache.bits`) or per block (`kv_cache.block<i>.bits`); group_size, symmetric only when some
              block is below 16 bits. Its uniform baselines: one per bits choice below 16.
+  vocab      after kv_cache, plan-level (`space.vocab`, spaces/vocab.py): `vocab.keep`, the share of the
+             vocabulary kept. Its uniform baselines: one per share below 1.
 Uniform baselines: one per compressing choice of each technique's main field. "quantize bits=b" also puts
 the embedding tables at b bits when b is among space.embeddings' choices (else leaves them alone): uniform
 means every quantizable weight. When `quantize.act_bits` offers more than one choice, each weight-bit baseline
@@ -73,14 +75,15 @@ from autocompress.selection import select_embeddings, select_layers
 from autocompress.spaces._base import SearchSpace
 from autocompress.spaces.formats import FormatChoices, check_space
 from autocompress.spaces.kv_cache import FIELDS as KV_FIELDS, KVCacheChoices
+from autocompress.spaces.vocab import FIELDS as VOCAB_FIELDS, VocabChoices
 
-# the order decisions are drawn in (kv_cache, plan-level, after distill: see `_build`)
-TECHNIQUES = ("lowrank", "quantize", "embeddings", "prune", "structured", "kv_cache")
+# the order decisions are drawn in (kv_cache and vocab, plan-level, after distill: see `_build`)
+TECHNIQUES = ("lowrank", "quantize", "embeddings", "prune", "structured", "kv_cache", "vocab")
 FIELDS = {"lowrank": {"rank", "rank_method"},
           "quantize": {"bits", "group_size", "symmetric", "quant_method", "act_bits", "smooth"},
           "embeddings": {"bits", "group_size", "symmetric"},
           "prune": {"pattern", "sparsity", "prune_method"}, "structured": {"sparsity", "prune_method"},
-          "kv_cache": KV_FIELDS}
+          "kv_cache": KV_FIELDS, "vocab": VOCAB_FIELDS}
 Pick = Callable[[str, str, Sequence[Any]], Any]  # (unit, field, choices) -> value
 COMPANIONS = {"quantize": ("quantize", "embeddings")}  # techniques a uniform baseline of the key also sets
 
@@ -138,6 +141,7 @@ class ConfigSpace(SearchSpace):
             patterns.insert(0, "dense")
         self._patterns = patterns
         self.kv = KVCacheChoices(space.kv_cache, info) if space.kv_cache is not None else None
+        self.vocab = VocabChoices(space.vocab, info) if space.vocab is not None else None
 
     # ---- the contract --------------------------------------------------------------------------------
     @property
@@ -180,6 +184,8 @@ class ConfigSpace(SearchSpace):
             own = {u for t in techs for u in self.technique_units.get(t, {})}
             if "kv_cache" in techs and self.kv is not None:
                 own |= {*self.kv.units, "kv_cache"}
+            if "vocab" in techs and self.vocab is not None:
+                own |= set(self.vocab.units)
             fields_ = set().union(*(FIELDS[t] for t in techs))
             params: dict[str, Any] = {}
 
@@ -226,7 +232,8 @@ class ConfigSpace(SearchSpace):
                         kv: bool = True) -> dict[str, tuple[str, dict[str, Any]]]:
         """Label -> (technique, the one choice of its main field) for each uniform baseline (with
         `all_embeddings`, also the embedding choices a quantize baseline already covers; with `formats`, each
-        weight-bit choice once per activation choice when act_bits has several; with `kv`, the KV-cache bits)."""
+        weight-bit choice once per activation choice when act_bits has several; with `kv`, the KV-cache bits and
+        the vocabulary shares)."""
         sp, wanted, of = self.space, [], self.formats.of
         if sp.quantize:
             act_bits = of("act_bits", sp.quantize.act_bits)
@@ -250,6 +257,8 @@ class ConfigSpace(SearchSpace):
             wanted += [("lowrank", {"rank": r}) for r in sp.lowrank.rank if r is not None]
         if kv and self.kv is not None:
             wanted += self.kv.baselines()
+        if kv and self.vocab is not None:
+            wanted += self.vocab.baselines()
         return {f"{tech} " + " ".join(f"{k}={_fmt(v)}" for k, v in want.items()): (tech, want)
                 for tech, want in wanted}
 
@@ -262,7 +271,8 @@ class ConfigSpace(SearchSpace):
         layers = {name: LayerPlan(**fields) for name, fields in out.items()}
         distilled = self._distill(pick) if distill else None
         kv = self.kv.draw(pick) if self.kv is not None and "kv_cache" in techniques else None
-        return CompressionPlan(layers, distill=distilled, kv_cache=kv)
+        vocab = self.vocab.draw(pick) if self.vocab is not None and "vocab" in techniques else None
+        return CompressionPlan(layers, distill=distilled, kv_cache=kv, vocab=vocab)
 
     def _distill(self, pick: Pick) -> DistillConfig | None:
         d = self.space.distill

@@ -5,9 +5,10 @@ x n out) in the kernel format its plan gives it (with its quantization group siz
 takes the layer is decided per GEMM, `DeviceProfile.kernel_for`), shrunk by structured pruning and split in
 two by low rank, behind an element-wise activation quantization when it has int8 activations outside W8A8;
 plus per block the attention core (scores and context, over the heads kept) and the element-wise work
-(norms, activation, residuals), and the embeddings. In a decode step of a causal LM each block's attention also
-reads its KV cache: a `kv_cache` operator of that many keys and values, at the plan's `kv_cache` bits plus
-scales (`cache_bits`), or in the device dtype (None). Latency models price these operators:
+(norms, activation, residuals), and the embeddings (a pruned vocabulary: the LM head's kept rows, and the
+logits mapped back to the original ids, `autocompress.vocab.latency`). In a decode step of a causal LM each
+block's attention also reads its KV cache: a `kv_cache` operator of that many keys and values, at the plan's
+`kv_cache` bits plus scales (`cache_bits`), or in the device dtype (None). Latency models price these operators:
 `roofline` from the device profile's peaks, `table` from measured operators, `measured` by timing the real
 model. `time_ms` is the one timing harness (warm-up, then the median of repeats).
 """
@@ -25,6 +26,7 @@ from autocompress.kvcache.memory import bits_per_value
 from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
 from autocompress.registry import Registry
+from autocompress.vocab.latency import MAP_KERNELS, logit_map_elements, vocab_rows
 
 
 ACT_QUANT_KERNELS = 10  # element-wise launches of one per-token int8 activation fake-quantization
@@ -122,6 +124,9 @@ def _shapes(plan: CompressionPlan, info: ModelInfo) -> tuple[dict[str, list[int]
                                                             dict[int, int]]:
     """Layer (in, out) after structured pruning; per block (heads kept, head_dim) and FFN width."""
     dims = {n: [li.in_features, li.out_features] for n, li in info.layers.items()}
+    for name, rows in vocab_rows(plan, info).items():  # a pruned vocabulary: the LM head's kept rows
+        if name in dims:
+            dims[name][1] = rows
     heads: dict[int, tuple[int, int]] = {}
     ffn: dict[int, int] = {}
     for name, s in info.structures.items():
@@ -170,6 +175,9 @@ def plan_ops(plan: CompressionPlan, info: ModelInfo, workload: Workload) -> list
                 # of the GEMM (absmax, scale, round, clamp: ~10 element-wise launches over m x k values)
                 ops.append(Op(name, "act_quant", elements=4.0 * g.m * g.k, kernels=ACT_QUANT_KERNELS))
             ops.append(g)
+    mapped = logit_map_elements(plan, info, workload)  # a pruned vocabulary's logits back to the original ids
+    if mapped:
+        ops.append(Op("vocab.logit_map", "elementwise", elements=mapped, kernels=MAP_KERNELS))
     for block in range(extra.get("num_blocks") or 0):
         h, d = heads.get(block, (extra.get("num_heads") or 1, hidden // max(extra.get("num_heads") or 1, 1)))
         scores = float(b * h * q_len * workload.seq_len)

@@ -31,6 +31,8 @@ from torch import nn
 from autocompress.evaluators.latency._base import layer_format
 from autocompress.modules import LowRankLinear, as_linear, is_linear_like, set_module
 from autocompress.plan import CompressionPlan, LayerPlan
+from autocompress.vocab.export import reattach
+from autocompress.vocab.latency import data_free
 
 
 def _is_cuda(device: str) -> bool:
@@ -194,11 +196,15 @@ def build_real_model(base_model: nn.Module, plan: CompressionPlan, device: str) 
     """A deep copy of `base_model` (left untouched) with `plan`'s shapes applied (`shape_plan`), on `device`
     in `dense_dtype(device)`, every planned Linear-like layer as the export runs it (`_as_exported`: the real
     kernel where its format and weight layout have one on `device`, both factors of a LowRankLinear each on its
-    own shape; a GPT-2 Conv1D with a kernel becomes that kernel's module), in eval mode."""
+    own shape; a GPT-2 Conv1D with a kernel becomes that kernel's module), in eval mode. A pruned vocabulary
+    keeps as many rows, the first ids (`autocompress.vocab.latency.data_free`)."""
     from autocompress.policies import apply_plan
 
     model = copy.deepcopy(base_model)
     shapes = shape_plan(plan)
+    if plan.vocab is not None:  # the kept rows, data-free (the first ids): the same shapes, the same time
+        table = model.get_input_embeddings()
+        shapes = CompressionPlan(shapes.layers, vocab=data_free(plan.vocab, table.num_embeddings))
     if not shapes.is_empty:
         apply_plan(model, shapes)
     model.to(device=device, dtype=dense_dtype(device))
@@ -214,4 +220,5 @@ def build_real_model(base_model: nn.Module, plan: CompressionPlan, device: str) 
             swapped = _as_exported(module, entry, device)
             if swapped is not module:
                 set_module(model, name, swapped)
+    reattach(model, model.state_dict())  # a pruned head a kernel replaced maps its logits back again
     return model.eval()

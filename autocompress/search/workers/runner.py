@@ -211,7 +211,8 @@ class TrialRunner:
         from autocompress.distill.train import apply_and_distill, distill
         from autocompress.plan import CompressionPlan
 
-        model = apply_and_distill(self.loaded.model, CompressionPlan(plan.layers, kv_cache=plan.kv_cache),
+        undistilled = CompressionPlan(plan.layers, kv_cache=plan.kv_cache, vocab=plan.vocab)
+        model = apply_and_distill(self.loaded.model, undistilled,
                                   self.calibration, self.info, model=self._working_copy())
         if reporter(0, self.subset_evaluator.evaluate(model)) or plan.distill is None:
             return model
