@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from autocompress.distill.config import DistillConfig
 from autocompress.errors import UserError, from_fields
+from autocompress.depth import plan as depth_plan
 from autocompress.kvcache.plan import KVCachePlan
 
 PLAN_VERSION = 1
@@ -211,12 +212,15 @@ class CompressionPlan:
     no-op layer, and the JSON key "distill" is written only when set (plans without it read and write as before).
     `kv_cache` (optional, plan-level): the KV cache's quantization (`autocompress.kvcache.KVCachePlan`); one
     with every block at 16 bits is dropped, and the JSON key "kv_cache" is written only when set.
+    `drop_blocks` (optional, plan-level): whole transformer blocks removed (`autocompress.depth`), original
+    indices as a sorted tuple; entries of layers in those blocks are ignored. JSON key "drop_blocks" only when set.
     """
 
     layers: Mapping[str, LayerPlan]
     version: int = PLAN_VERSION
     distill: DistillConfig | None = None
     kv_cache: KVCachePlan | None = None
+    drop_blocks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name, lp in self.layers.items():
@@ -232,6 +236,7 @@ class CompressionPlan:
             raise TypeError(f"plan kv_cache: expected KVCachePlan or None, got {type(self.kv_cache).__name__}")
         if self.kv_cache is not None and self.kv_cache.is_noop:
             object.__setattr__(self, "kv_cache", None)
+        object.__setattr__(self, "drop_blocks", depth_plan.normalize_drop_blocks(self.drop_blocks))
         ggml = next((k for k, v in kept.items() if v.gguf_type is not None), None)
         if self.distill is not None and ggml is not None:
             raise UserError(f"plan layer {ggml!r} has gguf_type {kept[ggml].gguf_type}, and distillation keeps "
@@ -241,17 +246,18 @@ class CompressionPlan:
         if not isinstance(other, CompressionPlan):
             return NotImplemented
         return (self.version == other.version and dict(self.layers) == dict(other.layers)
-                and self.distill == other.distill and self.kv_cache == other.kv_cache)
+                and self.distill == other.distill and self.kv_cache == other.kv_cache
+                and self.drop_blocks == other.drop_blocks)
 
     def __hash__(self) -> int:
-        return hash((self.version, tuple(self.layers.items()), self.distill, self.kv_cache))
+        return hash((self.version, tuple(self.layers.items()), self.distill, self.kv_cache, self.drop_blocks))
 
     def __len__(self) -> int:
         return len(self.layers)
 
     @property
     def is_empty(self) -> bool:
-        return not self.layers and self.kv_cache is None
+        return not self.layers and self.kv_cache is None and not self.drop_blocks
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"autocompress_plan": self.version,
@@ -260,6 +266,8 @@ class CompressionPlan:
             out["distill"] = self.distill.to_dict()
         if self.kv_cache is not None:
             out["kv_cache"] = self.kv_cache.to_dict()
+        if self.drop_blocks:
+            out["drop_blocks"] = list(self.drop_blocks)
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -284,7 +292,8 @@ class CompressionPlan:
         kv_cache = data.get("kv_cache")
         if kv_cache is not None:
             kv_cache = KVCachePlan.from_dict(kv_cache, where=where)
-        return cls(layers, version=PLAN_VERSION, distill=distill, kv_cache=kv_cache)
+        drop = depth_plan.normalize_drop_blocks(data.get("drop_blocks"), where=where)
+        return cls(layers, version=PLAN_VERSION, distill=distill, kv_cache=kv_cache, drop_blocks=drop)
 
     @classmethod
     def from_json(cls, text: str, where: str = "plan") -> "CompressionPlan":
@@ -316,12 +325,18 @@ class CompressionPlan:
                          for k, v in self.distill.to_dict().items()})
         if self.kv_cache is not None:
             flat.update(self.kv_cache.flatten())
+        flat.update(depth_plan.flatten(self.drop_blocks))
         return flat
 
     def summary(self) -> str:
         """One line: how many layers get each setting, e.g. "bits 3x6 4x12 8x6; act int8x6; smooth 0.5x6;
         structured 25%x3", then the
-        distillation if any (e.g. "; distill 200 steps lr 0.0001"), then a quantized KV cache (e.g. "; kv 4")."""
+        distillation if any (e.g. "; distill 200 steps lr 0.0001"), then a quantized KV cache (e.g. "; kv 4"),
+        then the dropped blocks (e.g. "; drop 2 blocks (3, 5)")."""
+        if self.drop_blocks:
+            head = CompressionPlan(self.layers, distill=self.distill, kv_cache=self.kv_cache).summary()
+            tail = depth_plan.summary(self.drop_blocks)
+            return tail if head == "empty" else f"{head}; {tail}"
         if self.kv_cache is not None:
             head = CompressionPlan(self.layers, distill=self.distill).summary()
             return self.kv_cache.summary() if head == "empty" else f"{head}; {self.kv_cache.summary()}"
@@ -386,6 +401,8 @@ class CompressionPlan:
 
     def __str__(self) -> str:
         kv = self.kv_cache.summary() if self.kv_cache is not None else None
+        if self.drop_blocks:
+            kv = "; ".join(x for x in (kv, depth_plan.summary(self.drop_blocks)) if x)
         if not self.layers:
             tail = f"; then {self.distill.summary()}" if self.distill is not None else ""
             if kv is not None:
@@ -408,7 +425,9 @@ class CompressionPlan:
         columns, body = self._visible()
         table = Table(title=f"CompressionPlan v{self.version}: {len(self)} layers",
                       caption="; ".join(c for c in (f"then {self.distill.summary()}" if self.distill else "",
-                                                    self.kv_cache.summary() if self.kv_cache else "") if c) or None)
+                                                    self.kv_cache.summary() if self.kv_cache else "",
+                                                    depth_plan.summary(self.drop_blocks) if self.drop_blocks else "")
+                                     if c) or None)
         for col in columns:
             table.add_column(col, justify="left" if col in ("layer", "pattern") else "right", no_wrap=True)
         for row in body:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autocompress.errors import UserError
+from autocompress.depth.plan import check_depth_plan
 from autocompress.kvcache.plan import check_kv_cache
 from autocompress.models import ModelInfo
 from autocompress.plan import GGUF_BLOCK, CompressionPlan, LayerPlan, resolve_rank
@@ -16,10 +17,12 @@ def validate_plan(plan: CompressionPlan, info: ModelInfo) -> None:
     structured pruning and Linear keys never do; embedding keys carry only RTN weight quantization (bits,
     group_size, symmetric) and are not tied to a Linear layer; a Linear tied to a table is not smoothed; a rank
     fits its layer and does not grow it; head pruning is not asked of grouped-query attention; a `kv_cache`
-    entry fits the model's cache (`autocompress.kvcache.plan.check_kv_cache`).
+    entry fits the model's cache (`autocompress.kvcache.plan.check_kv_cache`); `drop_blocks` are blocks of the
+    model and leave at least one (`autocompress.depth.plan.check_drop_blocks`).
     """
     if plan.kv_cache is not None:
         check_kv_cache(plan.kv_cache, info)
+    check_depth_plan(plan, info)
     for name, entry in plan.layers.items():
         if name in info.structures:
             s = info.structures[name]
