@@ -23,6 +23,7 @@ EVALS = ("fidelity", "next_token", "perplexity", "accuracy", "size")
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from autocompress.depth.inventory import blocks
     from autocompress.loading import load_model
 
     with step(f"loading {args.model}"):
@@ -39,6 +40,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             "embeddings": {n: {"rows": e.num_embeddings, "dim": e.embedding_dim, "params": e.params,
                                "tied_to": e.tied_to} for n, e in info.embeddings.items()},
             "kv_cache": _kv_cache(info),
+            "blocks": blocks(info),
         }, indent=2))
         return 0
     out = console()
@@ -68,6 +70,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if info.groups:
         out.print(f"groups (one setting for all members): {len(info.groups)}, e.g. "
                       f"{next(iter(info.groups))} = {', '.join(next(iter(info.groups.values())))}")
+    rows = blocks(info)
+    if rows:  # what a plan's drop_blocks / space.depth removes
+        bt = Table(title=f"blocks (removable whole: drop_blocks, space.depth): {len(rows)}")
+        for col in ("index", "block", "params", "Linear layers"):
+            bt.add_column(col, justify="left" if col == "block" else "right")
+        for r in rows:
+            bt.add_row(str(r["index"]), r["name"], "-" if r["params"] is None else f"{r['params']:,}", str(r["layers"]))
+        out.print(bt)
     kv = _kv_cache(info)
     if kv is not None:
         out.print(f"KV cache: {kv['blocks']} blocks x {kv['kv_heads']} kv heads x {kv['head_dim']} channels x 2 = "

@@ -9,7 +9,8 @@ the plan land on the block that now holds them:
   - `total_params` loses the dropped blocks' parameters (`extra["block_params"]`, every parameter of each
     block, counted by `inspect_model`; an inventory without it falls back to the blocks' Linear layers);
     `extra["num_blocks"]` and `extra["block_params"]` describe the remaining blocks;
-  - a `kv_cache` plan's per-block bits move with their blocks (those of dropped blocks are ignored);
+  - a `kv_cache` plan's per-block bits move with their blocks (those of dropped blocks are ignored); its global
+    bits become the one width every block left shares, if they share one;
   - the returned plan has no `drop_blocks`: it is a plan for the smaller model.
 A plan without `drop_blocks` comes back unchanged, with the same inventory object.
 """
@@ -84,9 +85,9 @@ def reduced_plan(plan: Any, info: Any) -> Any:
     layers = {rename(n): entry for n, entry in plan.layers.items() if rename(n) is not None}
     kv = plan.kv_cache
     if kv is not None:
-        kept = kept_blocks(drop, blocks)
-        kv = KVCachePlan(bits=kv.bits, group_size=kv.group_size, symmetric=kv.symmetric,
-                         layers={new: kv.bits_for(old) for new, old in enumerate(kept)})
+        widths = [kv.bits_for(old) for old in kept_blocks(drop, blocks)]
+        common = widths[0] if len(set(widths)) == 1 else kv.bits if kv.bits in widths else max(widths, key=widths.count)
+        kv = KVCachePlan(bits=common, group_size=kv.group_size, symmetric=kv.symmetric, layers=dict(enumerate(widths)))
     return CompressionPlan(layers, distill=plan.distill, kv_cache=kv)
 
 

@@ -128,7 +128,7 @@ def plan_size(plan: CompressionPlan, info: ModelInfo) -> SizeReport:
     original = info.total_params * db
     plan, info = reduced(plan, info)  # dropped blocks (autocompress.depth): counted nowhere, the rest renumbered
     tables = [info.embeddings[n] for n in info.untied_tables()]
-    other = original - (sum(li.params for li in info.layers.values()) + sum(e.params for e in tables)) * db
+    other = info.total_params * db - (sum(li.params for li in info.layers.values()) + sum(e.params for e in tables)) * db
     per_layer: dict[str, int] = {}
     formats: dict[str, str] = {}
     for emb in tables:
