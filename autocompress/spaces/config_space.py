@@ -39,6 +39,9 @@ the sampler sees only real decisions. Conditional (define-by-run), in this order
   kv_cache   last, plan-level (`space.kv_cache`, spaces/kv_cache.py): bits once
              (`kv_cache.bits`) or per block (`kv_cache.block<i>.bits`); group_size, symmetric only when some
              block is below 16 bits. Its uniform baselines: one per bits choice below 16.
+  depth      last, plan-level (`space.depth`, spaces/depth.py): how many blocks to drop (`depth.drop`, in
+             Block Influence order) or one switch per block (`depth.block<i>.drop`). No uniform baseline;
+             every other baseline drops nothing.
 Uniform baselines: one per compressing choice of each technique's main field. "quantize bits=b" also puts
 the embedding tables at b bits when b is among space.embeddings' choices (else leaves them alone): uniform
 means every quantizable weight. When `quantize.act_bits` offers more than one choice, each weight-bit baseline
@@ -72,15 +75,16 @@ from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
 from autocompress.selection import select_embeddings, select_layers
 from autocompress.spaces._base import SearchSpace
 from autocompress.spaces.formats import FormatChoices, check_space
+from autocompress.spaces.depth import FIELDS as DEPTH_FIELDS, DepthChoices
 from autocompress.spaces.kv_cache import FIELDS as KV_FIELDS, KVCacheChoices
 
 # the order decisions are drawn in (kv_cache, plan-level, after distill: see `_build`)
-TECHNIQUES = ("lowrank", "quantize", "embeddings", "prune", "structured", "kv_cache")
+TECHNIQUES = ("lowrank", "quantize", "embeddings", "prune", "structured", "kv_cache", "depth")
 FIELDS = {"lowrank": {"rank", "rank_method"},
           "quantize": {"bits", "group_size", "symmetric", "quant_method", "act_bits", "smooth"},
           "embeddings": {"bits", "group_size", "symmetric"},
           "prune": {"pattern", "sparsity", "prune_method"}, "structured": {"sparsity", "prune_method"},
-          "kv_cache": KV_FIELDS}
+          "kv_cache": KV_FIELDS, "depth": DEPTH_FIELDS}
 Pick = Callable[[str, str, Sequence[Any]], Any]  # (unit, field, choices) -> value
 COMPANIONS = {"quantize": ("quantize", "embeddings")}  # techniques a uniform baseline of the key also sets
 
@@ -138,6 +142,7 @@ class ConfigSpace(SearchSpace):
             patterns.insert(0, "dense")
         self._patterns = patterns
         self.kv = KVCacheChoices(space.kv_cache, info) if space.kv_cache is not None else None
+        self.depth = DepthChoices(space.depth, info, space.distill) if space.depth is not None else None
 
     # ---- the contract --------------------------------------------------------------------------------
     @property
@@ -262,7 +267,9 @@ class ConfigSpace(SearchSpace):
         layers = {name: LayerPlan(**fields) for name, fields in out.items()}
         distilled = self._distill(pick) if distill else None
         kv = self.kv.draw(pick) if self.kv is not None and "kv_cache" in techniques else None
-        return CompressionPlan(layers, distill=distilled, kv_cache=kv)
+        drop = self.depth.draw(pick) if self.depth is not None and "depth" in techniques else ()
+        layers = self.depth.kept_entries(layers, drop) if self.depth is not None else layers
+        return CompressionPlan(layers, distill=distilled, kv_cache=kv, drop_blocks=drop)
 
     def _distill(self, pick: Pick) -> DistillConfig | None:
         d = self.space.distill
