@@ -6,7 +6,10 @@ imported from its module:
     view every counter (size, memory, latency) and every exporter works on
   - `remove_blocks` (apply.py): the blocks physically removed from a transformers model, its config updated
   - `block_influence`, `influence_order` (influence.py): ShortGPT's Block Influence on calibration data
-  - `cached_influence` (cache.py): Block Influence computed once per model and calibration set, kept on disk
+  - `resolve_order`, `load_or_measure` (cache.py): Block Influence computed once per run (RUN_DIR cache) and
+    written into the run's `space.depth.order`
+  - `blocks` (inventory.py): the blocks as `autocompress inspect` lists them
+The search space's side is `autocompress.spaces.depth` (`space.depth`).
 """
 
 from __future__ import annotations
