@@ -1,6 +1,7 @@
 """A search whose space holds space.depth, end to end on a tiny Llama: Block Influence resolved into the run's
 config.yaml (and the MLflow parent run's params) once, trials that drop a block complete with smaller size and
-memory, the plan files and MLflow trial params hold the dropped blocks, the baseline drops none."""
+memory, the plan files and MLflow trial params hold the dropped blocks, the baseline drops none; `export` of a
+trial that dropped a block writes the smaller model and measures exactly the searched metrics again."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from autocompress.depth.cache import FILE
+from autocompress.export.from_run import export
 from autocompress.plan import CompressionPlan
 from autocompress.search.driver import run_search
 from tests.support import children, make_config, stored_trials
@@ -42,3 +44,8 @@ def test_a_search_over_the_depth(tmp_path):
     parent, kids = children(config.tracking.uri)
     assert "space.depth.order" in parent.data.params
     assert any(k.data.params.get("drop_blocks") == str(influence["order"][0]) for k in kids)
+    result = export(tmp_path / "run", tmp_path / "exported", trial=dropped[0].number, log=False)
+    assert json.loads((tmp_path / "exported" / "config.json").read_text())["num_hidden_layers"] == 1
+    searched = dropped[0].user_attrs["metrics"]
+    assert result.measured == {k: searched[k] for k in result.measured}
+    assert result.file_bytes >= result.predicted_bytes > 0
