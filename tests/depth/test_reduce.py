@@ -76,3 +76,14 @@ def test_memory_and_latency_count_the_remaining_blocks():
     assert not any(op.layer.startswith("model.layers.1.") for op in ops)
     assert sum(op.kind == "attention" for op in ops) * 2 == sum(op.kind == "attention" for op in ops_full)
     assert [op.fmt for op in ops if op.layer == "model.layers.0.mlp.up_proj"] != ["dense"]
+
+
+def test_the_measured_latency_model_times_the_smaller_model():
+    from autocompress.evaluators.latency.kernels import build_real_model
+
+    lm = load_model("random:llama")
+    plan = CompressionPlan({"model.layers.1.mlp": LayerPlan(sparsity=0.5, pattern="structured")}, drop_blocks=[0])
+    model = build_real_model(lm.model, plan, "cpu")
+    assert len(model.model.layers) == 1 and model.config.num_hidden_layers == 1
+    assert model.model.layers[0].mlp.up_proj.out_features == lm.model.model.layers[1].mlp.up_proj.out_features // 2
+    assert len(lm.model.model.layers) == 2
