@@ -20,6 +20,7 @@ from autocompress.config_sections import (  # noqa: F401  (re-exported: the conf
     METRICS,
     PLAN_METRICS,
     TASK_METRICS,
+    DepthSpace,
     DistillSpace,
     EmbeddingSpace,
     KVCacheSpace,

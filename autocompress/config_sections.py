@@ -184,6 +184,25 @@ class VocabSpace(_Strict):
         return v
 
 
+class DepthSpace(_Strict):
+    """Depth pruning: whole transformer blocks dropped (`autocompress.depth`; spaces/depth.py). mode
+    "influence" (default): one decision `depth.drop`, how many blocks go (0..max_drop), taken in `order` (least
+    important first; null: ShortGPT's Block Influence on data.calibration, computed once per run and written here
+    in the run's config.yaml). mode "switches": one boolean per block (`depth.block<i>.drop`), at most max_drop
+    of them kept true (beyond that, the first max_drop in `order`, or by index). Uniform baselines drop none."""
+
+    max_drop: int = Field(4, ge=1)
+    mode: Literal["influence", "switches"] = "influence"
+    order: list[int] | None = None
+
+    @field_validator("order")
+    @classmethod
+    def _order(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(set(v)) != len(v) or any(b < 0 for b in v)):
+            raise ValueError("order must list distinct block indices >= 0, least important first")
+        return v
+
+
 class DistillSpace(_Strict):
     """Knowledge distillation after the layers are compressed (`autocompress.distill.DistillConfig`). A list
     is a choice the sampler makes, a scalar a constant; the fields other than steps are drawn only when the
@@ -283,11 +302,12 @@ class SpaceSection(_Strict):
     distill: DistillSpace | None = None
     kv_cache: KVCacheSpace | None = None
     vocab: VocabSpace | None = None
+    depth: DepthSpace | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> "SpaceSection":
         if not any((self.quantize, self.embeddings, self.prune, self.structured, self.lowrank, self.kv_cache,
-                    self.vocab)):
+                    self.vocab, self.depth)):
             raise ValueError("the search space is empty; add at least one of quantize, embeddings, prune, "
-                             "structured, lowrank, kv_cache, vocab")
+                             "structured, lowrank, kv_cache, vocab, depth")
         return self

@@ -211,6 +211,8 @@ def _architecture(config: Any, prefix: str | None, model: nn.Module) -> dict[str
     # (Llama: num_key_value_heads, head_dim; GPT-2: every head); an encoder keeps no cache (None)
     kv_heads = get("num_key_value_heads", "num_attention_heads", "n_head") if causal else None
     head_dim = (get("head_dim") or (hidden // heads if hidden and heads else None)) if causal else None
+    # every parameter of each block, so that dropping blocks (autocompress.depth) counts exactly what goes
+    block_params = [sum(p.numel() for p in b.parameters()) for b in model.get_submodule(prefix)] if prefix else []
     return {"hidden_size": hidden, "num_blocks": blocks, "num_heads": heads, "vocab_size": get("vocab_size"),
             "causal": causal, "num_kv_heads": kv_heads, "head_dim": head_dim,
-            "max_positions": get("max_position_embeddings", "n_positions")}
+            "max_positions": get("max_position_embeddings", "n_positions"), "block_params": block_params}

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from autocompress.distill_spec import DistillConfig
 from autocompress.errors import UserError, from_fields
+from autocompress.depth import plan as depth_plan
 from autocompress.kvcache.plan import KVCachePlan
 from autocompress.vocab.plan import VocabPlan
 
@@ -214,6 +215,8 @@ class CompressionPlan:
     with every block at 16 bits is dropped, and the JSON key "kv_cache" is written only when set.
     `vocab` (optional, plan-level): the token ids a pruned vocabulary keeps (`autocompress.vocab.VocabPlan`);
     one that keeps every token is dropped, and the JSON key "vocab" is written only when set.
+    `drop_blocks` (optional, plan-level): whole transformer blocks removed (`autocompress.depth`), original
+    indices as a sorted tuple; entries of layers in those blocks are ignored. JSON key "drop_blocks" only when set.
     """
 
     layers: Mapping[str, LayerPlan]
@@ -221,6 +224,7 @@ class CompressionPlan:
     distill: DistillConfig | None = None
     kv_cache: KVCachePlan | None = None
     vocab: VocabPlan | None = None
+    drop_blocks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name, lp in self.layers.items():
@@ -240,6 +244,7 @@ class CompressionPlan:
             raise TypeError(f"plan vocab: expected VocabPlan or None, got {type(self.vocab).__name__}")
         if self.vocab is not None and self.vocab.is_noop:
             object.__setattr__(self, "vocab", None)
+        object.__setattr__(self, "drop_blocks", depth_plan.normalize_drop_blocks(self.drop_blocks))
         ggml = next((k for k, v in kept.items() if v.gguf_type is not None), None)
         if self.distill is not None and ggml is not None:
             raise UserError(f"plan layer {ggml!r} has gguf_type {kept[ggml].gguf_type}, and distillation keeps "
@@ -249,17 +254,19 @@ class CompressionPlan:
         if not isinstance(other, CompressionPlan):
             return NotImplemented
         return (self.version == other.version and dict(self.layers) == dict(other.layers)
-                and self.distill == other.distill and self.kv_cache == other.kv_cache and self.vocab == other.vocab)
+                and self.distill == other.distill and self.kv_cache == other.kv_cache and self.vocab == other.vocab
+                and self.drop_blocks == other.drop_blocks)
 
     def __hash__(self) -> int:
-        return hash((self.version, tuple(self.layers.items()), self.distill, self.kv_cache, self.vocab))
+        return hash((self.version, tuple(self.layers.items()), self.distill, self.kv_cache, self.vocab,
+                     self.drop_blocks))
 
     def __len__(self) -> int:
         return len(self.layers)
 
     @property
     def is_empty(self) -> bool:
-        return not self.layers and self.kv_cache is None and self.vocab is None
+        return not self.layers and self.kv_cache is None and self.vocab is None and not self.drop_blocks
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"autocompress_plan": self.version,
@@ -270,6 +277,8 @@ class CompressionPlan:
             out["kv_cache"] = self.kv_cache.to_dict()
         if self.vocab is not None:
             out["vocab"] = self.vocab.to_dict()
+        if self.drop_blocks:
+            out["drop_blocks"] = list(self.drop_blocks)
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -297,7 +306,8 @@ class CompressionPlan:
         vocab = data.get("vocab")
         if vocab is not None:
             vocab = VocabPlan.from_dict(vocab, where=where)
-        return cls(layers, version=PLAN_VERSION, distill=distill, kv_cache=kv_cache, vocab=vocab)
+        drop = depth_plan.normalize_drop_blocks(data.get("drop_blocks"), where=where)
+        return cls(layers, version=PLAN_VERSION, distill=distill, kv_cache=kv_cache, vocab=vocab, drop_blocks=drop)
 
     @classmethod
     def from_json(cls, text: str, where: str = "plan") -> "CompressionPlan":
@@ -331,13 +341,15 @@ class CompressionPlan:
             flat.update(self.kv_cache.flatten())
         if self.vocab is not None:
             flat.update(self.vocab.flatten())
+        flat.update(depth_plan.flatten(self.drop_blocks))
         return flat
 
     def summary(self) -> str:
         """One line: how many layers get each setting, e.g. "bits 3x6 4x12 8x6; act int8x6; smooth 0.5x6;
         structured 25%x3", then the distillation if any (e.g. "; distill 200 steps lr 0.0001"), then a quantized
-        KV cache (e.g. "; kv 4") and a pruned vocabulary (e.g. "; vocab 50%")."""
-        if self.kv_cache is not None or self.vocab is not None:
+        KV cache (e.g. "; kv 4"), a pruned vocabulary (e.g. "; vocab 50%") and the dropped blocks (e.g. "; drop 2
+        blocks (3, 5)")."""
+        if self.kv_cache is not None or self.vocab is not None or self.drop_blocks:
             head = CompressionPlan(self.layers, distill=self.distill).summary()
             tail = self._plan_level()
             return tail if head == "empty" else f"{head}; {tail}"
@@ -401,8 +413,10 @@ class CompressionPlan:
         return tuple(self._COLUMNS[i] for i in keep), [tuple(r[i] for i in keep) for r in rows]
 
     def _plan_level(self) -> str | None:
-        """The plan-level entries other than distillation, e.g. "kv 4; vocab 50%", or None."""
+        """The plan-level entries other than distillation, e.g. "kv 4; vocab 50%; drop 1 block (3)", or None."""
         parts = [x.summary() for x in (self.kv_cache, self.vocab) if x is not None]
+        if self.drop_blocks:
+            parts.append(depth_plan.summary(self.drop_blocks))
         return "; ".join(parts) if parts else None
 
     def __str__(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autocompress.errors import UserError
+from autocompress.depth.plan import check_depth_plan
 from autocompress.kvcache.plan import check_kv_cache
 from autocompress.vocab.plan import check_vocab
 from autocompress.models import ModelInfo
@@ -18,12 +19,14 @@ def validate_plan(plan: CompressionPlan, info: ModelInfo) -> None:
     group_size, symmetric) and are not tied to a Linear layer; a Linear tied to a table is not smoothed; a rank
     fits its layer and does not grow it; head pruning is not asked of grouped-query attention; a `kv_cache`
     entry fits the model's cache (`autocompress.kvcache.plan.check_kv_cache`); a `vocab` entry's ids fit the
-    vocabulary (`autocompress.vocab.plan.check_vocab`).
+    vocabulary (`autocompress.vocab.plan.check_vocab`); `drop_blocks` are blocks of the model and leave at least
+    one (`autocompress.depth.plan.check_drop_blocks`).
     """
     if plan.kv_cache is not None:
         check_kv_cache(plan.kv_cache, info)
     if plan.vocab is not None:
         check_vocab(plan.vocab, info, plan.layers)
+    check_depth_plan(plan, info)
     for name, entry in plan.layers.items():
         if name in info.structures:
             s = info.structures[name]

@@ -24,6 +24,7 @@ EVALS = ("fidelity", "next_token", "perplexity", "accuracy", "size")
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from autocompress.depth.inventory import blocks
     from autocompress.loading import load_model
 
     with step(f"loading {args.model}"):
@@ -40,6 +41,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             "embeddings": {n: {"rows": e.num_embeddings, "dim": e.embedding_dim, "params": e.params,
                                "tied_to": e.tied_to} for n, e in info.embeddings.items()},
             "kv_cache": _kv_cache(info), "vocabulary": vocab_summary(info),
+            "blocks": blocks(info),
         }, indent=2))
         return 0
     out = console()
@@ -75,6 +77,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                   + (f", LM head {vocab['head']}{' (tied)' if vocab['tied'] else ''}" if vocab["head"] else "")
                   + f": {vocab['params']:,} parameters, {vocab['share']:.1%} of the model (pruned by a plan's vocab /"
                   " space.vocab: the share of tokens kept)")
+    rows = blocks(info)
+    if rows:  # what a plan's drop_blocks / space.depth removes
+        bt = Table(title=f"blocks (removable whole: drop_blocks, space.depth): {len(rows)}")
+        for col in ("index", "block", "params", "Linear layers"):
+            bt.add_column(col, justify="left" if col == "block" else "right")
+        for r in rows:
+            bt.add_row(str(r["index"]), r["name"], "-" if r["params"] is None else f"{r['params']:,}", str(r["layers"]))
+        out.print(bt)
     kv = _kv_cache(info)
     if kv is not None:
         out.print(f"KV cache: {kv['blocks']} blocks x {kv['kv_heads']} kv heads x {kv['head_dim']} channels x 2 = "

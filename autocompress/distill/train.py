@@ -190,6 +190,7 @@ def apply_and_distill(base_model: nn.Module, plan: CompressionPlan, calibration:
     `info.task`. The `DistillResult` (or None without distillation) is left on the returned model as the
     attribute `_autocompress_distill` (RESULT_ATTR). `model`, when given, is the copy to compress (the caller
     vouches that it is in `base_model`'s exact state: a `ModelWorkspace` checkout); no deep copy is made then."""
+    from autocompress.depth.reduce import reduced_plan
     from autocompress.policies import Calibration, apply_plan
 
     model = apply_plan(copy.deepcopy(base_model) if model is None else model, plan, calibration, info=info)
@@ -200,7 +201,7 @@ def apply_and_distill(base_model: nn.Module, plan: CompressionPlan, calibration:
         if not batches:
             raise UserError("plan distill: distillation needs calibration batches; pass the config's "
                             "data.calibration texts")
-        result = distill(model, base_model, batches, cfg, info.task, report=report, eval_fn=eval_fn, plan=plan,
-                         held_out=held_out)
+        result = distill(model, base_model, batches, cfg, info.task, report=report, eval_fn=eval_fn,
+                         plan=reduced_plan(plan, info), held_out=held_out)  # the blocks left, renumbered
     setattr(model, RESULT_ATTR, result)
     return model

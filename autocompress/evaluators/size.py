@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from autocompress.evaluators._base import EVALUATORS, Evaluator
+from autocompress.depth.reduce import reduced
 from autocompress.hardware.profile import DTYPE_BYTES
 from autocompress.kvcache.memory import cache_bytes
 from autocompress.models import ModelInfo
@@ -132,8 +133,9 @@ def plan_size(plan: CompressionPlan, info: ModelInfo) -> SizeReport:
     validate_plan(plan, info)
     db = info.dtype_bytes
     original = info.total_params * db
+    plan, info = reduced(plan, info)  # dropped blocks (autocompress.depth): counted nowhere, the rest renumbered
     tables = [info.embeddings[n] for n in info.untied_tables()]
-    other = original - (sum(li.params for li in info.layers.values()) + sum(e.params for e in tables)) * db
+    other = info.total_params * db - (sum(li.params for li in info.layers.values()) + sum(e.params for e in tables)) * db
     other += id_map_bytes(plan, info)
     rows = vocab_rows(plan, info)
     per_layer: dict[str, int] = {}
@@ -203,9 +205,11 @@ def plan_memory(plan: CompressionPlan, info: ModelInfo, batch: int, seq_len: int
     """The `MemoryReport` of `info`'s model compressed by `plan`, serving `batch` sequences of `seq_len`
     positions on a device whose deployment dtype is `dtype` (see the module docstring). Raises `UserError` for
     a plan that does not fit the model."""
+    weights = plan_size(plan, info).total_bytes
+    plan, info = reduced(plan, info)  # dropped blocks keep no cache
     kv = cache_bytes(plan.kv_cache, kv_heads_per_block(plan, info), info.extra.get("head_dim") or 0, batch, seq_len,
                      kv_value_bytes(plan, dtype))
-    return MemoryReport(weights_bytes=plan_size(plan, info).total_bytes, kv_cache_bytes=kv)
+    return MemoryReport(weights_bytes=weights, kv_cache_bytes=kv)
 
 
 @EVALUATORS.register("size")

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocompress.depth.reduce import reduced
 from autocompress.evaluators.size import plan_size
 from autocompress.export.ct_layers import Decisions, Scheme, decide
 from autocompress.export.formats import ExportFormat, write_side_files, writer_target
@@ -135,6 +136,7 @@ def save_compressed_tensors(model: nn.Module, plan: CompressionPlan, info: Model
     from safetensors.torch import save_file
 
     out_dir, config = writer_target(model, out_dir, base_config)
+    plan, info = reduced(plan, info)  # dropped blocks (autocompress.depth) are gone from the model
     decisions = decide(model, plan, info, strict)
     qconfig = quantization_config(decisions)
     dtype = next(model.parameters()).dtype

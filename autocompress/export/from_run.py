@@ -128,6 +128,7 @@ def _rebuild_and_write(run: Any, chosen: Any, plan: Any, out: Path, say: Any, th
     from autocompress.export.load import load_compressed
     from autocompress.distill.train import apply_and_distill
     from autocompress.evaluators.generation import generate_samples
+    from autocompress.depth.reduce import reduced_plan
     from autocompress.kvcache.runtime import attach_kv_cache
     from autocompress.search.workers.runner import TrialRunner
 
@@ -147,7 +148,7 @@ def _rebuild_and_write(run: Any, chosen: Any, plan: Any, out: Path, say: Any, th
         say(f"loading the written files with {fmt.loaded_by} and measuring them")
         reloaded = fmt.load(str(tmp), runner.info.task)
         # the KV cache is a run-time setting in every engine (kvcache/export.py): measured with the plan's cache
-        attach_kv_cache(reloaded, plan.kv_cache)
+        attach_kv_cache(reloaded, reduced_plan(plan, runner.info).kv_cache)  # its blocks renumbered after drops
         measured = {k: float(v) for k, v in runner.evaluator.evaluate(reloaded).items()}
         searched = dict(chosen.user_attrs.get("metrics", {}))
         # what runs packed with kernels=True here (the autocompress format's CPU kernels)

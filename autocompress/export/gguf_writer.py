@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from autocompress.errors import UserError
+from autocompress.depth.reduce import reduced
 from autocompress.evaluators.size import plan_size
 from autocompress.export.gguf_arch import Arch, check_model, permute_rows, tensor_names, write_metadata
 from autocompress.export.gguf_blocks import dense_tensor, int_grid_type, quantized_tensor, whole_blocks
@@ -189,6 +190,7 @@ def write_gguf(model: nn.Module, plan: CompressionPlan, info: ModelInfo, out_dir
     each layer's ggml type). `UserError` (before anything is written) for what GGUF cannot hold;
     ValueError when the model does not realize the plan."""
     out_dir, config = writer_target(model, out_dir, base_config)
+    plan, info = reduced(plan, info)  # dropped blocks (autocompress.depth) are gone from the model
     arch = check_gguf_export(plan, info, config, tokenizer, strict)
     tensors = _tensors(model, plan, info, config, arch)
     _, larger = gguf_plan_problems(plan, info)

@@ -15,7 +15,9 @@ smoothed layers, version 4 the marked config.json; versions 1 to 3 still load):
   plan.json          the plan (`CompressionPlan.save`), with its `kv_cache` entry: no tensor holds a KV cache,
                      `load_compressed` gives the loaded model the plan's quantized cache (export.json repeats it);
                      a `vocab` entry: the table and head hold the kept rows, model.safetensors the id map
-                     (`autocompress.vocab.export`)
+                     (`autocompress.vocab.export`). A plan with `drop_blocks` is written as the plan of the
+                     smaller model (blocks renumbered, `autocompress.depth.reduce`); config.json has the smaller
+                     block count and export.json lists the dropped blocks' original indices under "drop_blocks"
   README.md          the caller's model card, or a minimal one
   export.json        format and version, model class, task, dtype, per-layer layout and bytes, the totals
                      (tensor, file and predicted bytes) and every difference from the prediction; written
@@ -31,6 +33,7 @@ from typing import Any
 
 from torch import nn
 
+from autocompress.depth.reduce import reduced
 from autocompress.evaluators.size import plan_size
 from autocompress.export.formats import ExportFormat, write_side_files, writer_target
 from autocompress.export.packed import PackedModel, pack_model
@@ -128,8 +131,9 @@ def save_compressed(model: nn.Module, plan: CompressionPlan, info: ModelInfo, ou
     from safetensors.torch import save_file
 
     out_dir, config = writer_target(model, out_dir, base_config)
+    sizes, dropped = plan_size(plan, info), plan.drop_blocks
+    plan, info = reduced(plan, info)  # dropped blocks (autocompress.depth) are gone from the model: its own plan
     packed = pack_model(model, plan, info)
-    sizes = plan_size(plan, info)
     os.makedirs(out_dir, exist_ok=True)
     stale = os.path.join(out_dir, "export.json")
     if os.path.exists(stale):
@@ -156,6 +160,8 @@ def save_compressed(model: nn.Module, plan: CompressionPlan, info: ModelInfo, ou
         report["kv_cache"] = plan.kv_cache.to_dict()
     if plan.vocab is not None:  # the kept rows are stored, and the id map (vocab/export.py)
         report["vocab"] = plan.vocab.to_dict()
+    if dropped:  # plan.json holds the plan of the smaller model (renumbered blocks); the original indices
+        report["drop_blocks"] = list(dropped)
     _write_text(os.path.join(out_dir, "README.md"), card if card is not None else _card(model, plan, info, report))
     _write_text(stale, json.dumps(report, indent=2) + "\n")
     return ExportReport(out_dir=str(out_dir), files=sorted(os.listdir(out_dir)), tensor_bytes=packed.tensor_bytes,

@@ -7,6 +7,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from autocompress.depth.apply import remove_blocks
+from autocompress.depth.reduce import reduced
 from autocompress.kvcache.runtime import attach_kv_cache
 from autocompress.models import ModelInfo, inspect_model
 from autocompress.plan import CompressionPlan
@@ -28,11 +30,15 @@ def apply_plan(model: nn.Module, plan: CompressionPlan,
     through the blocks it already quantized: sequential.py). `calibration` is a `Calibration` or a list of
     tokenized batches; it is only required by plans that use gptq, wanda, whitened SVD or smooth. An empty
     plan leaves the model unchanged. A `kv_cache` entry changes no weight: the model carries it
-    (`autocompress.kvcache.runtime`), and the evaluators and generation run it with the quantized cache. A
-    `vocab` entry runs first (`autocompress.vocab.apply`): the later policies see the pruned table and head.
+    (`autocompress.kvcache.runtime`), and the evaluators and generation run it with the quantized cache.
+    `drop_blocks` removes those blocks first (`autocompress.depth`); entries of their layers are ignored. A
+    `vocab` entry runs next (`autocompress.vocab.apply`): the later policies see the pruned table and head.
     """
     info = info or inspect_model(model)
     validate_plan(plan, info)
+    if plan.drop_blocks:  # the blocks go first; the rest of the plan applies to the renumbered blocks left
+        remove_blocks(model, plan.drop_blocks, info)
+        plan, info = reduced(plan, info)
     if calibration is not None and not isinstance(calibration, Calibration):
         calibration = Calibration(list(calibration))
     was_training = model.training

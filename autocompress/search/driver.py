@@ -314,6 +314,9 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
     from autocompress.search.preflight import preflight
 
     task = preflight(config)  # bad input fails here, before anything is written
+    from autocompress.depth.cache import resolve_order
+
+    config = resolve_order(config)  # space.depth: Block Influence once per run (run dir cache), into config.yaml
     identity = run_identity(config, task)  # a resume searches what the run searched (search/rundir/identity.py)
     check(stored_identity(config), identity, where="the config")
     run_dir = Path(config.run_dir)

@@ -52,7 +52,7 @@ class SearchProgress:
 @contextlib.contextmanager
 def sensitivity_progress(enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
     """A bar on stderr for the sensitivity measurement ("sensitivity ━━━ 12/75 plans 0:00:31"); yields the
-    `progress(done, total)` callback that `search.sensitivity.load_or_measure` takes. Draws nothing when not
+    `progress(done, total)` callback that `search.seeding.sensitivity.load_or_measure` takes. Draws nothing when not
     `enabled` or when stderr is not a terminal (the callback still works)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

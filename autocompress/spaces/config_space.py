@@ -41,6 +41,9 @@ the sampler sees only real decisions. Conditional (define-by-run), in this order
              block is below 16 bits. Its uniform baselines: one per bits choice below 16.
   vocab      after kv_cache, plan-level (`space.vocab`, spaces/vocab.py): `vocab.keep`, the share of the
              vocabulary kept. Its uniform baselines: one per share below 1.
+  depth      last, plan-level (`space.depth`, spaces/depth.py): how many blocks to drop (`depth.drop`, in
+             Block Influence order) or one switch per block (`depth.block<i>.drop`). No uniform baseline;
+             every other baseline drops nothing.
 Uniform baselines: one per compressing choice of each technique's main field. "quantize bits=b" also puts
 the embedding tables at b bits when b is among space.embeddings' choices (else leaves them alone): uniform
 means every quantizable weight. When `quantize.act_bits` offers more than one choice, each weight-bit baseline
@@ -74,16 +77,17 @@ from autocompress.plan import CompressionPlan, LayerPlan, resolve_rank
 from autocompress.selection import select_embeddings, select_layers
 from autocompress.spaces._base import SearchSpace
 from autocompress.spaces.formats import FormatChoices, check_space
+from autocompress.spaces.depth import FIELDS as DEPTH_FIELDS, DepthChoices
 from autocompress.spaces.kv_cache import FIELDS as KV_FIELDS, KVCacheChoices
 from autocompress.spaces.vocab import FIELDS as VOCAB_FIELDS, VocabChoices
 
-# the order decisions are drawn in (kv_cache and vocab, plan-level, after distill: see `_build`)
-TECHNIQUES = ("lowrank", "quantize", "embeddings", "prune", "structured", "kv_cache", "vocab")
+# the order decisions are drawn in (kv_cache, vocab and depth, plan-level, after distill: see `_build`)
+TECHNIQUES = ("lowrank", "quantize", "embeddings", "prune", "structured", "kv_cache", "vocab", "depth")
 FIELDS = {"lowrank": {"rank", "rank_method"},
           "quantize": {"bits", "group_size", "symmetric", "quant_method", "act_bits", "smooth"},
           "embeddings": {"bits", "group_size", "symmetric"},
           "prune": {"pattern", "sparsity", "prune_method"}, "structured": {"sparsity", "prune_method"},
-          "kv_cache": KV_FIELDS, "vocab": VOCAB_FIELDS}
+          "kv_cache": KV_FIELDS, "vocab": VOCAB_FIELDS, "depth": DEPTH_FIELDS}
 Pick = Callable[[str, str, Sequence[Any]], Any]  # (unit, field, choices) -> value
 COMPANIONS = {"quantize": ("quantize", "embeddings")}  # techniques a uniform baseline of the key also sets
 
@@ -142,6 +146,7 @@ class ConfigSpace(SearchSpace):
         self._patterns = patterns
         self.kv = KVCacheChoices(space.kv_cache, info) if space.kv_cache is not None else None
         self.vocab = VocabChoices(space.vocab, info) if space.vocab is not None else None
+        self.depth = DepthChoices(space.depth, info, space.distill) if space.depth is not None else None
 
     # ---- the contract --------------------------------------------------------------------------------
     @property
@@ -272,7 +277,9 @@ class ConfigSpace(SearchSpace):
         distilled = self._distill(pick) if distill else None
         kv = self.kv.draw(pick) if self.kv is not None and "kv_cache" in techniques else None
         vocab = self.vocab.draw(pick) if self.vocab is not None and "vocab" in techniques else None
-        return CompressionPlan(layers, distill=distilled, kv_cache=kv, vocab=vocab)
+        drop = self.depth.draw(pick) if self.depth is not None and "depth" in techniques else ()
+        layers = self.depth.kept_entries(layers, drop) if self.depth is not None else layers
+        return CompressionPlan(layers, distill=distilled, kv_cache=kv, vocab=vocab, drop_blocks=drop)
 
     def _distill(self, pick: Pick) -> DistillConfig | None:
         d = self.space.distill

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal
 
 from autocompress.errors import UserError
+from autocompress.depth.reduce import reduced
 from autocompress.hardware.profile import DeviceProfile, format_of
 from autocompress.kvcache.memory import bits_per_value
 from autocompress.models import ModelInfo
@@ -150,7 +151,9 @@ def layer_format(entry: LayerPlan) -> tuple[str, int | None]:
 
 
 def plan_ops(plan: CompressionPlan, info: ModelInfo, workload: Workload) -> list[Op]:
-    """The operators of one forward pass of the compressed model (see the module docstring)."""
+    """The operators of one forward pass of the compressed model (see the module docstring); blocks the plan
+    drops (`autocompress.depth`) have none."""
+    plan, info = reduced(plan, info)
     dims, heads, ffn = _shapes(plan, info)
     extra = info.extra
     hidden = extra.get("hidden_size") or 0

@@ -201,6 +201,14 @@ def build_real_model(base_model: nn.Module, plan: CompressionPlan, device: str) 
     from autocompress.policies import apply_plan
 
     model = copy.deepcopy(base_model)
+    if plan.drop_blocks:  # the blocks go first (autocompress.depth); the rest of the plan names the blocks left
+        from autocompress.depth.apply import remove_blocks
+        from autocompress.depth.reduce import reduced_plan
+        from autocompress.models import inspect_model
+
+        info = inspect_model(model)
+        remove_blocks(model, plan.drop_blocks, info)
+        plan = reduced_plan(plan, info)
     shapes = shape_plan(plan)
     if plan.vocab is not None:  # the kept rows, data-free (the first ids): the same shapes, the same time
         table = model.get_input_embeddings()

@@ -27,7 +27,7 @@ import os
 import socket
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from autocompress.config import SearchConfig
@@ -208,14 +208,14 @@ class TrialRunner:
         """`apply_and_distill` with reports to the pruner: the quality on the subset at step 0 (after the
         plan is applied), then every `eval_every` distillation steps. Stops at the first prune (`reporter.pruned`).
         Trains exactly as `apply_and_distill` does: the reports only read the model."""
+        from autocompress.depth.reduce import reduced_plan
         from autocompress.distill.train import apply_and_distill, distill
-        from autocompress.plan import CompressionPlan
 
-        undistilled = CompressionPlan(plan.layers, kv_cache=plan.kv_cache, vocab=plan.vocab)
+        undistilled = replace(plan, distill=None)  # every plan-level entry but the distillation
         model = apply_and_distill(self.loaded.model, undistilled,
                                   self.calibration, self.info, model=self._working_copy())
         if reporter(0, self.subset_evaluator.evaluate(model)) or plan.distill is None:
             return model
         distill(model, self.loaded.model, self.calibration.batches, plan.distill, self.info.task, report=reporter,
-                eval_fn=self.subset_evaluator.evaluate, plan=plan)
+                eval_fn=self.subset_evaluator.evaluate, plan=reduced_plan(plan, self.info))
         return model
