@@ -13,7 +13,7 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 
 def test_every_example_config_is_listed_here_and_validates():
     assert {p.name for p in EXAMPLES.glob("*.yaml")} == {"quickstart.yaml", "joint_space.yaml", "llm.yaml",
-                                                        "llm_gguf.yaml"}
+                                                        "llm_gguf.yaml", "llm_techniques.yaml"}
     for path in EXAMPLES.glob("*.yaml"):
         SearchConfig.from_yaml(str(path))  # keys, types, ranges, metrics, pick rule
 
