@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from autocompress.evaluators.size import plan_size
-from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan
 from autocompress.policies import apply_plan
 
 
 @pytest.mark.slow
-def test_smollm2_generates_without_two_blocks():
-    lm = load_model("SmolLM2-135M-Instruct")
+def test_smollm2_generates_without_two_blocks(smollm2):
+    lm = smollm2
     plan = CompressionPlan({}, drop_blocks=[20, 25])
     model = apply_plan(copy.deepcopy(lm.model), plan, info=lm.info)
     assert model.config.num_hidden_layers == 28 and len(model.model.layers) == 28
@@ -29,8 +28,8 @@ def test_smollm2_generates_without_two_blocks():
 
 
 @pytest.mark.slow
-def test_minilm_embeds_without_a_block():
-    lm = load_model("all-MiniLM-L6-v2")
+def test_minilm_embeds_without_a_block(minilm):
+    lm = minilm
     model = apply_plan(copy.deepcopy(lm.model), CompressionPlan({}, drop_blocks=[3]), info=lm.info)
     assert model.config.num_hidden_layers == 5 and len(model.encoder.layer) == 5
     batch = lm.tokenizer(["a sentence to embed", "another one"], return_tensors="pt", padding=True)
