@@ -156,7 +156,7 @@ def _apply_kernels(model: nn.Module, packed: PackedModel) -> dict[str, str]:
     for name, record in packed.layers.items():
         for prefix, module in weight_parts(model, name):
             meta = record["matrices"][f"{prefix}.weight"]
-            if meta["bits"] is None:
+            if meta["bits"] is None or meta.get("quant_method") == "kmeans":  # no kernel: dequantized at load
                 continue
             parts = {s: packed.tensors[f"{prefix}.weight.{s}"] for s in SUFFIXES
                      if f"{prefix}.weight.{s}" in packed.tensors}
