@@ -90,7 +90,7 @@ class QuantizeSpace(_GroupedBits):
     bits: list[Literal[2, 3, 4, 5, 6, 7, 8] | None] = Field([4, 8, None], min_length=1)
     group_size: GroupSizes = Field([128], min_length=1)
     symmetric: list[bool] = Field([True], min_length=1)
-    method: list[Literal["rtn", "gptq"]] = Field(["rtn"], min_length=1)
+    method: list[Literal["rtn", "gptq", "kmeans"]] = Field(["rtn"], min_length=1)
     act_bits: list[Literal[8] | None] = Field([None], min_length=1)
     smooth: list[float | None] = Field([None], min_length=1, description="SmoothQuant migration strengths in "
                                        "(0, 1], null for none; drawn only for units with act_bits 8")
@@ -271,4 +271,12 @@ class SpaceSection(_Strict):
         if not any((self.quantize, self.embeddings, self.prune, self.structured, self.lowrank, self.kv_cache)):
             raise ValueError("the search space is empty; add at least one of quantize, embeddings, prune, "
                              "structured, lowrank, kv_cache")
+        return self
+
+    @model_validator(mode="after")
+    def _kmeans_without_distill(self) -> "SpaceSection":
+        if self.quantize is not None and "kmeans" in self.quantize.method and self.distill is not None \
+                and any(s > 0 for s in self.distill.choices("steps")):
+            raise ValueError("space.quantize.method kmeans with space.distill: distillation keeps weights on the "
+                             "integer grid only, not on a codebook; drop kmeans or space.distill")
         return self
