@@ -109,3 +109,12 @@ def decode(tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str) -
 def coded_bytes(tensors: dict[str, torch.Tensor]) -> int:
     """Bytes of the tensors as stored (coded streams at their coded length)."""
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def size_coded_mb(model: Any, plan: Any, info: Any, coder: str = "zstd") -> float:
+    """The `size_coded_mb` metric: megabytes (1e6 bytes) of the packed tensors of `model` (what `apply_plan`
+    returned for `plan`; `info` the original model's inventory) with their integer streams coded by `coder`, as
+    `save_compressed(..., entropy=coder)` stores them. `size_mb` (`plan_size`) stays the uncoded packed size."""
+    from autocompress.export.packed import pack_model
+
+    return coded_bytes(encode(pack_model(model, plan, info).tensors, coder)[0]) / 1e6

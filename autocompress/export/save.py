@@ -164,7 +164,7 @@ def save_compressed(model: nn.Module, plan: CompressionPlan, info: ModelInfo, ou
         "layers": {n: {k: v for k, v in r.items() if k != "matrices"} for n, r in packed.layers.items()},
     }
     if entropy is not None:
-        report.update(entropy=entropy, coded_bytes=coded_bytes(stored))
+        report.update(entropy=entropy, coded_bytes=coded_bytes(stored), size_coded_mb=coded_bytes(stored) / 1e6)
     if plan.kv_cache is not None:  # not stored: the cache is quantized at run time (load_compressed restores it)
         report["kv_cache"] = plan.kv_cache.to_dict()
     _write_text(os.path.join(out_dir, "README.md"), card if card is not None else _card(model, plan, info, report))

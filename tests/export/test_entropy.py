@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from autocompress.errors import UserError
 from autocompress.export import load_compressed, save_compressed
-from autocompress.export.entropy import CODERS, decode, encode
+from autocompress.export.entropy import CODERS, decode, encode, size_coded_mb
 from autocompress.export.packing import pack_bits
 from autocompress.loading import load_model
 from autocompress.plan import CompressionPlan, LayerPlan
@@ -68,6 +68,7 @@ def test_coded_export_reloads_bit_identically(coded_export):
     with open(os.path.join(path, "export.json")) as fh:
         info = json.load(fh)
     assert info["entropy"] == "zstd" and info["coded_bytes"] == report.coded_bytes
+    assert size_coded_mb(model, plan, lm.info, "zstd") == info["size_coded_mb"] == report.coded_bytes / 1e6
     back = load_compressed(path).model.state_dict()
     for key, t in model.state_dict().items():
         assert torch.equal(back[key], t), key
