@@ -18,9 +18,11 @@ METRICS = {
     "fidelity": "max", "fidelity_min": "max", "topk_agreement": "max",
     "perplexity": "min", "perplexity_ratio": "min", "nll": "min", "accuracy": "max",
     "kl": "min", "kl_p99": "min", "top1_agreement": "max",
-    "size_mb": "min", "size_ratio": "min", "latency_ms": "min", "memory_mb": "min",
+    "size_mb": "min", "size_ratio": "min", "latency_ms": "min", "memory_mb": "min", "size_coded_mb": "min",
 }
-# plus latency_ms when the latency model is not `measured`; memory_mb needs a target (batch, seq_len, dtype)
+# plus latency_ms when the latency model is not `measured`; memory_mb needs a target (batch, seq_len, dtype);
+# size_coded_mb (the packed tensors with their integer streams zstd-coded, export/entropy.py) is measured on the
+# compressed model by the worker, for every task
 PLAN_METRICS = frozenset({"size_mb", "size_ratio", "memory_mb"})
 TASK_METRICS = {
     "embedding": {"fidelity", "fidelity_min", "topk_agreement"},
@@ -250,7 +252,7 @@ class PrunerSection(_Strict):
                 raise ValueError(f"{k} must be an integer >= 1 or 'auto'")
         if self.metric is not None:
             _check_metric(self.metric)
-            if self.metric in PLAN_METRICS or self.metric == "latency_ms":
+            if self.metric in PLAN_METRICS or self.metric in ("latency_ms", "size_coded_mb"):
                 raise ValueError(f"metric {self.metric!r} is decided by the plan; a pruner needs a quality metric "
                                  "such as fidelity, perplexity or accuracy")
         return self
