@@ -116,7 +116,8 @@ def _markdown(rows: list[dict], env: dict) -> str:
         " | ".join(f"encode {c} (s)" for c in coders) + " |\n|---|" + "---:|" * (len(loads[0]["load_s"]) + len(coders))
     load_body = "".join(f"\n| {r['step']} | " + " | ".join(f"{v:.2f}" for v in r["load_s"].values()) + " | "
                         + " | ".join(f"{r['coded'][c]['encode_s']:.2f}" for c in coders) + " |" for r in loads)
-    return ("# Deep Compression on all-MiniLM-L6-v2\n\n" + env_words(env) + "\n\n" + head + body + "\n" + load_head + load_body + "\n")
+    return ("# Deep Compression on all-MiniLM-L6-v2\n\n" + env_words(env) + "\n\n" + head + body + "\n"
+            + load_head + load_body + "\n")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ The codebook contract, shared by the quantize policy, `verify.py` and the packed
 k-means is deterministic: the k centroids start evenly spaced from the smallest to the largest value
 (Deep Compression's linear initialization, which keeps centroids for the rare large weights) and move by Lloyd
 steps until none moves (at most `ITERATIONS`); a centroid left without values keeps its place. No randomness,
-so no seed. All codebooks of equally tall row groups are clustered together as one batch. The policy records the codebook as `module._autocompress_grid` (quantize.GRID_ATTR) like a `QuantGrid`.
+so no seed. All codebooks of equally tall row groups are clustered together as one batch. The policy records
+the codebook as `module._autocompress_grid` (quantize.GRID_ATTR) where the grid methods record a `QuantGrid`.
+Not implemented: SqueezeLLM's sensitivity weighting (k-means weighted by calibration statistics).
 """
 
 from __future__ import annotations
