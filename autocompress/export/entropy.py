@@ -1,11 +1,15 @@
 """Lossless entropy coding of the packed integer streams of an export (`save_compressed(..., entropy=...)`).
 
-What is coded: every packed tensor whose suffix is in `CODED` (the bit-packed integer codes `qweight`, the
-zero points `zeros`, the sparsity bitmask `mask` and the N:M indices `nm_index`; see export/matrix.py), each
-as one independent stream of its raw bytes. Scales, codebooks, biases and floating-point weights are left as
-they are. A stream is coded only when that makes it smaller; it is then stored as the uint8 tensor
-`<name>.coded` instead of `<name>`, and the safetensors header's "coded" entry maps `<name>` to
-{"coder", "dtype", "shape", "bytes" (the raw bytes), "crc32" (of the raw bytes)}.
+What is coded, each tensor as one independent stream:
+  - every packed tensor whose suffix is in `CODED` (the bit-packed integer codes `qweight`, the zero points
+    `zeros`, the sparsity bitmask `mask` and the N:M indices `nm_index`; see export/matrix.py), as its bytes;
+  - NeuZip-style, every floating-point tensor of at least `FLOAT_MIN` values (weights left in floating point,
+    the kept values of sparse layers, fp16 scales): its bytes split into byte planes first (all values' first
+    byte, then all second bytes, ...), so that the plane holding the exponent, which takes few distinct values
+    in trained weights, is one run a coder shrinks well; the mantissa planes barely shrink.
+A stream is coded only when that makes it smaller; it is then stored as the uint8 tensor `<name>.coded`
+instead of `<name>`, and the safetensors header's "coded" entry maps `<name>` to {"coder", "dtype", "shape",
+"bytes" (the stream's raw length), "crc32" (of the raw stream), "planes" (split into byte planes)}.
 
 Coders (`CODERS`): "zstd" (the `zstandard` package, level 19, frames with a content checksum), "lzma" (the
 standard library's xz, preset 9) and "zlib" (level 9). Decoding restores every tensor bit for bit: a stream
@@ -19,13 +23,13 @@ import lzma
 import zlib
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from autocompress.errors import UserError
 
 CODED = ("qweight", "zeros", "mask", "nm_index")
 CODED_SUFFIX = "coded"
+FLOAT_MIN = 4096  # floating-point tensors smaller than this are left as they are
 ZSTD_LEVEL = 19
 
 
@@ -59,25 +63,43 @@ def is_coded(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in CODED
 
 
+def _to_bytes(t: torch.Tensor, planes: bool) -> bytes:
+    """The raw bytes of `t`, byte plane after byte plane when `planes` (module docstring)."""
+    b = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    if planes:
+        b = b.reshape(-1, t.element_size()).t().contiguous()
+    return b.numpy().tobytes()
+
+
+def _from_bytes(raw: bytes, dtype: torch.dtype, shape: list[int], planes: bool) -> torch.Tensor:
+    b = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    size = torch.empty(0, dtype=dtype).element_size()
+    if planes:
+        b = b.reshape(size, -1).t().contiguous()
+    return b.reshape(-1).view(dtype).reshape(shape).clone()
+
+
 def encode(tensors: dict[str, torch.Tensor], coder: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(the tensors with every integer stream coded where that is smaller, the header's "coded" entry); see
-    the module docstring. `tensors` is not modified."""
+    """(the tensors with every integer stream and every floating-point tensor of at least `FLOAT_MIN` values
+    coded where that is smaller, the header's "coded" entry); see the module docstring. `tensors` is not
+    modified."""
     check_coder(coder)
     enc = CODERS[coder][0]
     out: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {}
     for name, t in tensors.items():
-        if not is_coded(name):
+        planes = t.is_floating_point()
+        if not (is_coded(name) or (planes and t.numel() >= FLOAT_MIN)):
             out[name] = t
             continue
-        raw = t.contiguous().numpy().tobytes()
+        raw = _to_bytes(t, planes)
         blob = enc(raw)
         if len(blob) >= len(raw):
             out[name] = t
             continue
         out[f"{name}.{CODED_SUFFIX}"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
         meta[name] = {"coder": coder, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
-                      "bytes": len(raw), "crc32": zlib.crc32(raw)}
+                      "bytes": len(raw), "crc32": zlib.crc32(raw), "planes": planes}
     return out, meta
 
 
@@ -96,13 +118,12 @@ def decode(tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str) -
         try:
             coder, size = m["coder"], int(m["bytes"])
             raw = CODERS[coder][1](stored.numpy().tobytes(), size)
-            dtype, shape, crc = getattr(torch, m["dtype"]), m["shape"], int(m["crc32"])
+            dtype, shape, crc, planes = getattr(torch, m["dtype"]), m["shape"], int(m["crc32"]), bool(m["planes"])
         except Exception as exc:  # each coder raises its own error type for a corrupt stream
             raise bad(f"does not decode ({type(exc).__name__}: {str(exc)[:80]})") from None
         if len(raw) != size or zlib.crc32(raw) != crc:
             raise bad(f"decodes to {len(raw)} bytes that fail the stored length ({size}) or CRC-32 check")
-        array = np.frombuffer(bytearray(raw), dtype=torch.empty(0, dtype=dtype).numpy().dtype)
-        out[name] = torch.from_numpy(array.copy()).reshape(shape)
+        out[name] = _from_bytes(raw, dtype, shape, planes)
     return out
 
 

@@ -38,6 +38,18 @@ def test_encode_decode_is_exact_and_codes_only_integer_streams(coder):
     assert all(back[k].dtype == tensors[k].dtype and back[k].shape == tensors[k].shape for k in tensors)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_floating_point_tensors_are_coded_by_byte_planes_bit_exactly(dtype):
+    w = (torch.randn(96, 128, generator=torch.Generator().manual_seed(2)) * 0.05).to(dtype)
+    w[0, :4] = torch.tensor([float("nan"), float("inf"), -0.0, 0.0])
+    coded, meta = encode({"d.weight": w, "d.bias": torch.zeros(96, dtype=dtype)}, "zstd")
+    assert meta["d.weight"]["planes"] and "d.bias" not in meta  # below FLOAT_MIN values: left as it is
+    assert coded["d.weight.coded"].numel() < w.numel() * w.element_size()  # the exponent plane shrinks
+    back = decode(coded, meta, "x")["d.weight"]
+    assert back.dtype == dtype and back.view(torch.int16 if dtype != torch.float32 else torch.int32).equal(
+        w.view(torch.int16 if dtype != torch.float32 else torch.int32))
+
+
 def test_a_corrupt_or_missing_stream_names_the_tensor():
     coded, meta = encode({"a.weight.qweight": _codes()}, "zlib")
     with pytest.raises(UserError, match="export 'x': the entropy-coded tensor 'a.weight.qweight' is missing"):
