@@ -21,7 +21,7 @@ METRICS = {
     "size_mb": "min", "size_ratio": "min", "latency_ms": "min", "memory_mb": "min", "size_coded_mb": "min",
 }
 # plus latency_ms when the latency model is not `measured`; memory_mb needs a target (batch, seq_len, dtype);
-# size_coded_mb (the packed tensors with their integer streams zstd-coded, export/entropy.py) is measured on the
+# size_coded_mb (the packed tensors zstd-coded, export/entropy.py) is measured on the
 # compressed model by the worker, for every task
 PLAN_METRICS = frozenset({"size_mb", "size_ratio", "memory_mb"})
 TASK_METRICS = {

@@ -9,8 +9,8 @@ Plans: the 36 Linear layers of the 6 encoder blocks; "pruned" is 50% unstructure
 "4-bit" is RTN symmetric with groups of 128 inputs; "kmeans 4-bit" one 16-entry fp16 codebook per matrix
 (`quant_method: kmeans`). Every quantized row also quantizes the word embedding table to 4 bits (RTN, groups of
 128; a table takes no codebook), as Deep Compression compressed every layer. Sizes are the packed export's
-tensor bytes (`plan_size`, equal to what `save_compressed` writes) and, coded, the bytes of the same tensors with
-their integer streams entropy-coded (`export/entropy.py`). Fidelity: mean cosine of mean-pooled embeddings to the
+tensor bytes (`plan_size`, equal to what `save_compressed` writes) and, coded, the bytes of the same tensors
+entropy-coded (`export/entropy.py`: the integer streams, and float tensors by byte planes). Fidelity: mean cosine of mean-pooled embeddings to the
 float model's on `--n-eval` builtin sentences (seed 0), of the model the plan makes (the export reloads it
 bit-identically). Load times: `load_compressed` of the written export, median of 3, on a shared machine.
 """

@@ -88,7 +88,7 @@ def add_run_commands(sub: Any) -> None:
     p.add_argument("--format", default="autocompress", metavar="NAME",  # checked by export.formats.get_format
                    help="export format: autocompress (default; load_compressed), compressed-tensors (transformers, "
                         "vLLM), gguf (llama.cpp)")
-    p.add_argument("--entropy", metavar="CODER", help="code the packed integer streams losslessly: zstd, lzma or "
+    p.add_argument("--entropy", metavar="CODER", help="code the packed tensors losslessly: zstd, lzma or "
                    "zlib (the autocompress format; load_compressed decodes them)")
     p.add_argument("--strict", action="store_true",
                    help="refuse a plan the format would write partly dense or without its sparse saving")

@@ -134,7 +134,7 @@ def coded_bytes(tensors: dict[str, torch.Tensor]) -> int:
 
 def size_coded_mb(model: Any, plan: Any, info: Any, coder: str = "zstd") -> float:
     """The `size_coded_mb` metric: megabytes (1e6 bytes) of the packed tensors of `model` (what `apply_plan`
-    returned for `plan`; `info` the original model's inventory) with their integer streams coded by `coder`, as
+    returned for `plan`; `info` the original model's inventory) coded by `coder` (`encode`), as
     `save_compressed(..., entropy=coder)` stores them. `size_mb` (`plan_size`) stays the uncoded packed size."""
     from autocompress.export.packed import pack_model
 

@@ -87,7 +87,7 @@ def export(source: Any, out_dir: str | os.PathLike, trial: int | None = None, pi
            strict: bool = False, entropy: str | None = None) -> ExportResult:
     """Export a trial of a finished search (module docstring). `progress(message)` is called before each
     long step when given. `entropy` ("zstd", "lzma", "zlib"; the autocompress format only) codes the packed
-    integer streams losslessly (export/entropy.py). Raises `UserError` for an unknown format or coder, a bad run
+    tensors losslessly (export/entropy.py). Raises `UserError` for an unknown format or coder, a bad run
     directory, trial, pick rule or out directory, and a plan the format cannot hold (under `strict`, also one it
     would write partly dense)."""
     from autocompress.export.entropy import check_coder

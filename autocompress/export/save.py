@@ -53,7 +53,7 @@ class ExportReport:
     embedding table.
     `format` is the export format's name; `warnings` one line per layer a format wrote other than the plan says
     (none for this format, which holds every plan). `coded_bytes`: with `entropy`, the tensors' bytes as stored
-    (integer streams coded), else None; `tensor_bytes` is always the uncoded packed size."""
+    (entropy-coded), else None; `tensor_bytes` is always the uncoded packed size."""
 
     out_dir: str
     files: list[str]
@@ -129,7 +129,7 @@ def save_compressed(model: nn.Module, plan: CompressionPlan, info: ModelInfo, ou
     `base_config` (a transformers config) replaces `model.config` in config.json. Raises `UserError` when
     `out_dir` is a file or the model has no config, ValueError when the model does not realize the plan. `strict`
     changes nothing here: this format holds every plan. `entropy` ("zstd", "lzma", "zlib" or None) codes the
-    packed integer streams losslessly (`entropy.py`); `load_compressed` decodes them bit-exactly."""
+    packed tensors losslessly (`entropy.py`); `load_compressed` decodes them bit-exactly."""
     from safetensors.torch import save_file
 
     check_coder(entropy)
