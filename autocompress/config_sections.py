@@ -252,7 +252,10 @@ class PrunerSection(_Strict):
                 raise ValueError(f"{k} must be an integer >= 1 or 'auto'")
         if self.metric is not None:
             _check_metric(self.metric)
-            if self.metric in PLAN_METRICS or self.metric in ("latency_ms", "size_coded_mb"):
+            if self.metric == "size_coded_mb":
+                raise ValueError("metric 'size_coded_mb' is a size, known once a trial is done; a pruner needs a "
+                                 "quality metric such as fidelity, perplexity or accuracy")
+            if self.metric in PLAN_METRICS or self.metric == "latency_ms":
                 raise ValueError(f"metric {self.metric!r} is decided by the plan; a pruner needs a quality metric "
                                  "such as fidelity, perplexity or accuracy")
         return self
