@@ -316,7 +316,7 @@ class SearchConfig(_Strict):
 
     def check_task(self, task: str) -> None:
         """Raise `UserError` if an objective or constraint names a metric this task cannot produce."""
-        available = TASK_METRICS[task] | PLAN_METRICS | ({"latency_ms"} if self.target else set())
+        available = TASK_METRICS[task] | PLAN_METRICS | {"size_coded_mb"} | ({"latency_ms"} if self.target else set())
         used = [parse_objective(o)[1] for o in self.objectives] + [parse_constraint(c)[0] for c in self.constraints]
         for metric in used:
             if metric == "latency_ms" and not self.target:

@@ -18,9 +18,11 @@ METRICS = {
     "fidelity": "max", "fidelity_min": "max", "topk_agreement": "max",
     "perplexity": "min", "perplexity_ratio": "min", "nll": "min", "accuracy": "max",
     "kl": "min", "kl_p99": "min", "top1_agreement": "max",
-    "size_mb": "min", "size_ratio": "min", "latency_ms": "min", "memory_mb": "min",
+    "size_mb": "min", "size_ratio": "min", "latency_ms": "min", "memory_mb": "min", "size_coded_mb": "min",
 }
-# plus latency_ms when the latency model is not `measured`; memory_mb needs a target (batch, seq_len, dtype)
+# plus latency_ms when the latency model is not `measured`; memory_mb needs a target (batch, seq_len, dtype);
+# size_coded_mb (the packed tensors zstd-coded, export/entropy.py) is measured on the
+# compressed model by the worker, for every task
 PLAN_METRICS = frozenset({"size_mb", "size_ratio", "memory_mb"})
 TASK_METRICS = {
     "embedding": {"fidelity", "fidelity_min", "topk_agreement"},
@@ -90,7 +92,7 @@ class QuantizeSpace(_GroupedBits):
     bits: list[Literal[2, 3, 4, 5, 6, 7, 8] | None] = Field([4, 8, None], min_length=1)
     group_size: GroupSizes = Field([128], min_length=1)
     symmetric: list[bool] = Field([True], min_length=1)
-    method: list[Literal["rtn", "gptq"]] = Field(["rtn"], min_length=1)
+    method: list[Literal["rtn", "gptq", "kmeans"]] = Field(["rtn"], min_length=1)
     act_bits: list[Literal[8] | None] = Field([None], min_length=1)
     smooth: list[float | None] = Field([None], min_length=1, description="SmoothQuant migration strengths in "
                                        "(0, 1], null for none; drawn only for units with act_bits 8")
@@ -286,6 +288,9 @@ class PrunerSection(_Strict):
                 raise ValueError(f"{k} must be an integer >= 1 or 'auto'")
         if self.metric is not None:
             _check_metric(self.metric)
+            if self.metric == "size_coded_mb":
+                raise ValueError("metric 'size_coded_mb' is a size, known once a trial is done; a pruner needs a "
+                                 "quality metric such as fidelity, perplexity or accuracy")
             if self.metric in PLAN_METRICS or self.metric == "latency_ms":
                 raise ValueError(f"metric {self.metric!r} is decided by the plan; a pruner needs a quality metric "
                                  "such as fidelity, perplexity or accuracy")
@@ -310,4 +315,12 @@ class SpaceSection(_Strict):
                     self.vocab, self.depth)):
             raise ValueError("the search space is empty; add at least one of quantize, embeddings, prune, "
                              "structured, lowrank, kv_cache, vocab, depth")
+        return self
+
+    @model_validator(mode="after")
+    def _kmeans_without_distill(self) -> "SpaceSection":
+        if self.quantize is not None and "kmeans" in self.quantize.method and self.distill is not None \
+                and any(s > 0 for s in self.distill.choices("steps")):
+            raise ValueError("space.quantize.method kmeans with space.distill: distillation keeps weights on the "
+                             "integer grid only, not on a codebook; drop kmeans or space.distill")
         return self

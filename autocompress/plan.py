@@ -22,7 +22,7 @@ from autocompress.kvcache.plan import KVCachePlan
 from autocompress.vocab.plan import VocabPlan
 
 PLAN_VERSION = 1
-QUANT_METHODS = ("rtn", "gptq")
+QUANT_METHODS = ("rtn", "gptq", "kmeans")
 PRUNE_METHODS = ("magnitude", "wanda")
 RANK_METHODS = ("svd", "whitened")
 MAX_SPARSITY = 0.95
@@ -46,7 +46,10 @@ class LayerPlan:
       bits: 2..8, or None to keep the layer's weights in their original dtype.
       group_size: input channels per scale; None means one scale per output channel.
       symmetric: symmetric grid (zero at 0) or asymmetric (min/max with an integer zero point).
-      quant_method: "rtn" (round to nearest) or "gptq" (error-correcting, needs calibration data).
+      quant_method: "rtn" (round to nearest), "gptq" (error-correcting, needs calibration data) or "kmeans"
+        (weight clustering, policies/kmeans.py: 2^bits float16 centroids per codebook, each weight stored as a
+        bits-wide index; group_size then counts output rows per codebook, None = one codebook per matrix;
+        symmetric does not apply and is kept true; no gguf_type, no distillation).
       act_bits: 8 for dynamic per-token int8 activations (W8A8), or None to keep activations as they are.
       smooth: SmoothQuant's migration strength alpha in (0, 1], or None: before quantization each input
         channel j of the layer is divided by s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) (from calibration
@@ -83,6 +86,8 @@ class LayerPlan:
     def __post_init__(self) -> None:
         if self.gguf_type is not None:
             _apply_gguf_type(self)
+        if self.quant_method == "kmeans":
+            object.__setattr__(self, "symmetric", True)  # a codebook has no symmetry
         _check_layer_plan(self)
         object.__setattr__(self, "sparsity", float(self.sparsity))
         if self.smooth is not None:
@@ -152,6 +157,9 @@ def _check_layer_plan(p: LayerPlan) -> None:
         bad(f"symmetric={p.symmetric!r} must be true or false")
     if p.quant_method not in QUANT_METHODS:
         bad(f"quant_method={p.quant_method!r} is unknown; use one of {', '.join(QUANT_METHODS)}")
+    if p.quant_method == "kmeans" and p.gguf_type is not None:
+        bad(f"quant_method=kmeans with gguf_type {p.gguf_type}: ggml blocks are a uniform grid, not a codebook; "
+            "drop one of them")
     if p.act_bits not in (None, 8):
         bad(f"act_bits={p.act_bits!r} is not supported; use 8 (dynamic int8 activations) or null")
     if p.smooth is not None:
@@ -249,6 +257,10 @@ class CompressionPlan:
         if self.distill is not None and ggml is not None:
             raise UserError(f"plan layer {ggml!r} has gguf_type {kept[ggml].gguf_type}, and distillation keeps "
                             "weights on the integer grid only; drop distill or the layer's gguf_type")
+        books = next((k for k, v in kept.items() if v.bits is not None and v.quant_method == "kmeans"), None)
+        if self.distill is not None and books is not None:
+            raise UserError(f"plan layer {books!r} has quant_method kmeans, and distillation keeps weights on the "
+                            "integer grid only; drop distill or use quant_method rtn or gptq on that layer")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CompressionPlan):

@@ -92,6 +92,9 @@ def _check_embedding(name: str, entry: LayerPlan, info: ModelInfo) -> None:
     if extra:
         raise UserError(f"plan layer {name!r} is an embedding table; it takes only bits, group_size and "
                         f"symmetric (drop {', '.join(extra)})")
+    if entry.quant_method == "kmeans":
+        raise UserError(f"plan layer {name!r} is an embedding table; quant_method kmeans (a codebook) is stored "
+                        "for Linear layers only: use rtn on the table")
     if entry.quant_method != "rtn":
         raise UserError(f"plan layer {name!r} is an embedding table; quant_method {entry.quant_method!r} needs "
                         "a Linear's input statistics: use rtn")

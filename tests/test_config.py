@@ -134,3 +134,10 @@ def test_memory_mb_is_a_plan_metric_that_needs_a_target():
         cfg(**where, target={"profile": "cpu-local", "seq_len": 2048}).check_task(task)
     with pytest.raises(UserError, match="decided by the plan"):
         cfg(pruner={"name": "median", "metric": "memory_mb"})
+
+
+def test_size_coded_mb_is_a_metric_of_every_task_but_not_a_pruner_metric():
+    for task in ("embedding", "causal-lm", "sequence-classification"):
+        cfg(objectives=["minimize size_coded_mb"], constraints=["size_coded_mb <= 5"]).check_task(task)
+    with pytest.raises(UserError, match="'size_coded_mb' is a size.*needs a quality metric"):
+        cfg(pruner={"name": "median", "metric": "size_coded_mb"})

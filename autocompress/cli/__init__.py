@@ -6,7 +6,7 @@
   autocompress search CONFIG.yaml [--trials N] [--backend local|ray] [--workers N] [--run-dir DIR] [--json]
   autocompress auto MODEL [--target DEVICE] [--max-drop 0.01] [--trials N] [--run-dir DIR]
   autocompress export RUN_DIR [--trial N | --pick RULE] --out DIR [--format autocompress|compressed-tensors|gguf]
-                      [--strict] [--force]
+                      [--entropy zstd|lzma|zlib] [--strict] [--force]
   autocompress report RUN_DIR [--out DIR]
   autocompress ui [RUN_DIR] [--tracking-uri URI] [--host 127.0.0.1] [--port 5000]
   autocompress latency calibrate --model MODEL --out PROFILE.yaml [--device cpu|cuda] [--batch 1] [--seq-len 128]

@@ -1,6 +1,7 @@
 """The commands that start from a search's run directory: `export`, `report` and `ui`.
 
-  autocompress export RUN_DIR [--trial N | --pick RULE] --out DIR [--format NAME] [--strict] [--force] [--json]
+  autocompress export RUN_DIR [--trial N | --pick RULE] --out DIR [--format NAME] [--entropy CODER] [--strict]
+                      [--force] [--json]
   autocompress report RUN_DIR [--out DIR] [--pick RULE | --trial N]
   autocompress ui [RUN_DIR] [--tracking-uri URI] [--host 127.0.0.1] [--port 5000] [--dashboard-port 8080]
 
@@ -31,7 +32,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             err.print(f"[dim]{message}...[/dim]")
 
     result = export(args.run_dir, args.out, trial=args.trial, pick=args.pick, force=args.force, progress=progress,
-                    format=args.format, strict=args.strict)
+                    format=args.format, strict=args.strict, entropy=args.entropy)
     for line in result.warnings:
         err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     if args.json:
@@ -87,6 +88,8 @@ def add_run_commands(sub: Any) -> None:
     p.add_argument("--format", default="autocompress", metavar="NAME",  # checked by export.formats.get_format
                    help="export format: autocompress (default; load_compressed), compressed-tensors (transformers, "
                         "vLLM), gguf (llama.cpp)")
+    p.add_argument("--entropy", metavar="CODER", help="code the packed tensors losslessly: zstd, lzma or "
+                   "zlib (the autocompress format; load_compressed decodes them)")
     p.add_argument("--strict", action="store_true",
                    help="refuse a plan the format would write partly dense or without its sparse saving")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")

@@ -15,6 +15,9 @@ The packed format counted here (an exporter writes exactly this):
     layer, one fp16 minimum: ggml's block of 32, e.g. Q4_0 18 bytes, Q4_1 20, Q8_0 34). Groups per row:
     ceil(cols / group_size), or 1 when group_size is None (per output channel). Without bits each value
     takes `dtype_bytes` and there are no scales.
+  - A clustered matrix (quant_method kmeans, policies/kmeans.py) holds the same packed indices at b bits per
+    value and, instead of scales, its fp16 codebooks: 2^b values (2 bytes each) per group of group_size output
+    rows (one codebook when group_size is None).
   - Unstructured sparsity s: each row keeps cols - round(s * cols) values, stored as the kept values plus a
     bitmask of ceil(rows * cols / 8) bytes. N:M: in each row the first (cols // M) * M columns keep N of
     every M, the tail cols % M stays dense; the N:M part adds ceil(log2(M)) index bits per kept value
@@ -77,6 +80,9 @@ def _value_bytes(count: int, entry: LayerPlan | None, dtype_bytes: int) -> int:
 def _scale_bytes(rows: int, cols: int, entry: LayerPlan | None) -> int:
     if entry is None or entry.bits is None:
         return 0
+    if entry.quant_method == "kmeans":  # fp16 codebooks of 2^bits values per group of output rows
+        books = 1 if entry.group_size is None else math.ceil(rows / entry.group_size)
+        return books * 2 ** entry.bits * 2
     per_row = 1 if entry.group_size is None else math.ceil(cols / entry.group_size)
     if entry.gguf_type is not None:  # ggml blocks: an fp16 scale, and an fp16 minimum for the *_1 types
         return rows * per_row * (2 if entry.symmetric else 4)

@@ -70,6 +70,10 @@ def _refusals(plan: CompressionPlan, info: ModelInfo) -> list[str]:
             out.append(f"{name}: its removed {kind} cannot be written in compressed-tensors (a {info.model_type} "
                        f"config.json has one {kind[:-1]} count for every block); export it with --format "
                        "autocompress, or search without structured pruning")
+        elif entry.bits is not None and entry.quant_method == "kmeans":
+            out.append(f"{name}: a clustered (quant_method kmeans) layer cannot be written in compressed-tensors "
+                       "(it holds integer grids, not codebooks); export it with --format autocompress, or use "
+                       "quant_method rtn or gptq")
         elif entry.smooth is not None:
             out.append(f"{name}: a smoothed (SmoothQuant) layer cannot be written in compressed-tensors (it cannot "
                        "divide a layer's input by a vector); export it with --format autocompress, or search "

@@ -25,7 +25,8 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +84,22 @@ def _check_out_dir(out: Path, force: bool) -> None:
 
 def export(source: Any, out_dir: str | os.PathLike, trial: int | None = None, pick: str | None = None,
            force: bool = False, log: bool = True, progress: Any = None, format: str = DEFAULT_FORMAT,
-           strict: bool = False) -> ExportResult:
+           strict: bool = False, entropy: str | None = None) -> ExportResult:
     """Export a trial of a finished search (module docstring). `progress(message)` is called before each
-    long step when given. Raises `UserError` for an unknown format, a bad run directory, trial, pick rule or
-    out directory, and a plan the format cannot hold (under `strict`, also one it would write partly dense)."""
+    long step when given. `entropy` ("zstd", "lzma", "zlib"; the autocompress format only) codes the packed
+    tensors losslessly (export/entropy.py). Raises `UserError` for an unknown format or coder, a bad run
+    directory, trial, pick rule or out directory, and a plan the format cannot hold (under `strict`, also one it
+    would write partly dense)."""
+    from autocompress.export.entropy import check_coder
     from autocompress.search.rundir.reader import RunDir
 
     fmt = get_format(format)
+    check_coder(entropy)
+    if entropy is not None:
+        if fmt.name != DEFAULT_FORMAT:
+            raise UserError(f"--entropy codes the {DEFAULT_FORMAT} format's packed streams, not {fmt.name}'s; drop "
+                            f"--entropy or export with --format {DEFAULT_FORMAT}")
+        fmt = replace(fmt, write=partial(fmt.write, entropy=entropy))
     say = progress or (lambda message: None)
     run = RunDir.open(getattr(source, "run_dir", source))
     chosen = run.choose(trial, pick)

@@ -67,6 +67,8 @@ def _why_not(entry: LayerPlan) -> tuple[str | None, str | None]:
         return "int8 activations (act_bits; GGUF stores weights, llama.cpp runs its own activations)", None
     if entry.gguf_type is not None:
         return None, None
+    if entry.bits is not None and entry.quant_method == "kmeans":
+        return "a codebook (quant_method kmeans; ggml's types hold uniform grids)", None
     if entry.bits is not None and not whole_blocks(entry):
         return f"group_size {entry.group_size} (GGUF blocks are 32 inputs)", None
     if entry.bits is not None and int_grid_type(entry) is None:

@@ -25,6 +25,7 @@ from torch import nn
 from autocompress.errors import UserError
 from autocompress.export import kernels as K
 from autocompress.export.embedding import PackedEmbedding
+from autocompress.export.entropy import decode
 from autocompress.export.matrix import unpack_int
 from autocompress.export.packed import SUFFIXES, PackedModel, smoothing_vectors, unpack_state_dict, weight_parts
 from autocompress.export.save import FORMAT_NAME, FORMAT_VERSION, unmark_config
@@ -81,7 +82,8 @@ def read_export(path: str) -> dict[str, Any]:
 
 
 def read_packed(path: str) -> PackedModel:
-    """The tensors and metadata of model.safetensors in `path`; `UserError` if it is corrupt or truncated."""
+    """The tensors and metadata of model.safetensors in `path`, entropy-coded streams decoded (`entropy.py`);
+    `UserError` if it is corrupt or truncated, or a coded stream does not decode (naming the tensor)."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
@@ -94,9 +96,12 @@ def read_packed(path: str) -> PackedModel:
         dtype = header["dtype"]
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}")
+        coded = json.loads(header.get("coded", "{}"))
     except (SafetensorError, OSError, KeyError, ValueError) as exc:
         raise UserError(f"export {path!r}: model.safetensors is corrupt or truncated ({str(exc)[:120]}); "
                         "export the model again") from None
+    if coded:
+        tensors = decode(tensors, coded, path)
     return PackedModel(tensors, layers, tied, dtype)
 
 
@@ -158,7 +163,7 @@ def _apply_kernels(model: nn.Module, packed: PackedModel) -> dict[str, str]:
     for name, record in packed.layers.items():
         for prefix, module in weight_parts(model, name):
             meta = record["matrices"][f"{prefix}.weight"]
-            if meta["bits"] is None:
+            if meta["bits"] is None or meta.get("quant_method") == "kmeans":  # no kernel: dequantized at load
                 continue
             parts = {s: packed.tensors[f"{prefix}.weight.{s}"] for s in SUFFIXES
                      if f"{prefix}.weight.{s}" in packed.tensors}

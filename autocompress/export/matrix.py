@@ -5,6 +5,8 @@ Packed tensors of one matrix, by suffix (the caller prefixes them with the param
   qweight  uint8  the integers q - qmin of the stored values, bit-packed at `bits` (`packing.pack_bits`);
                   symmetric q in [-(2^(b-1)-1), 2^(b-1)-1] is stored offset to q + 2^(b-1)-1
   scales   fp16   [rows, groups] (quantized only)
+  codebook fp16   [books, 2^bits] (quant_method kmeans, instead of scales: qweight then holds centroid indices;
+                  policies/kmeans.py)
   zeros    uint8  [rows, groups] (quantized and asymmetric only)
   values   dtype  the stored values themselves (sparse and not quantized)
   mask     uint8  the bitmask of kept weights, row-major (layout "bitmask")
@@ -28,6 +30,7 @@ from autocompress.errors import UserError
 from autocompress.evaluators.size import matrix_bytes
 from autocompress.export import packing
 from autocompress.plan import LayerPlan
+from autocompress.policies.kmeans import Codebook, codebook_indices, codebook_values, codebook_violation
 from autocompress.policies.quantize import QuantGrid, dequantize, qrange, quantize_int
 
 
@@ -66,6 +69,13 @@ def _check_grid(grid: QuantGrid | None, entry: LayerPlan, shape: tuple[int, int]
     return grid
 
 
+def _check_codebook(w: torch.Tensor, book: Codebook | None, entry: LayerPlan, where: str) -> Codebook:
+    why = codebook_violation(w, entry, book)
+    if why is not None:
+        raise ValueError(f"{where}: {why}; export the model that apply_plan returned")
+    return book
+
+
 def pack_matrix(w: torch.Tensor, entry: LayerPlan | None, grid: QuantGrid | None, dtype_bytes: int,
                 sparse: bool = True, where: str = "weight") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors by suffix, metadata) of the [rows, cols] weight `w` under `entry`; the layout is the one
@@ -81,7 +91,13 @@ def pack_matrix(w: torch.Tensor, entry: LayerPlan | None, grid: QuantGrid | None
     if entry is not None and entry.gguf_type is not None:
         raise UserError(f"{where} is on ggml's {entry.gguf_type} grid (gguf_type), which this format does not "
                         "store; export it with --format gguf")
-    if bits is not None:
+    if bits is not None and entry.quant_method == "kmeans":
+        book = _check_codebook(w, grid, entry, where)
+        idx = codebook_indices(w, book)
+        out["qweight"] = packing.pack_bits(idx if mask is None else idx[mask], bits)
+        out["codebook"] = book.centroids.to(torch.float16).contiguous()
+        meta.update(group_size=book.group_size, symmetric=True, quant_method="kmeans")
+    elif bits is not None:
         grid = _check_grid(grid, entry, (rows, cols), where)
         q = quantize_int(w, grid.scale, grid.zero, bits, grid.group_size, grid.symmetric)
         if not torch.equal(dequantize(q, grid.scale, grid.zero, grid.group_size).to(w.dtype), w):
@@ -147,6 +163,8 @@ def unpack_matrix(tensors: dict[str, torch.Tensor], meta: dict[str, Any], dtype:
     """The weight [rows, cols] in `dtype` of a packed matrix: quantized ones dequantized as
     (q - zero) * scale in float32 then cast; sparse ones with zeros where the mask drops."""
     rows, cols = meta["shape"]
+    if meta.get("quant_method") == "kmeans":
+        return unpack_codebook(tensors, meta).to(dtype)
     if meta["bits"] is not None:
         q, grid = unpack_int(tensors, meta)
         return dequantize(q, grid.scale, grid.zero, grid.group_size).to(dtype)
@@ -154,3 +172,18 @@ def unpack_matrix(tensors: dict[str, torch.Tensor], meta: dict[str, Any], dtype:
     w = torch.zeros(rows, cols, dtype=dtype)
     w[mask] = tensors["values"].to(dtype)
     return w
+
+
+def unpack_codebook(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
+    """The float32 weight [rows, cols] of a clustered (kmeans) packed matrix: each stored index's centroid,
+    0 where the mask drops the weight."""
+    rows, cols = meta["shape"]
+    book = Codebook(meta["bits"], meta["group_size"], tensors["codebook"].float())
+    mask = unpack_mask(tensors, meta)
+    n = rows * cols if mask is None else int(mask.sum())
+    stored = packing.unpack_bits(tensors["qweight"], meta["bits"], n)
+    if mask is None:
+        return codebook_values(stored.reshape(rows, cols), book)
+    idx = torch.zeros(rows, cols, dtype=torch.int32)
+    idx[mask] = stored.to(torch.int32)
+    return torch.where(mask, codebook_values(idx, book), torch.zeros(()))

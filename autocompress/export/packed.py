@@ -34,7 +34,7 @@ from autocompress.plan import CompressionPlan
 from autocompress.policies.quantize import GRID_ATTR
 from autocompress.policies.smooth import SMOOTH_ATTR
 
-SUFFIXES = ("qweight", "scales", "zeros", "values", "mask", "nm_index")
+SUFFIXES = ("qweight", "scales", "zeros", "codebook", "values", "mask", "nm_index")
 SMOOTH_SUFFIX = "smooth_scales"
 
 

@@ -1,10 +1,12 @@
 """`save_compressed`: write a compressed model as a self-contained packed export directory (the `autocompress`
 export format; `FORMAT` registers it in `formats.py`).
 
-The directory (FORMAT_VERSION 4; version 2 added packed embedding tables, version 3 the smoothing vectors of
-smoothed layers, version 4 the marked config.json; versions 1 to 3 still load):
+The directory (FORMAT_VERSION 5; version 2 added packed embedding tables, version 3 the smoothing vectors of
+smoothed layers, version 4 the marked config.json, version 5 k-means codebooks and entropy-coded streams;
+versions 1 to 4 still load):
   model.safetensors  every tensor (see `packed.py`), the per-layer metadata as JSON in `__metadata__`
-                     ("format", "format_version", "dtype", "layers", "tied")
+                     ("format", "format_version", "dtype", "layers", "tied", and "coded" when the integer
+                     streams are entropy-coded: `entropy.py`)
   config.json        the original model config (the policies never change `model.config`), marked: its
                      `model_type` is `MARKER`, which transformers does not know, so that a plain
                      `from_pretrained` fails with a message naming `autocompress.export.load_compressed`
@@ -35,13 +37,14 @@ from torch import nn
 
 from autocompress.depth.reduce import reduced
 from autocompress.evaluators.size import plan_size
+from autocompress.export.entropy import check_coder, coded_bytes, encode
 from autocompress.export.formats import ExportFormat, write_side_files, writer_target
 from autocompress.export.packed import PackedModel, pack_model
 from autocompress.models import ModelInfo
 from autocompress.plan import CompressionPlan
 
 FORMAT_NAME = "autocompress.packed"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 MARKER = "autocompress-packed (not a plain transformers checkpoint: load it with autocompress.export.load_compressed)"
 ORIGINAL_TYPE_KEY = "autocompress_model_type"
 FILES = ("model.safetensors", "config.json", "plan.json", "README.md", "export.json")
@@ -54,7 +57,8 @@ class ExportReport:
     safetensors header. `per_layer` and `formats` are the stored bytes and layout of each Linear layer and
     embedding table.
     `format` is the export format's name; `warnings` one line per layer a format wrote other than the plan says
-    (none for this format, which holds every plan)."""
+    (none for this format, which holds every plan). `coded_bytes`: with `entropy`, the tensors' bytes as stored
+    (entropy-coded), else None; `tensor_bytes` is always the uncoded packed size."""
 
     out_dir: str
     files: list[str]
@@ -66,6 +70,7 @@ class ExportReport:
     differences: list[str] = field(default_factory=list)
     format: str = "autocompress"
     warnings: list[str] = field(default_factory=list)
+    coded_bytes: int | None = None
 
     @property
     def file_ratio(self) -> float:
@@ -122,13 +127,17 @@ def _write_text(path: str, text: str) -> None:
 
 
 def save_compressed(model: nn.Module, plan: CompressionPlan, info: ModelInfo, out_dir: str, tokenizer: Any = None,
-                    base_config: Any = None, card: str | None = None, strict: bool = False) -> ExportReport:
+                    base_config: Any = None, card: str | None = None, strict: bool = False,
+                    entropy: str | None = None) -> ExportReport:
     """Write `model` (what `apply_plan(model, plan, info=info)` returned; `info` is the ORIGINAL model's
     inventory) to `out_dir` in the packed format (see the module docstring) and return the `ExportReport`.
     `base_config` (a transformers config) replaces `model.config` in config.json. Raises `UserError` when
     `out_dir` is a file or the model has no config, ValueError when the model does not realize the plan. `strict`
-    changes nothing here: this format holds every plan."""
+    changes nothing here: this format holds every plan. `entropy` ("zstd", "lzma", "zlib" or None) codes the
+    packed tensors losslessly (`entropy.py`); `load_compressed` decodes them bit-exactly."""
     from safetensors.torch import save_file
+
+    check_coder(entropy)
 
     out_dir, config = writer_target(model, out_dir, base_config)
     sizes, dropped = plan_size(plan, info), plan.drop_blocks
@@ -141,7 +150,11 @@ def save_compressed(model: nn.Module, plan: CompressionPlan, info: ModelInfo, ou
     header = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "dtype": packed.dtype,
               "layers": json.dumps(packed.layers, sort_keys=True), "tied": json.dumps(packed.tied, sort_keys=True)}
     weights = os.path.join(out_dir, "model.safetensors")
-    save_file(packed.tensors, weights + ".tmp", metadata=header)
+    stored = packed.tensors
+    if entropy is not None:
+        stored, coded = encode(packed.tensors, entropy)
+        header["coded"] = json.dumps(coded, sort_keys=True)
+    save_file(stored, weights + ".tmp", metadata=header)
     os.replace(weights + ".tmp", weights)
     write_side_files(out_dir, model, config, tokenizer)
     mark_config(os.path.join(out_dir, "config.json"))
@@ -156,6 +169,8 @@ def save_compressed(model: nn.Module, plan: CompressionPlan, info: ModelInfo, ou
         "predicted_other_bytes": sizes.other_bytes, "differences": diffs, "tied": packed.tied,
         "layers": {n: {k: v for k, v in r.items() if k != "matrices"} for n, r in packed.layers.items()},
     }
+    if entropy is not None:
+        report.update(entropy=entropy, coded_bytes=coded_bytes(stored), size_coded_mb=coded_bytes(stored) / 1e6)
     if plan.kv_cache is not None:  # not stored: the cache is quantized at run time (load_compressed restores it)
         report["kv_cache"] = plan.kv_cache.to_dict()
     if plan.vocab is not None:  # the kept rows are stored, and the id map (vocab/export.py)
@@ -167,7 +182,8 @@ def save_compressed(model: nn.Module, plan: CompressionPlan, info: ModelInfo, ou
     return ExportReport(out_dir=str(out_dir), files=sorted(os.listdir(out_dir)), tensor_bytes=packed.tensor_bytes,
                         predicted_bytes=sizes.total_bytes, file_bytes=report["file_bytes"],
                         per_layer={n: r["bytes"] for n, r in packed.layers.items()},
-                        formats={n: r["layout"] for n, r in packed.layers.items()}, differences=diffs)
+                        formats={n: r["layout"] for n, r in packed.layers.items()}, differences=diffs,
+                        coded_bytes=report.get("coded_bytes"))
 
 
 def _load_dequantized(path: str, task: str) -> nn.Module:

@@ -157,6 +157,10 @@ def _gptq(w: torch.Tensor, entry: LayerPlan, gram: torch.Tensor | None) -> tuple
 
 _rtn.needs_gram, _gptq.needs_gram = False, True
 
+from autocompress.policies.kmeans import quantize_kmeans  # noqa: E402  (a codebook, not a grid: kmeans.py)
+
+QUANTIZERS.register("kmeans")(quantize_kmeans)
+
 
 def fake_quant_act_int8(x: torch.Tensor) -> torch.Tensor:
     """Dynamic symmetric int8 fake quantization per token (last dim): scale = absmax / 127, q in [-127, 127]."""

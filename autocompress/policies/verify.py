@@ -23,6 +23,10 @@ def _grid_violation(module: nn.Module, w: torch.Tensor, entry: LayerPlan) -> str
     float16-exact scale and one integer zero point in the grid's range (0 when symmetric) per row and group,
     and every weight must equal dequantize(quantize_int(w)) on it, in w's dtype: what the exporter packs."""
     grid = getattr(module, GRID_ATTR, None)
+    if entry.quant_method == "kmeans":
+        from autocompress.policies.kmeans import codebook_violation
+
+        return codebook_violation(w, entry, grid)
     if not isinstance(grid, QuantGrid):
         return "quantized by the plan but has no recorded grid (_autocompress_grid)"
     if entry.gguf_type is not None or grid.gguf_type is not None:

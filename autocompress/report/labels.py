@@ -27,6 +27,7 @@ METRIC_LABELS: dict[str, tuple[str, str]] = {
     "size_ratio": ("size ratio", "packed / original"),
     "latency_ms": ("latency", "ms"),
     "memory_mb": ("memory", "MB, packed weights + KV cache"),
+    "size_coded_mb": ("entropy-coded size", "MB, packed tensors zstd-coded"),
 }
 # metrics that sit near 1 and differ in the 4th-6th digit: printed with more digits
 _NEAR_ONE = {"fidelity", "fidelity_min", "topk_agreement", "accuracy", "perplexity_ratio", "top1_agreement"}

@@ -8,7 +8,7 @@ policies/ggml.py), so the GGUF file exported from any trial is the model that tr
               (GGUF has no asymmetric 8-bit weight type), so symmetric is not drawn there;
   group_size  32 (ggml's block), whatever the space says;
   act_bits, smooth   null: GGUF stores weights, not activation formats;
-  method      rtn or gptq as the space says (both round onto the ggml grid);
+  method      rtn or gptq as the space says (both round onto the ggml grid; kmeans is refused);
   layers      only those whose inputs are a multiple of 32 (ggml's rows are whole blocks); others stay dense.
 The same holds for `space.embeddings` (bits, symmetric; group_size 32). `space.prune`, `space.structured`,
 `space.lowrank` and a `space.distill` with steps are refused: a GGUF of the model's architecture holds
@@ -35,6 +35,9 @@ def check_space(space: Any, fmt: str | None) -> None:
         if getattr(space, section) is not None:
             raise ValueError(f"target.format gguf: space.{section} proposes plans a GGUF file cannot hold; remove "
                              f"space.{section}, or target.format to search the other formats")
+    if space.quantize is not None and "kmeans" in space.quantize.method:
+        raise ValueError("target.format gguf: space.quantize.method kmeans proposes codebooks, which ggml's block "
+                         "types cannot hold; use rtn or gptq, or drop target.format")
     if space.distill is not None and any(s > 0 for s in space.distill.choices("steps")):
         raise ValueError("target.format gguf: space.distill moves weights off ggml's block grid; remove "
                          "space.distill (or set its steps to 0)")

@@ -1,5 +1,5 @@
-"""Compressed random models exported once per session: every layout, RTN and GPTQ, sym and asym, quantized
-embedding tables, and smoothed (SmoothQuant) W8A8 layers."""
+"""Compressed random models exported once per session: every layout, RTN, GPTQ and k-means codebooks, sym and
+asym, quantized embedding tables, and smoothed (SmoothQuant) W8A8 layers."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ PLANS = {
         f"{B}.1.attention.self.key": LayerPlan(sparsity=0.5, bits=8, group_size=None),
         f"{B}.1.output.dense": LayerPlan(pattern="2:4"),
         f"{B}.1.attention.output.dense": LayerPlan(act_bits=8),
+        f"{B}.1.intermediate.dense": LayerPlan(bits=3, group_size=16, quant_method="kmeans"),  # rows pruned
         "embeddings.word_embeddings": LayerPlan(bits=4, group_size=32),
         "embeddings.position_embeddings": LayerPlan(bits=8, group_size=None, symmetric=False),
     },
@@ -40,6 +41,7 @@ PLANS = {
         "transformer.h.1.attn": LayerPlan(sparsity=0.25, pattern="structured"),
         "transformer.h.1.mlp": LayerPlan(sparsity=0.25, pattern="structured"),
         "transformer.h.1.attn.c_attn": LayerPlan(rank=0.25),
+        "transformer.h.1.mlp.c_fc": LayerPlan(sparsity=0.5, bits=4, group_size=None, quant_method="kmeans"),  # Conv1D
         "transformer.h.1.attn.c_proj": LayerPlan(bits=8, group_size=None, act_bits=8, smooth=0.5),  # Conv1D, pruned
         "lm_head": LayerPlan(bits=4, group_size=32),  # tied to transformer.wte
         "transformer.wpe": LayerPlan(bits=3, group_size=16),
@@ -55,6 +57,8 @@ PLANS = {
         "model.layers.1.mlp": LayerPlan(sparsity=0.25, pattern="structured"),
         "model.layers.1.self_attn": LayerPlan(sparsity=0.5, pattern="structured"),
         "model.layers.1.mlp.down_proj": LayerPlan(rank=0.25, bits=8, group_size=None, act_bits=8),
+        "model.layers.1.self_attn.o_proj": LayerPlan(rank=0.25, bits=4, quant_method="kmeans"),
+        "model.layers.1.mlp.gate_proj": LayerPlan(pattern="2:4", bits=3, quant_method="kmeans", act_bits=8),
         "lm_head": LayerPlan(bits=8, group_size=None),
         "model.embed_tokens": LayerPlan(bits=5, group_size=64, symmetric=False),
     },

@@ -180,6 +180,7 @@ def test_an_encoder_loads_with_automodel_and_keeps_its_fidelity(tmp_path):
     ({f"{L}.0.mlp.down_proj": LayerPlan(rank=0.25, act_bits=8)}, False, "int8 activations on a layer"),
     ({f"{L}.0.mlp.up_proj": LayerPlan(pattern="2:4")}, True, "--strict: model.layers.0.mlp.up_proj: sparse"),
     ({f"{L}.0.mlp.up_proj": LayerPlan(bits=4, symmetric=False)}, True, "--strict: .*asymmetric"),
+    ({f"{L}.0.mlp.up_proj": LayerPlan(bits=4, quant_method="kmeans")}, False, "clustered .*kmeans.* cannot be"),
 ])
 def test_plans_the_format_cannot_hold_are_refused_before_anything_is_written(tmp_path, layers, strict, message):
     lm = load_model("random:llama")

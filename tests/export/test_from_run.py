@@ -197,6 +197,8 @@ def test_export_as_compressed_tensors_logs_the_format_and_measures_it_through_tr
     (["--format", "onnx"], "--format 'onnx' is unknown; use one of: autocompress, compressed-tensors, gguf"),
     (["--format", "compressed-tensors", "--strict"],
      "--strict: model.layers.0.self_attn.q_proj: sparse (unstructured)"),
+    (["--entropy", "brotli"], "entropy='brotli' is unknown; use one of zstd, lzma, zlib"),
+    (["--format", "gguf", "--entropy", "zstd"], "--entropy codes the autocompress format's packed streams"),
 ])
 def test_bad_format_and_strict_refusals_exit_2_and_leave_nothing(tmp_path, argv, message, capsys):
     config = make_config(tmp_path, model={"name": "random:llama"}, budget={"n_trials": 1}, tracking={"uri": "none"},

@@ -135,6 +135,7 @@ def test_integer_grids_and_an_untied_head(untied, tmp_path):
     (LayerPlan(rank=0.25), "low-rank"),
     (LayerPlan(bits=4, group_size=16), "group_size 16"),
     (LayerPlan(bits=8, group_size=32, symmetric=False), "8-bit asymmetric"),
+    (LayerPlan(bits=4, group_size=32, quant_method="kmeans"), "a codebook"),
 ])
 def test_what_gguf_cannot_hold_is_refused_before_writing(untied, tmp_path, entry, message):
     plan = CompressionPlan({f"{P}.0.mlp.up_proj": entry})

@@ -276,7 +276,7 @@ def test_policy_records_the_grid_outside_the_state_dict():
     ints = quantize_int(w, grid.scale, grid.zero, 3, 16, False)
     assert torch.equal(dequantize(ints, grid.scale, grid.zero, 16), w)
     assert not hasattr(model.get_submodule("transformer.h.1.mlp.c_fc"), GRID_ATTR)  # act_bits only
-    for method in QUANT_METHODS:
+    for method in set(QUANT_METHODS) - {"kmeans"}:  # kmeans records a codebook (tests/policies/test_kmeans.py)
         q, g = QUANTIZERS.get(method)(w, LayerPlan(bits=4, quant_method=method), torch.eye(w.shape[1]))
         assert isinstance(g, QuantGrid) and q.shape == w.shape
 

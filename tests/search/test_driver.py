@@ -260,3 +260,17 @@ def test_counted_trials():
     assert counted_trials(trials, 10) == 4  # 3 evaluated + 1 failed; the 2 repeats are free
     assert counted_trials(trials, 1) == 5  # only 1 repeat is free when the budget is 1
     assert counted_trials(trials, None) == 6
+
+
+def test_a_search_over_codebooks_minimizing_the_coded_size(tmp_path):
+    config = make_config(tmp_path, space={"quantize": {"bits": [3, 4, None], "method": ["rtn", "kmeans"]}},
+                         objectives=["maximize fidelity", "minimize size_coded_mb"], tracking={"uri": "none"},
+                         budget={"n_trials": 5})
+    result = run_search(config, show_progress=False)
+    trials = stored_trials(config)
+    assert result.counts == {"COMPLETE": 5}
+    for t in trials:
+        metrics = t.user_attrs["metrics"]
+        assert 0 < metrics["size_coded_mb"] < metrics["size_mb"]  # the fp32 tables' byte planes shrink too
+        assert t.values[1] == metrics["size_coded_mb"]
+    assert any(v == "kmeans" for t in trials for k, v in t.params.items() if k.endswith(".quant_method"))

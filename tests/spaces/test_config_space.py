@@ -15,7 +15,7 @@ from autocompress.validation import validate_plan
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 FIELDS = set(LayerPlan.__dataclass_fields__)
 FULL = {"quantize": {"bits": [4, 8, None], "group_size": [32, None], "symmetric": [True, False],
-                     "method": ["rtn", "gptq"], "act_bits": [None, 8]},
+                     "method": ["rtn", "gptq", "kmeans"], "act_bits": [None, 8]},
         "prune": {"sparsity": [0.0, 0.25, 0.5], "pattern": ["unstructured", "2:4"],
                   "method": ["magnitude", "wanda"]},
         "structured": {"sparsity": [0.0, 0.25, 0.5]},
@@ -301,6 +301,17 @@ def test_distill_space_errors_name_the_field(bad, words):
     with pytest.raises(UserError, match="space.distill") as err:
         SearchConfig.from_dict({"model": {"name": "x"}, "space": {"quantize": {}, "distill": bad}})
     assert words in str(err.value)
+
+
+def test_kmeans_is_a_method_choice_and_refuses_distillation(infos):
+    cs = ConfigSpace(space(quantize={"bits": [3, 4], "method": ["kmeans"]}), infos["bert"])
+    plan = next(p for _, p in trials(cs, n=1))
+    assert plan.layers and all(e.quant_method == "kmeans" for e in plan.layers.values())
+    from autocompress.config import SearchConfig
+
+    with pytest.raises(UserError, match="kmeans with space.distill.*drop kmeans or space.distill"):
+        SearchConfig.from_dict({"model": {"name": "x"}, "space": {"quantize": {"method": ["rtn", "kmeans"]},
+                                                                  "distill": {"steps": [0, 50]}}})
 
 
 # ---- embedding tables ---------------------------------------------------------------------------------------

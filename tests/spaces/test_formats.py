@@ -83,6 +83,7 @@ def test_layers_without_whole_blocks_stay_dense():
     ({"quantize": {"bits": [4]}, "distill": {"steps": [0, 50]}}, "space.distill"),
     ({"quantize": {"bits": [2, 3, None]}}, "space.quantize.bits"),
     ({"embeddings": {"bits": [6]}}, "space.embeddings.bits"),
+    ({"quantize": {"bits": [4], "method": ["rtn", "kmeans"]}}, "space.quantize.method kmeans"),
 ])
 def test_config_refuses_what_gguf_cannot_hold(space, message):
     with pytest.raises(UserError, match="target.format gguf") as err:

@@ -145,7 +145,10 @@ def _shapes(plan: CompressionPlan, info: ModelInfo) -> tuple[dict[str, list[int]
 
 
 def layer_format(entry: LayerPlan) -> tuple[str, int | None]:
-    """(kernel format, group size) of one Linear's plan entry; the group size only for integer weights."""
+    """(kernel format, group size) of one Linear's plan entry; the group size only for integer weights. A
+    clustered layer (quant_method kmeans) has no kernel anywhere: it runs dense, dequantized at load."""
+    if entry.bits is not None and entry.quant_method == "kmeans":
+        return format_of(None, entry.act_bits, entry.pattern if entry.prunes else None), None
     fmt = format_of(entry.bits, entry.act_bits, entry.pattern if entry.prunes else None, entry.symmetric)
     return fmt, entry.group_size if entry.bits is not None else None
 

@@ -82,6 +82,10 @@ class TrialRunner:
 
             self.pruning = WorkerPruning(config, self.loaded.task)
             self.subset_evaluator = self._evaluator(lambda n: subset_size(n, config.pruner.subset))
+        from autocompress.objectives import parse_constraint, parse_objective
+
+        used = [parse_objective(o)[1] for o in config.objectives] + [parse_constraint(c)[0] for c in config.constraints]
+        self.coded = "size_coded_mb" in used  # measured on the compressed model (export/entropy.py)
         self.latency = None
         t = config.target
         if t is not None and t.model_name == "measured":
@@ -163,6 +167,10 @@ class TrialRunner:
                 outcome.apply_s, outcome.pruned, outcome.metrics = t1 - t0, reporter.pruned, reporter.last
                 return outcome
             metrics = fault_hook.after_trial(number, attempt, self.evaluator.evaluate(model))
+            if self.coded:
+                from autocompress.export.entropy import size_coded_mb
+
+                metrics["size_coded_mb"] = size_coded_mb(model, plan, self.info)
             model = None
             outcome.apply_s, outcome.eval_s = t1 - t0, time.perf_counter() - t1
             if self.latency is not None:  # timed on this worker's device with the real kernels

@@ -46,3 +46,15 @@ def test_the_pruner_subset_uses_the_next_token_evaluator_too(tmp_path):
     sub = runner.subset_evaluator
     assert isinstance(sub, NextTokenEvaluator) and len(sub.batches) == 2  # the first 8 of 12 texts (at least 8)
     assert len(sub.reference) < len(runner.evaluator.reference)
+
+
+def test_size_coded_mb_is_measured_on_the_compressed_model_when_a_search_uses_it(tmp_path):
+    from autocompress.evaluators.size import plan_size
+
+    runner = TrialRunner(make_config(tmp_path, objectives=["minimize kl", "minimize size_coded_mb"]))
+    assert runner.coded
+    outcome = runner.run(plan(runner, 4))
+    assert outcome.error is None and set(outcome.metrics) == NEXT_TOKEN | {"size_coded_mb"}
+    packed_mb = plan_size(CompressionPlan.from_json(plan(runner, 4)), runner.info).size_mb
+    assert 0 < outcome.metrics["size_coded_mb"] < packed_mb  # the 4-bit codes shrink under zstd
+    assert not TrialRunner(make_config(tmp_path)).coded  # not measured unless asked for
