@@ -7,6 +7,8 @@ own scale: `strength` maps a value onto 0..1 where 1 is the strongest compressio
 quantized KV cache (`kv_cache`) fills the "KV-cache bits" column on the rows of the layers whose outputs each
 block caches (k/v projections, GPT-2's fused c_attn), at that block's bits. A pruned vocabulary (`vocab`)
 fills the "vocab kept" column on the rows of the token table and the LM head, with the share of rows kept.
+Dropped blocks (`drop_blocks`) fill the "block dropped" column on every layer row of those blocks (needs `info`,
+which knows each layer's block).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ COLUMNS = {
     "kv_bits": Column("kv_bits", "KV-cache bits", "bits per\ncached value", 2, 16, True, "Greys", (2, 4, 8, 16)),
 }
 COLUMNS["vocab"] = Column("vocab", "vocab kept", "share of\ntokens kept", 0, 1, True, "YlOrBr", (0, 0.5, 1))
+COLUMNS["dropped"] = Column("dropped", "block dropped", "block\nremoved", 0, 1, False, "RdPu", (0, 1))
 KV_ROLES = ("k_proj", "v_proj", "key", "value", "c_attn")  # the layers whose outputs a block caches
 
 
@@ -92,7 +95,8 @@ def plan_grid(plan: CompressionPlan, info: Any = None, space: Any = None) -> Pla
             rows.append(name)
             layer = info.layers.get(name) if info is not None else None
             cells = {"bits": _bits(entry), "act_bits": _act(entry), "sparsity": _sparsity(entry),
-                     "rank": _rank(entry, layer), "kv_bits": _kv(plan, layer), "vocab": _vocab(plan, name, info)}
+                     "rank": _rank(entry, layer), "kv_bits": _kv(plan, layer), "vocab": _vocab(plan, name, info),
+                     "dropped": _dropped(plan, layer)}
         values.append([cells.get(k, (None, "-"))[0] for k in keys])
         texts.append([cells.get(k, (None, "-"))[1] for k in keys])
     return PlanGrid(rows, [COLUMNS[k] for k in keys], values, texts)
@@ -117,6 +121,8 @@ def _columns(plan: CompressionPlan, space: Any) -> list[str]:
         used.add("kv_bits")
     if plan.vocab is not None or getattr(space, "vocab", None) is not None:
         used.add("vocab")
+    if plan.drop_blocks or getattr(space, "depth", None) is not None:
+        used.add("dropped")
     return [k for k in COLUMNS if k in used] or ["bits"]
 
 
@@ -163,6 +169,12 @@ def _vocab(plan: CompressionPlan, name: str, info: Any) -> Cell:
         return None, "-"
     share = plan.vocab.rows(vocab_size(info)) / vocab_size(info)
     return share, f"{share:.0%}"
+
+
+def _dropped(plan: CompressionPlan, layer: Any) -> Cell:
+    if layer is None or layer.block is None or layer.block not in plan.drop_blocks:
+        return None, "-"
+    return 1.0, f"block {layer.block}"
 
 
 def _units(p: LayerPlan, structure: Any) -> Cell:
