@@ -1,9 +1,11 @@
-"""Deep Compression's pipeline on the real all-MiniLM-L6-v2: pruning, then quantization (uniform grid or k-means
+"""Deep Compression's pipeline on a real model (all-MiniLM-L6-v2, or SmolLM2-135M-Instruct): pruning, then quantization (uniform grid or k-means
 codebook at the same bits), then lossless entropy coding of the packed integer streams; and which coder
 (zstd, lzma, zlib) gives more on these streams, at what cost when loading.
 
 Run:  PYTHONPATH=. .venv/bin/python benchmarks/deep_compression.py [--n-eval 64] [--stem deep_compression_minilm]
-Writes benchmarks/results/deep_compression_minilm.json and .md.
+      PYTHONPATH=. .venv/bin/python benchmarks/deep_compression.py --model SmolLM2-135M-Instruct --n-eval 8 \
+          --stem deep_compression_smollm2 --no-load-times
+Writes benchmarks/results/<stem>.json and .md.
 
 Plans: the 36 Linear layers of the 6 encoder blocks; "pruned" is 50% unstructured magnitude pruning of each;
 "4-bit" is RTN symmetric with groups of 128 inputs; "kmeans 4-bit" one 16-entry fp16 codebook per matrix
@@ -12,7 +14,11 @@ Plans: the 36 Linear layers of the 6 encoder blocks; "pruned" is 50% unstructure
 tensor bytes (`plan_size`, equal to what `save_compressed` writes) and, coded, the bytes of the same tensors
 entropy-coded (`export/entropy.py`: the integer streams, and float tensors by byte planes). Fidelity: mean cosine of mean-pooled embeddings to the
 float model's on `--n-eval` builtin sentences (seed 0), of the model the plan makes (the export reloads it
-bit-identically). Load times: `load_compressed` of the written export, median of 3, on a shared machine.
+bit-identically). A causal LM (SmolLM2: its 210 block Linears; the tied table / LM head, 4 bits RTN in groups of
+128, on the head) is scored by the mean next-token KL and the perplexity ratio against the float model on
+`--n-eval` python-docs passages of up to 256 tokens. SmolLM2's weights come from a Q4_1 GGUF: they lie on a
+4-bit, group-32 asymmetric grid, which neither the 4-bit groups of 128 nor a codebook per matrix reproduces.
+Load times: `load_compressed` of the written export, median of 3, on a shared machine.
 """
 
 from __future__ import annotations
@@ -44,12 +50,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-eval", type=int, default=64)
     parser.add_argument("--stem", default="deep_compression_minilm")
+    parser.add_argument("--model", default="all-MiniLM-L6-v2", help="all-MiniLM-L6-v2 or SmolLM2-135M-Instruct")
+    parser.add_argument("--no-load-times", action="store_true", help="skip timing load_compressed per coder")
     args = parser.parse_args()
 
     import torch
 
     from autocompress.data import load_texts
     from autocompress.evaluators.fidelity import FidelityEvaluator
+    from autocompress.evaluators.next_token import NextTokenEvaluator
     from autocompress.evaluators.size import plan_size
     from autocompress.export import load_compressed, save_compressed
     from autocompress.export.entropy import CODERS, encode
@@ -60,18 +69,24 @@ def main() -> None:
 
     torch.set_num_threads(1)
     env = machine_env()
-    lm = load_model("all-MiniLM-L6-v2")
-    evaluator = FidelityEvaluator(lm.model, lm.tokenizer, load_texts("builtin", n=args.n_eval, seed=0))
+    lm = load_model(args.model)
+    if lm.task == "causal-lm":
+        evaluator = NextTokenEvaluator(lm.model, lm.tokenizer, load_texts("python-docs", n=args.n_eval, seed=0),
+                                       max_length=256)
+        metrics, table_name = ("kl", "perplexity_ratio"), "lm_head"  # the tied table's entry goes on the head
+    else:
+        evaluator = FidelityEvaluator(lm.model, lm.tokenizer, load_texts("builtin", n=args.n_eval, seed=0))
+        metrics, table_name = ("fidelity",), TABLE
     linears = [n for n, li in lm.info.layers.items() if li.block is not None]
     table = LayerPlan(bits=4, group_size=128)
     steps = {
         "dense (fp32)": {},
         "pruned 50%": {n: LayerPlan(sparsity=0.5) for n in linears},
-        "pruned + uniform 4-bit": {**{n: LayerPlan(sparsity=0.5, bits=4) for n in linears}, TABLE: table},
+        "pruned + uniform 4-bit": {**{n: LayerPlan(sparsity=0.5, bits=4) for n in linears}, table_name: table},
         "pruned + kmeans 4-bit": {**{n: LayerPlan(sparsity=0.5, bits=4, quant_method="kmeans") for n in linears},
-                                  TABLE: table},
-        "uniform 4-bit": {**{n: LayerPlan(bits=4) for n in linears}, TABLE: table},
-        "kmeans 4-bit": {**{n: LayerPlan(bits=4, quant_method="kmeans") for n in linears}, TABLE: table},
+                                  table_name: table},
+        "uniform 4-bit": {**{n: LayerPlan(bits=4) for n in linears}, table_name: table},
+        "kmeans 4-bit": {**{n: LayerPlan(bits=4, quant_method="kmeans") for n in linears}, table_name: table},
     }
     rows = []
     for name, layers in steps.items():
@@ -79,18 +94,19 @@ def main() -> None:
         start = time.perf_counter()
         model = apply_plan(copy.deepcopy(lm.model), plan, None, info=lm.info)
         apply_s = time.perf_counter() - start
-        fidelity = float(evaluator.evaluate(model)["fidelity"])
+        scores = evaluator.evaluate(model)
         packed = pack_model(model, plan, lm.info)
         size = plan_size(plan, lm.info).total_bytes
         assert packed.tensor_bytes == size
-        row = {"step": name, "bytes": size, "ratio": lm.info.total_params * 4 / size, "fidelity": fidelity,
+        row = {"step": name, "bytes": size, "ratio": lm.info.total_params * 4 / size,
+               **{k: float(scores[k]) for k in metrics},
                "apply_s": round(apply_s, 2), "coded": {}}
         for coder in CODERS:
             start = time.perf_counter()
             coded, _ = encode(packed.tensors, coder)
             row["coded"][coder] = {"bytes": sum(t.numel() * t.element_size() for t in coded.values()),
                                    "encode_s": round(time.perf_counter() - start, 2)}
-        if name in ("kmeans 4-bit", "uniform 4-bit", "pruned + kmeans 4-bit"):
+        if not args.no_load_times and name in ("kmeans 4-bit", "uniform 4-bit", "pruned + kmeans 4-bit"):
             loads = {}
             for coder in (None, *CODERS):
                 with tempfile.TemporaryDirectory() as tmp:
@@ -100,24 +116,31 @@ def main() -> None:
         rows.append(row)
         print(name, row, flush=True)
     env["load_after"] = load_average()
-    result = {"model": "all-MiniLM-L6-v2", "n_eval": args.n_eval, "rows": rows, "env": env,
+    result = {"model": args.model, "n_eval": args.n_eval, "rows": rows, "env": env,
               "load_average": load_average()}
-    save_results(args.stem, result, _markdown(rows, env))
+    save_results(args.stem, result, _markdown(rows, env, args.model, metrics))
 
 
-def _markdown(rows: list[dict], env: dict) -> str:
+def _markdown(rows: list[dict], env: dict, model: str, metrics: tuple[str, ...]) -> str:
     coders = list(rows[0]["coded"])
-    head = ("| step | packed MB | x smaller | fidelity | " + " | ".join(f"{c} MB" for c in coders) + " |\n"
-            "|---|---:|---:|---:|" + "---:|" * len(coders) + "\n")
-    body = "".join(f"| {r['step']} | {r['bytes'] / 1e6:.2f} | {r['ratio']:.1f} | {r['fidelity']:.4f} | "
+    head = ("| step | packed MB | x smaller | " + " | ".join(metrics) + " | "
+            + " | ".join(f"{c} MB" for c in coders) + " |\n"
+            "|---|---:|---:|" + "---:|" * (len(metrics) + len(coders)) + "\n")
+    body = "".join(f"| {r['step']} | {r['bytes'] / 1e6:.2f} | {r['ratio']:.1f} | "
+                   + " | ".join(f"{r[k]:.4f}" for k in metrics) + " | "
                    + " | ".join(f"{r['coded'][c]['bytes'] / 1e6:.2f}" for c in coders) + " |\n" for r in rows)
+    title = f"# Deep Compression on {model}\n\n" + env_words(env) + "\n\n"
+    if model.startswith("SmolLM2"):
+        title += ("SmolLM2's weights come from a Q4_1 GGUF: they lie on a 4-bit, group-32 asymmetric grid, which "
+                  "neither 4-bit groups of 128 nor one codebook per matrix reproduces.\n\n")
     loads = [r for r in rows if "load_s" in r]
+    if not loads:
+        return title + head + body
     load_head = "| plan | " + " | ".join(f"load {k} (s)" for k in loads[0]["load_s"]) + " | " + \
         " | ".join(f"encode {c} (s)" for c in coders) + " |\n|---|" + "---:|" * (len(loads[0]["load_s"]) + len(coders))
     load_body = "".join(f"\n| {r['step']} | " + " | ".join(f"{v:.2f}" for v in r["load_s"].values()) + " | "
                         + " | ".join(f"{r['coded'][c]['encode_s']:.2f}" for c in coders) + " |" for r in loads)
-    return ("# Deep Compression on all-MiniLM-L6-v2\n\n" + env_words(env) + "\n\n" + head + body + "\n"
-            + load_head + load_body + "\n")
+    return title + head + body + "\n" + load_head + load_body + "\n"
 
 
 if __name__ == "__main__":
