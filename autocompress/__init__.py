@@ -36,7 +36,7 @@ _LAZY = {
     "run_search": "autocompress.search.driver",
     "save_compressed": "autocompress.export",
     "load_compressed": "autocompress.export",
-    "DistillConfig": "autocompress.plan",
+    "DistillConfig": "autocompress.distill_spec",
 }
 
 __all__ = ["PLAN_VERSION", "CompressionPlan", "LayerPlan", "UserError", "__version__", *_LAZY]
