@@ -25,13 +25,15 @@ class UserError(ValueError):
     """
 
 
-def from_fields(cls: Any, data: Mapping[str, Any], valid: Iterable[str], where: str) -> Any:
+def from_fields(cls: Any, data: Mapping[str, Any], valid: Iterable[str], where: str, name: str | None = None) -> Any:
     """`cls(**data)` for a settings object read from JSON: an unknown field, or a `UserError` the constructor
-    raises, becomes a `UserError` prefixed with `where` (e.g. "layer 'fc1'") naming the valid fields."""
+    raises, becomes a `UserError` prefixed with `where` (e.g. "layer 'fc1'") naming the valid fields. `name`
+    (e.g. "kv_cache") names the entry in the unknown-field message: "kv_cache has no field 'x'"."""
     valid = list(valid)
     unknown = sorted(set(data) - set(valid))
     if unknown:
-        raise UserError(f"{where}: unknown field {unknown[0]!r}; valid fields: {', '.join(valid)}")
+        what = "unknown field" if name is None else f"{name} has no field"
+        raise UserError(f"{where}: {what} {unknown[0]!r}; valid fields: {', '.join(valid)}")
     try:
         return cls(**dict(data))
     except UserError as exc:

@@ -68,3 +68,15 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             killed = True
         time.sleep(0.2)
+
+
+def sample_plans(space, n: int = 30, seed: int = 0) -> list[tuple[dict, object]]:
+    """(trial params, plan) of `n` random-sampler trials of a `ConfigSpace`, each told 0.0."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        plan = space.sample(trial)
+        out.append((dict(trial.params), plan))
+        study.tell(trial, 0.0)
+    return out

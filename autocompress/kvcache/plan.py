@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from autocompress.errors import UserError
+from autocompress.errors import UserError, from_fields
 
 KV_BITS = (16, 8, 4, 2)
 FULL = 16
@@ -101,13 +101,7 @@ class KVCachePlan:
                             "layers")
         if "layers" in data and not isinstance(data["layers"], Mapping):
             raise UserError(f"{where}: kv_cache.layers must map block indices to bits, e.g. {{\"0\": 8}}")
-        unknown = sorted(set(data) - set(_FIELDS))
-        if unknown:
-            raise UserError(f"{where}: kv_cache has no field {unknown[0]!r}; valid fields: {', '.join(_FIELDS)}")
-        try:
-            return cls(**dict(data))
-        except UserError as exc:
-            raise UserError(f"{where}: {exc}") from None
+        return from_fields(cls, data, _FIELDS, where, name="kv_cache")
 
     def flatten(self) -> dict[str, Any]:
         """`{"kv_cache.bits": b, "kv_cache.group_size": g, "kv_cache.symmetric": s, "kv_cache.layers.<i>": b}`:

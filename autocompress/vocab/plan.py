@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from autocompress.errors import UserError
+from autocompress.errors import UserError, from_fields
 
 _FIELDS = ("keep", "keep_ids", "fallback")
 MEAN = "mean"
@@ -104,13 +104,7 @@ class VocabPlan:
         if not isinstance(data, Mapping):
             raise UserError(f"{where}: vocab must be an object with keep (a share in (0, 1]) or keep_ids, and "
                             "optionally fallback")
-        unknown = sorted(set(data) - set(_FIELDS))
-        if unknown:
-            raise UserError(f"{where}: vocab has no field {unknown[0]!r}; valid fields: {', '.join(_FIELDS)}")
-        try:
-            return cls(**dict(data))
-        except UserError as exc:
-            raise UserError(f"{where}: {exc}") from None
+        return from_fields(cls, data, _FIELDS, where, name="vocab")
 
     def flatten(self) -> dict[str, Any]:
         """MLflow parameters: {"vocab.keep": share} (or {"vocab.keep_ids": how many ids}), and the fallback."""

@@ -12,6 +12,7 @@ from autocompress.errors import UserError
 from autocompress.loading import load_model
 from autocompress.spaces import ConfigSpace
 from autocompress.validation import validate_plan
+from tests.support import sample_plans
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -22,14 +23,7 @@ def llama():
 
 
 def _sample(cs, n=30, seed=0):
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    out = []
-    for _ in range(n):
-        trial = study.ask()
-        plan = cs.sample(trial)
-        out.append((dict(trial.params), plan))
-        study.tell(trial, 0.0)
-    return out
+    return sample_plans(cs, n, seed)
 
 
 def test_influence_mode_drops_the_first_k_of_the_order(llama):

@@ -13,6 +13,7 @@ from autocompress.kvcache.plan import KVCachePlan
 from autocompress.loading import load_model
 from autocompress.spaces import ConfigSpace
 from autocompress.validation import validate_plan
+from tests.support import sample_plans
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -23,14 +24,7 @@ def llama():
 
 
 def _sample(cs, n=40, seed=0):
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    out = []
-    for _ in range(n):
-        trial = study.ask()
-        plan = cs.sample(trial)
-        out.append((dict(trial.params), plan))
-        study.tell(trial, 0.0)
-    return out
+    return sample_plans(cs, n, seed)
 
 
 def test_global_bits_are_one_param_and_16_leaves_the_cache_alone(llama):
