@@ -18,7 +18,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 FILE = "block_influence.json"
 VERSION = 1
@@ -54,8 +54,10 @@ def measure(config: Any) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def load_or_measure(config: Any, run_dir: str | Path) -> tuple[dict[str, Any], bool]:
-    """(the file's contents, measured_now): the cached scores when the fingerprint matches, else new ones (saved)."""
+def load_or_measure(config: Any, run_dir: str | Path,
+                    say: Callable[[str], None] | None = None) -> tuple[dict[str, Any], bool]:
+    """(the file's contents, measured_now): the cached scores when the fingerprint matches, else new ones (saved).
+    `say` (optional) gets one line before a measurement starts and one when it ends."""
     path = Path(run_dir) / FILE
     key = fingerprint(config)
     if path.is_file():
@@ -65,17 +67,22 @@ def load_or_measure(config: Any, run_dir: str | Path) -> tuple[dict[str, Any], b
                 return cached, False
         except (OSError, ValueError):
             pass  # unreadable: measure again
+    if say is not None:
+        say(f"measuring Block Influence on the calibration texts (once per run, kept in {path})")
     data = {"fingerprint": key, **measure(config)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
+    if say is not None:
+        say(f"Block Influence: least important blocks first {data['order'][:8]} ({data['seconds']:.0f} s)")
     return data, True
 
 
-def resolve_order(config: Any) -> Any:
-    """`config` with `space.depth.order` from Block Influence (module docstring), or `config` itself."""
+def resolve_order(config: Any, say: Callable[[str], None] | None = None) -> Any:
+    """`config` with `space.depth.order` from Block Influence (module docstring), or `config` itself. `say`
+    reports a measurement (`load_or_measure`)."""
     depth = config.space.depth
     if depth is None or depth.mode != "influence" or depth.order is not None:
         return config
-    data, _ = load_or_measure(config, config.run_dir)
+    data, _ = load_or_measure(config, config.run_dir, say)
     space = config.space.model_copy(update={"depth": depth.model_copy(update={"order": list(data["order"])})})
     return config.model_copy(update={"space": space})

@@ -316,7 +316,8 @@ def _run_search(config: SearchConfig, show_progress: bool, console: Any) -> Sear
     task = preflight(config)  # bad input fails here, before anything is written
     from autocompress.depth.cache import resolve_order
 
-    config = resolve_order(config)  # space.depth: Block Influence once per run (run dir cache), into config.yaml
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if show_progress else None
+    config = resolve_order(config, say)  # space.depth: Block Influence once per run (run dir cache), into config.yaml
     identity = run_identity(config, task)  # a resume searches what the run searched (search/rundir/identity.py)
     check(stored_identity(config), identity, where="the config")
     run_dir = Path(config.run_dir)

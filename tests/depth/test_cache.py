@@ -35,3 +35,12 @@ def test_resolve_order_fills_the_section(tmp_path):
     assert resolved.space.depth.order == load_or_measure(config, config.run_dir)[0]["order"]
     assert config.space.depth.order is None and resolve_order(resolved) is resolved
     assert resolved.run_dir == config.run_dir and resolved.space.quantize == config.space.quantize
+
+
+def test_a_measurement_is_announced_and_a_cached_read_is_not(tmp_path):
+    config, lines = _config(tmp_path), []
+    resolve_order(config, lines.append)
+    assert len(lines) == 2 and lines[0].startswith("measuring Block Influence") and FILE in lines[0]
+    assert lines[1].startswith("Block Influence: least important blocks first [")
+    resolve_order(config, lines.append)
+    assert len(lines) == 2
