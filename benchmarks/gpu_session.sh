@@ -1,30 +1,33 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 3, 4 and 8 in one device run, in order of what is most wanted, each step under its
-# own time limit so that a slow one cannot eat the others (about 9 minutes in all).
+# The GPU checks in two device runs, each step under its own time limit so that a slow one cannot eat the others.
+# Run A carries the packages (.gpu, about 56 MB); run B, started at once while the machine is warm (the packages
+# stay in /tmp/site), carries MiniLM (.minilm, 45 MB): together they are over the 64 MiB one run carries.
 #
-#   Here, once:                  bash ../shared/tools/gpu-wheels.sh && .venv/bin/python benchmarks/gpu_models.py pack
-#   Device run 1 (install; the packages stay in /tmp/site while the machine is warm, 30 s after a call):
-#       run(carry=[".gpu"], timeout_s=240, command="source .gpu/activate.sh && python3 -c 'import ray, optuna, mlflow'")
-#   Device run 2, at once (.gpu and .minilm together are over the 64 MiB a run carries):
-#       run(carry=[".minilm"], timeout_s=590, command="bash benchmarks/gpu_session.sh")
+#   Here, once:   bash ../shared/tools/gpu-wheels.sh zstandard && .venv/bin/python benchmarks/gpu_models.py pack
+#   Device run A: run(carry=[".gpu", ".minilm/tokenizer.json", ".minilm/tokenizer_config.json", ".minilm/vocab.txt",
+#                            ".minilm/special_tokens_map.json"], timeout_s=300, command="source .gpu/activate.sh && PART=A bash benchmarks/gpu_session.sh")
+#   Device run B: run(carry=[".minilm"], timeout_s=480, command="PART=B bash benchmarks/gpu_session.sh")
 #   Then: copy $OUT's results into benchmarks/results/ and python benchmarks/readme_results.py --write.
 #
 # Steps (results land in benchmarks/results/ there; after each step $OUT holds their .md files and
 # results.tar.gz with the JSON and every step's log, so a run cut short still brings back what it finished):
-#   1. trial_setup  (#8)  deep copy vs working copy put back, on the GPU
-#   2. trial_rate   (#8, #3)  trials/min of searches with 4 Ray actors sharing the GPU (gpus_per_trial 0.25)
-#                   against the bare-loop floor; target 1,000 per minute with every trial in Optuna and MLflow
-#   3. latency      (#4)  predicted vs measured latency of 30 random MiniLM plans, calibrated on the GPU
-#   4. llama        (#4)  the same for a random-init 1.1B Llama, batch-1 decode after 511 tokens, 8 plans
-# Dry run on a CPU (writes trial_setup/trial_rate results: `git checkout benchmarks/results` after it):
-#   DEVICE=cpu TRIALS=12 PLANS=3 LLAMA=0 WORKERS=1 SETUP_ARGS="--plans 3 --eval 32 --repeats 3" PY=.venv/bin/python \
-#   OUT=/tmp/gpu-out bash benchmarks/gpu_session.sh
+#   A  decode       SmolLM2-135M-shaped decode ms/token: bf16 vs int8 / int4 weight-only kernels (gpu_decode.py)
+#   A  llama        predicted vs measured latency of a random-init 1.1B Llama, batch-1 decode after 511 tokens
+#   B  quickstart   examples/quickstart.yaml end to end on the GPU, 4 Ray actors sharing it (gpu_quickstart.py)
+#   B  trial_rate   trials/min of searches with 4 Ray actors sharing the GPU (gpus_per_trial 0.25) against the
+#                   bare-loop floor; target 1,000 per minute with every trial in Optuna and MLflow
+#   B  latency      predicted vs measured latency of 30 random MiniLM plans, calibrated on the GPU
+#   B  trial_setup  deep copy vs working copy put back, on the GPU
+# Dry run on a CPU (writes *_cpu / cpu results: `git status` and remove them after it):
+#   DEVICE=cpu TRIALS=12 PLANS=3 WORKERS=2 SETUP_ARGS="--plans 3 --eval 32 --repeats 3" PY=.venv/bin/python \
+#   OUT=/tmp/gpu-out PART=B bash benchmarks/gpu_session.sh
 set -uo pipefail
 export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" RAY_AUTH_MODE=disabled PYTHONUNBUFFERED=1 \
        RAY_USAGE_STATS_ENABLED=0
-OUT=${OUT:-/tmp/gpu-out}; DEVICE=${DEVICE:-cuda}; TRIALS=${TRIALS:-300}; PLANS=${PLANS:-30}; LLAMA=${LLAMA:-1}
+OUT=${OUT:-/tmp/gpu-out}; DEVICE=${DEVICE:-cuda}; TRIALS=${TRIALS:-300}; PLANS=${PLANS:-30}
 PY=${PY:-python3}; SETUP_ARGS=${SETUP_ARGS:-}; WORKERS=${WORKERS:-4}
-BUDGET=${BUDGET:-560}  # seconds for all steps: run 2's timeout_s (590) less a margin for the last packing
+PART=${PART:-B}
+BUDGET=${BUDGET:-$([ "$PART" = A ] && echo 270 || echo 450)}  # seconds for all steps: the run's timeout_s less a margin
 LOGS=/tmp/gpu-session-logs; rm -rf "$LOGS"; mkdir -p "$LOGS" "$OUT"
 touch "$LOGS/.start"
 profile=$([ "$DEVICE" = cuda ] && echo h100-sxm || echo cpu-local)
@@ -32,7 +35,8 @@ profile=$([ "$DEVICE" = cuda ] && echo h100-sxm || echo cpu-local)
 pack() {  # what has come back so far: the new results' markdown, and results + logs in one archive
   local new; new=$(find benchmarks/results -newer "$LOGS/.start" -type f | sort)
   for f in $new; do case $f in *.md) cp "$f" "$OUT/";; esac; done
-  tar czf "$OUT/results.tar.gz" -C "$LOGS" . -C "$PWD" $new
+  if [ -n "$new" ]; then tar czf "$OUT/results.tar.gz" -C "$LOGS" . -C "$PWD" $new
+  else tar czf "$OUT/results.tar.gz" -C "$LOGS" .; fi
 }
 
 step() {  # step NAME SECONDS COMMAND...: runs it under its limit (cut to what BUDGET leaves), logs, packs
@@ -48,15 +52,18 @@ step() {  # step NAME SECONDS COMMAND...: runs it under its limit (cut to what B
   pack
 }
 
-step env 30 bash -c "nvidia-smi 2>/dev/null | head -15; $PY -c 'import torch, ray, optuna, mlflow, transformers; print(torch.__version__, torch.cuda.is_available(), ray.__version__, optuna.__version__, mlflow.__version__, transformers.__version__)'"
-step minilm 60 "$PY" benchmarks/gpu_models.py unpack /tmp/minilm --site /tmp/site
-step trial_setup 80 "$PY" benchmarks/trial_setup.py --device "$DEVICE" $SETUP_ARGS
-step trial_rate 200 "$PY" benchmarks/trial_rate.py --device "$DEVICE" --workers "$WORKERS" --writer-process --trials "$TRIALS"
-step latency 90 "$PY" benchmarks/latency_fidelity.py --device "$DEVICE" --profile "$profile" --n-plans "$PLANS" \
-    --tag minilm
-if [ "$LLAMA" = 1 ]; then
-  step llama_build 60 "$PY" benchmarks/gpu_models.py llama1b /tmp/llama1b
-  step llama 90 "$PY" benchmarks/latency_fidelity.py --device "$DEVICE" --profile "$profile" --model /tmp/llama1b \
+step env 20 bash -c "nvidia-smi 2>/dev/null | head -15; $PY -c 'import torch, ray, optuna, mlflow, transformers; print(torch.__version__, torch.cuda.is_available(), ray.__version__, optuna.__version__, mlflow.__version__, transformers.__version__)'"
+if [ "$PART" = A ]; then
+  step decode 60 "$PY" benchmarks/gpu_decode.py --device "$DEVICE"
+  step llama_build 50 "$PY" benchmarks/gpu_models.py llama1b /tmp/llama1b
+  step llama 100 "$PY" benchmarks/latency_fidelity.py --device "$DEVICE" --profile "$profile" --model /tmp/llama1b \
       --mode decode --seq-len 512 --n-plans 8 --rounds 2 --tag llama1b-decode
+else
+  step minilm 40 "$PY" benchmarks/gpu_models.py unpack /tmp/minilm --site /tmp/site
+  step quickstart 120 "$PY" benchmarks/gpu_quickstart.py --device "$DEVICE" --workers "$WORKERS"
+  step trial_rate 130 "$PY" benchmarks/trial_rate.py --device "$DEVICE" --workers "$WORKERS" --writer-process --trials "$TRIALS"
+  step latency 90 "$PY" benchmarks/latency_fidelity.py --device "$DEVICE" --profile "$profile" --n-plans "$PLANS" \
+      --tag minilm
+  step trial_setup 60 "$PY" benchmarks/trial_setup.py --device "$DEVICE" $SETUP_ARGS
 fi
 ls -la "$OUT"
