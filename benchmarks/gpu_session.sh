@@ -7,6 +7,9 @@
 #   Device run A: run(carry=[".gpu", ".minilm/tokenizer.json", ".minilm/tokenizer_config.json", ".minilm/vocab.txt",
 #                            ".minilm/special_tokens_map.json"], timeout_s=300, command="source .gpu/activate.sh && PART=A bash benchmarks/gpu_session.sh")
 #   Device run B: run(carry=[".minilm"], timeout_s=480, command="PART=B bash benchmarks/gpu_session.sh")
+#   Device run C (the latency steps alone, MiniLM's shape with random weights: latency does not depend on them):
+#       run(carry=[".gpu", the four tokenizer files, ".minilm/config.json"], timeout_s=320,
+#           command="source .gpu/activate.sh && PART=C BUDGET=290 bash benchmarks/gpu_session.sh")
 #   Then: copy $OUT's results into benchmarks/results/ and python benchmarks/readme_results.py --write.
 #
 # Steps (results land in benchmarks/results/ there; after each step $OUT holds their .md files and
@@ -57,6 +60,13 @@ if [ "$PART" = A ]; then
   step decode 60 "$PY" benchmarks/gpu_decode.py --device "$DEVICE"
   step llama_build 50 "$PY" benchmarks/gpu_models.py llama1b /tmp/llama1b
   step llama 100 "$PY" benchmarks/latency_fidelity.py --device "$DEVICE" --profile "$profile" --model /tmp/llama1b \
+      --mode decode --seq-len 512 --n-plans 8 --rounds 2 --tag llama1b-decode
+elif [ "$PART" = C ]; then  # the latency checks alone, in one run with the packages: MiniLM's shape, random weights
+  step minilm_shape 30 "$PY" benchmarks/gpu_models.py minilm-shape /tmp/minilm-shape
+  step latency 120 "$PY" benchmarks/latency_fidelity.py --device "$DEVICE" --profile "$profile" --model /tmp/minilm-shape \
+      --n-plans "$PLANS" --tag minilm-shape
+  step llama_build 40 "$PY" benchmarks/gpu_models.py llama1b /tmp/llama1b
+  step llama 110 "$PY" benchmarks/latency_fidelity.py --device "$DEVICE" --profile "$profile" --model /tmp/llama1b \
       --mode decode --seq-len 512 --n-plans 8 --rounds 2 --tag llama1b-decode
 else
   step minilm 40 "$PY" benchmarks/gpu_models.py unpack /tmp/minilm --site /tmp/site

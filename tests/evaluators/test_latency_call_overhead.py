@@ -125,3 +125,13 @@ def test_calibration_measures_every_kernel_format_in_the_model_and_saves_it(llam
     assert saved.calibration.call_overheads("decode") == got
     ops = plan_ops(uniform_plan(llama.info, "w8", W8), llama.info, DECODE)
     assert any(op.fmt == "w8" for op in ops)
+
+
+def test_uniform_plan_of_a_sparsity_format_prunes_every_linear_to_that_pattern(llama):
+    """CUDA's calibration measures the "2:4" kernel's in-model cost: its uniform plan is every Linear pruned
+    2:4 and left unquantized, which the latency models price as format "2:4"."""
+    plan = uniform_plan(llama.info, "2:4", Kernel(fast=True))
+    assert set(plan.layers) == set(llama.info.layers)
+    assert all(e.pattern == "2:4" and e.sparsity == 0.5 and e.bits is None for e in plan.layers.values())
+    ops = [op for op in plan_ops(plan, llama.info, DECODE) if op.kind == "gemm" and op.fmt != "dense"]
+    assert ops and all(op.fmt == "2:4" for op in ops)
