@@ -21,8 +21,8 @@ evaluate.
 Overhead share = 1 - search rate / floor rate: what the search costs per trial beyond the trial's own work.
 
 The GPU half of the issue (one H100, several workers sharing it): `--device cuda` runs every trial there
-(`backend.device: cuda`), `--workers N` runs the searches on N Ray actors, each reserving 1/N of the GPU; not
-run yet, as no GPU was lent to this work (`--workers 2` was checked on the CPU).
+(`backend.device: cuda`), `--workers N` runs the searches on N Ray actors, each reserving 1/N of the GPU
+(trial_rate_cuda.md: 4 actors on one H200).
 """
 
 from __future__ import annotations
