@@ -112,11 +112,11 @@ def test_rank_filter_never_grows_a_layer(infos):
             assert rank <= li.in_features * li.out_features // (li.in_features + li.out_features)
             assert lp.rank not in (1000,)
     # 64x64 attention layers: 0.75 -> 48 > 32 is dropped; 64x256 FFN layers keep it (48 <= 51)
-    assert cs._ranks["encoder.layer.0.attention.self.qkv"] == [None, 16]
-    assert cs._ranks["encoder.layer.0.intermediate.dense"] == [None, 0.75, 16]
+    assert cs.ranks["encoder.layer.0.attention.self.qkv"] == [None, 16]
+    assert cs.ranks["encoder.layer.0.intermediate.dense"] == [None, 0.75, 16]
     # with structured pruning able to halve the FFN, 0.75 could grow the shrunk layer: dropped too
     both = ConfigSpace(space(lowrank={"rank": [None, 0.75, 16]}, structured={"sparsity": [0.0, 0.5]}), info)
-    assert both._ranks["encoder.layer.0.intermediate.dense"] == [None, 16]
+    assert both.ranks["encoder.layer.0.intermediate.dense"] == [None, 16]
 
 
 def test_rank_filter_leaving_none_suggests_nothing(infos):
