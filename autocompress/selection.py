@@ -7,7 +7,7 @@ A selector is one of
   - `re:<pattern>`, matched with `re.search` against the full module name (`re:attention\\.self\\.(query|key)`).
 Default targets are the Linear layers inside the repeated blocks (`ModelInfo.targets_by_default`).
 Embedding tables are chosen apart, by `select_embeddings` (class name `Embedding`; default: every table, tied
-ones included: a table tied to a Linear is quantized through that Linear, see `spaces.config_space`).
+ones included: a table tied to a Linear is quantized through that Linear, see `spaces.units`).
 """
 
 from __future__ import annotations
