@@ -58,9 +58,10 @@ def test_a_gpu_result_is_judged_on_the_search_not_the_bare_loop(tmp_path):
     (results / "trial_rate_cuda.json").write_text(json.dumps({"rows": [
         {"case": "floor (bare loop)", "trials_per_min": 1500.0},
         {"case": "search, MLflow on", "trials_per_min": 700.0},
-        {"case": "search, MLflow on, writer process", "trials_per_min": 900.0}]}))
-    row = next(line for line in rr.table(results).splitlines() if "H100" in line)
-    assert "900 (search, MLflow on, writer process)" in row and "| not met |" in row
+        {"case": "search, MLflow on, writer process", "trials_per_min": 900.0}],
+        "workers": 4, "env": {"gpu": "NVIDIA H200"}}))
+    row = next(line for line in rr.table(results).splitlines() if "H200" in line)
+    assert "900 (search, MLflow on, writer process, 4 workers; bare loop 1,500)" in row and "| not met |" in row
 
 
 def test_a_readme_without_markers_is_refused():
