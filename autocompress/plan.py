@@ -23,7 +23,8 @@ from autocompress.layer_plan import (GGUF_BLOCK, GGUF_TYPES, KMEANS_WEIGHTINGS, 
 from autocompress.vocab.plan import VocabPlan
 
 __all__ = ["PLAN_VERSION", "CompressionPlan", "LayerPlan", "GGUF_BLOCK", "GGUF_TYPES", "KMEANS_WEIGHTINGS",
-           "MAX_SPARSITY", "PRUNE_METHODS", "QUANT_METHODS", "RANK_METHODS", "gguf_type_of", "resolve_rank"]  # layer_plan's too
+           "MAX_SPARSITY", "PRUNE_METHODS", "QUANT_METHODS", "RANK_METHODS", "gguf_type_of",
+           "resolve_rank"]  # layer_plan's too
 
 PLAN_VERSION = 1
 

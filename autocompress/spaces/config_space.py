@@ -16,8 +16,8 @@ whose quantize or lowrank section also selects that Linear is refused (one weigh
 
 Optuna params are named `"<unit>.<field>"` with the `LayerPlan` field names: bits, group_size, symmetric,
 quant_method, kmeans_weighting, act_bits, smooth, sparsity, pattern, prune_method, rank, rank_method; all are
-categorical over the config's choices (None kept as None). A field with a single choice is a constant and is never suggested, so
-the sampler sees only real decisions. Conditional (define-by-run), in this order per trial:
+categorical over the config's choices (None kept as None). A field with a single choice is a constant and is
+never suggested, so the sampler sees only real decisions. Conditional (define-by-run), in this order per trial:
   lowrank    rank (choices filtered per unit, see below); rank_method only when the rank is not None.
   quantize   bits; group_size (or group_size_<b>bit, see config_sections._GroupedBits), symmetric,
              quant_method only when bits is not None; kmeans_weighting only when quant_method is kmeans

@@ -85,6 +85,11 @@ def test_bad_input_is_a_one_line_user_error():
         LayerPlan(bits=4, quant_method="kmeans", kmeans_weighting="fisher")
     with pytest.raises(ValidationError, match="add kmeans to method or drop kmeans_weighting"):
         QuantizeSpace(method=["rtn", "gptq"], kmeans_weighting=["none", "activation"])
+    from autocompress.config import SearchConfig
+
+    with pytest.raises(UserError, match="space.quantize: kmeans_weighting .* offers no kmeans; add kmeans"):
+        SearchConfig.from_dict({"model": {"name": "x"}, "space": {"quantize": {"method": ["rtn"],
+                                                                               "kmeans_weighting": ["activation"]}}})
     entry = LayerPlan(**WEIGHTED)
     assert entry.to_dict() == {"bits": 4, "quant_method": "kmeans", "kmeans_weighting": "activation"}
     assert LayerPlan.from_dict(entry.to_dict()) == entry and LayerPlan(bits=4, quant_method="kmeans").to_dict() == \
@@ -178,4 +183,7 @@ def test_the_space_offers_the_weighting_for_kmeans_units_only():
         units_kmeans = {k.rsplit(".", 1)[0] for k, v in trial.params.items() if k.endswith("quant_method")
                         and v == "kmeans"}
         assert {k.rsplit(".", 1)[0] for k in trial.params if k.endswith(".kmeans_weighting")} == units_kmeans
+        assert cs.plan_from_params(trial.params) == plan  # a stored trial replays
     assert seen == {("rtn", "none"), ("kmeans", "none"), ("kmeans", "activation")}
+    shown = str(CompressionPlan({"a": LayerPlan(**WEIGHTED), "b": LayerPlan(bits=4, quant_method="kmeans")}))
+    assert "kmeans activation" in shown.splitlines()[2] and shown.splitlines()[3].endswith("kmeans")
