@@ -66,24 +66,25 @@ def kmeans_1d(x: torch.Tensor, k: int, pin_zero: torch.Tensor | None = None,
     true; there the centroid nearest 0 is held at exactly 0.0 after every step. An empty row gives k zeros."""
     one = x.dim() == 1
     xs = torch.sort(x.detach().reshape(1 if one else x.shape[0], -1).float(), dim=1).values
-    pin = _pins(xs, pin_zero)
+    pin = pin_rows(xs, pin_zero)
     c = lloyd(xs, linear_seeds(xs, k, pin), pin, iterations) if xs.shape[1] else torch.zeros(xs.shape[0], k)
     return c[0] if one else c
 
 
-def _pins(xs: torch.Tensor, pin_zero: torch.Tensor | None) -> torch.Tensor:
+def pin_rows(xs: torch.Tensor, pin_zero: torch.Tensor | None) -> torch.Tensor:
+    """bool [B]: the rows of `xs` [B, n] whose codebook keeps a centroid at 0.0 (`pin_zero`, or none)."""
     return torch.zeros(xs.shape[0], dtype=torch.bool) if pin_zero is None else pin_zero.reshape(-1).cpu()
 
 
 def linear_seeds(xs: torch.Tensor, k: int, pin: torch.Tensor) -> torch.Tensor:
     """k seeds [B, k] evenly spaced from the smallest to the largest value of each row of `xs` [B, n > 0],
-    zeros left out of the range where `pin` [B], then pinned (`_pin`)."""
+    zeros left out of the range where `pin` [B], then pinned (`pin_centroids`)."""
     inf = torch.tensor(float("inf"))
     skip = pin[:, None] & (xs == 0)
     lo = torch.where(skip, inf, xs).amin(1)
     hi = torch.where(skip, -inf, xs).amax(1)
     lo, hi = torch.where(torch.isfinite(lo), lo, 0.0), torch.where(torch.isfinite(hi), hi, 0.0)
-    return _pin(lo[:, None] + (hi - lo)[:, None] * (torch.arange(k) / max(k - 1, 1))[None, :], pin)
+    return pin_centroids(lo[:, None] + (hi - lo)[:, None] * (torch.arange(k) / max(k - 1, 1))[None, :], pin)
 
 
 def lloyd(xs: torch.Tensor, c: torch.Tensor, pin: torch.Tensor, iterations: int = ITERATIONS,
@@ -91,21 +92,22 @@ def lloyd(xs: torch.Tensor, c: torch.Tensor, pin: torch.Tensor, iterations: int 
     """Lloyd steps from the sorted centroids `c` [B, k] on the row-sorted values `xs` [B, n] until none moves
     (at most `iterations`): each value to its nearest centroid, each centroid to the mean of its values, or,
     with weights `s` (float64 >= 0, xs's shape), to their weighted mean sum(s x) / sum(s). A centroid with no
-    values (or only weight 0) keeps its place; pinned rows keep a centroid at exactly 0.0 (`_pin`)."""
+    values (or only weight 0) keeps its place; pinned rows keep a centroid at exactly 0.0 (`pin_centroids`)."""
     x64, k = xs.double(), c.shape[1]
     mass = torch.ones_like(x64) if s is None else s
     for _ in range(iterations):
         idx = torch.searchsorted((c[:, 1:] + c[:, :-1]).contiguous() / 2, xs)
         sums = torch.zeros(xs.shape[0], k, dtype=torch.float64).scatter_add_(1, idx, x64 * mass)
         counts = torch.zeros(xs.shape[0], k, dtype=torch.float64).scatter_add_(1, idx, mass)
-        new = _pin(torch.where(counts > 0, (sums / torch.where(counts > 0, counts, 1.0)).float(), c), pin)
+        means = (sums / torch.where(counts > 0, counts, 1.0)).float()
+        new = pin_centroids(torch.where(counts > 0, means, c), pin)
         if torch.equal(new, c):
             break
         c = new
     return c
 
 
-def _pin(c: torch.Tensor, pin: torch.Tensor) -> torch.Tensor:
+def pin_centroids(c: torch.Tensor, pin: torch.Tensor) -> torch.Tensor:
     """`c` [B, k] sorted, with the centroid nearest 0 of every pinned row set to exactly 0.0."""
     if bool(pin.any()):
         c = c.clone()

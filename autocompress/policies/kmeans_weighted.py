@@ -33,8 +33,8 @@ from typing import Hashable
 import torch
 
 from autocompress.plan import LayerPlan
-from autocompress.policies.kmeans import (ITERATIONS, Codebook, _pin, _pins, codebook_indices, codebook_values,
-                                          linear_seeds, lloyd, quantize_kmeans)
+from autocompress.policies.kmeans import (ITERATIONS, Codebook, codebook_indices, codebook_values, linear_seeds,
+                                          lloyd, pin_centroids, pin_rows, quantize_kmeans)
 
 
 def weighted_kmeans_1d(x: torch.Tensor, weights: torch.Tensor, k: int, pin_zero: torch.Tensor | None = None,
@@ -46,13 +46,13 @@ def weighted_kmeans_1d(x: torch.Tensor, weights: torch.Tensor, k: int, pin_zero:
     rows, n = xs.shape
     if n == 0:
         return torch.zeros(rows, k)
-    pin = _pins(xs, pin_zero)
+    pin = pin_rows(xs, pin_zero)
     s = torch.gather(weights.detach().reshape(rows, -1).double().clamp_min(0), 1, order)
     s = torch.where(s.sum(1, keepdim=True) > 0, s, torch.ones_like(s))
     linear = linear_seeds(xs, k, pin)
     cum = torch.cumsum(s, 1)
     at = (torch.arange(k, dtype=torch.float64)[None, :] + 0.5) / k * cum[:, -1:]
-    quantiles = _pin(torch.gather(xs, 1, torch.searchsorted(cum, at).clamp(max=n - 1)), pin)
+    quantiles = pin_centroids(torch.gather(xs, 1, torch.searchsorted(cum, at).clamp(max=n - 1)), pin)
     starts = (lloyd(xs, linear, pin, iterations), linear, quantiles)
     found = torch.stack([lloyd(xs, c, pin, iterations, s) for c in starts])  # [3, B, k]
     errors = torch.stack([_weighted_error(xs, s, c) for c in found])  # [3, B]
