@@ -8,7 +8,7 @@ Run:  PYTHONPATH=. .venv/bin/python benchmarks/deep_compression.py [--n-eval 64]
 Writes benchmarks/results/<stem>.json and .md.
 
 Plans: the 36 Linear layers of the 6 encoder blocks; "pruned" is 50% unstructured magnitude pruning of each;
-"4-bit" is RTN symmetric with groups of 128 inputs; "kmeans 4-bit" one 16-entry fp16 codebook per matrix
+"4-bit" is RTN symmetric with groups of 128 inputs; "kmeans 4-bit" one 16-entry fp16 codebook per 128 output rows
 (`quant_method: kmeans`). Every quantized row also quantizes the word embedding table to 4 bits (RTN, groups of
 128; a table takes no codebook), as Deep Compression compressed every layer. Sizes are the packed export's
 tensor bytes (`plan_size`, equal to what `save_compressed` writes) and, coded, the bytes of the same tensors
@@ -17,7 +17,7 @@ float model's on `--n-eval` builtin sentences (seed 0), of the model the plan ma
 bit-identically). A causal LM (SmolLM2: its 210 block Linears; the tied table / LM head, 4 bits RTN in groups of
 128, on the head) is scored by the mean next-token KL and the perplexity ratio against the float model on
 `--n-eval` python-docs passages of up to 256 tokens. SmolLM2's weights come from a Q4_1 GGUF: they lie on a
-4-bit, group-32 asymmetric grid, which neither the 4-bit groups of 128 nor a codebook per matrix reproduces.
+4-bit, group-32 asymmetric grid, which neither the 4-bit groups of 128 nor a codebook per 128 rows reproduces.
 Load times: `load_compressed` of the written export, median of 3, on a shared machine.
 
 "kmeans 4-bit weighted" is the same codebooks with `kmeans_weighting: activation` (policies/kmeans_weighted.py:
@@ -168,12 +168,13 @@ def _markdown(rows: list[dict], env: dict, model: str, metrics: tuple[str, ...],
     title = f"# Deep Compression on {model}\n\n" + env_words(env) + "\n\n"
     if model.startswith("SmolLM2"):
         title += ("SmolLM2's weights come from a Q4_1 GGUF: they lie on a 4-bit, group-32 asymmetric grid, which "
-                  "neither 4-bit groups of 128 nor one codebook per matrix reproduces.\n\n")
+                  "neither 4-bit groups of 128 nor a codebook per 128 rows reproduces.\n\n")
     if calib_meta:
         c = calib_meta["calibration"]
         title += (f"\"kmeans 4-bit weighted\": k-means weighted by each input channel's mean squared activation, "
                   f"calibrated on {c['texts']} {c['source']} texts ({c['tokens']} tokens, none of the evaluation "
-                  f"texts), {'sequentially' if c['sequential'] else 'in one pass'}.\n\n")
+                  f"texts), {'sequentially' if c['sequential'] else 'in one pass'}. apply (s): applying the plan, "
+                  "its calibration passes included, on a shared machine.\n\n")
     loads = [r for r in rows if "load_s" in r]
     if not loads:
         return title + head + body
