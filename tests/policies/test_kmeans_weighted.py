@@ -187,3 +187,18 @@ def test_the_space_offers_the_weighting_for_kmeans_units_only():
     assert seen == {("rtn", "none"), ("kmeans", "none"), ("kmeans", "activation")}
     shown = str(CompressionPlan({"a": LayerPlan(**WEIGHTED), "b": LayerPlan(bits=4, quant_method="kmeans")}))
     assert "kmeans activation" in shown.splitlines()[2] and shown.splitlines()[3].endswith("kmeans")
+
+
+def test_a_search_offering_the_weighting(tmp_path):
+    from autocompress.search.driver import run_search
+    from tests.support import make_config, stored_trials
+
+    config = make_config(tmp_path, space={"quantize": {"bits": [4], "method": ["kmeans"],
+                                                       "kmeans_weighting": ["none", "activation"]}},
+                         tracking={"uri": "none"}, budget={"n_trials": 4})
+    result = run_search(config, show_progress=False)
+    trials = stored_trials(config)
+    assert result.counts == {"COMPLETE": 4}
+    drawn = {v for t in trials for k, v in t.params.items() if k.endswith(".kmeans_weighting")}
+    assert drawn == {"none", "activation"}
+    assert all(0 < t.user_attrs["metrics"]["fidelity"] <= 1.0 + 1e-6 for t in trials)
