@@ -41,7 +41,8 @@ def space_is_data_aware(space: Any) -> bool:
         sub = getattr(space, section, None)
         if sub is not None and DATA_AWARE_METHODS & set(getattr(sub, "method", ())):
             return True
-    return False
+    quantize = getattr(space, "quantize", None)  # weighted k-means reads the Grams' diagonals
+    return quantize is not None and any(v != "none" for v in getattr(quantize, "kmeans_weighting", ()))
 
 
 def min_tokens(in_features: Sequence[int]) -> int:

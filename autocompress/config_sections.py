@@ -96,6 +96,16 @@ class QuantizeSpace(_GroupedBits):
     act_bits: list[Literal[8] | None] = Field([None], min_length=1)
     smooth: list[float | None] = Field([None], min_length=1, description="SmoothQuant migration strengths in "
                                        "(0, 1], null for none; drawn only for units with act_bits 8")
+    kmeans_weighting: list[Literal["none", "activation"]] = Field(
+        ["none"], min_length=1, description="k-means weightings (policies/kmeans_weighted.py); drawn only for units "
+        "whose quant_method is kmeans")
+
+    @model_validator(mode="after")
+    def _weighting_needs_kmeans(self):
+        if any(v != "none" for v in self.kmeans_weighting) and "kmeans" not in self.method:
+            raise ValueError(f"kmeans_weighting {self.kmeans_weighting} weights k-means codebooks, and method "
+                             f"{self.method} offers no kmeans; add kmeans to method or drop kmeans_weighting")
+        return self
 
     @field_validator("smooth")
     @classmethod

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from autocompress.errors import UserError, from_fields
 
 QUANT_METHODS = ("rtn", "gptq", "kmeans")
+KMEANS_WEIGHTINGS = ("none", "activation")
 PRUNE_METHODS = ("magnitude", "wanda")
 RANK_METHODS = ("svd", "whitened")
 MAX_SPARSITY = 0.95
@@ -43,6 +44,10 @@ class LayerPlan:
         (weight clustering, policies/kmeans.py: 2^bits float16 centroids per codebook, each weight stored as a
         bits-wide index; group_size then counts output rows per codebook, None = one codebook per matrix;
         symmetric does not apply and is kept true; no gguf_type, no distillation).
+      kmeans_weighting: "none" (plain k-means) or "activation" (SqueezeLLM-style sensitivity weighting: each
+        weight w_ij counts in the k-means objective by its input channel's mean squared activation
+        diag(X^T X)_j / tokens, from calibration data; policies/kmeans_weighted.py). Only with quant_method
+        kmeans and bits.
       act_bits: 8 for dynamic per-token int8 activations (W8A8), or None to keep activations as they are.
       smooth: SmoothQuant's migration strength alpha in (0, 1], or None: before quantization each input
         channel j of the layer is divided by s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) (from calibration
@@ -75,6 +80,7 @@ class LayerPlan:
     rank_method: str = "svd"
     smooth: float | None = None  # after the older fields, so that positional construction keeps its meaning
     gguf_type: str | None = None
+    kmeans_weighting: str = "none"
 
     def __post_init__(self) -> None:
         if self.gguf_type is not None:
@@ -153,6 +159,12 @@ def _check_layer_plan(p: LayerPlan) -> None:
     if p.quant_method == "kmeans" and p.gguf_type is not None:
         bad(f"quant_method=kmeans with gguf_type {p.gguf_type}: ggml blocks are a uniform grid, not a codebook; "
             "drop one of them")
+    if p.kmeans_weighting not in KMEANS_WEIGHTINGS:
+        bad(f"kmeans_weighting={p.kmeans_weighting!r} is unknown; use one of {', '.join(KMEANS_WEIGHTINGS)}")
+    if p.kmeans_weighting != "none" and (p.quant_method != "kmeans" or p.bits is None):
+        bad(f"kmeans_weighting={p.kmeans_weighting} weights the k-means codebook, and this layer has "
+            f"{'no bits' if p.bits is None else 'quant_method ' + p.quant_method}; set quant_method: kmeans with "
+            "bits, or drop kmeans_weighting")
     if p.act_bits not in (None, 8):
         bad(f"act_bits={p.act_bits!r} is not supported; use 8 (dynamic int8 activations) or null")
     if p.smooth is not None:

@@ -18,12 +18,13 @@ from autocompress.distill_spec import DistillConfig
 from autocompress.errors import UserError
 from autocompress.depth import plan as depth_plan
 from autocompress.kvcache.plan import KVCachePlan
-from autocompress.layer_plan import (GGUF_BLOCK, GGUF_TYPES, MAX_SPARSITY, PRUNE_METHODS, QUANT_METHODS,
-                                     RANK_METHODS, LayerPlan, gguf_type_of, resolve_rank)
+from autocompress.layer_plan import (GGUF_BLOCK, GGUF_TYPES, KMEANS_WEIGHTINGS, MAX_SPARSITY, PRUNE_METHODS,
+                                     QUANT_METHODS, RANK_METHODS, LayerPlan, gguf_type_of, resolve_rank)
 from autocompress.vocab.plan import VocabPlan
 
-__all__ = ["PLAN_VERSION", "CompressionPlan", "LayerPlan", "GGUF_BLOCK", "GGUF_TYPES", "MAX_SPARSITY",
-           "PRUNE_METHODS", "QUANT_METHODS", "RANK_METHODS", "gguf_type_of", "resolve_rank"]  # layer_plan's too
+__all__ = ["PLAN_VERSION", "CompressionPlan", "LayerPlan", "GGUF_BLOCK", "GGUF_TYPES", "KMEANS_WEIGHTINGS",
+           "MAX_SPARSITY", "PRUNE_METHODS", "QUANT_METHODS", "RANK_METHODS", "gguf_type_of",
+           "resolve_rank"]  # layer_plan's too
 
 PLAN_VERSION = 1
 
@@ -224,7 +225,7 @@ class CompressionPlan:
                 str(p.bits) if q else "-",
                 ("ch" if p.group_size is None else str(p.group_size)) if q else "-",
                 ("sym" if p.symmetric else "asym") if q else "-",
-                p.quant_method if q else "-",
+                (p.quant_method + (f" {p.kmeans_weighting}" if p.kmeans_weighting != "none" else "")) if q else "-",
                 p.gguf_type or "-",
                 f"int{p.act_bits}" if p.act_bits else "-",
                 f"{p.smooth:g}" if p.smooth is not None else "-",

@@ -28,9 +28,9 @@ def apply_plan(model: nn.Module, plan: CompressionPlan,
     last (to the factors where the layer is factorized). Data-aware methods gather their input statistics
     on the model as the earlier stages left it (with `Calibration(sequential=True)`, GPTQ block by block
     through the blocks it already quantized: sequential.py). `calibration` is a `Calibration` or a list of
-    tokenized batches; it is only required by plans that use gptq, wanda, whitened SVD or smooth. An empty
-    plan leaves the model unchanged. A `kv_cache` entry changes no weight: the model carries it
-    (`autocompress.kvcache.runtime`), and the evaluators and generation run it with the quantized cache.
+    tokenized batches; it is only required by plans that use gptq, wanda, whitened SVD, smooth or
+    kmeans_weighting. An empty plan leaves the model unchanged. A `kv_cache` entry changes no weight: the model
+    carries it (`autocompress.kvcache.runtime`), and the evaluators and generation run it with the quantized cache.
     `drop_blocks` removes those blocks first (`autocompress.depth`); entries of their layers are ignored. A
     `vocab` entry runs next (`autocompress.vocab.apply`): the later policies see the pruned table and head.
     """

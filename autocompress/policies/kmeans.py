@@ -18,7 +18,8 @@ k-means is deterministic: the k centroids start evenly spaced from the smallest 
 steps until none moves (at most `ITERATIONS`); a centroid left without values keeps its place. No randomness,
 so no seed. All codebooks of equally tall row groups are clustered together as one batch. The policy records
 the codebook as `module._autocompress_grid` (quantize.GRID_ATTR) where the grid methods record a `QuantGrid`.
-Not implemented: SqueezeLLM's sensitivity weighting (k-means weighted by calibration statistics).
+With `kmeans_weighting: activation` the Lloyd steps are weighted (kmeans_weighted.py: SqueezeLLM's sensitivity
+weighting with the input activations' second moment as the sensitivity); the codebook contract is the same.
 """
 
 from __future__ import annotations
@@ -65,31 +66,48 @@ def kmeans_1d(x: torch.Tensor, k: int, pin_zero: torch.Tensor | None = None,
     true; there the centroid nearest 0 is held at exactly 0.0 after every step. An empty row gives k zeros."""
     one = x.dim() == 1
     xs = torch.sort(x.detach().reshape(1 if one else x.shape[0], -1).float(), dim=1).values
-    rows, n = xs.shape
-    pin = torch.zeros(rows, dtype=torch.bool) if pin_zero is None else pin_zero.reshape(rows).cpu()
-    if n == 0:
-        c = torch.zeros(rows, k)
-        return c[0] if one else c
+    pin = pin_rows(xs, pin_zero)
+    c = lloyd(xs, linear_seeds(xs, k, pin), pin, iterations) if xs.shape[1] else torch.zeros(xs.shape[0], k)
+    return c[0] if one else c
+
+
+def pin_rows(xs: torch.Tensor, pin_zero: torch.Tensor | None) -> torch.Tensor:
+    """bool [B]: the rows of `xs` [B, n] whose codebook keeps a centroid at 0.0 (`pin_zero`, or none)."""
+    return torch.zeros(xs.shape[0], dtype=torch.bool) if pin_zero is None else pin_zero.reshape(-1).cpu()
+
+
+def linear_seeds(xs: torch.Tensor, k: int, pin: torch.Tensor) -> torch.Tensor:
+    """k seeds [B, k] evenly spaced from the smallest to the largest value of each row of `xs` [B, n > 0],
+    zeros left out of the range where `pin` [B], then pinned (`pin_centroids`)."""
     inf = torch.tensor(float("inf"))
     skip = pin[:, None] & (xs == 0)
     lo = torch.where(skip, inf, xs).amin(1)
     hi = torch.where(skip, -inf, xs).amax(1)
     lo, hi = torch.where(torch.isfinite(lo), lo, 0.0), torch.where(torch.isfinite(hi), hi, 0.0)
-    c = lo[:, None] + (hi - lo)[:, None] * (torch.arange(k) / max(k - 1, 1))[None, :]
-    c = _pin(c, pin)
-    x64 = xs.double()
+    return pin_centroids(lo[:, None] + (hi - lo)[:, None] * (torch.arange(k) / max(k - 1, 1))[None, :], pin)
+
+
+def lloyd(xs: torch.Tensor, c: torch.Tensor, pin: torch.Tensor, iterations: int = ITERATIONS,
+          s: torch.Tensor | None = None) -> torch.Tensor:
+    """Lloyd steps from the sorted centroids `c` [B, k] on the row-sorted values `xs` [B, n] until none moves
+    (at most `iterations`): each value to its nearest centroid, each centroid to the mean of its values, or,
+    with weights `s` (float64 >= 0, xs's shape), to their weighted mean sum(s x) / sum(s). A centroid with no
+    values (or only weight 0) keeps its place; pinned rows keep a centroid at exactly 0.0 (`pin_centroids`)."""
+    x64, k = xs.double(), c.shape[1]
+    mass = torch.ones_like(x64) if s is None else s
     for _ in range(iterations):
         idx = torch.searchsorted((c[:, 1:] + c[:, :-1]).contiguous() / 2, xs)
-        sums = torch.zeros(rows, k, dtype=torch.float64).scatter_add_(1, idx, x64)
-        counts = torch.zeros(rows, k, dtype=torch.float64).scatter_add_(1, idx, torch.ones_like(x64))
-        new = _pin(torch.where(counts > 0, (sums / counts.clamp(min=1)).float(), c), pin)
+        sums = torch.zeros(xs.shape[0], k, dtype=torch.float64).scatter_add_(1, idx, x64 * mass)
+        counts = torch.zeros(xs.shape[0], k, dtype=torch.float64).scatter_add_(1, idx, mass)
+        means = (sums / torch.where(counts > 0, counts, 1.0)).float()
+        new = pin_centroids(torch.where(counts > 0, means, c), pin)
         if torch.equal(new, c):
             break
         c = new
-    return c[0] if one else c
+    return c
 
 
-def _pin(c: torch.Tensor, pin: torch.Tensor) -> torch.Tensor:
+def pin_centroids(c: torch.Tensor, pin: torch.Tensor) -> torch.Tensor:
     """`c` [B, k] sorted, with the centroid nearest 0 of every pinned row set to exactly 0.0."""
     if bool(pin.any()):
         c = c.clone()
@@ -126,13 +144,20 @@ def _runs(w: torch.Tensor, group_size: int | None):
         yield slice(book, end_book), slice(start, stop), w[start:stop].reshape(end_book - book, -1)
 
 
-def cluster(w: torch.Tensor, bits: int, group_size: int | None) -> tuple[torch.Tensor, Codebook]:
+def cluster(w: torch.Tensor, bits: int, group_size: int | None,
+            importance: torch.Tensor | None = None) -> tuple[torch.Tensor, Codebook]:
     """(clustered w in w's dtype, its Codebook): every weight of `w` [out, in] replaced by its nearest centroid
-    (module docstring). Does not modify `w`."""
+    (module docstring). `importance` (float [in], >= 0) weights every weight w_ij of the k-means objective by
+    importance_j (kmeans_weighted.py); None clusters unweighted. Does not modify `w`."""
     k = 2 ** bits
     centroids = torch.empty(num_books(w.shape[0], group_size), k)
+    weights = None if importance is None else _runs(importance.detach().cpu().float().expand(w.shape), group_size)
+    if weights is not None:
+        from autocompress.policies.kmeans_weighted import weighted_kmeans_1d
     for books, _, vals in _runs(w.detach().cpu().float(), group_size):
-        centroids[books] = _fp16(kmeans_1d(vals, k, pin_zero=(vals == 0).any(1)))
+        pin = (vals == 0).any(1)
+        c = kmeans_1d(vals, k, pin) if weights is None else weighted_kmeans_1d(vals, next(weights)[2], k, pin)
+        centroids[books] = _fp16(c)
     book = Codebook(bits, group_size, centroids)
     return codebook_values(codebook_indices(w, book), book).to(w.dtype), book
 
@@ -178,9 +203,18 @@ def codebook_violation(w: torch.Tensor, entry: LayerPlan, book: object) -> str |
 
 
 def quantize_kmeans(w: torch.Tensor, entry: LayerPlan, gram: torch.Tensor | None) -> tuple[torch.Tensor, Codebook]:
-    """The `quant_method: kmeans` quantizer (quantize.QUANTIZERS): `cluster` at the entry's bits and group_size;
-    needs no calibration data."""
-    return cluster(w, entry.bits, entry.group_size)
+    """The `quant_method: kmeans` quantizer (quantize.QUANTIZERS): `cluster` at the entry's bits and group_size.
+    Unweighted it needs no calibration data; with `kmeans_weighting: activation` it reads the layer's input
+    Gram matrix `gram` [in, in] (its diagonal: kmeans_weighted.activation_importance)."""
+    if entry.kmeans_weighting == "none":
+        return cluster(w, entry.bits, entry.group_size)
+    from autocompress.policies.kmeans_weighted import activation_importance
+
+    return cluster(w, entry.bits, entry.group_size, importance=activation_importance(gram, entry, w.shape[1]))
 
 
-quantize_kmeans.needs_gram = False
+def _needs_gram(entry: LayerPlan) -> bool:
+    return entry.kmeans_weighting != "none"
+
+
+quantize_kmeans.needs_gram = _needs_gram  # data-aware only when weighted

@@ -4,12 +4,13 @@ A search applies many plans to fresh copies of one base model. Whenever a policy
 exactly as the base model (no earlier stage of the plan changed it), what it derives from the model and the
 calibration batches is the same for every such plan: the calibration Gram matrices of `Calibration.input_grams`,
 the activation ranges of `Calibration.input_absmax` (SmoothQuant), and every per-layer result that depends
-only on the layer's weight, its Gram matrix and its plan entry (a GPTQ-quantized weight). A worker keeps one
-memo beside its base model (`Calibration(batches, memo=...)`), so GPTQ, Wanda, whitened SVD, activation-aware
-structured pruning and smoothing gather statistics once per worker instead of once per trial, and GPTQ
-quantizes each (layer, bits, group size, symmetric) once. Sequential GPTQ (sequential.py) keys each layer's
-result also by a fingerprint of the entries quantized before the layer's block, since its Hessian depends on
-them: it is reused only after the same earlier blocks.
+only on the layer's weight, its Gram matrix and its plan entry (a GPTQ-quantized weight, an
+activation-weighted k-means codebook: kmeans_weighted.py). A worker keeps one memo beside its base model
+(`Calibration(batches, memo=...)`), so GPTQ, Wanda, whitened SVD, activation-aware structured pruning and
+smoothing gather statistics once per worker instead of once per trial, and GPTQ quantizes each (layer, bits,
+group size, symmetric) once. Sequential GPTQ (sequential.py) keys each layer's result also by a fingerprint
+of the entries quantized before the layer's block, since its Hessian depends on them: it is reused only after
+the same earlier blocks.
 
 Contract:
   - `matches(model)` is True only when `model` holds the base model's state exactly (the same state_dict

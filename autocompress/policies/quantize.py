@@ -33,8 +33,8 @@ from autocompress.plan import CompressionPlan, LayerPlan
 from autocompress.policies._base import POLICIES, Calibration, Policy, check_weight
 from autocompress.registry import Registry
 
-# name -> fn(w [out, in], entry, gram [in, in] | None) -> (fake-quantized w, QuantGrid); `fn.needs_gram` marks
-# data-aware ones
+# name -> fn(w [out, in], entry, gram [in, in] | None) -> (fake-quantized w, QuantGrid); `fn.needs_gram` (a bool,
+# or a function of the entry) marks data-aware ones
 QUANTIZERS: Registry = Registry("quant_method")
 ACT_ATTR = "_autocompress_act_bits"
 GRID_ATTR = "_autocompress_grid"
@@ -188,7 +188,9 @@ def memo_key(name: str, entry: LayerPlan, context: tuple = ()) -> tuple:
     """The memo key of a data-aware quantizer's result for module `name`; `context` (sequential GPTQ: the
     fingerprint of what was quantized before the layer's block) is part of it."""
     grid = () if entry.gguf_type is None else (entry.gguf_type,)
-    return ("quantize", name, entry.quant_method, entry.bits, entry.group_size, entry.symmetric, *grid, *context)
+    weighting = () if entry.kmeans_weighting == "none" else (entry.kmeans_weighting,)
+    return ("quantize", name, entry.quant_method, entry.bits, entry.group_size, entry.symmetric, *grid, *weighting,
+            *context)
 
 
 def _remembered(memo, name: str, w: torch.Tensor, entry: LayerPlan, gram: torch.Tensor | None,
@@ -196,7 +198,11 @@ def _remembered(memo, name: str, w: torch.Tensor, entry: LayerPlan, gram: torch.
     """A data-aware quantizer's result for the base model's weight `w` of module `name`, through the memo
     (memo.py), which keeps the integers (uint8, offset by qmin) and the grid, not the float weight. A
     remembered result is exactly the computed one: (q - zero) * scale is how `_fake` makes the weight.
-    `gram` may be None only when the result is remembered (`memo_key(name, entry, context)` in memo.results)."""
+    `gram` may be None only when the result is remembered (`memo_key(name, entry, context)` in memo.results).
+    A codebook (weighted kmeans) has no integer grid: it is kept as indices and centroids (kmeans_weighted.py)."""
+    if entry.quant_method == "kmeans":
+        from autocompress.policies.kmeans_weighted import remembered_codebook
+        return remembered_codebook(memo, memo_key(name, entry, context), w, entry, gram)
     bits, gs, sym, t = entry.bits, entry.group_size, entry.symmetric, entry.gguf_type
     qmin = qrange(bits, sym)[0] if t is None else (-127 if t == "Q8_0" else 0)
     fresh: list[tuple[torch.Tensor, QuantGrid]] = []
@@ -242,7 +248,8 @@ class QuantizePolicy(Policy):
         return entry.quantizes
 
     def needs_calibration(self, entry: LayerPlan) -> bool:
-        return entry.bits is not None and getattr(QUANTIZERS.get(entry.quant_method), "needs_gram", False)
+        flag = getattr(QUANTIZERS.get(entry.quant_method), "needs_gram", False) if entry.bits is not None else False
+        return bool(flag(entry) if callable(flag) else flag)
 
     def apply(self, model: nn.Module, plan: CompressionPlan, calibration: Calibration | None) -> None:
         entries = self.entries(plan)
@@ -253,7 +260,9 @@ class QuantizePolicy(Policy):
                 self._quantize(modules[name], e, {})
             return
         first = next(name for name, e in entries.items() if self.needs_calibration(e))
-        calib = self.require(calibration, first, entries[first].quant_method)
+        e = entries[first]
+        calib = self.require(calibration, first, f"kmeans_weighting {e.kmeans_weighting}"
+                             if e.quant_method == "kmeans" else e.quant_method)
         pristine = calib.pristine(model)  # before any weight changes: then memo entries apply
         memo = calib.memo if pristine else None
         if calib.sequential:

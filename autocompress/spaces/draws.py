@@ -1,12 +1,13 @@
 """How one plan is drawn from a `ConfigSpace`: the params, and the order and conditions of every decision.
 
 Optuna params are named `"<unit>.<field>"` with the `LayerPlan` field names: bits, group_size, symmetric,
-quant_method, act_bits, smooth, sparsity, pattern, prune_method, rank, rank_method; all are categorical over
-the config's choices (None kept as None). A field with a single choice is a constant and is never suggested, so
-the sampler sees only real decisions. Conditional (define-by-run), in this order per trial:
+quant_method, kmeans_weighting, act_bits, smooth, sparsity, pattern, prune_method, rank, rank_method; all are
+categorical over the config's choices (None kept as None). A field with a single choice is a constant and is
+never suggested, so the sampler sees only real decisions. Conditional (define-by-run), in this order per trial:
   lowrank    rank (choices filtered per unit, spaces/choices.py); rank_method only when the rank is not None.
   quantize   bits; group_size (or group_size_<b>bit, see config_sections._GroupedBits), symmetric,
-             quant_method only when bits is not None; act_bits always; smooth
+             quant_method only when bits is not None; kmeans_weighting only when quant_method is kmeans
+             (`quantize.kmeans_weighting`; the default ["none"] is a constant); act_bits always; smooth
              (SmoothQuant's alpha, `quantize.smooth`) only when act_bits is 8 and some layer of the unit can
              be smoothed (only those get it: not a factorized layer, nor one whose weight an embedding
              table shares, such as a tied lm_head). The default [null]
@@ -51,7 +52,8 @@ if TYPE_CHECKING:
 # the order decisions are drawn in (kv_cache, vocab and depth, plan-level, after distill: see `build_plan`)
 TECHNIQUES = ("lowrank", "quantize", "embeddings", "prune", "structured", "kv_cache", "vocab", "depth")
 FIELDS = {"lowrank": {"rank", "rank_method"},
-          "quantize": {"bits", "group_size", "symmetric", "quant_method", "act_bits", "smooth"},
+          "quantize": {"bits", "group_size", "symmetric", "quant_method", "kmeans_weighting", "act_bits",
+                       "smooth"},
           "embeddings": {"bits", "group_size", "symmetric"},
           "prune": {"pattern", "sparsity", "prune_method"}, "structured": {"sparsity", "prune_method"},
           "kv_cache": KV_FIELDS, "vocab": VOCAB_FIELDS, "depth": DEPTH_FIELDS}
@@ -108,6 +110,8 @@ def _quantize(cs: ConfigSpace, pick: Pick, units: dict, out: dict) -> None:
                           group_size=pick(unit, q.group_field(bits), of("group_size", q.group_sizes(bits))),
                           symmetric=pick(unit, "symmetric", of("symmetric", q.symmetric, bits)),
                           quant_method=pick(unit, "quant_method", q.method))
+            if fields["quant_method"] == "kmeans":
+                fields["kmeans_weighting"] = pick(unit, "kmeans_weighting", q.kmeans_weighting)
             fields.update(cs.formats.fields(bits, fields["symmetric"]))
         fields["act_bits"] = pick(unit, "act_bits", of("act_bits", q.act_bits))
         smoothable = [n for n in members if out[n].get("rank") is None and n not in cs.tied]
