@@ -25,10 +25,11 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/autocompress search examples/quickstart.yaml
 
-# Two pytest-xdist workers (the suite waits on servers and subprocesses a lot); tests are handed out one by one
-# to whichever worker is free (worksteal), so the long ones do not pile up at the end on one worker.
+# Three pytest-xdist workers on the 2 cores: much of the suite waits on servers and subprocesses (two workers
+# leave about a quarter of the CPU idle). worksteal gives each worker a share and moves work to whichever is
+# free; tests/conftest.py puts the slow tests at the front of the shares, so none is left running alone at the end.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+	$(BIN)/python -m pytest -q -n 3 --dist worksteal
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -7,9 +7,30 @@ import os
 import pytest
 import torch
 
-# two pytest-xdist workers share the 2 cores: one torch thread each (two threads each would oversubscribe them,
+# the pytest-xdist workers share the 2 cores: one torch thread each (two threads each would oversubscribe them,
 # and OpenMP's spinning threads slow a contended run down by far more than 2x)
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test`: worksteal), the tests marked `slow` (real models, long searches: up to
+    two minutes each) are dealt round-robin to the front of each worker's first share. worksteal first splits
+    the collected list into one contiguous share per worker and later moves only the tails of the longest
+    queues, so each worker starts on its slow tests at once and the short ones balance the end; collected in
+    place, a slow test could start late and run alone while the other workers sit idle. Without xdist the order
+    is left alone."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers < 2:
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    rest = iter([item for item in items if not item.get_closest_marker("slow")])
+    shares: list[list] = [slow[w::workers] for w in range(workers)]
+    left = len(items)
+    for w, share in enumerate(shares):  # the share sizes worksteal sends first: the list split evenly in order
+        size = left // (workers - w)
+        left -= size
+        share.extend(next(rest) for _ in range(max(0, size - len(share))))
+    items[:] = [item for share in shares for item in share] + list(rest)
 
 
 @pytest.fixture(scope="session")
