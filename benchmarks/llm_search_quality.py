@@ -164,7 +164,8 @@ def measure_arms(work: Path, args, shared, log) -> dict:
     from autocompress.plan import CompressionPlan
     from autocompress.search.seeding.allocation import knapsack_plans
     from autocompress.search.workers.backends import make_backend
-    from autocompress.search.driver import _plan_latency_model, run_search
+    from autocompress.search.driver import run_search
+    from autocompress.search.plan_targets import plan_latency_model
     from autocompress.search.rundir.reader import RunDir
     from autocompress.search.seeding.sensitivity import FILE, load_or_measure
     from autocompress.spaces import ConfigSpace
@@ -179,7 +180,7 @@ def measure_arms(work: Path, args, shared, log) -> dict:
             log(f"sensitivity {done}/{total}") if done % step == 0 or done == total else None))
     finally:
         backend.close()
-    latency = _plan_latency_model(config)
+    latency = plan_latency_model(config)
     dense = evaluate(shared, CompressionPlan({}), "float32", latency, info, args.threads)
     uniform = [evaluate(shared, plan, label, latency, info, args.threads)
                for label, plan in space.uniform_plans().items()]

@@ -95,6 +95,20 @@ class PruningStudy:
             self.study.tell(number, state=TS.PRUNED if state == "PRUNED" else TS.FAIL)
 
 
+def end_companions(pruning: Any, failed: list[Any]) -> list[Any]:
+    """End FAIL the pruning-study companions (user attr `pruning_trial`) of `failed`, main trials a dead
+    driver left RUNNING and liveness.py just failed; one another process ended already is left as it is.
+    Returns `failed`."""
+    for t in failed if pruning is not None else []:
+        number = t.user_attrs.get("pruning_trial")
+        if number is not None:
+            try:
+                pruning.tell(number, "FAIL", {})
+            except ValueError:  # "Cannot tell a FAIL trial": already ended
+                pass
+    return failed
+
+
 class WorkerPruning:
     """The worker's side, one per worker process: the companion study, opened on first use."""
 

@@ -82,3 +82,16 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def best_values(trials: list[Any], objectives: list[tuple[str, str]]) -> dict[str, float]:
+    """metric -> its best value over the feasible complete `trials`: the extremes of `study.best_trials`
+    (the Pareto set holds each objective's optimum), from a list of trials already read."""
+    best: dict[str, float] = {}
+    for t in trials:
+        if t.state.name != "COMPLETE" or t.values is None or any(v > 0 for v in t.constraints.values()):
+            continue
+        for (direction, metric), v in zip(objectives, t.values):
+            pick = max if direction == "maximize" else min
+            best[metric] = pick(best.get(metric, v), v)
+    return best

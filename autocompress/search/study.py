@@ -208,6 +208,16 @@ def pareto_front(study: Any) -> list[Any]:
 
 def is_repeat(trial: Any) -> bool:
     """A finished trial whose plan an earlier trial had evaluated: its metrics were reused, no work done
-    (user attr `worker` "cache"). Repeats do not count toward the budget (driver.counted_trials) and are left
+    (user attr `worker` "cache"). Repeats do not count toward the budget (`counted_trials`) and are left
     out of the Pareto tables (`pareto_front`)."""
     return trial.state.is_finished() and trial.user_attrs.get("worker") == "cache"
+
+
+def counted_trials(trials: list[Any], budget: int | None) -> int:
+    """How many of `trials` count toward `budget.n_trials`: the finished ones, where a trial failed with its
+    driver and queued again counts once, and a repeat (`is_repeat`) not at all, up to `budget` repeats (so a
+    space with fewer distinct plans than the budget still ends: the repeats beyond that count)."""
+    from autocompress.search.liveness import superseded
+
+    done = sum(1 for t in trials if t.state.is_finished()) - len(superseded(trials))
+    return done - min(sum(1 for t in trials if is_repeat(t)), budget or 0)

@@ -11,8 +11,9 @@ import pytest
 from mlflow import MlflowClient
 
 from autocompress.cli import main
-from autocompress.search.driver import counted_trials, run_search
+from autocompress.search.driver import run_search
 from autocompress.search.rundir.reader import RunDir
+from autocompress.search.study import counted_trials
 from tests.support import SPACE, children, make_config, stored_trials
 
 
@@ -211,7 +212,7 @@ def test_latency_target_is_an_objective_decided_before_model_work(tmp_path):
 
 def test_best_values_are_the_extremes_of_optunas_feasible_pareto_set():
     """The progress bar's best-so-far, from one read of the trials, equals what `study.best_trials` gives."""
-    from autocompress.search.driver import best_values
+    from autocompress.search.pareto import best_values
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from autocompress.search import interrupts
-from autocompress.search.driver import _Search, run_search
+from autocompress.search.driver import run_search
+from autocompress.search.trial_book import TrialBook
 from tests.support import children, make_config, stored_trials
 
 ctrl_c = lambda: signal.raise_signal(signal.SIGINT)  # noqa: E731  (delivered before the next statement)
@@ -119,14 +120,14 @@ def test_nothing_changes_off_the_main_thread_or_outside_a_guard():
 def test_ctrl_c_during_a_trials_storage_write_lets_it_finish(tmp_path, monkeypatch):
     """The signal lands while the driver records trial 2's end: the record is written whole (COMPLETE in
     Optuna, a nested run in MLflow), then the search stops: no trial left RUNNING, the parent run KILLED."""
-    original = _Search.finish
+    original = TrialBook.finish
 
     def finish(self, trial, *args, **kwargs):
         if trial.number == 2:
             ctrl_c()  # without the deferral KeyboardInterrupt is raised here, before anything is recorded
         return original(self, trial, *args, **kwargs)
 
-    monkeypatch.setattr(_Search, "finish", finish)
+    monkeypatch.setattr(TrialBook, "finish", finish)
     config = make_config(tmp_path, budget={"n_trials": 20})
     with pytest.raises(KeyboardInterrupt):
         run_search(config, show_progress=False)

@@ -25,9 +25,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from autocompress.search.driver import counted_trials
 from autocompress.search.storage import open_storage
-from autocompress.search.study import JOINS_ATTR, LOCK_SUFFIX
+from autocompress.search.study import JOINS_ATTR, LOCK_SUFFIX, counted_trials
 from tests.search.services import (delete_studies, fresh_postgres_database, mlflow_server,  # noqa: F401
                                    postgres_url, unique_name)
 from tests.support import SPACE

@@ -1,7 +1,7 @@
 """The plan files of a run directory, `plans/trial-NNNN.json`, and their repair: a file that is missing or does
 not parse is rebuilt from its trial's parameters in the study and written back.
 
-A trial's plan is `space.sample(trial)` (search/driver.py), a function of the trial's params alone, and the
+A trial's plan is `space.sample(trial)` (search/trial_book.py), a function of the trial's params alone, and the
 space is a function of the config's space section and the model's inventory, which the run's identity
 (search/rundir/identity.py) keeps unchanged; so `space.sample(optuna.trial.FixedTrial(trial.params))` is the plan
 the trial ran, exactly (its `to_json` equal to the file the driver wrote).

@@ -136,7 +136,7 @@ def test_latency_budget_plans_are_no_slower_than_their_baseline(measured, tmp_pa
     import optuna
 
     from autocompress.search.seeding.allocation import budget_params
-    from autocompress.search.driver import _plan_latency_model
+    from autocompress.search.plan_targets import plan_latency_model
     from tests.support import make_config
 
     import yaml
@@ -149,7 +149,7 @@ def test_latency_budget_plans_are_no_slower_than_their_baseline(measured, tmp_pa
     data = yaml.safe_load((PROFILE_DIR / "cpu-local.yaml").read_text())
     data["kernels"]["w8a8"]["groups"] = [32, 128]
     (tmp_path / "grouped.yaml").write_text(yaml.safe_dump(data))
-    model, workload = _plan_latency_model(make_config(tmp_path, space=FORMATS,
+    model, workload = plan_latency_model(make_config(tmp_path, space=FORMATS,
                                                       target={"profile": str(tmp_path / "grouped.yaml")}))
     seeds = {k: v for k, v in budget_params(space, sens, space.info, (model, workload)).items() if "latency" in k}
     assert seeds, "int8 activations make some uniform baselines faster than the reference"
