@@ -43,9 +43,8 @@ def uniform_plan(info: ModelInfo, fmt: str, kernel: Kernel, act_bits: int | None
     """Every Linear of `info` in weight format `fmt` ("w8a8", "w8", "w4", or a sparsity pattern such as "2:4"),
     in the first layout `kernel` takes: one scale per output channel where it takes that, else its smallest
     group size. A pattern format prunes every Linear to that N:M pattern (magnitude) and keeps it dense."""
-    if ":" in fmt:
-        n, m = (int(x) for x in fmt.split(":"))
-        entry = LayerPlan(bits=None, sparsity=1 - n / m, pattern=fmt, act_bits=act_bits)
+    if ":" in fmt:  # LayerPlan derives the sparsity (1 - N/M) from the pattern
+        entry = LayerPlan(bits=None, pattern=fmt, act_bits=act_bits)
         return CompressionPlan({name: entry for name in info.layers})
     bits = 8 if fmt in ("w8a8", "w8") else int(fmt[1:])
     group = None if kernel.per_channel or not kernel.groups else min(kernel.groups)
