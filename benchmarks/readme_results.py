@@ -176,10 +176,15 @@ TARGET_DECODE_X = 4.0
 
 def decode_rows(results: Path = RESULTS) -> list[tuple[str, str, str, str, str]]:
     """Decode speed against the original model in PyTorch fp32 at KL <= ACCEPTED_KL (torch's CPU kernels on the
-    packed format; llama.cpp on the GGUF export), and the decode latency model's fidelity per seed."""
+    packed format, eager and compiled (`fast_generate`, against fp32 compiled and eager); llama.cpp on the GGUF
+    export), and the decode latency model's fidelity per seed."""
     rows = []
     target = f">= {TARGET_DECODE_X:g}x at KL <= {ACCEPTED_KL:g}"
     for name, what, key in (("decode_speed", "packed format on torch's CPU kernels", "speedup"),
+                            ("decode_speed_compiled", "packed format, compiled decode (`fast_generate`) vs fp32 "
+                             "compiled the same way", "speedup"),
+                            ("decode_speed_compiled", "packed format, compiled decode (`fast_generate`) vs fp32 "
+                             "eager", "speedup_vs_eager"),
                             ("llamacpp_decode", "GGUF export on llama.cpp", "speedup_vs_torch_fp32")):
         data = load(name, results)
         if data is None:
