@@ -69,15 +69,17 @@ def _decode_step(model: nn.Module, workload: Workload, device: str) -> Callable[
     prompt = _inputs(model, workload.batch, context, device)
     step_ids = _inputs(model, workload.batch, 1, device, seed=1)["input_ids"]
     mask = torch.ones(workload.batch, context + 1, dtype=torch.long, device=device)
+    arg = "cache" if _accepts(model, "cache") else "past_key_values"  # transformers 5 renamed the argument
     with torch.inference_mode():
-        cache = model(**prompt, use_cache=True).past_key_values
+        out = model(**prompt, use_cache=True)
+        cache = out.get("cache", out.get("past_key_values"))
     if cache is None or not hasattr(cache, "crop"):
         raise UserError(f"{type(model).__name__} returned no croppable KV cache; decode cannot be timed")
 
     def step() -> float:
         _sync(device)
         t0 = time.perf_counter()
-        model(input_ids=step_ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        model(input_ids=step_ids, attention_mask=mask, use_cache=True, **{arg: cache})
         _sync(device)
         ms = (time.perf_counter() - t0) * 1e3
         cache.crop(-1)  # drop the token just added: the next step sees the same context (negative = remove)
