@@ -7,6 +7,7 @@
   autocompress auto MODEL [--target DEVICE] [--max-drop 0.01] [--trials N] [--run-dir DIR]
   autocompress export RUN_DIR [--trial N | --pick RULE] --out DIR [--format autocompress|compressed-tensors|gguf]
                       [--entropy zstd|lzma|zlib] [--strict] [--force]
+  autocompress generate EXPORT_DIR [--prompt TEXT ...] [--max-new-tokens 32] [--eager] [--json]
   autocompress report RUN_DIR [--out DIR]
   autocompress ui [RUN_DIR] [--tracking-uri URI] [--host 127.0.0.1] [--port 5000]
   autocompress latency calibrate --model MODEL --out PROFILE.yaml [--device cpu|cuda] [--batch 1] [--seq-len 128]
@@ -19,7 +20,8 @@ stdout.
 
 One module per command family, each mounting its commands with an `add_*_commands(subparsers)`: model.py
 (`inspect`, `apply`), search.py (`search`, `auto`, `sensitivity`), run.py (`export`, `report`, `ui`; the
-servers of `ui` in autocompress/ui.py), latency.py (`latency ...`); common.py holds what they share.
+servers of `ui` in autocompress/ui.py), latency.py (`latency ...`), generate.py (`generate`); common.py
+holds what they share.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from autocompress.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from autocompress.cli.generate import add_generate_commands
     from autocompress.cli.latency import add_latency_commands
     from autocompress.cli.model import add_model_commands
     from autocompress.cli.run import add_run_commands
@@ -38,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="autocompress", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_model_commands, add_search_commands, add_latency_commands, add_run_commands):
+    for add in (add_model_commands, add_search_commands, add_latency_commands, add_run_commands,
+                add_generate_commands):
         add(sub)
     return parser
 

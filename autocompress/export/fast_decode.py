@@ -54,13 +54,18 @@ def compile_config():
     return config
 
 
-def _check(model: nn.Module) -> None:
-    from autocompress.kvcache.runtime import kv_plan_of
-
+def require_causal_lm(model: nn.Module) -> None:
+    """Raise `UserError` unless `model` is a decoder-only causal LM with a `generate` method."""
     name = type(model).__name__
     if not hasattr(model, "generate") or getattr(getattr(model, "config", None), "is_encoder_decoder", False) \
             or not ("CausalLM" in name or "LMHead" in name):
-        raise UserError(f"fast decode needs a decoder-only causal language model; {type(model).__name__} is not one")
+        raise UserError(f"decoding needs a decoder-only causal language model; {name} is not one")
+
+
+def _check(model: nn.Module) -> None:
+    from autocompress.kvcache.runtime import kv_plan_of
+
+    require_causal_lm(model)
     if not callable(getattr(model, "get_compiled_call", None)):
         raise UserError(f"{type(model).__name__} cannot compile its forward through transformers; "
                         "use model.generate(...) without fast decode")
