@@ -13,20 +13,26 @@ and a knapsack under an average-bits budget. Here, on SmolLM2-135M-Instruct, at 
   search     NSGA-II from the uniform baselines (what `autocompress search` does by default), `--trials`;
   seeded     the same with `sensitivity: {}` (`auto --seed-sensitivity`): the study also starts from the
              threshold plans and the knapsack's plans, within the same trial budget.
-Space: per layer group (q/k/v, o, gate/up, down per block: 120 units, plus the table: 121), bits {8, 6, 5, 4, 3,
+Space: per layer group (q/k/v, o, gate/up, down per block: 120 units, plus the table: 121), bits {8, 6, 5, 4, 3, 2,
 off}, RTN for every arm, symmetric; 8 bits with one scale per output channel (the int8 CPU kernel's layout, as
-`auto` gives a causal LM), the others in groups of 64 (the group the int4 CPU kernel takes on SmolLM2's
-576-wide inputs; cpu-local has no kernel for 3, 5 or 6 bits). The model is the Q4_1 GGUF
-dequantized: its weights lie on an asymmetric 4-bit grid of 32-input groups, which no setting here is.
+`auto` gives a causal LM), 4 bits in groups of 64 or 32 (both run on the int4 CPU kernel), the others in groups
+of 64 (the group the int4 CPU kernel takes on SmolLM2's 576-wide inputs; cpu-local has no kernel for 2, 3, 5 or
+6 bits). The uniform plans take the first group choice (64). Judged are the uniform plans the peers' comparison
+names, 3, 4, 5, 6 and 8 bits (`JUDGED`); uniform 2 bits is in the space so that uniform 3 bits is not its
+smallest corner (no plan can dominate the smallest or the fastest plan of a space), and is shown, not judged.
+The model is the Q4_1 GGUF dequantized: its weights lie on an asymmetric 4-bit grid of 32-input groups, which
+no setting here is.
 Objectives of one 3-objective study: mean next-token KL (NextTokenEvaluator, `--n-eval` python-docs passages
 of `--max-length` tokens), packed size_mb, and decode ms/token predicted by `cpu-local`'s table latency model
 (batch 1, 256 tokens of context; predicted, not timed); each pair (KL, size) and (KL, decode ms) is judged.
-Targets, computed per arm and seed: the front dominates every uniform plan on each pair (another plan at least
-as good in both, better in one); at each budget the arm's least KL is at most the knapsack's x (1 + MATCH)
-(size: at no more bytes than the uniform plan; decode: at no more predicted ms than the latency knapsack's
-budget, where the uniform plan is faster than float32). Hypervolume per pair against (KL REF_KL, the float32
+Targets, computed per arm and seed: the front dominates every judged uniform plan on each pair (another plan at
+least as good in both, better in one); since a uniform plan can be Pareto-optimal in the space (then nothing
+dominates it), also: the front dominates every judged uniform plan that any plan evaluated here (all arms and
+seeds, the knapsack, the uniform plans) dominates; at each judged budget the arm's least KL is at most the
+knapsack's x (1 + MATCH) (size: at no more bytes than the uniform plan; decode: at no more predicted ms than
+the latency knapsack's budget, where the uniform plan is faster than float32). Hypervolume per pair against (KL REF_KL, the float32
 model's size or decode ms), normalized to the box up to (0, 0). Every study shares one model load and one
-evaluation per distinct plan (benchmarks/shared_runner.py). Cost: the sensitivity is 606 evaluations (5 choices
+evaluation per distinct plan (benchmarks/shared_runner.py). Cost: the sensitivity is 848 evaluations (7 choices
 x 121 units, and the reference), each a forward pass with one unit changed; a search trial applies RTN to every
 weight (about 3 of its 4 CPU-seconds on one thread); `--max-length` sets how long the passages are.
 """
@@ -49,8 +55,9 @@ from benchmarks.hypervolume import hypervolume  # noqa: E402
 from benchmarks.shared_runner import shared_runner  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
-BITS = [8, 6, 5, 4, 3, None]
-GROUPS = {8: [None], **{b: [64] for b in BITS if b not in (8, None)}}  # 8 bits per channel, the rest g64
+BITS = [8, 6, 5, 4, 3, 2, None]
+GROUPS = {8: [None], 4: [64, 32], **{b: [64] for b in BITS if b not in (8, 4, None)}}  # 8 per channel, else g64
+JUDGED = [f"quantize bits={b}" for b in (8, 6, 5, 4, 3)]  # the uniform arms of the comparison
 SPACE = {"share": "group", "quantize": {"bits": BITS, "group_size": GROUPS, "method": ["rtn"]},
          "embeddings": {"bits": BITS, "group_size": GROUPS}}
 QUICK_TARGETS = [r"re:layers\.[01]\."]  # --quick: the Linears of the first two blocks only (8 units + table)
@@ -121,16 +128,31 @@ def versus(knapsack: list[dict], found: list[dict]) -> list[dict]:
 
 
 def judge(found: list[dict], uniform: list[dict], knapsack: list[dict], ref: dict) -> dict:
-    """Hypervolume per pair, the uniform plans each pair leaves undominated, and `versus` the knapsack."""
+    """Hypervolume per pair, the (judged) `uniform` plans each pair leaves undominated, `versus` the knapsack."""
     out = {"undominated": {}, "hv": {}, "front": {}, "versus_knapsack": versus(knapsack, found)}
     for pair, x in PAIRS.items():
         out["hv"][pair] = hv(found, x, ref)
         out["undominated"][pair] = [u["label"] for u in uniform if dominator(u, found, x) is None]
         out["front"][pair] = [{k: p[k] for k in ("label", "kl", x)} for p in front(found, x)]
-    out["targets"] = {f"dominates every uniform plan on (KL, {pair})": not out["undominated"][pair] for pair in PAIRS}
+    out["targets"] = {f"dominates every judged uniform plan on (KL, {pair})": not out["undominated"][pair] for pair in PAIRS}
     out["targets"]["matches or beats the knapsack at every budget"] = all(
         v["verdict"] != "behind" for v in out["versus_knapsack"])
     return out
+
+
+def dominatable(judged: list[dict], pool: list[dict]) -> dict[str, list[str]]:
+    """Per pair, the labels of the `judged` uniform plans some point of `pool` dominates (the others are
+    Pareto-optimal among all the points evaluated: no arm can be asked to dominate them)."""
+    return {pair: [u["label"] for u in judged if dominator(u, pool, x)] for pair, x in PAIRS.items()}
+
+
+def add_attainable_targets(run: dict, beaten: dict[str, list[str]]) -> None:
+    """Add to each arm of `run` the target "dominates every uniform plan some evaluated plan dominates" per
+    pair: none of `beaten[pair]` is among the plans the arm left undominated."""
+    for judged in run["arms"].values():
+        for pair in PAIRS:
+            judged["targets"][f"dominates every uniform plan some evaluated plan dominates (KL, {pair})"] = \
+                not set(judged["undominated"][pair]) & set(beaten[pair])
 
 
 def hv(found: list[dict], x: str, ref: dict) -> float:
@@ -187,13 +209,16 @@ def measure_arms(work: Path, args, shared, log) -> dict:
     knapsack, by_baseline = [], {u["label"]: u for u in uniform}
     for k in knapsack_plans(space, sens, info, latency):
         pair = {"size": "size", "latency": "decode"}[k.cost]
+        if k.baseline not in JUDGED:
+            continue
         if pair == "decode" and by_baseline[k.baseline]["latency_ms"] >= dense["latency_ms"]:
             continue  # the uniform plan is no faster than float32: no decode budget to spend
         p = evaluate(shared, k.plan, k.label, latency, info, args.threads)
         knapsack.append({**p, "pair": pair, "baseline": k.baseline, "predicted_drop": k.predicted_drop,
                          "budget": by_baseline[k.baseline][PAIRS[pair]]})
     log(f"uniform and knapsack plans evaluated ({len(uniform)} + {len(knapsack)})")
-    runs = []
+    judged = [u for u in uniform if u["label"] in JUDGED]
+    runs, pool = [], [dense, *uniform, *knapsack]
     for seed in range(args.seeds):
         run = {"seed": seed, "arms": {}}
         for arm in args.arms:
@@ -205,10 +230,15 @@ def measure_arms(work: Path, args, shared, log) -> dict:
                 run_search(make_config(run_dir, args, arm, seed), show_progress=False)
             found = [point(t.user_attrs.get("baseline", "sampled"), json.dumps(t.params, sort_keys=True, default=str),
                            t.user_attrs["metrics"]) for t in RunDir.open(run_dir).trials if t.state.name == "COMPLETE"]
-            run["arms"][arm] = {"trials": len(found), **judge(found, uniform, knapsack, dense)}
+            pool += found
+            run["arms"][arm] = {"trials": len(found), **judge(found, judged, knapsack, dense)}
             log(f"{arm} seed {seed}: {len(found)} trials")
         runs.append(run)
-    return {"units": len(space.units), "dense": dense, "uniform": uniform, "knapsack": knapsack, "runs": runs,
+    beaten = dominatable(judged, pool)
+    for run in runs:
+        add_attainable_targets(run, beaten)
+    return {"dominatable": beaten, "pool": len(pool), "units": len(space.units), "dense": dense,
+            "uniform": uniform, "knapsack": knapsack, "runs": runs,
             "sensitivity": {"evaluations": sens.evaluations, "seconds": sens.seconds},
             "hv": {"uniform": {pair: hv(uniform, x, dense) for pair, x in PAIRS.items()},
                    "knapsack": {pair: hv([k for k in knapsack if k["pair"] == pair], x, dense)
@@ -234,8 +264,10 @@ def markdown(result: dict) -> str:
              f"(median {s['median_evaluation_s']:.2f} s), sensitivity {result['sensitivity']['evaluations']} "
              f"evaluations in {result['sensitivity']['seconds']:.0f} s.", "",
              f"Space: {s['units']} units (per layer group, and the tied embedding / LM head), bits {{8, 6, 5, 4, 3, "
-             f"off}}, RTN, symmetric, 8 bits per channel and the others in groups of 64. The model's weights lie "
-             f"on the GGUF's Q4_1 grid (4-bit, asymmetric, groups of 32): no setting here is that grid. KL on {s['n_eval']} python-docs passages "
+             f"2, off}}, RTN, symmetric, 8 bits per channel, 4 bits in groups of 64 or 32, the others in groups of "
+             f"64; the uniform plans in groups of 64. Judged: uniform 3, 4, 5, 6 and 8 bits (uniform 2 bits is "
+             f"the space's smallest corner, shown, not judged). The model's weights lie on the GGUF's Q4_1 grid "
+             f"(4-bit, asymmetric, groups of 32): no setting here is that grid. KL on {s['n_eval']} python-docs passages "
              f"of {s['max_length']} tokens; decode ms/token predicted on cpu-local (batch 1, 256 tokens of "
              f"context). {s['trials']} trials per search, NSGA-II seeds {s['seeds']}; hypervolume against (KL "
              f"{REF_KL}, float32: {result['dense']['size_mb']:.1f} MB, {result['dense']['latency_ms']:.2f} ms).",
@@ -267,6 +299,13 @@ def markdown(result: dict) -> str:
         for pair in PAIRS:
             left = [r["arms"][arm]["undominated"][pair] for r in result["runs"]]
             lines.append(f"- {ARMS[arm]}, (KL, {pair}): " + "; ".join(", ".join(u) or "none" for u in left))
+    lines += ["", f"Judged uniform plans that some plan evaluated here ({result['pool']} points: every arm and seed, "
+              "the knapsack, the uniform plans) dominates; the others are Pareto-optimal among all of them, "
+              "which no arm can dominate:", ""]
+    for pair, x in PAIRS.items():
+        some = result["dominatable"][pair]
+        rest = [u for u in JUDGED if u not in some]
+        lines.append(f"- (KL, {pair}): dominated: {', '.join(some) or 'none'}; Pareto-optimal: {', '.join(rest) or 'none'}")
     uniform_kl = {p["label"]: p["kl"] for p in result["uniform"]}
     optimal = [f"{k['baseline']} ({k['pair']})" for k in result["knapsack"]
                if k["baseline"] in uniform_kl and k["kl"] >= uniform_kl[k["baseline"]] * (1 - MATCH)]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.llm_search_quality import MATCH, dominator, front, judge, least_kl, versus
+from benchmarks.llm_search_quality import (MATCH, add_attainable_targets, dominatable, dominator, front, judge,
+                                           least_kl, versus)
 
 
 def pt(label, kl, size, ms):
@@ -49,9 +50,24 @@ def test_judge_names_the_undominated_uniform_plans_and_the_targets():
     knapsack = [{**pt("k", 0.75, 74.0, 10.5), "pair": "size", "baseline": "u4", "budget": 75.0}]
     out = judge(found, UNIFORM, knapsack, DENSE)
     assert out["undominated"] == {"size": [], "decode": ["u8"]}  # s is smaller than u8 but slower
-    assert out["targets"] == {"dominates every uniform plan on (KL, size)": True,
-                              "dominates every uniform plan on (KL, decode)": False,
+    assert out["targets"] == {"dominates every judged uniform plan on (KL, size)": True,
+                              "dominates every judged uniform plan on (KL, decode)": False,
                               "matches or beats the knapsack at every budget": True}
     assert 0 < out["hv"]["size"] < 1 and 0 < out["hv"]["decode"] < 1
     # t alone: a box of (1 - 0.7) x (540 - 70), normalized by 1 x 540
     assert judge([pt("t", 0.7, 70.0, 10.0)], [], [], DENSE)["hv"]["size"] == pytest.approx(0.3 * 470 / 540)
+
+
+def test_a_uniform_plan_nothing_evaluated_dominates_is_not_asked_of_an_arm():
+    """u8 is the fastest plan of the pool: Pareto-optimal on decode, so the attainable target holds without it;
+    u4 is dominated on size by a pooled plan the arm did not find, so the arm misses that target."""
+    pool = [*UNIFORM, pt("s", 0.005, 130.0, 25.0), pt("r", 0.7, 74.0, 11.0)]
+    beaten = dominatable(UNIFORM, pool)
+    assert beaten == {"size": ["u8", "u4"], "decode": []}
+    found = [*UNIFORM, pt("s", 0.005, 130.0, 25.0)]
+    run = {"arms": {"search": judge(found, UNIFORM, [], DENSE)}}
+    add_attainable_targets(run, beaten)
+    targets = run["arms"]["search"]["targets"]
+    assert targets["dominates every uniform plan some evaluated plan dominates (KL, size)"] is False  # u4
+    assert targets["dominates every uniform plan some evaluated plan dominates (KL, decode)"] is True
+    assert targets["dominates every judged uniform plan on (KL, decode)"] is False  # u8 and u4 undominated
