@@ -67,3 +67,20 @@ def test_a_gpu_result_is_judged_on_the_search_not_the_bare_loop(tmp_path):
 def test_a_readme_without_markers_is_refused():
     with pytest.raises(ValueError, match="no"):
         rr.replace_block("# no table here\n", "| x |")
+
+
+def test_llm_rows_give_each_target_per_arm_and_met_only_where_an_arm_meets_it_in_every_seed():
+    targets = {key: 3 for key, _ in rr.LLM_TARGETS}
+    seeded = {**targets, rr.LLM_TARGETS[1][0]: 2}
+    data = {"summary": {"search": {"hv": {"size": {"mean": 0.8, "sd": 0.01}, "decode": {"mean": 0.4, "sd": 0.0}},
+                                   "targets": {key: 0 for key in targets}},
+                        "seeded": {"hv": {"size": {"mean": 0.85, "sd": 0.0}, "decode": {"mean": 0.45, "sd": 0.0}},
+                                   "targets": seeded}},
+            "runs": [{}, {}, {}], "setup": {"trials": 50},
+            "hv": {"knapsack": {"size": 0.84, "decode": 0.43}, "uniform": {"size": 0.82, "decode": 0.42}}}
+    rows = rr.llm_rows(data)
+    assert len(rows) == 2 + len(rr.LLM_TARGETS)
+    verdicts = {what: (value, verdict) for what, value, _, verdict, _ in rows[2:]}
+    first, second = (f"LLM (SmolLM2): {w}" for _, w in rr.LLM_TARGETS[:2])
+    assert verdicts[first] == ("search 0 of 3 seeds; seeded 3 of 3 seeds", "met (seeded)")
+    assert verdicts[second] == ("search 0 of 3 seeds; seeded 2 of 3 seeds", "not met")
