@@ -1,5 +1,6 @@
 """The seed plans of a fresh study from per-unit sensitivity: the thresholds' plans (`sensitivity.seed_params`)
-and, with `sensitivity.budgets`, one plan per cost budget (`allocation.budget_params`)."""
+and, with `sensitivity.budgets`, one plan per cost budget (`allocation.budget_params`), and with `sensitivity.swaps`,
+each uniform baseline refined by its best swaps (`swaps.swap_params`)."""
 
 from __future__ import annotations
 
@@ -33,4 +34,8 @@ def sensitivity_seeds(config: SearchConfig, study: Any, backend: Backend, info: 
     seeds = seed_params(space, sens, s.thresholds)
     if s.budgets:
         seeds.update(budget_params(space, sens, info, plan_latency_model(config)))
+    if s.swaps:
+        from autocompress.search.seeding.swaps import swap_params
+
+        seeds.update(swap_params(space, sens, info, s.swaps))
     return list(seeds.items())
