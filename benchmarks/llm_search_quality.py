@@ -12,7 +12,8 @@ and a knapsack under an average-bits budget. Here, on SmolLM2-135M-Instruct, at 
              drop at no more packed bytes than each uniform plan, and at no more predicted decode time;
   search     NSGA-II from the uniform baselines (what `autocompress search` does by default), `--trials`;
   seeded     the same with `sensitivity: {}` (`auto --seed-sensitivity`): the study also starts from the
-             threshold plans and the knapsack's plans, within the same trial budget.
+             threshold plans, the knapsack's plans and the swap plans (search/seeding/swaps.py), within the same
+             trial budget.
 Space: per layer group (q/k/v, o, gate/up, down per block: 120 units, plus the table: 121), bits {8, 6, 5, 4, 3, 2,
 off}, RTN for every arm, symmetric; 8 bits with one scale per output channel (the int8 CPU kernel's layout, as
 `auto` gives a causal LM), 4 bits in groups of 64 or 32 (both run on the int4 CPU kernel), the others in groups
