@@ -91,8 +91,9 @@ def test_default_out_dir_pick_rule_trial_and_sensitivity(study2, tmp_path):
     files = write_report(run_copy, pick="minimize size_mb")
     assert files.out_dir == run_copy.resolve() / "report" and files.pareto_md.is_file()
     run = RunDir.open(run_copy)
-    smallest = min(run.front(), key=lambda t: t.user_attrs["metrics"]["size_mb"])
-    assert files.picked == smallest.number
+    size = {t.number: t.user_attrs["metrics"]["size_mb"] for t in run.front()}
+    assert files.picked in size and size[files.picked] == min(size.values())  # ties: any of the smallest
+    smallest = next(t for t in run.front() if t.number == files.picked)
     assert files.sensitivity_png is not None and files.sensitivity_png in files.paths()
     assert "![sensitivity.png](sensitivity.png)" in files.pareto_md.read_text()
     assert "Per-layer sensitivity" in files.html.read_text()

@@ -16,7 +16,7 @@ from autocompress.errors import UserError
 from autocompress.plan import CompressionPlan
 from autocompress.search.pareto import PickRule, default_rule, metrics_of
 from autocompress.search.rundir.trial_result import is_feasible
-from autocompress.search.storage import display_url, open_storage
+from autocompress.search.storage import close_storage, display_url, open_storage
 
 
 @dataclass
@@ -44,17 +44,13 @@ class RunDir:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage(config.storage)  # any URL form a search takes (journal, redis too); UserError
         try:
-            study = optuna.load_study(study_name=config.study_name, storage=storage)
-        except KeyError:
-            raise UserError(f"study {config.study_name!r} is not in {display_url(config.storage)}; was the search "
-                            f"started from this run directory?") from None
-        except Exception as exc:  # the storage's own errors (SQLAlchemy, redis, ...)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"storage {display_url(config.storage)!r} of run directory {str(path)!r} cannot be opened: "
-                            f"{first}") from None
-        from autocompress.search.rundir.identity import ATTR, check, run_identity
+            study = _load_study(config, storage, path)
+            from autocompress.search.rundir.identity import ATTR, check, run_identity
 
-        check(study.user_attrs.get(ATTR), run_identity(config))  # config.yaml names what the run searched
+            check(study.user_attrs.get(ATTR), run_identity(config))  # config.yaml names what the run searched
+        except BaseException:
+            close_storage(storage)  # a refused run leaves no -wal / -shm files beside its SQLite study
+            raise
         return cls(root, config, study)
 
     @property
@@ -159,3 +155,18 @@ def _ranges(trials: list[Any]) -> str:
         vals = [metrics_of(t)[k] for t in trials]
         parts.append(f"{k} {min(vals):.4g}..{max(vals):.4g}")
     return ", ".join(parts[:4])
+
+
+def _load_study(config: SearchConfig, storage: Any, path: str | Path) -> Any:
+    """The study `config` names in `storage`; `UserError` when it is missing or the storage fails."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=config.study_name, storage=storage)
+    except KeyError:
+        raise UserError(f"study {config.study_name!r} is not in {display_url(config.storage)}; was the search "
+                        f"started from this run directory?") from None
+    except Exception as exc:  # the storage's own errors (SQLAlchemy, redis, ...)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"storage {display_url(config.storage)!r} of run directory {str(path)!r} cannot be opened: "
+                        f"{first}") from None
