@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -104,7 +104,7 @@ class SensitivitySection(_Strict):
     budgets: bool = Field(True, description="also one plan per uniform baseline: the least summed drop at no "
                                             "more packed bytes, and at no more predicted latency when the "
                                             "target prices plans (search/seeding/allocation.py)")
-    swaps: list[int] = Field([2, 16], description="also each uniform baseline with its k best swaps between units of "
+    swaps: list[Annotated[int, Field(ge=1)]] = Field([2, 16], description="also each uniform baseline with its k best swaps between units of "
                                                   "one shape that add no bytes, one plan per k "
                                                   "(search/seeding/swaps.py); [] for none")
 
@@ -113,13 +113,6 @@ class SensitivitySection(_Strict):
     def _non_negative(cls, v: list[float]) -> list[float]:
         if any(t < 0 for t in v):
             raise ValueError("each threshold must be >= 0 (a quality drop)")
-        return v
-
-    @field_validator("swaps")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(k < 1 for k in v):
-            raise ValueError("each swap count must be >= 1")
         return v
 
 
