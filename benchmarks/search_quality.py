@@ -19,7 +19,8 @@ results go to search_quality_embeddings.{json,md}. (Until 2026-12-02 the tables 
 group; the results files written before then are from that space.)
 With --wide the weight bits are {3, 4, 5, 6, 8, off} and, with --embeddings, the tables' bits {8, 6, 5, 4, off}
 with group size {32, 128}: the choices between 4 and 8 bits that the corners of uniform_corners.md call for.
-Two objective settings, each a separate study:
+Two objective settings, each a separate study (run together, they share one evaluation per plan and write
+one results file each, the latency one with the suffix _latency):
   size     maximize fidelity, minimize size_mb (the packed size, embeddings included)
   latency  maximize fidelity, minimize latency_ms predicted for the device profile `cpu-local` (the table
            latency model calibrated on this machine; batch 1, 128-token prefill)
@@ -259,7 +260,8 @@ def write(result: dict) -> str:
              f"also from the plans of the measured sensitivity, default thresholds and budgets); random search x1 and x{f} "
              f"({n} and {n * f} trials, no baselines); sampler seeds {s['seeds']}. Hypervolume: feasible front, "
              f"reference (fidelity {CONSTRAINT}, the uncompressed model's size or latency), normalized to (1, 0). "
-             f"{s['evaluations']} distinct plans evaluated in {s['wall_min']:.0f} min (this invocation) on "
+             f"{s['evaluations']} distinct plans evaluated in {s['wall_min']:.0f} min (this invocation"
+             f"{', settings ' + ' and '.join(s['settings_in_process']) if 'settings_in_process' in s else ''}) on "
              f"{s['machine']}; torch {s['torch']}, optuna {s['optuna']}." + (
                  f" Sensitivity measured once: {s['sensitivity']['evaluations']} evaluations, "
                  f"{s['sensitivity']['seconds']:.0f} s." if s.get("sensitivity") else ""), ""]
@@ -356,8 +358,12 @@ def main() -> int:
     if (work / "sensitivity.json").is_file():
         measured = json.loads((work / "sensitivity.json").read_text())
         setup["sensitivity"] = {k: measured[k] for k in ("evaluations", "seconds")}
-    result = {"setup": setup, "settings": settings}
-    save_results(args.out, result, write(result))
+    if len(settings) == 1:
+        save_results(args.out, {"setup": setup, "settings": settings}, write({"setup": setup, "settings": settings}))
+        return 0
+    for setting, outcome in settings.items():  # one file per setting; the setup (evaluations, minutes) is shared
+        result = {"setup": {**setup, "settings_in_process": list(settings)}, "settings": {setting: outcome}}
+        save_results(args.out + ("" if setting == "size" else f"_{setting}"), result, write(result))
     return 0
 
 
