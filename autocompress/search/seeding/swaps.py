@@ -23,20 +23,29 @@ from typing import Any
 Swap = tuple[float, str, str, str, str]  # (gain - loss, unit raised, its label, unit lowered, its label)
 
 
-def baseline_labels(space: Any, plan: Any, choices: dict[str, tuple[str, dict[str, Any]]],
-                    sens: Any) -> dict[str, tuple[str, str]]:
-    """Unit -> (technique, measured label) for every unit of `plan` set exactly as one measured choice sets it
-    alone (`sensitivity.single_unit_plan`); units with no such choice are left out."""
+def single_unit_layers(space: Any, choices: dict[str, tuple[str, dict[str, Any]]],
+                       sens: Any) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
+    """(label, unit) -> (technique, {layer: setting}) for every measured choice of every unit: the layers of that
+    unit as the choice sets them alone (`sensitivity.single_unit_plan`), built once for all baselines."""
     from autocompress.search.seeding.sensitivity import single_unit_plan
 
-    out: dict[str, tuple[str, str]] = {}
+    out: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
     for label, (tech, want) in choices.items():
         for unit, layers in space.technique_units.get(tech, {}).items():
-            if unit in out or label not in sens.layers.get(unit, {}):
-                continue
-            alone = single_unit_plan(space, unit, want)[1]
-            if all(alone.layers.get(name) == plan.layers.get(name) for name in layers):
-                out[unit] = (tech, label)
+            if label in sens.layers.get(unit, {}):
+                alone = single_unit_plan(space, unit, want)[1]
+                out[(label, unit)] = (tech, {name: alone.layers.get(name) for name in layers})
+    return out
+
+
+def baseline_labels(plan: Any, alone: dict[tuple[str, str], tuple[str, dict[str, Any]]]) -> dict[str, tuple[str, str]]:
+    """Unit -> (technique, measured label) for every unit of `plan` set exactly as one measured choice sets it
+    alone (`alone`: `single_unit_layers`); units with no such choice are left out. The first matching label
+    in `alone`'s order wins."""
+    out: dict[str, tuple[str, str]] = {}
+    for (label, unit), (tech, layers) in alone.items():
+        if unit not in out and all(plan.layers.get(name) == want for name, want in layers.items()):
+            out[unit] = (tech, label)
     return out
 
 
@@ -76,10 +85,11 @@ def swap_params(space: Any, sens: Any, info: Any, counts: Sequence[int]) -> dict
     from autocompress.search.seeding.sensitivity import measured_choices, plan_params
 
     choices = measured_choices(space)
+    alone = single_unit_layers(space, choices, sens)
     out: dict[str, dict[str, Any]] = {}
     seen: set[str] = set()
     for baseline, plan in space.uniform_plans().items():
-        at = baseline_labels(space, plan, choices, sens)
+        at = baseline_labels(plan, alone)
         shapes: dict[tuple, list[str]] = defaultdict(list)
         for unit, (tech, label) in at.items():
             shapes[(tech, label, json.dumps(sens.saved_bytes[unit], sort_keys=True))].append(unit)
