@@ -253,7 +253,7 @@ def markdown(result: dict) -> str:
     if grid is not None:
         on = grid["max_off_grid"] < 0.01
         lines += ["(*) at the source's grid shape (4-bit, group 32, asymmetric), so not a measure of 4-bit quality "
-                  "in general. " + (f"The weights lie on Q4_1's grid (a float minimum per group; "
+                  "in general. " + ("The weights lie on Q4_1's grid (a float minimum per group; "
                   + ("exactly" if grid["max_off_grid"] == 0 else f"at most {grid['max_off_grid']:.0e} of a step off")
                   + "), but this quantizer's zero point is an integer, so its "
                   "grid is shifted from Q4_1's by a fraction of a step" if on else

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 from typing import Any
 
 from autocompress.calibration import TOKENS_PER_INPUT
