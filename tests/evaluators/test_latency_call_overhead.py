@@ -9,7 +9,8 @@ import torch
 
 from autocompress.evaluators.latency import call_overhead
 from autocompress.evaluators.latency._base import Workload, plan_ops
-from autocompress.evaluators.latency.calibrate import calibrate, kernel_entries, save_profile
+from autocompress.evaluators.latency.calibrate import calibrate, save_profile
+from autocompress.evaluators.latency.gemm_table import kernel_entries
 from autocompress.evaluators.latency.call_overhead import ACT_QUANT, kernel_calls, uniform_plan
 from autocompress.evaluators.latency.kernels import available_formats
 from autocompress.evaluators.latency.table import MIN_SHARE, TableLatency
@@ -101,7 +102,7 @@ def test_overhead_is_the_measured_minus_predicted_ratio_per_call(llama, monkeypa
 
 
 def test_calibration_measures_every_kernel_format_in_the_model_and_saves_it(llama, tmp_path):
-    from autocompress.evaluators.latency import calibrate as module
+    from autocompress.evaluators.latency import gemm_table as module
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

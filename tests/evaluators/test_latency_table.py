@@ -10,7 +10,8 @@ import torch
 from autocompress.cli import main
 from autocompress.errors import UserError
 from autocompress.evaluators.latency._base import Op, Workload, plan_ops
-from autocompress.evaluators.latency.calibrate import calibrate, gemm_shapes, save_profile
+from autocompress.evaluators.latency.calibrate import calibrate, save_profile
+from autocompress.evaluators.latency.gemm_table import gemm_shapes
 from autocompress.evaluators.latency.roofline import op_time
 from autocompress.evaluators.latency.table import TableLatency
 from autocompress.evaluators.latency.kernels import available_formats
@@ -26,7 +27,7 @@ WORKLOAD = Workload(batch=1, seq_len=16)
 def quick_timing():
     """One intra-op thread and few weight copies per GEMM: on a shared, busy machine two threads stall each
     other for milliseconds per GEMM, and these tests check what is measured, not how fast."""
-    from autocompress.evaluators.latency import calibrate as module
+    from autocompress.evaluators.latency import gemm_table as module
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
