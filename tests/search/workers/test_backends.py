@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from autocompress.config import SearchConfig
 from autocompress.plan import CompressionPlan, LayerPlan
-from autocompress.search.workers.backends import RayBackend
+from autocompress.search.workers.ray_backend import RayBackend
 
 
 def test_ray_sends_the_waiting_plan_before_collect_returns(tmp_path):
