@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from autocompress.secrets import mask_url
 
 if TYPE_CHECKING:
-    from autocompress.search.tracking.runs import TrialTracker
+    from autocompress.search.tracking.contract import TrialTracker
 
 MIN_RETRY_S = 1.0  # the writer's shortest pause between failed attempts (retry_s 0 would spin on a dead server)
 

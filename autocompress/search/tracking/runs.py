@@ -22,10 +22,11 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator
 
 from autocompress.errors import UserError
 from autocompress.search.storage import display_url
+from autocompress.search.tracking.contract import NullTracker
 
 STATES = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # trial state -> run status
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -70,48 +71,6 @@ def _env(**values: str) -> Iterator[None]:
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-
-
-class TrialTracker(Protocol):
-    """What the driver and the recorder use of a tracker: `Tracker` (MLflow), `NullTracker` (`tracking.uri:
-    none`) and `TrackerProcess` (the same calls made by a child process) all provide it."""
-
-    uri: str
-    parent_run_id: str | None
-    experiment_id: str | None
-
-    def logged_trials(self) -> set[int]: ...
-
-    def log_trial(self, number: int, state: str, params: dict, metrics: dict[str, float], duration_s: float,
-                  worker: str, plan_json: str | None, error: str | None = None) -> None: ...
-
-    def log_text(self, text: str, artifact_file: str) -> None: ...
-
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None: ...
-
-    def close(self, status: str = "FINISHED") -> None: ...
-
-    def ui_hint(self) -> str | None: ...
-
-
-class NullTracker:
-    """`tracking.uri: none`: the same interface as `Tracker`; every call does nothing."""
-
-    uri = "none"
-    parent_run_id: str | None = None
-    experiment_id: str | None = None
-
-    def logged_trials(self) -> set[int]:
-        return set()
-
-    def log_trial(self, number: int, state: str, params: dict, metrics: dict[str, float], duration_s: float,
-                  worker: str, plan_json: str | None, error: str | None = None) -> None: ...
-    def log_text(self, text: str, artifact_file: str) -> None: ...
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None: ...
-    def close(self, status: str = "FINISHED") -> None: ...
-
-    def ui_hint(self) -> str | None:
-        return None
 
 
 class Tracker(NullTracker):

@@ -28,7 +28,7 @@ import sys
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
-    from autocompress.search.tracking.runs import TrialTracker
+    from autocompress.search.tracking.contract import TrialTracker
 
 STOP_TIMEOUT_S = 10.0  # how long `stop` waits for the child to finish its call and exit before killing it
 

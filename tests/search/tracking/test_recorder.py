@@ -85,7 +85,7 @@ def test_close_logs_what_is_kept_before_ending_the_parent_run() -> None:
 
 
 def test_nothing_is_started_when_tracking_is_off() -> None:
-    from autocompress.search.tracking.runs import NullTracker
+    from autocompress.search.tracking.contract import NullTracker
 
     recorder = TrialRecorder(NullTracker(), "sqlite:///o.db")
     recorder.record(rec(0))

@@ -11,7 +11,8 @@ import pytest
 from mlflow import MlflowClient
 
 from autocompress.errors import UserError
-from autocompress.search.tracking.runs import NullTracker, Tracker, open_tracker
+from autocompress.search.tracking.contract import NullTracker
+from autocompress.search.tracking.runs import Tracker, open_tracker
 from tests.search.conftest import free_port
 
 CONFIG = {"model": {"name": "all-MiniLM-L6-v2", "task": "auto"},
