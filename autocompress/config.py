@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_valid
 from autocompress.config_run import (  # noqa: F401  (re-exported: the config's public names)
     BackendSection,
     BudgetSection,
+    PrunerSection,
     SamplerSection,
     SensitivitySection,
     TrackingSection,
@@ -31,7 +32,6 @@ from autocompress.config_sections import (  # noqa: F401  (re-exported: the conf
     EmbeddingSpace,
     KVCacheSpace,
     LowRankSpace,
-    PrunerSection,
     PruneSpace,
     QuantizeSpace,
     SpaceSection,

@@ -1,14 +1,14 @@
-"""The parts of the search config that say how the search runs: its budget, sampler, sensitivity seeding,
-workers (backend) and MLflow tracking. `autocompress.config` re-exports every name here; import from there.
+"""The parts of the search config that say how the search runs: its budget, sampler, early stopping (pruner),
+sensitivity seeding, workers (backend) and MLflow tracking. `autocompress.config` re-exports every name here; import from there.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from autocompress.config_sections import _Strict
+from autocompress.config_sections import PLAN_METRICS, _check_metric, _Strict
 
 
 class BudgetSection(_Strict):
@@ -31,6 +31,59 @@ class SamplerSection(_Strict):
     seed: int | None = 0
     population_size: int | None = Field(None, ge=2)
     enqueue_uniform: bool = True
+
+
+class PrunerSection(_Strict):
+    """Early stopping of bad trials with an Optuna pruner (search/early_stopping.py). Unset arguments keep Optuna's
+    defaults; an argument the named pruner does not take is refused."""
+
+    name: Literal["none", "median", "percentile", "successive_halving", "hyperband", "threshold"] = "none"
+    metric: str | None = Field(None, description="the quality metric reported at each step; default: the first "
+                                                 "objective the evaluator measures, else the task's quality metric")
+    subset: float = Field(0.25, gt=0, le=1, description="share of data.evaluation (at least 8 texts) that the "
+                                                        "intermediate steps evaluate on")
+    n_startup_trials: int | None = Field(None, ge=0)
+    n_warmup_steps: int | None = Field(None, ge=0)
+    interval_steps: int | None = Field(None, ge=1)
+    percentile: float | None = Field(None, ge=0, le=100)
+    min_resource: int | Literal["auto"] | None = None
+    max_resource: int | Literal["auto"] | None = None
+    reduction_factor: int | None = Field(None, ge=2)
+    min_early_stopping_rate: int | None = Field(None, ge=0)
+    lower: float | None = None
+    upper: float | None = None
+
+    ARGS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "none": (), "median": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
+        "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps"),
+        "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate"),
+        "hyperband": ("min_resource", "max_resource", "reduction_factor"),
+        "threshold": ("lower", "upper", "n_warmup_steps", "interval_steps")}
+
+    @model_validator(mode="after")
+    def _args_fit(self) -> "PrunerSection":
+        args = self.ARGS[self.name]
+        extra = [k for k in sorted(self.model_fields_set) if k not in ("name", "metric", "subset", *args)
+                 and getattr(self, k) is not None]
+        if extra:
+            takes = ", ".join(args) or "no arguments"
+            raise ValueError(f"{extra[0]} is not an argument of the {self.name} pruner (it takes {takes})")
+        if self.name == "percentile" and self.percentile is None:
+            raise ValueError("the percentile pruner needs percentile (0..100), e.g. percentile: 25")
+        if self.name == "hyperband" and self.min_resource == "auto":
+            raise ValueError("min_resource 'auto' is only for successive_halving; give hyperband an integer >= 1")
+        for k in ("min_resource", "max_resource"):
+            if isinstance(getattr(self, k), int) and getattr(self, k) < 1:
+                raise ValueError(f"{k} must be an integer >= 1 or 'auto'")
+        if self.metric is not None:
+            _check_metric(self.metric)
+            if self.metric == "size_coded_mb":
+                raise ValueError("metric 'size_coded_mb' is a size, known once a trial is done; a pruner needs a "
+                                 "quality metric such as fidelity, perplexity or accuracy")
+            if self.metric in PLAN_METRICS or self.metric == "latency_ms":
+                raise ValueError(f"metric {self.metric!r} is decided by the plan; a pruner needs a quality metric "
+                                 "such as fidelity, perplexity or accuracy")
+        return self
 
 
 class SensitivitySection(_Strict):

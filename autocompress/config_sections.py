@@ -1,13 +1,12 @@
 """The parts of the search config that describe what is searched: the `space` sections (one per technique,
-plus `space.distill`) and the `pruner` section, with the metric names they and the rest of the config check
-against. `autocompress.config` re-exports every name here; import from there.
+plus `space.distill`), with the metric names they and the rest of the config check against. `autocompress.config` re-exports every name here; import from there.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -252,59 +251,6 @@ class DistillSpace(_Strict):
         """The choices of a field (a scalar is the one choice)."""
         value = getattr(self, name)
         return list(value) if isinstance(value, list) else [value]
-
-
-class PrunerSection(_Strict):
-    """Early stopping of bad trials with an Optuna pruner (search/early_stopping.py). Unset arguments keep Optuna's
-    defaults; an argument the named pruner does not take is refused."""
-
-    name: Literal["none", "median", "percentile", "successive_halving", "hyperband", "threshold"] = "none"
-    metric: str | None = Field(None, description="the quality metric reported at each step; default: the first "
-                                                 "objective the evaluator measures, else the task's quality metric")
-    subset: float = Field(0.25, gt=0, le=1, description="share of data.evaluation (at least 8 texts) that the "
-                                                        "intermediate steps evaluate on")
-    n_startup_trials: int | None = Field(None, ge=0)
-    n_warmup_steps: int | None = Field(None, ge=0)
-    interval_steps: int | None = Field(None, ge=1)
-    percentile: float | None = Field(None, ge=0, le=100)
-    min_resource: int | Literal["auto"] | None = None
-    max_resource: int | Literal["auto"] | None = None
-    reduction_factor: int | None = Field(None, ge=2)
-    min_early_stopping_rate: int | None = Field(None, ge=0)
-    lower: float | None = None
-    upper: float | None = None
-
-    ARGS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "none": (), "median": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
-        "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps"),
-        "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate"),
-        "hyperband": ("min_resource", "max_resource", "reduction_factor"),
-        "threshold": ("lower", "upper", "n_warmup_steps", "interval_steps")}
-
-    @model_validator(mode="after")
-    def _args_fit(self) -> "PrunerSection":
-        args = self.ARGS[self.name]
-        extra = [k for k in sorted(self.model_fields_set) if k not in ("name", "metric", "subset", *args)
-                 and getattr(self, k) is not None]
-        if extra:
-            takes = ", ".join(args) or "no arguments"
-            raise ValueError(f"{extra[0]} is not an argument of the {self.name} pruner (it takes {takes})")
-        if self.name == "percentile" and self.percentile is None:
-            raise ValueError("the percentile pruner needs percentile (0..100), e.g. percentile: 25")
-        if self.name == "hyperband" and self.min_resource == "auto":
-            raise ValueError("min_resource 'auto' is only for successive_halving; give hyperband an integer >= 1")
-        for k in ("min_resource", "max_resource"):
-            if isinstance(getattr(self, k), int) and getattr(self, k) < 1:
-                raise ValueError(f"{k} must be an integer >= 1 or 'auto'")
-        if self.metric is not None:
-            _check_metric(self.metric)
-            if self.metric == "size_coded_mb":
-                raise ValueError("metric 'size_coded_mb' is a size, known once a trial is done; a pruner needs a "
-                                 "quality metric such as fidelity, perplexity or accuracy")
-            if self.metric in PLAN_METRICS or self.metric == "latency_ms":
-                raise ValueError(f"metric {self.metric!r} is decided by the plan; a pruner needs a quality metric "
-                                 "such as fidelity, perplexity or accuracy")
-        return self
 
 
 class SpaceSection(_Strict):
