@@ -219,11 +219,12 @@ def measure_arms(work: Path, args, shared, log) -> dict:
                          "budget": by_baseline[k.baseline][PAIRS[pair]]})
     log(f"uniform and knapsack plans evaluated ({len(uniform)} + {len(knapsack)})")
     judged = [u for u in uniform if u["label"] in JUDGED]
-    runs, pool = [], [dense, *uniform, *knapsack]
+    runs, pool, reused_runs = [], [dense, *uniform, *knapsack], 0
     for seed in range(args.seeds):
         run = {"seed": seed, "arms": {}}
         for arm in args.arms:
             run_dir = work / f"{arm}-s{seed}"
+            reused_runs += (run_dir / "summary.json").is_file()
             if not (run_dir / "summary.json").is_file():
                 if arm == "seeded":
                     run_dir.mkdir(parents=True, exist_ok=True)
@@ -239,6 +240,7 @@ def measure_arms(work: Path, args, shared, log) -> dict:
     for run in runs:
         add_attainable_targets(run, beaten)
     return {"dominatable": beaten, "pool": len(pool), "units": len(space.units), "dense": dense,
+            "reused_runs": reused_runs,
             "uniform": uniform, "knapsack": knapsack, "runs": runs,
             "sensitivity": {"evaluations": sens.evaluations, "seconds": sens.seconds},
             "hv": {"uniform": {pair: hv(uniform, x, dense) for pair, x in PAIRS.items()},
@@ -260,10 +262,12 @@ def markdown(result: dict) -> str:
     s, env, summary = result["setup"], result["env"], result["summary"]
     lines = [f"# Search quality on {MODEL} against uniform bits and the sensitivity knapsack "
              "(benchmarks/llm_search_quality.py)", "",
-             f"{env_words(env)} {s['threads']} torch threads per trial; {s['wall_min']:.1f} min in all; "
-             f"{s['evaluations']} plans evaluated "
-             f"(median {s['median_evaluation_s']:.2f} s), sensitivity {result['sensitivity']['evaluations']} "
-             f"evaluations in {result['sensitivity']['seconds']:.0f} s.", "",
+             f"{env_words(env)} {s['threads']} torch threads per trial; {s['wall_min']:.1f} min and "
+             f"{s['evaluations']} plans evaluated (median {s['median_evaluation_s']:.2f} s) in this invocation"
+             + (f", which reused {s['reused_runs']} finished searches from its work directory" if s.get("reused_runs")
+                else "")
+             + f"; sensitivity {result['sensitivity']['evaluations']} evaluations in "
+             f"{result['sensitivity']['seconds']:.0f} s.", "",
              f"Space: {s['units']} units (per layer group, and the tied embedding / LM head), bits {{8, 6, 5, 4, 3, "
              f"2, off}}, RTN, symmetric, 8 bits per channel, 4 bits in groups of 64 or 32, the others in groups of "
              f"64; the uniform plans in groups of 64. Judged: uniform 3, 4, 5, 6 and 8 bits (uniform 2 bits is "
@@ -351,7 +355,7 @@ def main() -> int:
                        "n_eval": args.n_eval, "max_length": args.max_length, "threads": args.threads,
                        "evaluations": len(shared.miss_s), "reused": shared.hits,
                        "median_evaluation_s": statistics.median(shared.miss_s) if shared.miss_s else 0.0,
-                       "wall_min": (time.perf_counter() - t0) / 60}
+                       "wall_min": (time.perf_counter() - t0) / 60, "reused_runs": result.pop("reused_runs")}
     result["env"] = {**env, "load_after": load_average()}
     result["summary"] = summarize(result)
     save_results(out, result, markdown(result))
