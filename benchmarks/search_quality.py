@@ -15,8 +15,7 @@ unchanged base model, so a worker's memo (autocompress/policies/memo.py) runs GP
 group size) and an evaluation costs about what an RTN one does; results go to search_quality_gptq*.
 With --embeddings the space also quantizes the embedding tables (one unit per table: bits {8, 4, off}, group
 size 32; the uniform 3/4/8-bit baselines then take the tables to 4/8 bits too, where that is a choice), and the
-results go to search_quality_embeddings.{json,md}. (Until 2026-12-02 the tables were ONE unit under share:
-group; the results files written before then are from that space.)
+results go to search_quality_embeddings.{json,md}.
 With --wide the weight bits are {3, 4, 5, 6, 8, off} and, with --embeddings, the tables' bits {8, 6, 5, 4, off}
 with group size {32, 128}: the choices between 4 and 8 bits that the corners of uniform_corners.md call for.
 Two objective settings, each a separate study (run together, they share one evaluation per plan and write

@@ -2,13 +2,12 @@
 plans beat the uniform baselines at all, and is "1.5x smaller at uniform 8-bit's fidelity" reachable there?
 
 Run:  .venv/bin/python benchmarks/uniform_corners.py
-Writes benchmarks/results/uniform_corners.{json,md}.  (issue 8, the two targets the search has not met)
+Writes benchmarks/results/uniform_corners.{json,md}.
 
 Setup: the real all-MiniLM-L6-v2 and the data of benchmarks/search_quality.py (calibration n 64 seed 1,
 evaluation n 128 seed 0, builtin texts); the space of `search_quality.py --gptq --embeddings --wide` (per
 layer group: GPTQ weight bits {3, 4, 5, 6, 8, off}, group size {32, 128}, int8 activations {on, off}; each
-embedding table its own unit: bits {8, 6, 5, 4, off}, group size {32, 128}). Before 2026-12-02 the space had
-bits {3, 4, 8, off} and the tables were one unit; the rows kept from then are the same plans. Each plan is
+embedding table its own unit: bits {8, 6, 5, 4, off}, group size {32, 128}). Each plan is
 built with `ConfigSpace.replay` (so it is a plan the search can sample), applied and evaluated by a `TrialRunner` (local, 1 torch thread), and sized with
 `plan_size` (the packed bytes `export` writes). The uniform baselines are the ones the search starts from
 (`ConfigSpace.uniform_params`: int8 activations and group size 32, the first choices).
@@ -65,7 +64,7 @@ def corner_plans(space: Any) -> dict[str, Any]:
         "attention W4 / FFN W8, tables 4": plan(lambda u: 8 if is_ffn(u) else 4, tables=4),
         "attention W8 / FFN W4, tables 8": plan(lambda u: 4 if is_ffn(u) else 8, tables=8),
         "W8, tables off (fp32)": plan(lambda u: 8, tables=None),
-        # the tables apart (one unit each since 2026-12-02), and 5/6-bit choices (the --wide space)
+        # the tables apart (each table is a unit of its own), and 5/6-bit choices (the --wide space)
         "Linear off (fp32), word table 4, other tables 8": plan(lambda u: None, tables=8, table_bits={"word": 4}),
         **{f"Linear off (fp32), only the {t} table at 4 bits": plan(lambda u: None, tables=None, table_bits={t: 4})
            for t in ("word", "position", "token_type")},
