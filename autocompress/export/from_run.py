@@ -37,7 +37,7 @@ from autocompress.export.formats import DEFAULT_FORMAT, ExportFormat, get_format
 from autocompress.search.rundir.plan_files import plan_path
 from autocompress.threads import torch_threads  # noqa: F401  (re-exported)
 
-FIDELITY_TOLERANCE = 1e-4  # the exported model's metrics match the searched model's to this
+FIDELITY_TOLERANCE = 1e-4  # relative: the exported model's metrics match the searched model's to this
 CARD_PROMPTS = DEFAULT_PROMPTS[:3]
 
 
@@ -65,13 +65,26 @@ class ExportResult:
         common = [k for k in self.measured if k in self.searched]
         return max((abs(self.measured[k] - self.searched[k]) for k in common), default=0.0)
 
+    def relative_diffs(self) -> dict[str, float]:
+        """Per metric both hold: |measured - searched| / |searched| (the absolute difference where the searched
+        value is 0)."""
+        return {k: abs(self.measured[k] - self.searched[k]) / (abs(self.searched[k]) or 1.0)
+                for k in self.measured if k in self.searched}
+
     @property
     def max_relative_diff(self) -> float:
-        """max over the common metrics of |measured - searched| / |searched| (the absolute difference where the
-        searched value is 0)."""
-        common = [k for k in self.measured if k in self.searched]
-        return max((abs(self.measured[k] - self.searched[k]) / (abs(self.searched[k]) or 1.0) for k in common),
-                   default=0.0)
+        """The largest of `relative_diffs` (0 when no metric is common)."""
+        return max(self.relative_diffs().values(), default=0.0)
+
+    def drift_warning(self, tolerance: float = FIDELITY_TOLERANCE) -> str | None:
+        """One line naming the metric that moved most, when its relative difference exceeds `tolerance`; else
+        None. Relative, so a perplexity in the thousands and a fidelity near 1 are judged alike."""
+        diffs = self.relative_diffs()
+        if not diffs or max(diffs.values()) <= tolerance:
+            return None
+        name = max(diffs, key=diffs.get)
+        return (f"the exported model's {name} is {self.measured[name]:.6g} where the search measured "
+                f"{self.searched[name]:.6g} (relative difference {diffs[name]:.2g} > {tolerance:g})")
 
 
 def _check_out_dir(out: Path, force: bool) -> None:
@@ -109,10 +122,9 @@ def export(source: Any, out_dir: str | os.PathLike, trial: int | None = None, pi
     threads = searched_threads(run, chosen)
     with torch_threads(threads):
         result = _rebuild_and_write(run, chosen, plan, out, say, threads, fmt, strict)
-    drift = result.max_metric_diff
-    if drift > FIDELITY_TOLERANCE:
-        warnings.warn(f"the exported model's metrics differ from the search's by {drift:.2g} (> "
-                      f"{FIDELITY_TOLERANCE:g}); see {out / 'README.md'}", stacklevel=2)
+    drift = result.drift_warning()
+    if drift:
+        warnings.warn(f"{drift}; see {out / 'README.md'}", stacklevel=2)
     if log:
         from autocompress.search.tracking.artifacts import attach
 

@@ -11,7 +11,7 @@ import torch
 
 from autocompress.cli import main
 from autocompress.export import load_compressed
-from autocompress.export.from_run import export, searched_threads, torch_threads
+from autocompress.export.from_run import ExportResult, export, searched_threads, torch_threads
 from autocompress.search.driver import run_search
 from autocompress.search.rundir.reader import RunDir
 from tests.support import children, make_config
@@ -29,6 +29,21 @@ def searched(tmp_path_factory):
     with torch_threads(1):  # the export runs with this process's 2 threads and must rebuild with the search's 1
         run_search(config, show_progress=False)
     return tmp, config
+
+
+def test_drift_is_judged_relative_to_each_metric_and_names_the_one_that_moved():
+    def result(searched, measured):
+        return ExportResult("out", 0, "plan.json", searched, measured, 0, 0)
+
+    # perplexity 3,000 -> 3,000.2 moves as little as fidelity 0.99 -> 0.990066: both within 1e-4, no warning
+    assert result({"perplexity": 3000.0, "fidelity": 0.99}, {"perplexity": 3000.2, "fidelity": 0.990066}
+                  ).drift_warning() is None
+    moved = result({"perplexity": 3000.0, "kl": 0.0}, {"perplexity": 3003.0, "kl": 0.0})
+    assert moved.max_relative_diff == pytest.approx(1e-3)
+    assert moved.drift_warning() == ("the exported model's perplexity is 3003 where the search measured 3000 "
+                                     "(relative difference 0.001 > 0.0001)")
+    assert result({"kl": 0.0}, {"kl": 0.01}).relative_diffs() == {"kl": 0.01}  # from 0: the absolute difference
+    assert result({"kl": 0.1}, {}).drift_warning() is None  # nothing measured in common
 
 
 def test_export_reproduces_the_searched_model(searched, capsys):
