@@ -89,7 +89,7 @@ def auto_config(model: str, task: str, max_drop: float, n_trials: int, run_dir: 
                      "method": ["gptq"], "act_bits": [None, 8] if target else [None]},
     }
     if info is None or info.embeddings:
-        space["embeddings"] = {"bits": [8, 6, 5, 4, None], "group_size": _group_sizes(info, tables=True)}
+        space["embeddings"] = {"bits": [8, 6, 5, 4, None], "group_size": _quant_groups(info, task, tables=True)}
     if info is None or any(s.kv_groups == 1 for s in info.structures.values()):
         space["structured"] = {"sparsity": [0.0, 0.125, 0.25], "method": ["wanda"]}
     config: dict[str, Any] = {
@@ -120,15 +120,19 @@ def _lm_length(info: ModelInfo | None) -> int:
     return min(LM_MAX_LENGTH, limit) if isinstance(limit, int) and limit > 0 else LM_MAX_LENGTH
 
 
-def _quant_groups(info: ModelInfo | None, task: str) -> list[int] | dict[int, list[int | None]]:
-    """The block Linears' group-size choices: `_group_sizes` for every bit width, except that a causal LM's
-    8-bit weights keep one scale per output channel, the layout the int8 CPU kernels take (weight-only for a
-    decode step, W8A8 with int8 activations): 8-bit groups cost more bytes and run dequantized, and per-channel
-    8 bits already costs the LLMs measured here little KL (benchmarks/results/core_llm.md)."""
-    groups = _group_sizes(info, tables=False)
+def _quant_groups(info: ModelInfo | None, task: str, tables: bool = False
+                  ) -> list[int] | dict[int, list[int | None]]:
+    """The group-size choices of the block Linears (or, with `tables`, the embedding tables): `_group_sizes`
+    for every bit width, except that a causal LM's 8-bit weights keep one scale per output channel, the layout
+    the int8 CPU kernels take (weight-only for a decode step, W8A8 with int8 activations): 8-bit groups cost
+    more bytes and run dequantized, and per-channel 8 bits already costs the LLMs measured here little KL
+    (benchmarks/results/core_llm.md). For the tables this matters where one is tied to the LM head, whose
+    8-bit matmul then runs on the int8 kernel (SmolLM2 on cpu-local: 29.1 ms per decode step for uniform
+    8 bits, 35.3 ms with the head in groups of 32); an untied table is one row per token either way."""
+    groups = _group_sizes(info, tables=tables)
     if task != "causal-lm":
         return groups
-    return {8: [None], **{b: list(groups) for b in (6, 5, 4, 3)}}
+    return {8: [None], **{b: list(groups) for b in ((6, 5, 4) if tables else (6, 5, 4, 3))}}
 
 
 def _group_sizes(info: ModelInfo | None, tables: bool) -> list[int]:
