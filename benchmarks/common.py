@@ -24,13 +24,15 @@ def save_results(stem: str | Path, result: dict, text: str) -> None:
 
 def machine_env(device: str = "cpu") -> dict[str, Any]:
     """The machine a benchmark runs on, and its load now: cpus, machine, torch, device (the GPU's name with
-    cuda), torch_threads, load_before. Set `load_after` (`load_average()`) when the run ends."""
+    cuda), cpu_capability (AVX2, AVX512, ...: CPU kernel speeds differ by far between them), torch_threads,
+    load_before. Set `load_after` (`load_average()`) when the run ends."""
     import os
     import platform
 
     import torch
 
     return {"cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__, "device": device,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector ISA torch's CPU kernels use
             "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
             "torch_threads": torch.get_num_threads(), "load_before": load_average()}
 
@@ -43,7 +45,8 @@ def load_average() -> list[float]:
 
 def env_words(env: dict[str, Any]) -> str:
     """`machine_env` (with load_after) as the opening of a results file's first paragraph."""
-    return (f"{env['cpus']} CPU cores ({env['machine']}), torch {env['torch']} with {env['torch_threads']} threads, "
+    isa = f", {env['cpu_capability']}" if env.get("cpu_capability") else ""
+    return (f"{env['cpus']} CPU cores ({env['machine']}{isa}), torch {env['torch']} with {env['torch_threads']} threads, "
             f"trials on {env.get('gpu') or env.get('device', 'cpu')}, load average before {env['load_before']}, "
             f"after {env['load_after']}.")
 
