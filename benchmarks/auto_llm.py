@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 import os
 import statistics
 import subprocess
@@ -78,16 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         "generate": {"results": generated["results"], "ms_per_token_after_compile": round(statistics.median(later), 1)
                      if later else None},
     }
-    result["export"]["kernels"] = _kernel_counts(exported["kernels"])
+    result["export"]["kernels"] = dict(sorted(Counter(exported["kernels"].values()).items()))  # kernel -> layers
     save_results(args.out, result, markdown(result))
     return 0
-
-
-def _kernel_counts(kernels: dict[str, str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for kind in kernels.values():
-        counts[kind] = counts.get(kind, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def markdown(r: dict) -> str:
@@ -98,8 +92,8 @@ def markdown(r: dict) -> str:
              "(benchmarks/auto_llm.py)", "",
              f"{env_words(r['env'])}" + (" The model's weights lie on the GGUF's Q4_1 grid (4-bit, asymmetric, "
                                          "groups of 32)." if r["model"] == MODEL else "") +
-             f" {r['trials']} trials on the {r['backend']} backend (Ray: 2 workers, the default), MLflow on "
-             "SQLite.", "",
+             f" {r['trials']} trials on the {r['backend']} backend"
+             f"{' (2 workers, the default)' if r['backend'] == 'ray' else ''}, MLflow on SQLite.", "",
              "| step | command | wall s |", "|---|---|---:|",
              f"| search | `autocompress auto {r['model']} --target cpu-local --trials {r['trials']}"
              f"{' --backend local' if r['backend'] == 'local' else ''}` | "
@@ -125,16 +119,14 @@ def markdown(r: dict) -> str:
               "median over the prompts after the first" + (", which includes compiling" if runtime == "compiled"
                                                            else "") + "):", "",
               "| prompt | completion | new tokens | s |", "|---|---|---:|---:|"]
-    if predicted:
-        notes = ["", f"The search priced one decode step at {predicted:.2f} ms on the `cpu-local` profile; the ms/token "
-                 "here also counts each prompt's eager prefill, and it is measured on this machine's CPU "
-                 f"({r['env'].get('cpu_capability', 'unknown ISA')}); the profile's kernel timings come from the "
-                 "machine it was calibrated on (`autocompress latency calibrate` measures one for the CPU at hand)."]
-    else:
-        notes = []
     lines += [f"| {x['prompt']} | {' '.join(x['completion'].split()).replace('|', '/')} | {x['new_tokens']} | "
               f"{x['seconds']:.2f} |" for x in g["results"]]
-    return "\n".join(lines + notes) + "\n"
+    if predicted:
+        lines += ["", f"The search priced one decode step at {predicted:.2f} ms on the `cpu-local` profile; the "
+                  "ms/token here also counts each prompt's eager prefill, and it is measured on this machine's CPU "
+                  f"({r['env'].get('cpu_capability', 'unknown ISA')}); the profile's kernel timings come from the "
+                  "machine it was calibrated on (`autocompress latency calibrate` measures one for the CPU at hand)."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -43,10 +43,15 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def cpu_words(env: dict[str, Any]) -> str:
+    """The CPU of a `machine_env`: "2 CPU cores (x86_64, AVX2)" (the ISA left out where it was not recorded)."""
+    isa = f", {env['cpu_capability']}" if env.get("cpu_capability") else ""
+    return f"{env['cpus']} CPU cores ({env['machine']}{isa})"
+
+
 def env_words(env: dict[str, Any]) -> str:
     """`machine_env` (with load_after) as the opening of a results file's first paragraph."""
-    isa = f", {env['cpu_capability']}" if env.get("cpu_capability") else ""
-    return (f"{env['cpus']} CPU cores ({env['machine']}{isa}), torch {env['torch']} with {env['torch_threads']} threads, "
+    return (f"{cpu_words(env)}, torch {env['torch']} with {env['torch_threads']} threads, "
             f"trials on {env.get('gpu') or env.get('device', 'cpu')}, load average before {env['load_before']}, "
             f"after {env['load_after']}.")
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import load_average, machine_env, merge_rows, save_results, RESULTS  # noqa: E402
+from benchmarks.common import cpu_words, load_average, machine_env, merge_rows, save_results, RESULTS  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
 W8 = dict(bits=8, group_size=None)
@@ -214,8 +214,7 @@ def markdown(result: dict) -> str:
         f"({s['positions']} predicted positions, max_length {s['max_length']}); GPTQ: sequential, act-order, "
         f"{s['calibration_texts']} calibration passages disjoint from those. The weights come from a Q4_1 GGUF "
         "(asymmetric 4-bit groups of 32); the 4-bit cases here are symmetric.",
-        f"Machine: {env['cpus']} CPU cores ({env['machine']}"
-        f"{', ' + env['cpu_capability'] if env.get('cpu_capability') else ''}), torch {env['torch']}, {env['torch_threads']} "
+        f"Machine: {cpu_words(env)}, torch {env['torch']}, {env['torch_threads']} "
         f"threads, load average {env['load_before']} before, {env.get('load_after')} after.",
         "",
         "| case | kernels | ms/token | fp32 ms | speed-up | vs eager fp32 | kl | kl_p99 | top-1 | ppl ratio | size MB |",
